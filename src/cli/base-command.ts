@@ -1,0 +1,96 @@
+import {Command, Flags, Interfaces} from '@oclif/core'
+import type {ConnectOptions, LockClient} from '../client/lock-client.js'
+import {ErrorCode} from '../protocol/errors.js'
+import {ExitCode, exitCodeFor} from './exit-codes.js'
+import {durationFlag} from './flags.js'
+
+export type CommandFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
+export type CommandArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
+
+/**
+ * What every lockctl command shares: the global flags, the lazily created client, the one
+ * place where an error becomes a message and an exit code, and closing the client at the end.
+ */
+export abstract class BaseCommand extends Command {
+  static enableJsonFlag = true
+
+  static baseFlags = {
+    endpoints: Flags.string({
+      description: 'lock service: unix:///path/lockd.sock, lockd://host:port (default: the local lockd, started on demand)',
+      env: 'LOCKCTL_ENDPOINTS',
+      helpGroup: 'GLOBAL',
+      helpValue: 'URL',
+    }),
+    timeout: durationFlag({
+      description: 'deadline of each request to the lock service',
+      defaultMs: 5000,
+      min: 100,
+      max: 600_000,
+    }),
+  }
+
+  /** Exit code used when the lock is not acquired (`--conflict-exit-code`). */
+  protected conflictExitCode: number = ExitCode.NOT_ACQUIRED
+  private clientPromise: Promise<LockClient> | null = null
+  private interruptController: AbortController | null = null
+
+  /** The client, connected on first use (commands that never need one never pay for it). */
+  protected async client(flags: {endpoints?: string; timeout: number}, options: Partial<ConnectOptions> = {}): Promise<LockClient> {
+    this.clientPromise ??= import('../client/lock-client.js').then(({connect}) =>
+      connect({endpoints: flags.endpoints, requestTimeoutMs: flags.timeout, ...options}),
+    )
+    return this.clientPromise
+  }
+
+  /** Aborts on the first SIGINT/SIGTERM, so a wait can leave the queue cleanly. */
+  protected get interruptSignal(): AbortSignal {
+    if (!this.interruptController) {
+      const controller = new AbortController()
+      this.interruptController = controller
+      const onSignal = () => controller.abort()
+      process.once('SIGINT', onSignal)
+      process.once('SIGTERM', onSignal)
+    }
+    return this.interruptController.signal
+  }
+
+  /** One JSON document on one line: easy for `jq` and for line-oriented scripts. */
+  logJson(json: unknown): void {
+    process.stdout.write(`${JSON.stringify(json)}\n`)
+  }
+
+  async catch(error: Error & {code?: string; oneLine?: string; oclif?: {exit?: number}; exitCode?: number}): Promise<void> {
+    const {code, exitCode, message} = describeError(error, this.conflictExitCode)
+    process.exitCode = exitCode
+    if (this.jsonEnabled()) this.logJson({error: {code, message, exitCode}})
+    else process.stderr.write(`lockctl: ${message}\n`)
+  }
+
+  async finally(error: Error | undefined): Promise<void> {
+    await super.finally(error)
+    if (this.clientPromise) await (await this.clientPromise.catch(() => null))?.close()
+  }
+}
+
+/** Map any error to the code, exit code and one-line message the user sees. */
+export function describeError(
+  error: Error & {code?: string; oneLine?: string; oclif?: {exit?: number}; exitCode?: number},
+  conflictExitCode: number = ExitCode.NOT_ACQUIRED,
+): {code: string; exitCode: number; message: string} {
+  if (error.oneLine) return {code: ErrorCode.BAD_INPUT, exitCode: ExitCode.USAGE, message: error.oneLine}
+  if (error.code && error.code in ErrorCode) {
+    const exitCode = error.code === ErrorCode.LOCK_HELD || error.code === ErrorCode.WAIT_TIMEOUT ? conflictExitCode : exitCodeFor(error.code)
+    return {code: error.code, exitCode, message: error.message}
+  }
+  if (error.oclif?.exit !== undefined) {
+    // oclif's own usage errors (unknown flag, missing argument): keep them to one line.
+    const message = error.message
+      .split('\n')
+      .map((line) => line.trim())
+      .filter((line) => line && !/^See more help/.test(line))
+      .join(' ')
+    const exitCode = error.oclif.exit === 0 ? 0 : ExitCode.USAGE
+    return {code: exitCode === 0 ? 'OK' : ErrorCode.BAD_INPUT, exitCode, message: `${message} (see --help)`}
+  }
+  return {code: 'INTERNAL', exitCode: ExitCode.INTERNAL, message: `unexpected error: ${error.stack ?? error.message}`}
+}

@@ -1,0 +1,124 @@
+import {Args, Flags} from '@oclif/core'
+import {BadInputError} from '../client/errors.js'
+import {WAIT_FOREVER} from '../protocol/messages.js'
+import {keyProblem, MAX_LEASE_MS, MAX_WAIT_MS, MIN_LEASE_MS, tokenProblem, ownerProblem} from '../protocol/validate.js'
+
+/**
+ * A usage error whose text is one line naming the flag and the accepted form. oclif rewrites
+ * the message of errors thrown while parsing, so the line is kept apart in `oneLine`.
+ */
+export class UsageError extends BadInputError {
+  readonly oneLine: string
+  constructor(message: string) {
+    super(message)
+    this.oneLine = message
+  }
+}
+
+const UNITS: Record<string, number> = {ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000}
+const DURATION_FORMS = 'a number with a unit, e.g. 500ms, 30s, 1m30s, 2h'
+
+/** Parse `500ms`, `30s`, `1m30s`, `2h`, `1.5s`, `0`; returns milliseconds. */
+export function parseDuration(text: string): number | null {
+  const trimmed = text.trim().toLowerCase()
+  if (trimmed === '0') return 0
+  if (!/^(\d+(\.\d+)?(ms|s|m|h|d))+$/.test(trimmed)) return null
+  let total = 0
+  for (const [, amount, unit] of trimmed.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h|d)/g)) total += Number(amount) * UNITS[unit]
+  return Math.round(total)
+}
+
+function durationFlagValue(name: string, input: string, min: number, max: number, allowForever: boolean): number {
+  if (allowForever && /^(forever|inf|infinity)$/i.test(input.trim())) return WAIT_FOREVER
+  const ms = parseDuration(input)
+  const forms = allowForever ? `${DURATION_FORMS}, or forever` : DURATION_FORMS
+  if (ms === null) {
+    const hint = /^\d+(\.\d+)?$/.test(input.trim()) ? ` (a bare number has no unit: write ${input.trim()}s)` : ''
+    throw new UsageError(`--${name}: ${JSON.stringify(input)} is not a duration${hint}; use ${forms}`)
+  }
+  if (ms < min) throw new UsageError(`--${name}: ${input} is too short; the minimum is ${formatBound(min)}`)
+  if (ms > max) throw new UsageError(`--${name}: ${input} is too long; the maximum is ${formatBound(max)}`)
+  return ms
+}
+
+function formatBound(ms: number): string {
+  if (ms % 86_400_000 === 0 && ms >= 86_400_000) return `${ms / 86_400_000}d`
+  if (ms % 3_600_000 === 0 && ms >= 3_600_000) return `${ms / 3_600_000}h`
+  if (ms % 1000 === 0 && ms >= 1000) return `${ms / 1000}s`
+  return `${ms}ms`
+}
+
+export const leaseFlag = (options: {defaultMs: number; description?: string}) =>
+  Flags.custom<number>({
+    description: options.description ?? `lease length (${formatBound(MIN_LEASE_MS)}..${formatBound(MAX_LEASE_MS)}); the lock is released when it runs out`,
+    helpValue: 'DURATION',
+    default: options.defaultMs,
+    defaultHelp: async () => formatBound(options.defaultMs),
+    parse: async (input, _ctx, flag) => durationFlagValue(flag.name, input, MIN_LEASE_MS, MAX_LEASE_MS, false),
+  })()
+
+export const waitFlag = (options: {defaultMs: number; description?: string}) =>
+  Flags.custom<number>({
+    description: options.description ?? 'how long to wait in the queue: 0 = try once, a duration, or forever',
+    helpValue: 'DURATION|forever',
+    default: options.defaultMs,
+    defaultHelp: async () => (options.defaultMs === WAIT_FOREVER ? 'forever' : formatBound(options.defaultMs)),
+    parse: async (input, _ctx, flag) => durationFlagValue(flag.name, input, 0, MAX_WAIT_MS, true),
+  })()
+
+export const durationFlag = (options: {description: string; defaultMs: number; min: number; max: number}) =>
+  Flags.custom<number>({
+    description: options.description,
+    helpValue: 'DURATION',
+    default: options.defaultMs,
+    defaultHelp: async () => formatBound(options.defaultMs),
+    parse: async (input, _ctx, flag) => durationFlagValue(flag.name, input, options.min, options.max, false),
+  })()
+
+export const tokenFlag = (description: string, options: {fromEnv?: boolean} = {}) =>
+  Flags.custom<string>({
+    description,
+    env: options.fromEnv === false ? undefined : 'LOCKCTL_TOKEN',
+    helpValue: 'TOKEN',
+    parse: async (input) => {
+      const problem = tokenProblem(input)
+      if (problem) throw new UsageError(`--token: ${problem}; pass the token printed by lockctl lock`)
+      return input
+    },
+  })()
+
+export const ownerFlag = Flags.custom<string>({
+  description: 'who holds the lock, as status shows it (default user@host:pid)',
+  env: 'LOCKCTL_OWNER',
+  helpValue: 'NAME',
+  parse: async (input) => {
+    const problem = ownerProblem(input)
+    if (problem) throw new UsageError(`--owner: ${problem}`)
+    return input
+  },
+})
+
+export function checkKeyArg(key: string): string {
+  const problem = keyProblem(key)
+  if (problem) throw new UsageError(`KEY ${JSON.stringify(key)}: ${problem}`)
+  return key
+}
+
+export const keyArg = (options: {required: boolean; description?: string}) =>
+  Args.string({
+    description: options.description ?? 'lock name: 1-512 bytes of UTF-8, no control characters',
+    required: options.required,
+  })
+
+export const conflictExitCodeFlag = Flags.integer({
+  description: 'exit code when the lock is not acquired (as flock -E)',
+  default: 1,
+  min: 1,
+  max: 255,
+  helpValue: 'N',
+})
+
+/** A required value that was given neither as a flag nor through its environment variable. */
+export function missingInput(what: string): never {
+  throw new UsageError(`missing ${what}`)
+}

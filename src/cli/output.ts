@@ -1,0 +1,44 @@
+import type {GrantInfo, HolderInfo} from '../protocol/messages.js'
+import {formatMs} from '../client/errors.js'
+
+export {formatMs}
+
+/** Quote for POSIX sh, so `eval "$(lockctl lock k --export)"` is safe with any key. */
+export function shellQuote(value: string): string {
+  return `'${value.replaceAll("'", `'\\''`)}'`
+}
+
+/** The JSON shape of a grant, as `lock --json` and `renew --json` print it. */
+export function grantJson(grant: GrantInfo, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    key: grant.key,
+    token: grant.token,
+    fence: grant.fence,
+    leaseMs: grant.leaseMs,
+    owner: grant.owner,
+    since: new Date(grant.since).toISOString(),
+    expiresAt: new Date(Date.now() + grant.leaseLeftMs).toISOString(),
+    ...extra,
+  }
+}
+
+export function holderJson(holder: HolderInfo | null): Record<string, unknown> | null {
+  if (!holder) return null
+  return {
+    owner: holder.owner,
+    fence: holder.fence,
+    leaseMs: holder.leaseMs,
+    leaseLeftMs: holder.leaseLeftMs,
+    since: new Date(holder.since).toISOString(),
+  }
+}
+
+export function ordinal(n: number): string {
+  const suffix = n % 100 >= 11 && n % 100 <= 13 ? 'th' : (['th', 'st', 'nd', 'rd'][n % 10] ?? 'th')
+  return `${n}${suffix}`
+}
+
+/** "3m ago" style age of a wall-clock time. */
+export function age(sinceMs: number, now = Date.now()): string {
+  return `${formatMs(Math.max(0, now - sinceMs))} ago`
+}

@@ -1,0 +1,47 @@
+import type {GrantInfo, HolderInfo, LockInfo} from '../protocol/messages.js'
+
+export type {GrantInfo, HolderInfo, LockInfo}
+
+/** Atomix's connection states: suspended = cannot reach the service long enough that a lease may have run out. */
+export type ConnectionState = 'connected' | 'suspended' | 'closed'
+
+export interface AcquireRequest {
+  key: string
+  leaseMs: number
+  /** 0 = try once, N ms, or WAIT_FOREVER (-1). Counted from the moment the request is sent. */
+  waitMs: number
+  owner: string
+  /** Token of the current grant, for a reentrant acquire. */
+  token?: string
+  signal?: AbortSignal
+  /** Called once if the request had to queue: our place (1 = next) and the current holder. */
+  onQueued?: (info: {position: number; holder: HolderInfo | null}) => void
+}
+
+export interface AcquireResult {
+  grant: GrantInfo
+  /** True when the grant came after waiting in the queue (pushed), false when immediate. */
+  queued: boolean
+}
+
+/**
+ * What a lock service must do for lockctl. lockd implements it now; the etcd backend will
+ * implement the same contract, so the client and the CLI never ask which one they talk to.
+ * Errors are the typed LockError classes of ./errors.
+ */
+export interface LockBackend {
+  readonly kind: 'lockd' | 'etcd'
+  /** The endpoint, as shown to users. */
+  readonly label: string
+  acquire(request: AcquireRequest): Promise<AcquireResult>
+  /** Release with the token (or any holder with force); returns who held it. */
+  release(key: string, token: string | undefined, force: boolean): Promise<HolderInfo>
+  renew(key: string, token: string, leaseMs?: number): Promise<GrantInfo>
+  /** Who holds the lock, if `token` holds it now; NotHolderError otherwise. No side effect. */
+  check(key: string, token: string): Promise<HolderInfo>
+  inspect(key: string): Promise<LockInfo | null>
+  list(prefix: string, limit?: number): Promise<{locks: LockInfo[]; total: number}>
+  info(): Promise<Record<string, unknown>>
+  onStateChange(listener: (state: ConnectionState) => void): () => void
+  close(): Promise<void>
+}

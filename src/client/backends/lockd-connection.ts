@@ -1,0 +1,200 @@
+import {createConnection, type Socket} from 'node:net'
+import type {Packr} from 'msgpackr'
+import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder} from '../../protocol/framing.js'
+import {PROTOCOL_VERSION, type HelloReply, type Push, type RequestBody, type Response} from '../../protocol/messages.js'
+import {AbortedError, ProtocolError, UnreachableError} from '../errors.js'
+
+export type SocketTarget = {path: string} | {host: string; port: number}
+
+export interface ConnectionOptions {
+  /** Give up connecting (and the hello) after this long. */
+  connectTimeoutMs: number
+  /** Default deadline of a request. */
+  requestTimeoutMs: number
+  maxFrame?: number
+  /** How the target is named in error messages. */
+  label: string
+}
+
+interface Pending {
+  resolve(response: Response): void
+  reject(error: Error): void
+  timer: NodeJS.Timeout
+}
+
+/**
+ * One msgpack-framed connection to lockd: hello, request ids, per-request deadlines, pushes.
+ * When it closes, every pending request fails with UnreachableError and `onClose` fires once.
+ */
+export class LockdConnection {
+  private readonly pending = new Map<number, Pending>()
+  private nextId = 1
+  private closedError: Error | null = null
+  private readonly codec: Packr = createCodec()
+  onPush: (push: Push) => void = () => {}
+  onClose: (error: Error) => void = () => {}
+  server: HelloReply | null = null
+
+  private constructor(
+    private readonly socket: Socket,
+    private readonly options: ConnectionOptions,
+  ) {}
+
+  static connect(target: SocketTarget, options: ConnectionOptions): Promise<LockdConnection> {
+    return new Promise((resolve, reject) => {
+      const socket = createConnection(target as never)
+      socket.setNoDelay(true)
+      const connection = new LockdConnection(socket, options)
+      const timer = setTimeout(() => {
+        socket.destroy()
+        reject(new UnreachableError(`${options.label}: no answer within ${options.connectTimeoutMs}ms`))
+      }, options.connectTimeoutMs)
+      const onError = (error: NodeJS.ErrnoException) => {
+        clearTimeout(timer)
+        reject(new UnreachableError(`${options.label}: ${describeSocketError(error)}`, {cause: error}))
+      }
+      socket.once('error', onError)
+      socket.once('connect', () => {
+        connection.attach()
+        connection.hello().then(
+          (hello) => {
+            clearTimeout(timer)
+            socket.off('error', onError)
+            connection.server = hello
+            resolve(connection)
+          },
+          (error) => {
+            clearTimeout(timer)
+            socket.destroy()
+            reject(error)
+          },
+        )
+      })
+    })
+  }
+
+  get closed(): boolean {
+    return this.closedError !== null
+  }
+
+  private attach(): void {
+    const decoder = new FrameDecoder(this.codec, this.options.maxFrame ?? DEFAULT_MAX_FRAME)
+    this.socket.on('data', (chunk) => {
+      let messages: unknown[]
+      try {
+        messages = decoder.push(chunk)
+      } catch (error) {
+        this.shutdown(new ProtocolError(`${this.options.label}: ${(error as Error).message}`))
+        return
+      }
+      for (const message of messages) this.dispatch(message as Record<string, unknown>)
+    })
+    this.socket.on('error', (error: NodeJS.ErrnoException) =>
+      this.shutdown(new UnreachableError(`${this.options.label}: ${describeSocketError(error)}`, {cause: error})),
+    )
+    this.socket.on('close', () => this.shutdown(new UnreachableError(`${this.options.label}: connection lost`)))
+  }
+
+  private helloWaiter: ((reply: HelloReply) => void) | null = null
+
+  private hello(): Promise<HelloReply> {
+    return new Promise((resolve, reject) => {
+      this.helloWaiter = resolve
+      this.onClose = reject
+      this.write({t: 'hello', v: PROTOCOL_VERSION, client: 'lockctl'})
+    })
+  }
+
+  private dispatch(message: Record<string, unknown>): void {
+    switch (message.t) {
+      case 'hello': {
+        const waiter = this.helloWaiter
+        this.helloWaiter = null
+        this.onClose = () => {}
+        waiter?.(message as unknown as HelloReply)
+        return
+      }
+      case 'res': {
+        const pending = this.pending.get(message.id as number)
+        if (!pending) return // the request already timed out
+        this.pending.delete(message.id as number)
+        clearTimeout(pending.timer)
+        pending.resolve(message as unknown as Response)
+        return
+      }
+      case 'push':
+        this.onPush(message as unknown as Push)
+        return
+      case 'error':
+        this.shutdown(new ProtocolError(`${this.options.label}: server closed the connection: ${String(message.msg)}`))
+        return
+      default:
+        this.shutdown(new ProtocolError(`${this.options.label}: unexpected message type ${JSON.stringify(message.t)}`))
+    }
+  }
+
+  /** The id the next request will get (a waiter is named by the id of its acquire). */
+  peekNextId(): number {
+    return this.nextId
+  }
+
+  request(body: RequestBody, options: {timeoutMs?: number; signal?: AbortSignal} = {}): Promise<Response> {
+    if (this.closedError) return Promise.reject(this.closedError)
+    if (options.signal?.aborted) return Promise.reject(new AbortedError())
+    const id = this.nextId++
+    const timeoutMs = options.timeoutMs ?? this.options.requestTimeoutMs
+    return new Promise<Response>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id)
+        reject(new UnreachableError(`${this.options.label}: no answer to ${body.op} within ${timeoutMs}ms`))
+      }, timeoutMs)
+      this.pending.set(id, {resolve, reject, timer})
+      try {
+        this.write({t: 'req', id, ...body})
+      } catch (error) {
+        this.pending.delete(id)
+        clearTimeout(timer)
+        reject(error)
+      }
+    })
+  }
+
+  private write(message: unknown): void {
+    this.socket.write(encodeFrame(this.codec, message, this.options.maxFrame ?? DEFAULT_MAX_FRAME))
+  }
+
+  close(): void {
+    this.shutdown(new UnreachableError(`${this.options.label}: connection closed`))
+  }
+
+  private shutdown(error: Error): void {
+    if (this.closedError) return
+    this.closedError = error
+    this.socket.destroy()
+    for (const pending of this.pending.values()) {
+      clearTimeout(pending.timer)
+      pending.reject(error)
+    }
+    this.pending.clear()
+    this.onClose(error)
+  }
+}
+
+function describeSocketError(error: NodeJS.ErrnoException): string {
+  switch (error.code) {
+    case 'ECONNREFUSED':
+      return 'connection refused (is lockd running?)'
+    case 'ENOENT':
+      return 'no socket there (is lockd running?)'
+    case 'EACCES':
+      return 'permission denied'
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return 'host not found'
+    case 'ECONNRESET':
+    case 'EPIPE':
+      return 'connection lost'
+    default:
+      return error.message
+  }
+}

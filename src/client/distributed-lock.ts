@@ -1,0 +1,173 @@
+import {WAIT_FOREVER, type GrantInfo, type HolderInfo} from '../protocol/messages.js'
+import {leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
+import type {LockBackend} from './backend.js'
+import {BadInputError, BusyError, ClosedError, ErrorCode, LockError, NotHolderError} from './errors.js'
+
+export interface TryLockOptions {
+  /** Lease length; the lock is ours for this long after the request was sent. Default 60 s. */
+  leaseMs?: number
+  /** 0 = try once (default), N ms in the fair queue, or Infinity / -1 for forever. */
+  waitMs?: number
+  signal?: AbortSignal
+  onQueued?: (info: {position: number; holder: HolderInfo | null}) => void
+}
+
+export const DEFAULT_LEASE_MS = 60_000
+
+type State = 'unlocked' | 'locked' | 'closed'
+
+/**
+ * One lock on one key, modelled on Dongting's DistributedLock: tryLock with a lease and a wait,
+ * updateLease, isHeldByCurrentClient, unlock, close. The lease is counted from the moment the
+ * request was sent, so this object stops believing it holds the lock before the server stops
+ * honouring it. One operation at a time: a second concurrent one fails with BusyError.
+ */
+export class DistributedLock {
+  private state: State = 'unlocked'
+  private deadline = 0
+  private grant: GrantInfo | null = null
+  private busy = false
+
+  constructor(
+    readonly key: string,
+    private readonly backend: LockBackend,
+    private readonly owner: string,
+  ) {}
+
+  /** The token of the current grant (undefined when not held). */
+  get token(): string | undefined {
+    return this.grant?.token
+  }
+
+  /** The fencing token of the current grant (undefined when not held). */
+  get fence(): number | undefined {
+    return this.grant?.fence
+  }
+
+  /** The last grant, as the server described it. */
+  get info(): GrantInfo | null {
+    return this.grant
+  }
+
+  isHeldByCurrentClient(): boolean {
+    return this.state === 'locked' && performance.now() < this.deadline
+  }
+
+  leaseRestMillis(): number {
+    return this.state === 'locked' ? Math.max(0, Math.floor(this.deadline - performance.now())) : 0
+  }
+
+  /** Like acquire(), but answers false instead of throwing when the lock is held or the wait ran out. */
+  async tryLock(options: TryLockOptions = {}): Promise<boolean> {
+    try {
+      await this.acquire(options)
+      return true
+    } catch (error) {
+      if (error instanceof LockError && (error.code === ErrorCode.LOCK_HELD || error.code === ErrorCode.WAIT_TIMEOUT)) return false
+      throw error
+    }
+  }
+
+  /**
+   * Acquire (or, when already held, re-acquire with our token, which renews the lease).
+   * Throws LockHeldError, WaitTimeoutError, AbortedError, UnreachableError.
+   */
+  async acquire(options: TryLockOptions = {}): Promise<GrantInfo> {
+    const leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS
+    const waitMs = options.waitMs === undefined ? 0 : options.waitMs === Number.POSITIVE_INFINITY ? WAIT_FOREVER : options.waitMs
+    const problem = leaseProblem(leaseMs) ?? waitProblem(waitMs)
+    if (problem) throw new BadInputError(problem)
+    return this.exclusive(async () => {
+      const sentAt = performance.now()
+      const {grant, queued} = await this.backend.acquire({
+        key: this.key,
+        leaseMs,
+        waitMs,
+        owner: this.owner,
+        token: this.isHeldByCurrentClient() ? this.grant!.token : undefined,
+        signal: options.signal,
+        onQueued: options.onQueued,
+      })
+      this.hold(grant, sentAt + leaseMs)
+      // A pushed grant was made at some unknown moment after we sent: sentAt + lease is the
+      // only safe deadline. If the wait ate half of it, renew now to start a full lease.
+      if (queued && this.leaseRestMillis() < leaseMs / 2) await this.renewNow(leaseMs)
+      return this.grant!
+    })
+  }
+
+  /** Extend the lease to `leaseMs` (default: the current length) from now. */
+  async updateLease(leaseMs?: number): Promise<GrantInfo> {
+    if (leaseMs !== undefined) {
+      const problem = leaseProblem(leaseMs)
+      if (problem) throw new BadInputError(problem)
+    }
+    return this.exclusive(() => this.renewNow(leaseMs ?? this.grant?.leaseMs ?? DEFAULT_LEASE_MS))
+  }
+
+  private async renewNow(leaseMs: number): Promise<GrantInfo> {
+    if (this.state !== 'locked' || !this.grant) throw new NotHolderError(this.key, `${JSON.stringify(this.key)} is not held by this lock object`)
+    const sentAt = performance.now()
+    try {
+      const grant = await this.backend.renew(this.key, this.grant.token, leaseMs)
+      this.hold(grant, sentAt + leaseMs)
+      return grant
+    } catch (error) {
+      // "Not the holder" ends the grant here and now (Dongting keeps believing until its deadline).
+      if (error instanceof LockError && error.code === ErrorCode.NOT_HOLDER) this.drop()
+      throw error
+    }
+  }
+
+  /** Release the lock. Throws NotHolderError if the server says we no longer held it. */
+  async unlock(): Promise<void> {
+    return this.exclusive(async () => {
+      if (this.state !== 'locked' || !this.grant) throw new NotHolderError(this.key, `${JSON.stringify(this.key)} is not held by this lock object`)
+      const {token} = this.grant
+      this.drop()
+      await this.backend.release(this.key, token, false)
+    })
+  }
+
+  /** Release if held (errors ignored) and refuse any further operation. Idempotent. */
+  async close(): Promise<void> {
+    if (this.state === 'closed') return
+    const token = this.state === 'locked' ? this.grant?.token : undefined
+    this.state = 'closed'
+    this.grant = null
+    if (token) await this.backend.release(this.key, token, false).catch(() => {})
+  }
+
+  private hold(grant: GrantInfo, deadline: number): void {
+    this.grant = grant
+    this.deadline = deadline
+    this.state = 'locked'
+  }
+
+  private drop(): void {
+    if (this.state === 'locked') this.state = 'unlocked'
+    this.grant = null
+    this.deadline = 0
+  }
+
+  private async exclusive<T>(operation: () => Promise<T>): Promise<T> {
+    if (this.state === 'closed') throw new ClosedError(`the lock object for ${JSON.stringify(this.key)}`)
+    if (this.busy) throw new BusyError(this.key)
+    this.busy = true
+    try {
+      return await operation()
+    } finally {
+      this.busy = false
+    }
+  }
+}
+
+export function checkToken(token: string): void {
+  const problem = tokenProblem(token)
+  if (problem) throw new BadInputError(problem)
+}
+
+export function checkOwner(owner: string): void {
+  const problem = ownerProblem(owner)
+  if (problem) throw new BadInputError(problem)
+}

@@ -1,0 +1,75 @@
+import {spawn} from 'node:child_process'
+import {mkdirSync, openSync, closeSync, readFileSync, existsSync} from 'node:fs'
+import {homedir} from 'node:os'
+import {join} from 'node:path'
+import {fileURLToPath} from 'node:url'
+import {UnreachableError} from './errors.js'
+import {LockdConnection, type ConnectionOptions} from './backends/lockd-connection.js'
+
+/** Where the per-user lockd keeps its socket, data and log: $XDG_STATE_HOME/lockctl. */
+export function stateDir(env: NodeJS.ProcessEnv = process.env): string {
+  const base = env.XDG_STATE_HOME && env.XDG_STATE_HOME.startsWith('/') ? env.XDG_STATE_HOME : join(env.HOME || homedir(), '.local', 'state')
+  return join(base, 'lockctl')
+}
+
+export interface EmbeddedPaths {
+  dir: string
+  socket: string
+  dataDir: string
+  logFile: string
+}
+
+export function embeddedPaths(dir = stateDir()): EmbeddedPaths {
+  return {dir, socket: join(dir, 'lockd.sock'), dataDir: join(dir, 'data'), logFile: join(dir, 'lockd.log')}
+}
+
+/** How long an embedded lockd with no connections and no locks lives on. */
+export const EMBEDDED_IDLE_EXIT_MS = 15 * 60 * 1000
+const START_TIMEOUT_MS = 5000
+
+/**
+ * Connect to the per-user lockd, starting it in the background when nobody answers. Two CLIs
+ * racing here both spawn a server; lockd's data-directory claim lets exactly one of them run and
+ * the other exits, and both CLIs connect to the winner.
+ */
+export async function connectEmbedded(paths: EmbeddedPaths, options: ConnectionOptions): Promise<LockdConnection> {
+  try {
+    return await LockdConnection.connect({path: paths.socket}, options)
+  } catch (error) {
+    if (!(error instanceof UnreachableError)) throw error
+  }
+  mkdirSync(paths.dir, {recursive: true, mode: 0o700})
+  const log = openSync(paths.logFile, 'a', 0o600)
+  let exited: number | null = null
+  try {
+    const daemon = fileURLToPath(new URL('../server/daemon.js', import.meta.url))
+    const child = spawn(
+      process.execPath,
+      [daemon, '--socket', paths.socket, '--data-dir', paths.dataDir, '--idle-exit-ms', String(EMBEDDED_IDLE_EXIT_MS)],
+      {detached: true, stdio: ['ignore', log, log], env: process.env},
+    )
+    child.on('exit', (code) => (exited = code ?? 1))
+    child.unref()
+  } finally {
+    closeSync(log)
+  }
+  const deadline = performance.now() + START_TIMEOUT_MS
+  for (let delay = 10; ; delay = Math.min(delay * 2, 200)) {
+    await new Promise((resolve) => setTimeout(resolve, delay))
+    try {
+      return await LockdConnection.connect({path: paths.socket}, options)
+    } catch (error) {
+      if (!(error instanceof UnreachableError)) throw error
+      // Exit code 0 is the loser of a start race: keep trying to reach the winner.
+      if ((exited !== null && exited !== 0) || performance.now() > deadline) {
+        throw new UnreachableError(`the local lockd did not start: ${lastLine(paths.logFile) ?? 'no reason given'} (log: ${paths.logFile})`)
+      }
+    }
+  }
+}
+
+function lastLine(file: string): string | undefined {
+  if (!existsSync(file)) return undefined
+  const lines = readFileSync(file, 'utf8').trim().split('\n')
+  return lines.at(-1) || undefined
+}

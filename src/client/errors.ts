@@ -1,0 +1,105 @@
+import {ErrorCode} from '../protocol/errors.js'
+import type {HolderInfo} from '../protocol/messages.js'
+
+export {ErrorCode}
+
+/** Base of every error the client throws; `code` is stable and safe to switch on. */
+export class LockError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: {cause?: unknown},
+  ) {
+    super(message, options)
+    this.name = new.target.name
+  }
+}
+
+/** Held by another owner and the caller did not wait. */
+export class LockHeldError extends LockError {
+  constructor(
+    readonly key: string,
+    readonly holder: HolderInfo | null,
+  ) {
+    super(ErrorCode.LOCK_HELD, `${JSON.stringify(key)} is held by ${describeHolder(holder)}`)
+  }
+}
+
+/** The caller waited in the queue and gave up when its wait ran out. */
+export class WaitTimeoutError extends LockError {
+  constructor(
+    readonly key: string,
+    readonly waitedMs: number,
+    readonly holder: HolderInfo | null,
+  ) {
+    super(ErrorCode.WAIT_TIMEOUT, `gave up waiting for ${JSON.stringify(key)} after ${formatMs(waitedMs)}; held by ${describeHolder(holder)}`)
+  }
+}
+
+export class NotHolderError extends LockError {
+  constructor(readonly key: string, message?: string) {
+    super(ErrorCode.NOT_HOLDER, message ?? `the token does not hold ${JSON.stringify(key)} (released, expired, or never held)`)
+  }
+}
+
+export class LeaseLostError extends LockError {
+  constructor(readonly key: string, reason: string) {
+    super(ErrorCode.LEASE_LOST, `lost ${JSON.stringify(key)}: ${reason}`)
+  }
+}
+
+export class UnreachableError extends LockError {
+  constructor(message: string, options?: {cause?: unknown}) {
+    super(ErrorCode.UNREACHABLE, message, options)
+  }
+}
+
+export class ProtocolError extends LockError {
+  constructor(message: string) {
+    super(ErrorCode.PROTOCOL, message)
+  }
+}
+
+export class BadInputError extends LockError {
+  constructor(message: string) {
+    super(ErrorCode.BAD_INPUT, message)
+  }
+}
+
+export class BusyError extends LockError {
+  constructor(key: string) {
+    super(ErrorCode.BUSY, `an operation on ${JSON.stringify(key)} is already in flight on this lock object`)
+  }
+}
+
+export class AbortedError extends LockError {
+  constructor(message = 'the operation was aborted') {
+    super(ErrorCode.ABORTED, message)
+  }
+}
+
+export class ClosedError extends LockError {
+  constructor(what = 'the client') {
+    super(ErrorCode.CLOSED, `${what} is closed`)
+  }
+}
+
+export class ServerError extends LockError {
+  constructor(message: string) {
+    super(ErrorCode.INTERNAL, message)
+  }
+}
+
+export function describeHolder(holder: HolderInfo | null | undefined): string {
+  if (!holder) return 'nobody'
+  return `${holder.owner} (fence ${holder.fence}, ${formatMs(holder.leaseLeftMs)} left)`
+}
+
+export function formatMs(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)}ms`
+  const totalSeconds = Math.round(ms / 1000)
+  const h = Math.floor(totalSeconds / 3600)
+  const m = Math.floor((totalSeconds % 3600) / 60)
+  const s = totalSeconds % 60
+  return [h ? `${h}h` : '', m ? `${m}m` : '', s || (!h && !m) ? `${s}s` : ''].join('')
+}

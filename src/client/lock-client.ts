@@ -1,0 +1,144 @@
+import {hostname, userInfo} from 'node:os'
+import {keyProblem, leaseProblem} from '../protocol/validate.js'
+import type {ConnectionState, GrantInfo, HolderInfo, LockBackend, LockInfo} from './backend.js'
+import {LockdBackend} from './backends/lockd.js'
+import {LockdConnection} from './backends/lockd-connection.js'
+import {checkOwner, checkToken, DistributedLock} from './distributed-lock.js'
+import {connectEmbedded, embeddedPaths, stateDir} from './embedded.js'
+import {describeEndpoint, parseEndpoint, type Endpoint} from './endpoint.js'
+import {BadInputError} from './errors.js'
+
+export interface ConnectOptions {
+  /**
+   * Where the lock service is: `unix:///path`, `lockd://host:port`, `etcd://h1:2379,h2:2379`.
+   * Omitted: the per-user local lockd, started in the background if it is not running.
+   */
+  endpoints?: string
+  /** Owner recorded with grants, shown by status. Default `user@host:pid`. */
+  owner?: string
+  /** Deadline of each request. Default 5000 ms. */
+  requestTimeoutMs?: number
+  /** Deadline of connecting. Default 3000 ms. */
+  connectTimeoutMs?: number
+  /** State directory of the embedded lockd. Default $XDG_STATE_HOME/lockctl. */
+  stateDir?: string
+}
+
+export function defaultOwner(): string {
+  let user = 'unknown'
+  try {
+    user = userInfo().username
+  } catch {}
+  return `${user}@${hostname()}:${process.pid}`
+}
+
+/**
+ * A connection to a lock service. Creates lock objects, and offers the stateless operations a
+ * later process needs when all it has is a key and a token (`lockctl unlock`, `renew`).
+ */
+export class LockClient {
+  readonly owner: string
+
+  constructor(
+    readonly backend: LockBackend,
+    owner: string,
+  ) {
+    this.owner = owner
+  }
+
+  get endpoint(): string {
+    return this.backend.label
+  }
+
+  createLock(key: string, options: {owner?: string} = {}): DistributedLock {
+    checkKey(key)
+    if (options.owner) checkOwner(options.owner)
+    return new DistributedLock(key, this.backend, options.owner ?? this.owner)
+  }
+
+  /** Release with a token; with force, whoever holds it. Throws NotHolderError. */
+  release(key: string, token: string | undefined, options: {force?: boolean} = {}): Promise<HolderInfo> {
+    checkKey(key)
+    if (!options.force) checkToken(token ?? '')
+    return this.backend.release(key, token, options.force === true)
+  }
+
+  /** Extend a grant known by its token, optionally to a new lease length. Throws NotHolderError. */
+  renew(key: string, token: string, leaseMs?: number): Promise<GrantInfo> {
+    checkKey(key)
+    checkToken(token)
+    if (leaseMs !== undefined) {
+      const problem = leaseProblem(leaseMs)
+      if (problem) throw new BadInputError(problem)
+    }
+    return this.backend.renew(key, token, leaseMs)
+  }
+
+  /** Who holds `key`, if `token` holds it now. Throws NotHolderError otherwise. */
+  check(key: string, token: string): Promise<HolderInfo> {
+    checkKey(key)
+    checkToken(token)
+    return this.backend.check(key, token)
+  }
+
+  inspect(key: string): Promise<LockInfo | null> {
+    checkKey(key)
+    return this.backend.inspect(key)
+  }
+
+  list(prefix = '', limit?: number): Promise<{locks: LockInfo[]; total: number}> {
+    return this.backend.list(prefix, limit)
+  }
+
+  info(): Promise<Record<string, unknown>> {
+    return this.backend.info()
+  }
+
+  onStateChange(listener: (state: ConnectionState) => void): () => void {
+    return this.backend.onStateChange(listener)
+  }
+
+  close(): Promise<void> {
+    return this.backend.close()
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+}
+
+export function checkKey(key: string): void {
+  const problem = keyProblem(key)
+  if (problem) throw new BadInputError(`key ${JSON.stringify(key)}: ${problem}`)
+}
+
+/**
+ * Connect to a lock service. Nothing goes over the network here: the connection is opened by
+ * the first operation, so a bad endpoint is reported then (UnreachableError) and a malformed
+ * one right here (BadInputError).
+ */
+export async function connect(options: ConnectOptions = {}): Promise<LockClient> {
+  const owner = options.owner ?? defaultOwner()
+  checkOwner(owner)
+  const connection = {
+    connectTimeoutMs: options.connectTimeoutMs ?? 3000,
+    requestTimeoutMs: options.requestTimeoutMs ?? 5000,
+  }
+  const endpoints = options.endpoints?.trim()
+  if (!endpoints) {
+    const paths = embeddedPaths(options.stateDir ?? stateDir())
+    const label = `local lockd (unix://${paths.socket})`
+    return new LockClient(new LockdBackend({label, open: () => connectEmbedded(paths, {...connection, label})}), owner)
+  }
+  const endpoint: Endpoint = parseEndpoint(endpoints)
+  const label = describeEndpoint(endpoint)
+  switch (endpoint.kind) {
+    case 'unix':
+    case 'tcp': {
+      const target = endpoint.kind === 'unix' ? {path: endpoint.path} : {host: endpoint.host, port: endpoint.port}
+      return new LockClient(new LockdBackend({label, open: () => LockdConnection.connect(target, {...connection, label})}), owner)
+    }
+    case 'etcd':
+      throw new BadInputError(`${label}: the etcd backend is not available in this version of lockctl yet; use a lockd endpoint`)
+  }
+}

@@ -1,0 +1,56 @@
+import {Flags} from '@oclif/core'
+import {BaseCommand} from '../cli/base-command.js'
+import {checkKeyArg, conflictExitCodeFlag, keyArg, leaseFlag, missingInput, ownerFlag, waitFlag} from '../cli/flags.js'
+import {grantJson, ordinal, shellQuote} from '../cli/output.js'
+import {createProgress} from '../cli/progress.js'
+import {describeHolder} from '../client/errors.js'
+
+export default class Lock extends BaseCommand {
+  static summary = 'Acquire a lock and print its token.'
+  static description = `The lock stays held after lockctl exits, until its lease runs out or \`lockctl unlock\` releases it with the token.
+Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 4 unreachable, 130 interrupted.`
+
+  static examples = [
+    'token=$(<%= config.bin %> lock deploy --lease 2m --wait 30s) || exit 1',
+    'eval "$(<%= config.bin %> lock nightly --export)"',
+    '<%= config.bin %> lock deploy --json',
+  ]
+
+  static args = {key: keyArg({required: true})}
+
+  static flags = {
+    lease: leaseFlag({defaultMs: 60_000}),
+    wait: waitFlag({defaultMs: 0}),
+    owner: ownerFlag(),
+    export: Flags.boolean({description: 'print shell `export` lines for LOCKCTL_KEY, LOCKCTL_TOKEN, LOCKCTL_FENCE', exclusive: ['json']}),
+    'conflict-exit-code': conflictExitCodeFlag,
+  }
+
+  async run(): Promise<Record<string, unknown>> {
+    const {args, flags} = await this.parse(Lock)
+    this.conflictExitCode = flags['conflict-exit-code']
+    const key = checkKeyArg(args.key ?? missingInput('KEY'))
+    const client = await this.client(flags, {owner: flags.owner})
+    const lock = client.createLock(key)
+    const progress = createProgress(!this.jsonEnabled())
+    let grant
+    try {
+      grant = await lock.acquire({
+        leaseMs: flags.lease,
+        waitMs: flags.wait,
+        signal: this.interruptSignal,
+        onQueued: ({position, holder}) => progress.show(`waiting for ${key}: held by ${describeHolder(holder)}; ${ordinal(position)} in the queue`),
+      })
+    } finally {
+      progress.stop()
+    }
+    if (flags.export) {
+      this.log(`export LOCKCTL_KEY=${shellQuote(key)}`)
+      this.log(`export LOCKCTL_TOKEN=${shellQuote(grant.token)}`)
+      this.log(`export LOCKCTL_FENCE=${grant.fence}`)
+    } else {
+      this.log(grant.token)
+    }
+    return grantJson(grant, {endpoint: client.endpoint})
+  }
+}

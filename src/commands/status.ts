@@ -1,0 +1,66 @@
+import {Flags} from '@oclif/core'
+import {BaseCommand} from '../cli/base-command.js'
+import {checkKeyArg, keyArg, tokenFlag} from '../cli/flags.js'
+import {age, formatMs, holderJson} from '../cli/output.js'
+import type {LockInfo} from '../client/backend.js'
+
+export default class Status extends BaseCommand {
+  static summary = 'Show locks: holder, fence, lease left, waiters, since.'
+  static description = `Without KEY: every lock (or those under --prefix). With KEY and --token: exit 0 if the token still holds the lock, 5 if not.`
+
+  static examples = ['<%= config.bin %> status', '<%= config.bin %> status --prefix deploy/', '<%= config.bin %> status deploy --token "$token" && echo still mine']
+
+  static args = {key: keyArg({required: false})}
+
+  static flags = {
+    prefix: Flags.string({description: 'only keys that start with this', exclusive: ['key'], helpValue: 'PREFIX'}),
+    token: tokenFlag('check whether this token holds KEY (exit 0) or not (exit 5)', {fromEnv: false}),
+    limit: Flags.integer({description: 'show at most this many locks', default: 1000, min: 1}),
+  }
+
+  async run(): Promise<Record<string, unknown>> {
+    const {args, flags} = await this.parse(Status)
+    const client = await this.client(flags)
+    if (args.key !== undefined) {
+      const key = checkKeyArg(args.key)
+      if (flags.token) {
+        const holder = await client.check(key, flags.token)
+        this.log(`${key}: held by this token (fence ${holder.fence}, ${formatMs(holder.leaseLeftMs)} left)`)
+        return {key, held: true, holder: holderJson(holder)}
+      }
+      const lock = await client.inspect(key)
+      await this.render([lock ?? {key, holder: null, waiters: 0}], 1)
+      return {key, holder: holderJson(lock?.holder ?? null), waiters: lock?.waiters ?? 0}
+    }
+    const [info, {locks, total}] = await Promise.all([client.info(), client.list(flags.prefix ?? '', flags.limit)])
+    this.log(`${String(info.server)} ${String(info.version)} at ${client.endpoint}: ${String(info.locks)} lock(s), ${String(info.waiters)} waiter(s)`)
+    await this.render(locks, total)
+    return {
+      server: info,
+      total,
+      locks: locks.map((lock) => ({key: lock.key, holder: holderJson(lock.holder), waiters: lock.waiters})),
+    }
+  }
+
+  private async render(locks: LockInfo[], total: number): Promise<void> {
+    if (this.jsonEnabled()) return
+    if (locks.length === 0) {
+      this.log('no locks')
+      return
+    }
+    const {default: Table} = await import('cli-table3')
+    const table = new Table({
+      head: ['KEY', 'HOLDER', 'FENCE', 'LEASE LEFT', 'WAITERS', 'SINCE'],
+      style: {head: [], border: []},
+    })
+    for (const lock of locks) {
+      table.push(
+        lock.holder
+          ? [lock.key, lock.holder.owner, lock.holder.fence, formatMs(lock.holder.leaseLeftMs), lock.waiters, age(lock.holder.since)]
+          : [lock.key, '(free)', '', '', lock.waiters, ''],
+      )
+    }
+    this.log(table.toString())
+    if (total > locks.length) this.log(`… and ${total - locks.length} more (--limit)`)
+  }
+}

@@ -1,0 +1,40 @@
+import {Flags} from '@oclif/core'
+import {BaseCommand} from '../cli/base-command.js'
+import {checkKeyArg, keyArg, tokenFlag, UsageError, missingInput} from '../cli/flags.js'
+import {holderJson} from '../cli/output.js'
+import {describeHolder} from '../client/errors.js'
+
+export default class Unlock extends BaseCommand {
+  static summary = 'Release a lock with its token (or --force as an admin).'
+  static description = `KEY defaults to $LOCKCTL_KEY and the token to $LOCKCTL_TOKEN, as set by \`eval "$(lockctl lock KEY --export)"\`.
+Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lock (released, expired, or force-released).`
+
+  static examples = ['<%= config.bin %> unlock deploy --token "$token"', '<%= config.bin %> unlock', '<%= config.bin %> unlock deploy --force --yes']
+
+  static args = {key: keyArg({required: false, description: 'lock name (default: $LOCKCTL_KEY)'})}
+
+  static flags = {
+    token: tokenFlag('token printed by `lockctl lock` (default: $LOCKCTL_TOKEN)'),
+    force: Flags.boolean({description: 'release whoever holds it (admin); asks first on a terminal'}),
+    yes: Flags.boolean({char: 'y', description: 'do not ask before --force'}),
+  }
+
+  async run(): Promise<Record<string, unknown>> {
+    const {args, flags} = await this.parse(Unlock)
+    const key = checkKeyArg(args.key ?? process.env.LOCKCTL_KEY ?? missingInput('KEY (or $LOCKCTL_KEY)'))
+    if (!flags.force && !flags.token) missingInput('--token (or $LOCKCTL_TOKEN); use --force to release a lock you do not hold')
+    const client = await this.client(flags)
+    if (flags.force && !flags.yes && process.stdin.isTTY && process.stderr.isTTY && !this.jsonEnabled()) {
+      const lock = await client.inspect(key)
+      const {confirm} = await import('@inquirer/prompts')
+      const ok = await confirm(
+        {message: `Force-release ${JSON.stringify(key)}, held by ${describeHolder(lock?.holder)}?`, default: false},
+        {output: process.stderr},
+      )
+      if (!ok) throw new UsageError('not released: cancelled at the prompt')
+    }
+    const holder = await client.release(key, flags.force ? undefined : flags.token, {force: flags.force})
+    this.log(`released ${key} (fence ${holder.fence}, held by ${holder.owner})`)
+    return {key, released: true, forced: flags.force, holder: holderJson(holder)}
+  }
+}

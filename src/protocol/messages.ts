@@ -1,0 +1,107 @@
+import type {ErrorCode} from './errors.js'
+
+/** Bumped on any incompatible change; the server refuses a hello with another version. */
+export const PROTOCOL_VERSION = 1
+
+/** `waitMs` value that means "wait forever". */
+export const WAIT_FOREVER = -1
+
+/** What a holder looks like to anyone (no token: tokens prove ownership and are never listed). */
+export interface HolderInfo {
+  owner: string
+  fence: number
+  leaseMs: number
+  /** Lease left as the server counts it at the time of the answer. */
+  leaseLeftMs: number
+  /** Wall-clock ms when this grant was made. */
+  since: number
+}
+
+/** A grant as handed to its new owner. */
+export interface GrantInfo extends HolderInfo {
+  key: string
+  token: string
+}
+
+export interface LockInfo {
+  key: string
+  holder: HolderInfo | null
+  waiters: number
+}
+
+export interface ServerInfo {
+  server: 'lockd'
+  version: string
+  protocol: number
+  serverId: string
+  pid: number
+  startedAt: number
+  locks: number
+  waiters: number
+  connections: number
+  durable: boolean
+}
+
+export interface AcquireArgs {
+  key: string
+  leaseMs: number
+  /** 0 = try once, N = wait up to N ms in the FIFO queue, WAIT_FOREVER. */
+  waitMs: number
+  /** Token of the current grant: acquiring with it succeeds at once and renews (reentrancy). */
+  token?: string
+  owner: string
+}
+
+export type RequestBody =
+  | ({op: 'acquire'} & AcquireArgs)
+  /** Give up the wait started by request `wid`; releases the grant if it was already made. */
+  | {op: 'cancel'; key: string; wid: number}
+  | {op: 'release'; key: string; token?: string; force?: boolean}
+  | {op: 'renew'; key: string; token: string; leaseMs?: number}
+  /** Does this token hold the lock now? No side effect (unlike renew). */
+  | {op: 'check'; key: string; token: string}
+  | {op: 'inspect'; key: string}
+  | {op: 'list'; prefix: string; limit?: number}
+  | {op: 'info'}
+  | {op: 'ping'}
+
+export type Request = {t: 'req'; id: number} & RequestBody
+
+export interface Hello {
+  t: 'hello'
+  v: number
+  client?: string
+}
+
+export interface HelloReply {
+  t: 'hello'
+  v: number
+  server: 'lockd'
+  version: string
+  serverId: string
+}
+
+export type ResultCode = 'OK' | 'QUEUED' | ErrorCode
+
+export interface Response {
+  t: 'res'
+  id: number
+  code: ResultCode
+  msg?: string
+  grant?: GrantInfo
+  /** QUEUED: our place in the queue (1 = next) and who holds the lock now. */
+  position?: number
+  holder?: HolderInfo | null
+  lock?: LockInfo | null
+  locks?: LockInfo[]
+  total?: number
+  info?: ServerInfo
+  released?: boolean
+}
+
+/** Server-initiated messages; `wid` is the id of the acquire request that queued. */
+export type Push =
+  | {t: 'push'; ev: 'granted'; wid: number; grant: GrantInfo}
+  | {t: 'push'; ev: 'wait_timeout'; wid: number; key: string}
+
+export type ServerMessage = HelloReply | Response | Push | {t: 'error'; code: ErrorCode; msg: string}

@@ -1,0 +1,381 @@
+import {randomBytes} from 'node:crypto'
+import type {GrantInfo, HolderInfo, LockInfo} from '../protocol/messages.js'
+import {WAIT_FOREVER} from '../protocol/messages.js'
+import {DeadlineHeap} from './deadline-heap.js'
+
+/**
+ * The lock table: keys, holders, FIFO waiters and the fencing counter. Pure state: no sockets,
+ * no timers, no I/O. Time comes from an injected clock and the server calls `tick()` at
+ * `nextDeadline()`, so every rule here is testable with a fake clock.
+ */
+
+export interface Clock {
+  /** Monotonic milliseconds: leases and waits are measured with this. */
+  now(): number
+  /** Wall-clock milliseconds: only for display (`since`). */
+  wall(): number
+}
+
+export const systemClock: Clock = {
+  now: () => performance.now(),
+  wall: () => Date.now(),
+}
+
+/** Identifies one waiting acquire: the connection (session) and the id of its acquire request. */
+export interface WaiterRef {
+  session: string
+  wid: number
+}
+
+export interface Holder {
+  token: string
+  fence: number
+  owner: string
+  leaseMs: number
+  expiresAt: number
+  since: number
+  /** Set when the grant came from the queue, so a late `cancel` from that waiter releases it. */
+  origin?: WaiterRef
+}
+
+interface Waiter extends WaiterRef {
+  key: string
+  owner: string
+  leaseMs: number
+  deadline: number
+}
+
+interface Entry {
+  key: string
+  holder: Holder | null
+  waiters: Waiter[]
+}
+
+/** What the table did, in order; the server turns these into acks, pushes and log records. */
+export type TableEvent =
+  | {type: 'granted'; key: string; holder: Holder; to?: WaiterRef}
+  | {type: 'released'; key: string; holder: Holder; force: boolean}
+  | {type: 'expired'; key: string; holder: Holder}
+  | {type: 'renewed'; key: string; holder: Holder}
+  | {type: 'queued'; key: string; waiter: WaiterRef; position: number}
+  | {type: 'dequeued'; key: string; waiter: WaiterRef; reason: 'granted' | 'cancelled' | 'timeout' | 'disconnected'}
+  | {type: 'wait_timeout'; key: string; waiter: WaiterRef}
+
+export type AcquireResult =
+  | {kind: 'granted'; grant: GrantInfo; reentrant: boolean}
+  | {kind: 'held'; holder: HolderInfo}
+  | {kind: 'queued'; position: number; holder: HolderInfo}
+
+export type TokenResult = {ok: true; holder: Holder} | {ok: false}
+
+/** Durable form of one key's state; a log record says "key K now looks like this". */
+export interface PersistedHolder {
+  token: string
+  fence: number
+  owner: string
+  leaseMs: number
+  since: number
+}
+
+export interface TableSnapshot {
+  fence: number
+  locks: {key: string; holder: PersistedHolder}[]
+}
+
+type Deadline = {kind: 'lease'; key: string; holder: Holder} | {kind: 'wait'; waiter: Waiter}
+
+export interface LockTableOptions {
+  newToken?: () => string
+}
+
+export class LockTable {
+  private readonly entries = new Map<string, Entry>()
+  private readonly waitersBySession = new Map<string, Map<number, Waiter>>()
+  private readonly deadlines = new DeadlineHeap<Deadline>()
+  private readonly events: TableEvent[] = []
+  private readonly dirtyKeys = new Set<string>()
+  private fenceCounter = 0
+  private waiterCount = 0
+  private readonly newToken: () => string
+
+  constructor(
+    private readonly clock: Clock,
+    options: LockTableOptions = {},
+  ) {
+    this.newToken = options.newToken ?? (() => randomBytes(18).toString('base64url'))
+  }
+
+  get lastFence(): number {
+    return this.fenceCounter
+  }
+
+  get size(): number {
+    return this.entries.size
+  }
+
+  get waiters(): number {
+    return this.waiterCount
+  }
+
+  acquire(args: {
+    key: string
+    leaseMs: number
+    waitMs: number
+    owner: string
+    token?: string
+    from: WaiterRef
+  }): AcquireResult {
+    const now = this.clock.now()
+    const entry = this.entries.get(args.key)
+    const holder = entry?.holder
+    if (holder && args.token !== undefined && holder.token === args.token) {
+      this.extend(args.key, holder, args.leaseMs, now)
+      return {kind: 'granted', grant: this.grantInfo(args.key, holder, now), reentrant: true}
+    }
+    if (!holder) {
+      const granted = this.grant(args.key, args.owner, args.leaseMs, now)
+      return {kind: 'granted', grant: this.grantInfo(args.key, granted, now), reentrant: false}
+    }
+    if (args.waitMs === 0) return {kind: 'held', holder: this.holderInfo(holder, now)}
+
+    const waiter: Waiter = {
+      ...args.from,
+      key: args.key,
+      owner: args.owner,
+      leaseMs: args.leaseMs,
+      deadline: args.waitMs === WAIT_FOREVER ? Number.POSITIVE_INFINITY : now + args.waitMs,
+    }
+    entry!.waiters.push(waiter)
+    this.waiterCount++
+    let bySession = this.waitersBySession.get(waiter.session)
+    if (!bySession) this.waitersBySession.set(waiter.session, (bySession = new Map()))
+    bySession.set(waiter.wid, waiter)
+    if (waiter.deadline !== Number.POSITIVE_INFINITY) this.deadlines.push(waiter.deadline, {kind: 'wait', waiter})
+    const position = entry!.waiters.length
+    this.events.push({type: 'queued', key: args.key, waiter: args.from, position})
+    return {kind: 'queued', position, holder: this.holderInfo(holder, now)}
+  }
+
+  /**
+   * The waiter gave up. If it is still queued it leaves the queue; if the grant was already made
+   * to it (the push is on its way) the grant is released, so nobody sits on a lock it does not
+   * know it holds.
+   */
+  cancel(ref: WaiterRef, key: string): {released: boolean} {
+    const waiter = this.waitersBySession.get(ref.session)?.get(ref.wid)
+    if (waiter) {
+      this.removeWaiter(waiter, 'cancelled')
+      return {released: false}
+    }
+    const holder = this.entries.get(key)?.holder
+    if (holder?.origin && holder.origin.session === ref.session && holder.origin.wid === ref.wid) {
+      this.releaseHolder(key, holder, false)
+      return {released: true}
+    }
+    return {released: false}
+  }
+
+  release(key: string, token: string | undefined, force = false): TokenResult {
+    const holder = this.entries.get(key)?.holder
+    if (!holder || (!force && holder.token !== token)) return {ok: false}
+    this.releaseHolder(key, holder, force)
+    return {ok: true, holder}
+  }
+
+  renew(key: string, token: string, leaseMs?: number): TokenResult {
+    const holder = this.entries.get(key)?.holder
+    if (!holder || holder.token !== token) return {ok: false}
+    this.extend(key, holder, leaseMs ?? holder.leaseMs, this.clock.now())
+    return {ok: true, holder}
+  }
+
+  /** The holder if `token` holds `key` now, else null. Changes nothing. */
+  check(key: string, token: string): Holder | null {
+    const holder = this.entries.get(key)?.holder
+    return holder && holder.token === token ? holder : null
+  }
+
+  /** A connection went away: its waiters leave their queues. Holders keep their leases. */
+  dropSession(session: string): void {
+    const bySession = this.waitersBySession.get(session)
+    if (!bySession) return
+    for (const waiter of [...bySession.values()]) this.removeWaiter(waiter, 'disconnected')
+    this.waitersBySession.delete(session)
+  }
+
+  /** Expire leases and waits that are due; hand expired locks to the next waiter. */
+  tick(): void {
+    const now = this.clock.now()
+    for (let top = this.deadlines.peek(); top && top.at <= now; top = this.deadlines.peek()) {
+      this.deadlines.pop()
+      const due = top.item
+      if (due.kind === 'lease') {
+        const entry = this.entries.get(due.key)
+        // Stale heap entries (renewed or released holders) are skipped here.
+        if (entry?.holder !== due.holder || due.holder.expiresAt !== top.at) continue
+        this.events.push({type: 'expired', key: due.key, holder: due.holder})
+        this.vacate(entry, now)
+      } else if (this.waitersBySession.get(due.waiter.session)?.get(due.waiter.wid) === due.waiter) {
+        this.removeWaiter(due.waiter, 'timeout')
+        this.events.push({type: 'wait_timeout', key: due.waiter.key, waiter: due.waiter})
+      }
+    }
+    if (this.deadlines.size > 1024 && this.deadlines.size > 4 * (this.entries.size + this.waiterCount)) {
+      this.deadlines.compact((item, at) => this.isLive(item, at))
+    }
+  }
+
+  nextDeadline(): number | undefined {
+    return this.deadlines.peek()?.at
+  }
+
+  inspect(key: string): LockInfo | null {
+    const entry = this.entries.get(key)
+    return entry ? this.lockInfo(entry, this.clock.now()) : null
+  }
+
+  list(prefix: string, limit = Number.POSITIVE_INFINITY): {locks: LockInfo[]; total: number} {
+    const now = this.clock.now()
+    const matching: Entry[] = []
+    for (const entry of this.entries.values()) if (entry.key.startsWith(prefix)) matching.push(entry)
+    matching.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+    return {locks: matching.slice(0, limit).map((e) => this.lockInfo(e, now)), total: matching.length}
+  }
+
+  /** Events since the last call, in the order they happened. */
+  drainEvents(): TableEvent[] {
+    return this.events.splice(0)
+  }
+
+  /** Keys whose holder changed since the last call, with their state now (null = free). */
+  drainChanges(): {key: string; holder: PersistedHolder | null}[] {
+    const changes = [...this.dirtyKeys].map((key) => {
+      const holder = this.entries.get(key)?.holder
+      return {key, holder: holder ? persisted(holder) : null}
+    })
+    this.dirtyKeys.clear()
+    return changes
+  }
+
+  get hasChanges(): boolean {
+    return this.dirtyKeys.size > 0
+  }
+
+  snapshot(): TableSnapshot {
+    const locks: TableSnapshot['locks'] = []
+    for (const entry of this.entries.values()) if (entry.holder) locks.push({key: entry.key, holder: persisted(entry.holder)})
+    return {fence: this.fenceCounter, locks}
+  }
+
+  /**
+   * Rebuild state after a restart. A recovered holder gets its whole lease again, counted from
+   * now: its owner may have renewed just before the crash and still believes it holds, and the
+   * old monotonic clock is gone, so nothing shorter is safe.
+   */
+  recover(fence: number, holders: Iterable<[string, PersistedHolder]>): void {
+    const now = this.clock.now()
+    this.fenceCounter = Math.max(this.fenceCounter, fence)
+    for (const [key, saved] of holders) {
+      this.fenceCounter = Math.max(this.fenceCounter, saved.fence)
+      const holder: Holder = {...saved, expiresAt: now + saved.leaseMs}
+      this.entries.set(key, {key, holder, waiters: []})
+      this.deadlines.push(holder.expiresAt, {kind: 'lease', key, holder})
+    }
+  }
+
+  private grant(key: string, owner: string, leaseMs: number, now: number, to?: WaiterRef): Holder {
+    const holder: Holder = {
+      token: this.newToken(),
+      fence: ++this.fenceCounter,
+      owner,
+      leaseMs,
+      expiresAt: now + leaseMs,
+      since: this.clock.wall(),
+      origin: to ? {session: to.session, wid: to.wid} : undefined,
+    }
+    let entry = this.entries.get(key)
+    if (!entry) this.entries.set(key, (entry = {key, holder: null, waiters: []}))
+    entry.holder = holder
+    this.deadlines.push(holder.expiresAt, {kind: 'lease', key, holder})
+    this.dirtyKeys.add(key)
+    this.events.push({type: 'granted', key, holder, to})
+    return holder
+  }
+
+  private extend(key: string, holder: Holder, leaseMs: number, now: number): void {
+    if (leaseMs !== holder.leaseMs) this.dirtyKeys.add(key)
+    holder.leaseMs = leaseMs
+    holder.expiresAt = now + leaseMs
+    this.deadlines.push(holder.expiresAt, {kind: 'lease', key, holder})
+    this.events.push({type: 'renewed', key, holder})
+  }
+
+  private releaseHolder(key: string, holder: Holder, force: boolean): void {
+    this.events.push({type: 'released', key, holder, force})
+    this.vacate(this.entries.get(key)!, this.clock.now())
+  }
+
+  /** The holder is gone: the head of the queue gets the lock, or the key disappears. */
+  private vacate(entry: Entry, now: number): void {
+    entry.holder = null
+    this.dirtyKeys.add(entry.key)
+    const next = entry.waiters[0]
+    if (next) {
+      this.removeWaiter(next, 'granted')
+      this.grant(entry.key, next.owner, next.leaseMs, now, next)
+    } else {
+      this.entries.delete(entry.key)
+    }
+  }
+
+  private removeWaiter(waiter: Waiter, reason: 'granted' | 'cancelled' | 'timeout' | 'disconnected'): void {
+    const entry = this.entries.get(waiter.key)
+    if (entry) {
+      const index = entry.waiters.indexOf(waiter)
+      if (index >= 0) entry.waiters.splice(index, 1)
+    }
+    const bySession = this.waitersBySession.get(waiter.session)
+    bySession?.delete(waiter.wid)
+    if (bySession?.size === 0) this.waitersBySession.delete(waiter.session)
+    this.waiterCount--
+    this.events.push({type: 'dequeued', key: waiter.key, waiter: {session: waiter.session, wid: waiter.wid}, reason})
+  }
+
+  private isLive(item: Deadline, at: number): boolean {
+    if (item.kind === 'lease') return this.entries.get(item.key)?.holder === item.holder && item.holder.expiresAt === at
+    return this.waitersBySession.get(item.waiter.session)?.get(item.waiter.wid) === item.waiter
+  }
+
+  /** Position (1-based) of a waiter in its queue, or 0 if it is not queued. */
+  positionOf(ref: WaiterRef, key: string): number {
+    const waiters = this.entries.get(key)?.waiters ?? []
+    return waiters.findIndex((w) => w.session === ref.session && w.wid === ref.wid) + 1
+  }
+
+  holderOf(key: string): HolderInfo | null {
+    const holder = this.entries.get(key)?.holder
+    return holder ? this.holderInfo(holder, this.clock.now()) : null
+  }
+
+  holderInfo(holder: Holder, now = this.clock.now()): HolderInfo {
+    return {
+      owner: holder.owner,
+      fence: holder.fence,
+      leaseMs: holder.leaseMs,
+      leaseLeftMs: Math.max(0, Math.round(holder.expiresAt - now)),
+      since: holder.since,
+    }
+  }
+
+  grantInfo(key: string, holder: Holder, now = this.clock.now()): GrantInfo {
+    return {key, token: holder.token, ...this.holderInfo(holder, now)}
+  }
+
+  private lockInfo(entry: Entry, now: number): LockInfo {
+    return {key: entry.key, holder: entry.holder ? this.holderInfo(entry.holder, now) : null, waiters: entry.waiters.length}
+  }
+}
+
+function persisted(holder: Holder): PersistedHolder {
+  return {token: holder.token, fence: holder.fence, owner: holder.owner, leaseMs: holder.leaseMs, since: holder.since}
+}

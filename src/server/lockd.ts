@@ -1,0 +1,475 @@
+import {randomBytes, createHash} from 'node:crypto'
+import {existsSync, realpathSync, unlinkSync, mkdirSync, chmodSync} from 'node:fs'
+import {createConnection, createServer, type Server, type Socket} from 'node:net'
+import {dirname} from 'node:path'
+import type {Packr} from 'msgpackr'
+import {ErrorCode} from '../protocol/errors.js'
+import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder} from '../protocol/framing.js'
+import {PROTOCOL_VERSION, type Push, type Request, type Response, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
+import {keyProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
+import {DurableLog} from './durable-log.js'
+import {LockTable, systemClock, type Clock, type TableEvent} from './lock-table.js'
+import {VERSION} from '../version.js'
+
+export interface LockServerOptions {
+  /** TCP addresses to listen on, e.g. {host: '127.0.0.1', port: 7070}; port 0 picks one. */
+  listen?: {host: string; port: number}[]
+  /** Unix socket path to listen on. */
+  socket?: string
+  /** Directory for the durable log; without one the server keeps state in memory only. */
+  dataDir?: string
+  maxFrame?: number
+  /** Exit after this long with no connections and no held locks (the embedded server). */
+  idleExitMs?: number
+  clock?: Clock
+  /** Where operator messages go (recovery notes, shutdown). */
+  log?: (line: string) => void
+  snapshotBytes?: number
+}
+
+/** A listener refused to start because another lockd already owns the resource. */
+export class AlreadyRunningError extends Error {}
+
+const HELLO_TIMEOUT_MS = 10_000
+const MAX_OUTPUT_BUFFER = 16 * 1024 * 1024
+
+interface Connection {
+  session: string
+  socket: Socket
+  codec: Packr
+  decoder: FrameDecoder
+  greeted: boolean
+  helloTimer?: NodeJS.Timeout
+}
+
+export class LockServer {
+  readonly table: LockTable
+  private readonly clock: Clock
+  private readonly servers: Server[] = []
+  private readonly connections = new Map<string, Connection>()
+  private log: DurableLog | null = null
+  private dirMutex: Server | null = null
+  private timer: NodeJS.Timeout | null = null
+  private timerAt = Number.POSITIVE_INFINITY
+  private idleTimer: NodeJS.Timeout | null = null
+  private sessionCounter = 0
+  /** Messages produced since the last batch boundary; released once their log records are durable. */
+  private outgoing: {conn: Connection; message: ServerMessage}[] = []
+  private releaseChain: Promise<void> = Promise.resolve()
+  private commitsInFlight = 0
+  private readonly serverId = randomBytes(8).toString('hex')
+  private readonly startedAt = Date.now()
+  private closing: Promise<void> | null = null
+  private closedResolve!: () => void
+  /** Resolves when the server has stopped (close() or idle exit). */
+  readonly closed: Promise<void> = new Promise((resolve) => (this.closedResolve = resolve))
+  readonly addresses: {tcp: {host: string; port: number}[]; socket?: string} = {tcp: []}
+
+  constructor(private readonly options: LockServerOptions = {}) {
+    this.clock = options.clock ?? systemClock
+    this.table = new LockTable(this.clock)
+  }
+
+  private say(line: string): void {
+    this.options.log?.(line)
+  }
+
+  async start(): Promise<this> {
+    const {dataDir} = this.options
+    if (dataDir) {
+      mkdirSync(dataDir, {recursive: true, mode: 0o700})
+      this.dirMutex = await claimDataDir(dataDir)
+      const {log, state} = await DurableLog.open(dataDir, () => this.table.snapshot(), {
+        snapshotBytes: this.options.snapshotBytes,
+      })
+      this.log = log
+      for (const note of state.notes) this.say(`lockd: ${note}`)
+      this.table.recover(state.fence, state.holders)
+      if (state.holders.size > 0) {
+        this.say(`lockd: recovered ${state.holders.size} held lock(s); each keeps its whole lease from now`)
+      }
+    }
+    try {
+      for (const address of this.options.listen ?? []) {
+        const server = await listen(this.newServer(), {host: address.host, port: address.port})
+        const bound = server.address() as {address: string; port: number}
+        this.addresses.tcp.push({host: bound.address, port: bound.port})
+      }
+      if (this.options.socket) {
+        await this.listenUnix(this.options.socket)
+        this.addresses.socket = this.options.socket
+      }
+    } catch (error) {
+      await this.close()
+      throw error
+    }
+    this.scheduleTick()
+    this.checkIdle()
+    return this
+  }
+
+  info(): ServerInfo {
+    return {
+      server: 'lockd',
+      version: VERSION,
+      protocol: PROTOCOL_VERSION,
+      serverId: this.serverId,
+      pid: process.pid,
+      startedAt: this.startedAt,
+      locks: this.table.size,
+      waiters: this.table.waiters,
+      connections: this.connections.size,
+      durable: this.log !== null,
+    }
+  }
+
+  /** Stop listening, let pending log writes finish, drop connections, release the data dir. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      if (this.timer) clearTimeout(this.timer)
+      if (this.idleTimer) clearTimeout(this.idleTimer)
+      await Promise.all(this.servers.map((s) => new Promise((resolve) => s.close(resolve))))
+      await this.releaseChain.catch(() => {})
+      for (const conn of this.connections.values()) conn.socket.destroy()
+      this.connections.clear()
+      await this.log?.close()
+      if (this.addresses.socket && existsSync(this.addresses.socket)) {
+        try {
+          unlinkSync(this.addresses.socket)
+        } catch {}
+      }
+      await new Promise((resolve) => (this.dirMutex ? this.dirMutex.close(resolve) : resolve(undefined)))
+      this.closedResolve()
+    })()
+    return this.closing
+  }
+
+  private newServer(): Server {
+    const server = createServer({noDelay: true}, (socket) => this.accept(socket))
+    this.servers.push(server)
+    return server
+  }
+
+  private async listenUnix(path: string): Promise<void> {
+    mkdirSync(dirname(path), {recursive: true, mode: 0o700})
+    if (existsSync(path)) {
+      // Another server answering there owns it; a file nobody answers on is a leftover.
+      if (await answers(path)) throw new AlreadyRunningError(`another server is listening on ${path}`)
+      unlinkSync(path)
+    }
+    await listen(this.newServer(), {path})
+    chmodSync(path, 0o600)
+  }
+
+  private accept(socket: Socket): void {
+    if (this.closing) {
+      socket.destroy()
+      return
+    }
+    socket.setNoDelay(true)
+    const codec = createCodec()
+    const conn: Connection = {
+      session: `s${++this.sessionCounter}`,
+      socket,
+      codec,
+      decoder: new FrameDecoder(codec, this.options.maxFrame ?? DEFAULT_MAX_FRAME),
+      greeted: false,
+    }
+    conn.helloTimer = setTimeout(() => this.fail(conn, ErrorCode.PROTOCOL, 'no hello within 10s'), HELLO_TIMEOUT_MS)
+    conn.helloTimer.unref()
+    this.connections.set(conn.session, conn)
+    this.checkIdle()
+    socket.on('data', (chunk) => this.onData(conn, chunk))
+    socket.on('error', () => {})
+    socket.on('close', () => this.onClose(conn))
+  }
+
+  private onData(conn: Connection, chunk: Buffer): void {
+    let messages: unknown[]
+    try {
+      messages = conn.decoder.push(chunk)
+    } catch (error) {
+      this.fail(conn, ErrorCode.PROTOCOL, (error as Error).message)
+      return
+    }
+    for (const message of messages) {
+      if (conn.socket.destroyed) break
+      this.handleMessage(conn, message)
+    }
+    this.endBatch()
+  }
+
+  private handleMessage(conn: Connection, message: unknown): void {
+    if (typeof message !== 'object' || message === null || Array.isArray(message)) {
+      this.fail(conn, ErrorCode.PROTOCOL, 'a message must be a map')
+      return
+    }
+    const m = message as Record<string, unknown>
+    if (!conn.greeted) {
+      if (m.t !== 'hello') {
+        this.fail(conn, ErrorCode.PROTOCOL, 'the first message must be hello')
+        return
+      }
+      if (m.v !== PROTOCOL_VERSION) {
+        this.fail(conn, ErrorCode.PROTOCOL, `protocol version ${String(m.v)} is not supported (this lockd speaks ${PROTOCOL_VERSION})`)
+        return
+      }
+      conn.greeted = true
+      clearTimeout(conn.helloTimer)
+      this.send(conn, {t: 'hello', v: PROTOCOL_VERSION, server: 'lockd', version: VERSION, serverId: this.serverId})
+      return
+    }
+    if (m.t !== 'req' || typeof m.id !== 'number' || !Number.isInteger(m.id)) {
+      this.fail(conn, ErrorCode.PROTOCOL, 'a request needs t = "req" and an integer id')
+      return
+    }
+    let response: Omit<Response, 't' | 'id'>
+    try {
+      response = this.execute(conn, m as unknown as Request)
+    } catch (error) {
+      response = {code: ErrorCode.INTERNAL, msg: (error as Error).message}
+    }
+    this.send(conn, {t: 'res', id: m.id, ...response})
+  }
+
+  private execute(conn: Connection, request: Request): Omit<Response, 't' | 'id'> {
+    const bad = (msg: string) => ({code: ErrorCode.BAD_INPUT, msg})
+    if (request.op !== 'info' && request.op !== 'ping' && request.op !== 'list') {
+      const problem = keyProblem(request.key)
+      if (problem) return bad(problem)
+    }
+    switch (request.op) {
+      case 'acquire': {
+        const problem =
+          leaseProblem(request.leaseMs) ??
+          waitProblem(request.waitMs) ??
+          ownerProblem(request.owner) ??
+          (request.token === undefined || request.token === null ? null : tokenProblem(request.token))
+        if (problem) return bad(problem)
+        const result = this.table.acquire({
+          key: request.key,
+          leaseMs: request.leaseMs,
+          waitMs: request.waitMs,
+          owner: request.owner,
+          token: request.token ?? undefined,
+          from: {session: conn.session, wid: request.id},
+        })
+        if (result.kind === 'granted') return {code: 'OK', grant: result.grant}
+        if (result.kind === 'held') return {code: ErrorCode.LOCK_HELD, msg: `held by ${result.holder.owner}`, holder: result.holder}
+        return {code: 'QUEUED', position: result.position, holder: result.holder}
+      }
+      case 'cancel': {
+        if (typeof request.wid !== 'number') return bad('cancel needs the wid of the acquire')
+        return {code: 'OK', released: this.table.cancel({session: conn.session, wid: request.wid}, request.key).released}
+      }
+      case 'release': {
+        if (!request.force) {
+          const problem = tokenProblem(request.token)
+          if (problem) return bad(problem)
+        }
+        const result = this.table.release(request.key, request.token, request.force === true)
+        if (!result.ok) return {code: ErrorCode.NOT_HOLDER, msg: request.force ? 'the lock is not held' : 'the token does not hold the lock'}
+        return {code: 'OK', released: true, holder: this.table.holderInfo(result.holder)}
+      }
+      case 'renew': {
+        const problem = tokenProblem(request.token) ?? (request.leaseMs === undefined ? null : leaseProblem(request.leaseMs))
+        if (problem) return bad(problem)
+        const result = this.table.renew(request.key, request.token, request.leaseMs ?? undefined)
+        if (!result.ok) return {code: ErrorCode.NOT_HOLDER, msg: 'the token does not hold the lock'}
+        return {code: 'OK', grant: this.table.grantInfo(request.key, result.holder)}
+      }
+      case 'check': {
+        const problem = tokenProblem(request.token)
+        if (problem) return bad(problem)
+        const holder = this.table.check(request.key, request.token)
+        if (!holder) return {code: ErrorCode.NOT_HOLDER, msg: 'the token does not hold the lock'}
+        return {code: 'OK', holder: this.table.holderInfo(holder)}
+      }
+      case 'inspect':
+        return {code: 'OK', lock: this.table.inspect(request.key)}
+      case 'list': {
+        if (typeof request.prefix !== 'string') return bad('list needs a prefix string')
+        const limit = typeof request.limit === 'number' && request.limit > 0 ? request.limit : 10_000
+        const {locks, total} = this.table.list(request.prefix, limit)
+        return {code: 'OK', locks, total}
+      }
+      case 'info':
+        return {code: 'OK', info: this.info()}
+      case 'ping':
+        return {code: 'OK'}
+      default:
+        return bad(`unknown operation ${JSON.stringify((request as {op: unknown}).op)}`)
+    }
+  }
+
+  /** Queue a message; it leaves once every log record written before it is durable. */
+  private send(conn: Connection, message: ServerMessage): void {
+    this.outgoing.push({conn, message})
+  }
+
+  /**
+   * End of a batch of work: turn table events into pushes, log the changed keys, and release
+   * this batch's messages after the commit (or at once when nothing changed and nothing is
+   * in flight, which keeps reads and refusals fast).
+   */
+  private endBatch(): void {
+    this.dispatchEvents(this.table.drainEvents())
+    const outgoing = this.outgoing
+    this.outgoing = []
+    const changes = this.table.drainChanges()
+    if (changes.length > 0 && this.log) {
+      const fence = this.table.lastFence
+      this.log.append(changes.map((c) => ({key: c.key, holder: c.holder, fence})))
+      const commit = this.log.commit()
+      this.commitsInFlight++
+      this.releaseChain = this.releaseChain
+        .then(() => commit)
+        .then(
+          () => {
+            this.commitsInFlight--
+            this.deliver(outgoing)
+          },
+          (error: Error) => this.logFailed(error),
+        )
+    } else if (this.commitsInFlight > 0) {
+      // Keep per-connection order behind messages still waiting for their commit.
+      this.releaseChain = this.releaseChain.then(() => this.deliver(outgoing))
+    } else {
+      this.deliver(outgoing)
+    }
+    this.scheduleTick()
+    this.checkIdle()
+  }
+
+  private deliver(outgoing: {conn: Connection; message: ServerMessage}[]): void {
+    const touched = new Set<Connection>()
+    for (const {conn, message} of outgoing) {
+      if (conn.socket.destroyed) continue
+      if (!touched.has(conn)) {
+        touched.add(conn)
+        conn.socket.cork()
+      }
+      conn.socket.write(encodeFrame(conn.codec, message, Number.MAX_SAFE_INTEGER))
+    }
+    for (const conn of touched) {
+      conn.socket.uncork()
+      // A peer that never reads its pushes must not make the server hold unbounded memory.
+      if (conn.socket.writableLength > MAX_OUTPUT_BUFFER) conn.socket.destroy()
+    }
+  }
+
+  private logFailed(error: Error): void {
+    // Memory is now ahead of disk: acknowledging anything else could hand out a grant that a
+    // restart forgets. Stop serving.
+    this.say(`lockd: ${error.message}; stopping`)
+    process.exitCode = 1
+    void this.close()
+  }
+
+  private dispatchEvents(events: TableEvent[]): void {
+    for (const event of events) {
+      let push: Push | undefined
+      let session: string | undefined
+      if (event.type === 'granted' && event.to) {
+        session = event.to.session
+        push = {t: 'push', ev: 'granted', wid: event.to.wid, grant: this.table.grantInfo(event.key, event.holder)}
+      } else if (event.type === 'wait_timeout') {
+        session = event.waiter.session
+        push = {t: 'push', ev: 'wait_timeout', wid: event.waiter.wid, key: event.key}
+      }
+      if (push && session) {
+        const conn = this.connections.get(session)
+        if (conn) this.send(conn, push)
+      }
+    }
+  }
+
+  private scheduleTick(): void {
+    const next = this.table.nextDeadline()
+    if (next === undefined || this.closing) return
+    if (this.timer && next >= this.timerAt) return
+    if (this.timer) clearTimeout(this.timer)
+    this.timerAt = next
+    // +1 ms: timers may fire a hair early relative to performance.now().
+    this.timer = setTimeout(() => {
+      this.timer = null
+      this.timerAt = Number.POSITIVE_INFINITY
+      this.table.tick()
+      this.endBatch()
+    }, Math.max(0, Math.ceil(next - this.clock.now())) + 1)
+  }
+
+  private onClose(conn: Connection): void {
+    clearTimeout(conn.helloTimer)
+    if (!this.connections.delete(conn.session)) return
+    this.table.dropSession(conn.session)
+    this.endBatch()
+  }
+
+  /** Protocol violation: tell the peer why, then close only this connection. */
+  private fail(conn: Connection, code: ErrorCode, msg: string): void {
+    if (conn.socket.destroyed) return
+    try {
+      conn.socket.end(encodeFrame(conn.codec, {t: 'error', code, msg}, Number.MAX_SAFE_INTEGER))
+    } catch {}
+    conn.socket.destroySoon()
+    setTimeout(() => conn.socket.destroy(), 1000).unref()
+    this.onClose(conn)
+  }
+
+  private checkIdle(): void {
+    const idleMs = this.options.idleExitMs
+    if (!idleMs || this.closing) return
+    const idle = this.connections.size === 0 && this.table.size === 0
+    if (!idle) {
+      if (this.idleTimer) clearTimeout(this.idleTimer)
+      this.idleTimer = null
+      return
+    }
+    if (this.idleTimer) return
+    this.idleTimer = setTimeout(() => {
+      this.say('lockd: idle, exiting')
+      void this.close()
+    }, idleMs)
+  }
+}
+
+function listen(server: Server, options: {host?: string; port?: number; path?: string}): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(options, () => {
+      server.off('error', reject)
+      resolve(server)
+    })
+  })
+}
+
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection({path})
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once('error', () => resolve(false))
+  })
+}
+
+/**
+ * One lockd per data directory. The claim is a Linux abstract socket named after the directory:
+ * the kernel frees it when the process dies, so a crash leaves no stale lock file and two
+ * servers racing to start cannot both win.
+ */
+async function claimDataDir(dataDir: string): Promise<Server | null> {
+  if (process.platform !== 'linux') return null
+  const id = createHash('sha256').update(realpathSync(dataDir)).digest('hex').slice(0, 32)
+  const server = createServer((s) => s.destroy())
+  try {
+    return await listen(server, {path: `\0lockctl-lockd-${id}`})
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new AlreadyRunningError(`another lockd is using the data directory ${dataDir}`)
+    }
+    throw error
+  }
+}

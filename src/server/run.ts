@@ -1,0 +1,39 @@
+import {AlreadyRunningError, LockServer, type LockServerOptions} from './lockd.js'
+import {LogCorruptError} from './durable-log.js'
+
+export {AlreadyRunningError, LogCorruptError}
+
+/**
+ * Run lockd in the foreground until SIGTERM/SIGINT (or idle exit): the shared body of
+ * `lockctl server` and of the embedded daemon. Resolves when the server has stopped.
+ */
+export async function runServer(options: LockServerOptions, announce = true): Promise<void> {
+  const log = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`))
+  const server = new LockServer({...options, log})
+  await server.start()
+  if (announce) {
+    const where = [
+      ...server.addresses.tcp.map((a) => `lockd://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`),
+      ...(server.addresses.socket ? [`unix://${server.addresses.socket}`] : []),
+    ]
+    log(
+      `lockd ${process.pid} listening on ${where.join(', ')}; ` +
+        (options.dataDir ? `state in ${options.dataDir}` : 'state in memory only (no --data-dir)'),
+    )
+  }
+  const stop = (signal: string) => {
+    log(`lockd: ${signal}, shutting down`)
+    void server.close()
+  }
+  const onTerm = () => stop('SIGTERM')
+  const onInt = () => stop('SIGINT')
+  process.on('SIGTERM', onTerm)
+  process.on('SIGINT', onInt)
+  process.on('SIGHUP', () => {}) // a closed terminal must not take the server down
+  try {
+    await server.closed
+  } finally {
+    process.off('SIGTERM', onTerm)
+    process.off('SIGINT', onInt)
+  }
+}
