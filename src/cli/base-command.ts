@@ -61,6 +61,9 @@ export abstract class BaseCommand extends Command {
 
   async catch(error: Error & {code?: string; oneLine?: string; oclif?: {exit?: number}; exitCode?: number}): Promise<void> {
     const {code, exitCode, message} = describeError(error, this.conflictExitCode)
+    // A parse that failed still counts as parsed: otherwise oclif adds a developer warning
+    // ("did not parse its arguments") under NODE_ENV=development/test, and errors stay one line.
+    ;(this as unknown as {parsed: boolean}).parsed = true
     process.exitCode = exitCode
     if (this.jsonEnabled()) this.logJson({error: {code, message, exitCode}})
     else process.stderr.write(`lockctl: ${message}\n`)
@@ -81,6 +84,10 @@ export function describeError(
   if (error.code && error.code in ErrorCode) {
     const exitCode = error.code === ErrorCode.LOCK_HELD || error.code === ErrorCode.WAIT_TIMEOUT ? conflictExitCode : exitCodeFor(error.code)
     return {code: error.code, exitCode, message: error.message}
+  }
+  if (typeof error.exitCode === 'number' && !(error.oclif?.exit !== undefined)) {
+    // Errors that carry their own exit code (lockd start-up failures).
+    return {code: 'SERVER', exitCode: error.exitCode, message: error.message}
   }
   if (error.oclif?.exit !== undefined) {
     // oclif's own usage errors (unknown flag, missing argument): keep them to one line.

@@ -42,7 +42,7 @@ function durationFlagValue(name: string, input: string, min: number, max: number
 }
 
 function formatBound(ms: number): string {
-  if (ms % 86_400_000 === 0 && ms >= 86_400_000) return `${ms / 86_400_000}d`
+  if (ms % 86_400_000 === 0 && ms > 2 * 86_400_000) return `${ms / 86_400_000}d`
   if (ms % 3_600_000 === 0 && ms >= 3_600_000) return `${ms / 3_600_000}h`
   if (ms % 1000 === 0 && ms >= 1000) return `${ms / 1000}s`
   return `${ms}ms`

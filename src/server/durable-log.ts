@@ -45,7 +45,10 @@ export interface RecoveredState {
   notes: string[]
 }
 
-export class LogCorruptError extends Error {}
+/** The state on disk cannot be trusted; lockd refuses to start rather than forget a grant. */
+export class LogCorruptError extends Error {
+  readonly exitCode = 1
+}
 
 const RECORD_HEADER = 8
 const writeAsync = promisify(write)

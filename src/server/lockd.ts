@@ -27,8 +27,13 @@ export interface LockServerOptions {
   snapshotBytes?: number
 }
 
+/** lockd could not start; the message says why in one line. Exit code 1 from the CLI. */
+export class ServerStartError extends Error {
+  readonly exitCode = 1
+}
+
 /** A listener refused to start because another lockd already owns the resource. */
-export class AlreadyRunningError extends Error {}
+export class AlreadyRunningError extends ServerStartError {}
 
 const HELLO_TIMEOUT_MS = 10_000
 const MAX_OUTPUT_BUFFER = 16 * 1024 * 1024
@@ -76,20 +81,20 @@ export class LockServer {
 
   async start(): Promise<this> {
     const {dataDir} = this.options
-    if (dataDir) {
-      mkdirSync(dataDir, {recursive: true, mode: 0o700})
-      this.dirMutex = await claimDataDir(dataDir)
-      const {log, state} = await DurableLog.open(dataDir, () => this.table.snapshot(), {
-        snapshotBytes: this.options.snapshotBytes,
-      })
-      this.log = log
-      for (const note of state.notes) this.say(`lockd: ${note}`)
-      this.table.recover(state.fence, state.holders)
-      if (state.holders.size > 0) {
-        this.say(`lockd: recovered ${state.holders.size} held lock(s); each keeps its whole lease from now`)
-      }
-    }
     try {
+      if (dataDir) {
+        mkdirSync(dataDir, {recursive: true, mode: 0o700})
+        this.dirMutex = await claimDataDir(dataDir)
+        const {log, state} = await DurableLog.open(dataDir, () => this.table.snapshot(), {
+          snapshotBytes: this.options.snapshotBytes,
+        })
+        this.log = log
+        for (const note of state.notes) this.say(`lockd: ${note}`)
+        this.table.recover(state.fence, state.holders)
+        if (state.holders.size > 0) {
+          this.say(`lockd: recovered ${state.holders.size} held lock(s); each keeps its whole lease from now`)
+        }
+      }
       for (const address of this.options.listen ?? []) {
         const server = await listen(this.newServer(), {host: address.host, port: address.port})
         const bound = server.address() as {address: string; port: number}
@@ -128,10 +133,13 @@ export class LockServer {
     this.closing ??= (async () => {
       if (this.timer) clearTimeout(this.timer)
       if (this.idleTimer) clearTimeout(this.idleTimer)
-      await Promise.all(this.servers.map((s) => new Promise((resolve) => s.close(resolve))))
+      // net.Server#close waits for open connections, so stop accepting first, let acks that are
+      // waiting for the log go out, then drop the connections, then wait for the listeners.
+      const listenersClosed = Promise.all(this.servers.map((s) => new Promise((resolve) => s.close(resolve))))
       await this.releaseChain.catch(() => {})
       for (const conn of this.connections.values()) conn.socket.destroy()
       this.connections.clear()
+      await listenersClosed
       await this.log?.close()
       if (this.addresses.socket && existsSync(this.addresses.socket)) {
         try {

@@ -1,0 +1,204 @@
+import {execFileSync} from 'node:child_process'
+import {existsSync} from 'node:fs'
+import {join} from 'node:path'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {BIN, eventually, runCli, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
+
+/** A throw-away user: its own HOME and XDG state dir, so the embedded lockd is its own. */
+function freshUser(): NodeJS.ProcessEnv {
+  const home = tempDir('lockctl-home-')
+  return {HOME: home, XDG_STATE_HOME: join(home, 'state')}
+}
+
+const embeddedPids: number[] = []
+afterAll(() => {
+  for (const pid of embeddedPids) {
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {}
+  }
+})
+
+async function embeddedPid(env: NodeJS.ProcessEnv): Promise<number> {
+  const status = await runCli(['status', '--json'], {env})
+  expect(status.code).toBe(0)
+  const pid = JSON.parse(status.stdout).server.pid as number
+  embeddedPids.push(pid)
+  return pid
+}
+
+describe('the embedded default (no endpoint configured)', () => {
+  it('runs the issue script end to end, starting lockd on first use and reusing it after', async () => {
+    const env = freshUser()
+    const lock = await runCli(['lock', 'deploy', '--lease', '2m', '--wait', '30s'], {env})
+    expect(lock.code).toBe(0)
+    const token = lock.stdout.trim()
+    expect(token).toMatch(/^[A-Za-z0-9_-]{16,}$/) // the token alone
+    expect(existsSync(join(env.XDG_STATE_HOME!, 'lockctl', 'lockd.sock'))).toBe(true)
+    const pid = await embeddedPid(env)
+
+    const status = await runCli(['status'], {env})
+    expect(status.code).toBe(0)
+    for (const column of ['KEY', 'HOLDER', 'FENCE', 'LEASE LEFT', 'WAITERS', 'SINCE']) expect(status.stdout).toContain(column)
+    expect(status.stdout).toMatch(/deploy/)
+
+    const renew = await runCli(['renew', 'deploy', '--token', token, '--lease', '5m'], {env})
+    expect(renew.code).toBe(0)
+    expect(renew.stdout).toMatch(/renewed deploy: 5m left/)
+
+    expect((await runCli(['unlock', 'deploy', '--token', token], {env})).code).toBe(0)
+
+    const exported = await runCli(['lock', 'nightly', '--export'], {env})
+    expect(exported.code).toBe(0)
+    const vars = Object.fromEntries([...exported.stdout.matchAll(/^export (\w+)=(.*)$/gm)].map((m) => [m[1], m[2].replace(/^'|'$/g, '')]))
+    expect(Object.keys(vars)).toEqual(['LOCKCTL_KEY', 'LOCKCTL_TOKEN', 'LOCKCTL_FENCE'])
+    expect(vars.LOCKCTL_KEY).toBe('nightly')
+    // `eval` of it in a real shell, then unlock with the token from the environment.
+    const shell = execFileSync('sh', ['-c', `eval "$("${process.execPath}" "${BIN}" lock shellkey --export)" && "${process.execPath}" "${BIN}" unlock && echo "unlocked $LOCKCTL_KEY fence $LOCKCTL_FENCE"`], {
+      env: {...process.env, ...env, LOCKCTL_ENDPOINTS: ''},
+      encoding: 'utf8',
+    })
+    expect(shell).toMatch(/unlocked shellkey fence \d+/)
+    const unlockFromEnv = await runCli(['unlock', 'nightly'], {env: {...env, LOCKCTL_TOKEN: vars.LOCKCTL_TOKEN}})
+    expect(unlockFromEnv.code).toBe(0)
+
+    const json = await runCli(['lock', 'deploy', '--json'], {env})
+    expect(json.code).toBe(0)
+    expect(json.stdout.trim().split('\n')).toHaveLength(1)
+    const grant = JSON.parse(json.stdout)
+    expect(grant).toMatchObject({key: 'deploy', token: expect.any(String), fence: expect.any(Number), leaseMs: 60_000, owner: expect.stringMatching(/@/)})
+    expect(grant.fence).toBeGreaterThan(Number(vars.LOCKCTL_FENCE))
+
+    // Every command above talked to the one lockd started by the first.
+    expect(await embeddedPid(env)).toBe(pid)
+  })
+
+  it('two CLIs racing to start the embedded lockd end up with one server', async () => {
+    const env = freshUser()
+    const results = await Promise.all(['a', 'b', 'c'].map((key) => runCli(['lock', key], {env})))
+    expect(results.map((r) => r.code)).toEqual([0, 0, 0])
+    const pid = await embeddedPid(env)
+    const again = await runCli(['status', '--json'], {env})
+    expect(JSON.parse(again.stdout)).toMatchObject({server: {pid}, total: 3})
+  })
+})
+
+describe('the CLI against a lockd server', () => {
+  let lockd: LockdProcess
+  let env: NodeJS.ProcessEnv
+  beforeAll(async () => {
+    lockd = await startLockd({dataDir: tempDir()})
+    env = {LOCKCTL_ENDPOINTS: lockd.endpoint}
+  })
+  afterAll(async () => {
+    await lockd.stop()
+  })
+
+  it('two processes contending: --wait 0 exits 1, --wait 2s succeeds after the other unlocks', async () => {
+    const first = await runCli(['lock', 'contended', '--owner', 'first'], {env})
+    expect(first.code).toBe(0)
+    const refused = await runCli(['lock', 'contended', '--wait', '0'], {env})
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toMatch(/held by first/)
+    expect((await runCli(['lock', 'contended', '--conflict-exit-code', '75'], {env})).code).toBe(75)
+
+    const waiting = runCli(['lock', 'contended', '--wait', '2s', '--json'], {env})
+    await eventually(async () => JSON.parse((await runCli(['status', 'contended', '--json'], {env})).stdout).waiters === 1)
+    expect((await runCli(['unlock', 'contended', '--token', first.stdout.trim()], {env})).code).toBe(0)
+    const second = await waiting
+    expect(second.code).toBe(0)
+    expect(JSON.parse(second.stdout).fence).toBeGreaterThan(0)
+  })
+
+  it('--wait runs out: exit 1 naming the holder', async () => {
+    expect((await runCli(['lock', 'busy'], {env})).code).toBe(0)
+    const timedOut = await runCli(['lock', 'busy', '--wait', '500ms'], {env})
+    expect(timedOut.code).toBe(1)
+    expect(timedOut.stderr).toMatch(/gave up waiting for "busy" after/)
+  })
+
+  it('wrong or stale tokens exit 5', async () => {
+    const lock = await runCli(['lock', 'tokens'], {env})
+    const token = lock.stdout.trim()
+    expect((await runCli(['unlock', 'tokens', '--token', 'not-the-token'], {env})).code).toBe(5)
+    expect((await runCli(['renew', 'tokens', '--token', 'not-the-token'], {env})).code).toBe(5)
+    expect((await runCli(['status', 'tokens', '--token', token], {env})).code).toBe(0)
+    expect((await runCli(['unlock', 'tokens', '--token', token], {env})).code).toBe(0)
+    // The same token again is stale now.
+    expect((await runCli(['unlock', 'tokens', '--token', token], {env})).code).toBe(5)
+    expect((await runCli(['renew', 'tokens', '--token', token], {env})).code).toBe(5)
+    const check = await runCli(['status', 'tokens', '--token', token, '--json'], {env})
+    expect(check.code).toBe(5)
+    expect(JSON.parse(check.stdout)).toMatchObject({error: {code: 'NOT_HOLDER', exitCode: 5}})
+  })
+
+  it('unlock --force releases whoever holds the lock (no prompt without a terminal)', async () => {
+    const lock = await runCli(['lock', 'stuck', '--owner', 'gone-host'], {env})
+    const forced = await runCli(['unlock', 'stuck', '--force', '--json'], {env})
+    expect(forced.code).toBe(0)
+    expect(JSON.parse(forced.stdout)).toMatchObject({key: 'stuck', released: true, forced: true, holder: {owner: 'gone-host'}})
+    expect((await runCli(['renew', 'stuck', '--token', lock.stdout.trim()], {env})).code).toBe(5)
+  })
+
+  it.each([
+    [['lock', ''], /KEY "": a key must not be empty/],
+    [['lock', 'a\u0001b'], /control characters/],
+    [['lock', 'x'.repeat(513)], /at most 512 bytes/],
+    [['lock', 'k', '--lease', 'abc'], /--lease: "abc" is not a duration/],
+    [['lock', 'k', '--lease', '30'], /a bare number has no unit: write 30s/],
+    [['lock', 'k', '--lease', '200ms'], /--lease: 200ms is too short; the minimum is 1s/],
+    [['lock', 'k', '--lease', '25h'], /--lease: 25h is too long; the maximum is 24h/],
+    [['lock', 'k', '--wait', 'soon'], /--wait: "soon" is not a duration.*or forever/],
+    [['lock', 'k', '--nope'], /Nonexistent flag: --nope/],
+    [['unlock', 'k', '--token', 'has space'], /--token: .*characters/],
+    [['unlock', 'k'], /missing --token/],
+    [['lock', 'k', '--endpoints', 'localhost:7070'], /endpoint "localhost:7070": no scheme/],
+    [['lock', 'k', '--endpoints', 'ftp://x'], /unknown scheme "ftp"/],
+    [['server', '--listen', 'nope'], /--listen: "nope" is not HOST:PORT/],
+  ])('bad input %j exits 2 with one line', async (args, message) => {
+    const result = await runCli(args as string[], {env})
+    expect(result.code).toBe(2)
+    expect(result.stderr).toMatch(message)
+    expect(result.stderr.trim().split('\n')).toHaveLength(1)
+    expect(result.stdout).toBe('')
+  })
+
+  it('bad input under --json: the error as one JSON line on stdout, exit 2', async () => {
+    const result = await runCli(['lock', 'k', '--lease', 'abc', '--json'], {env})
+    expect(result.code).toBe(2)
+    expect(JSON.parse(result.stdout)).toMatchObject({error: {code: 'BAD_INPUT', exitCode: 2}})
+  })
+
+  it('an unreachable endpoint exits 4 with one line', async () => {
+    const refused = await runCli(['lock', 'k'], {env: {LOCKCTL_ENDPOINTS: 'lockd://127.0.0.1:1'}})
+    expect(refused.code).toBe(4)
+    expect(refused.stderr).toMatch(/lockd:\/\/127\.0\.0\.1:1: connection refused/)
+    const noSocket = await runCli(['status'], {env: {LOCKCTL_ENDPOINTS: `unix://${tempDir()}/none.sock`}})
+    expect(noSocket.code).toBe(4)
+  })
+
+  it('status lists locks by prefix as JSON', async () => {
+    for (const key of ['team/a', 'team/b', 'other']) expect((await runCli(['lock', key, '--owner', 'lister'], {env})).code).toBe(0)
+    const result = await runCli(['status', '--prefix', 'team/', '--json'], {env})
+    const body = JSON.parse(result.stdout)
+    expect(body.locks.map((l: {key: string}) => l.key)).toEqual(['team/a', 'team/b'])
+    expect(body.locks[0].holder).toMatchObject({owner: 'lister', fence: expect.any(Number)})
+    expect(result.stdout).not.toMatch(/token/)
+  })
+})
+
+describe('lockctl server', () => {
+  it('stops cleanly on SIGTERM and removes its socket', async () => {
+    const dir = tempDir()
+    const socket = join(dir, 'lockd.sock')
+    const server = runCli(['server', '--socket', socket, '--data-dir', join(dir, 'data')])
+    await eventually(() => existsSync(socket))
+    const env = {LOCKCTL_ENDPOINTS: `unix://${socket}`}
+    expect((await runCli(['lock', 'k'], {env})).code).toBe(0)
+    server.child.kill('SIGTERM')
+    const result = await server
+    expect(result.code).toBe(0)
+    expect(result.stderr).toMatch(/SIGTERM, shutting down/)
+    expect(existsSync(socket)).toBe(false)
+  })
+})

@@ -1,0 +1,118 @@
+import {spawn, type ChildProcess} from 'node:child_process'
+import {mkdtempSync, rmSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {dirname, join, resolve} from 'node:path'
+import {fileURLToPath} from 'node:url'
+import {afterAll} from 'vitest'
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
+export const BIN = join(ROOT, 'bin', 'run.js')
+
+const dirs: string[] = []
+const children = new Set<ChildProcess>()
+
+/** A fresh directory, removed after the test file (with every process the file started). */
+export function tempDir(prefix = 'lockctl-test-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix))
+  dirs.push(dir)
+  return dir
+}
+
+afterAll(() => {
+  for (const child of children) child.kill('SIGKILL')
+  for (const dir of dirs) rmSync(dir, {recursive: true, force: true})
+})
+
+export interface LockdProcess {
+  endpoint: string
+  port: number
+  child: ChildProcess
+  /** Resolves with the exit code (or 128+signal) when the process ends. */
+  exited: Promise<number>
+  stderr(): string
+  /** SIGTERM and wait for the exit. */
+  stop(): Promise<number>
+}
+
+/** Start `lockctl server` as a real process on a loopback port and wait until it listens. */
+export async function startLockd(options: {dataDir?: string; port?: number; args?: string[]} = {}): Promise<LockdProcess> {
+  const args = [BIN, 'server', '--listen', `127.0.0.1:${options.port ?? 0}`, ...(options.args ?? [])]
+  args.push(...(options.dataDir ? ['--data-dir', options.dataDir] : ['--in-memory']))
+  const child = spawn(process.execPath, args, {stdio: ['ignore', 'ignore', 'pipe']})
+  children.add(child)
+  let stderr = ''
+  const exited = new Promise<number>((resolve) =>
+    child.on('exit', (code, signal) => {
+      children.delete(child)
+      resolve(code ?? 128 + (signal ? osSignal(signal) : 0))
+    }),
+  )
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stderr!.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString()
+      const match = /listening on lockd:\/\/127\.0\.0\.1:(\d+)/.exec(stderr)
+      if (match) resolve(Number(match[1]))
+    })
+    void exited.then((code) => reject(new Error(`lockd exited with ${code} before listening: ${stderr}`)))
+  })
+  return {
+    endpoint: `lockd://127.0.0.1:${port}`,
+    port,
+    child,
+    exited,
+    stderr: () => stderr,
+    async stop() {
+      child.kill('SIGTERM')
+      return exited
+    },
+  }
+}
+
+function osSignal(name: NodeJS.Signals): number {
+  return ({SIGKILL: 9, SIGTERM: 15, SIGINT: 2, SIGHUP: 1} as Record<string, number>)[name] ?? 0
+}
+
+export interface CliResult {
+  code: number
+  stdout: string
+  stderr: string
+}
+
+/** Run the CLI as a process, the way a shell script does. */
+export function runCli(args: string[], options: {env?: NodeJS.ProcessEnv; timeoutMs?: number} = {}): Promise<CliResult> & {child: ChildProcess} {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    env: {...process.env, LOCKCTL_ENDPOINTS: undefined, LOCKCTL_TOKEN: undefined, LOCKCTL_KEY: undefined, ...options.env},
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  children.add(child)
+  let stdout = ''
+  let stderr = ''
+  child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()))
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()))
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 20_000)
+  const promise = new Promise<CliResult>((resolve) =>
+    child.on('close', (code, signal) => {
+      clearTimeout(timer)
+      children.delete(child)
+      resolve({code: code ?? 128 + (signal ? osSignal(signal) : 0), stdout, stderr})
+    }),
+  ) as Promise<CliResult> & {child: ChildProcess}
+  promise.child = child
+  return promise
+}
+
+/** Wait until `check` returns a truthy value (polling a condition the test cannot be told about). */
+export async function eventually<T>(check: () => Promise<T> | T, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  let lastError: unknown
+  for (;;) {
+    try {
+      const value = await check()
+      if (value) return value
+    } catch (error) {
+      lastError = error
+    }
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs}ms${lastError ? `: ${String(lastError)}` : ''}`)
+    await new Promise((r) => setTimeout(r, 25))
+  }
+}

@@ -1,0 +1,321 @@
+import {appendFileSync, readdirSync, readFileSync, writeFileSync} from 'node:fs'
+import {connect as netConnect, type Socket} from 'node:net'
+import {join} from 'node:path'
+import {afterEach, describe, expect, it} from 'vitest'
+import {connect, type LockClient} from '../../src/client/index.js'
+import {createCodec, encodeFrame, FrameDecoder} from '../../src/protocol/framing.js'
+import {LockServer} from '../../src/server/lockd.js'
+import {eventually, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
+
+const clients: LockClient[] = []
+async function client(endpoint: string, owner: string): Promise<LockClient> {
+  const c = await connect({endpoints: endpoint, owner, requestTimeoutMs: 3000})
+  clients.push(c)
+  return c
+}
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => c.close()))
+})
+
+describe('lockd over TCP, between connections', () => {
+  it('contention: a second owner is refused, then waits and gets the lock with a higher fence', async () => {
+    const lockd = await startLockd()
+    const a = await client(lockd.endpoint, 'A')
+    const b = await client(lockd.endpoint, 'B')
+    const lockA = a.createLock('deploy')
+    const lockB = b.createLock('deploy')
+    const grantA = await lockA.acquire({leaseMs: 10_000})
+    expect(lockA.isHeldByCurrentClient()).toBe(true)
+    expect(await lockB.tryLock({waitMs: 0})).toBe(false)
+
+    const waiting = lockB.acquire({leaseMs: 10_000, waitMs: 5000})
+    await eventually(async () => (await a.inspect('deploy'))?.waiters === 1)
+    await lockA.unlock()
+    const grantB = await waiting
+    expect(grantB.owner).toBe('B')
+    expect(grantB.fence).toBeGreaterThan(grantA.fence)
+    expect(lockB.isHeldByCurrentClient()).toBe(true)
+    expect(lockA.isHeldByCurrentClient()).toBe(false)
+    await lockd.stop()
+  })
+
+  it('a dropped connection leaves the queue; the next waiter gets the lock', async () => {
+    const lockd = await startLockd()
+    const a = await client(lockd.endpoint, 'A')
+    const b = await connect({endpoints: lockd.endpoint, owner: 'B'})
+    const c = await client(lockd.endpoint, 'C')
+    const lockA = a.createLock('k')
+    await lockA.acquire()
+    const waitB = b.createLock('k').acquire({waitMs: 60_000}).catch((e: Error) => e)
+    await eventually(async () => (await a.inspect('k'))?.waiters === 1)
+    const waitC = c.createLock('k').acquire({waitMs: 60_000})
+    await eventually(async () => (await a.inspect('k'))?.waiters === 2)
+    await b.close()
+    expect(await waitB).toMatchObject({code: expect.stringMatching(/UNREACHABLE|CLOSED/)})
+    await eventually(async () => (await a.inspect('k'))?.waiters === 1)
+    await lockA.unlock()
+    expect((await waitC).owner).toBe('C')
+    await lockd.stop()
+  })
+
+  it('a wait that runs out leaves the queue and reports the holder', async () => {
+    const lockd = await startLockd()
+    const a = await client(lockd.endpoint, 'A')
+    const b = await client(lockd.endpoint, 'B')
+    await a.createLock('k').acquire()
+    const error = await b.createLock('k').acquire({waitMs: 300}).catch((e) => e)
+    expect(error).toMatchObject({code: 'WAIT_TIMEOUT', holder: {owner: 'A'}})
+    expect((await a.inspect('k'))?.waiters).toBe(0)
+    await lockd.stop()
+  })
+
+  it('a grant racing the wait timeout never leaves the lock with an owner that gave up', async () => {
+    const lockd = await startLockd()
+    const a = await client(lockd.endpoint, 'A')
+    const b = await client(lockd.endpoint, 'B')
+    for (let round = 0; round < 25; round++) {
+      const key = `race-${round}`
+      const lockA = a.createLock(key)
+      await lockA.acquire()
+      const lockB = b.createLock(key)
+      const wait = 40
+      // Release at about the moment B gives up: some rounds B gets it, some it does not.
+      const release = new Promise((r) => setTimeout(r, wait - 3 + (round % 7))).then(() => lockA.unlock())
+      const got = await lockB.tryLock({waitMs: wait})
+      await release
+      if (got) {
+        expect((await a.inspect(key))?.holder?.owner).toBe('B')
+        await lockB.unlock()
+      }
+      // Whoever gave up holds nothing: the key ends up free.
+      await eventually(async () => (await a.inspect(key)) === null, 3000)
+    }
+    await lockd.stop()
+  })
+
+  it('a renewal answered "not the holder" ends the grant locally at once', async () => {
+    const lockd = await startLockd()
+    const a = await client(lockd.endpoint, 'A')
+    const lock = a.createLock('k')
+    await lock.acquire({leaseMs: 30_000})
+    await a.release('k', undefined, {force: true})
+    expect(lock.isHeldByCurrentClient()).toBe(true) // it cannot know yet
+    await expect(lock.updateLease()).rejects.toMatchObject({code: 'NOT_HOLDER'})
+    expect(lock.isHeldByCurrentClient()).toBe(false)
+    await lockd.stop()
+  })
+
+  it('one operation at a time per lock object', async () => {
+    const lockd = await startLockd()
+    const a = await client(lockd.endpoint, 'A')
+    const b = await client(lockd.endpoint, 'B')
+    await a.createLock('k').acquire()
+    const lock = b.createLock('k')
+    const first = lock.tryLock({waitMs: 500})
+    await expect(lock.tryLock()).rejects.toMatchObject({code: 'BUSY'})
+    expect(await first).toBe(false)
+    await lockd.stop()
+  })
+})
+
+describe('lockd crash and recovery', () => {
+  it('kill -9 while locks are held and waited on: old tokens still hold, nobody else gets in, fences keep increasing', async () => {
+    const dataDir = tempDir()
+    let lockd: LockdProcess = await startLockd({dataDir})
+    const a = await client(lockd.endpoint, 'A')
+    const b = await client(lockd.endpoint, 'B')
+    const held = a.createLock('held')
+    const grant = await held.acquire({leaseMs: 3000})
+    const other = await a.createLock('other').acquire({leaseMs: 60_000})
+    const waiting = b.createLock('held').acquire({waitMs: 60_000}).catch((e) => e)
+    await eventually(async () => (await a.inspect('held'))?.waiters === 1)
+
+    lockd.child.kill('SIGKILL')
+    await lockd.exited
+    expect(await waiting).toMatchObject({code: 'UNREACHABLE'})
+    lockd = await startLockd({dataDir, port: lockd.port})
+
+    const c = await client(lockd.endpoint, 'C')
+    // The old grants survived the crash with their tokens.
+    expect((await c.check('held', grant.token)).fence).toBe(grant.fence)
+    expect((await c.check('other', other.token)).fence).toBe(other.fence)
+    // Nobody else gets in while the old holder may still believe it holds the lock...
+    expect(await c.createLock('held').tryLock({waitMs: 0})).toBe(false)
+    // ...and the whole lease counts again from the restart, then the lock is free.
+    const later = c.createLock('held')
+    const next = await later.acquire({waitMs: 10_000})
+    expect(next.fence).toBeGreaterThan(Math.max(grant.fence, other.fence))
+    // The old holder's token is dead now.
+    await expect(c.renew('held', grant.token)).rejects.toMatchObject({code: 'NOT_HOLDER'})
+    await lockd.stop()
+  })
+
+  it('fencing tokens never repeat across restarts, even for released keys', async () => {
+    const dataDir = tempDir()
+    const fences: number[] = []
+    for (let run = 0; run < 3; run++) {
+      const lockd = await startLockd({dataDir})
+      const c = await client(lockd.endpoint, 'A')
+      for (let i = 0; i < 3; i++) {
+        const lock = c.createLock(`k${i}`)
+        fences.push((await lock.acquire()).fence)
+        await lock.unlock()
+      }
+      await c.close()
+      if (run === 1) {
+        lockd.child.kill('SIGKILL')
+        await lockd.exited
+      } else {
+        expect(await lockd.stop()).toBe(0)
+      }
+    }
+    expect(fences).toEqual([...fences].sort((x, y) => x - y))
+    expect(new Set(fences).size).toBe(fences.length)
+  })
+
+  it('a torn tail of the log (a write cut short) is dropped and the intact grants recovered', async () => {
+    const dataDir = tempDir()
+    let lockd = await startLockd({dataDir})
+    const a = await client(lockd.endpoint, 'A')
+    const grant = await a.createLock('k').acquire({leaseMs: 60_000})
+    await a.close()
+    lockd.child.kill('SIGKILL')
+    await lockd.exited
+    const wal = join(dataDir, readdirSync(dataDir).find((n) => n.startsWith('wal-'))!)
+    appendFileSync(wal, Buffer.from([0, 0, 0, 50, 1, 2, 3, 4, 9, 9])) // header of a 50-byte record, 2 bytes of it
+    lockd = await startLockd({dataDir})
+    expect(lockd.stderr()).toMatch(/torn tail/)
+    const b = await client(lockd.endpoint, 'B')
+    expect((await b.check('k', grant.token)).fence).toBe(grant.fence)
+    await lockd.stop()
+  })
+
+  it('a corrupt record refuses to start with a clear message instead of forgetting a grant', async () => {
+    const dataDir = tempDir()
+    const lockd = await startLockd({dataDir})
+    const a = await client(lockd.endpoint, 'A')
+    await a.createLock('k1').acquire()
+    await a.createLock('k2').acquire()
+    await a.close()
+    await lockd.stop()
+    const wal = join(dataDir, readdirSync(dataDir).find((n) => n.startsWith('wal-'))!)
+    const data = readFileSync(wal)
+    data[12] ^= 0xff // inside the first record's body
+    writeFileSync(wal, data)
+    await expect(startLockd({dataDir})).rejects.toThrow(/corrupt.*refusing to start/)
+  })
+
+  it('a second lockd on the same data directory refuses to start', async () => {
+    const dataDir = tempDir()
+    const first = await startLockd({dataDir})
+    await expect(startLockd({dataDir})).rejects.toThrow(/another lockd is using the data directory/)
+    await first.stop()
+  })
+
+  it('snapshots bound the log and keep every grant and the fence counter', async () => {
+    const dataDir = tempDir()
+    let server = await new LockServer({dataDir, listen: [{host: '127.0.0.1', port: 0}], snapshotBytes: 2000}).start()
+    let c = await client(`lockd://127.0.0.1:${server.addresses.tcp[0].port}`, 'A')
+    const kept = []
+    for (let i = 0; i < 60; i++) {
+      const lock = c.createLock(`key-${i}`)
+      const grant = await lock.acquire({leaseMs: 60_000})
+      if (i % 3 === 0) kept.push(grant)
+      else await lock.unlock()
+    }
+    expect(readdirSync(dataDir)).toContain('snapshot')
+    await c.close()
+    await server.close()
+    server = await new LockServer({dataDir, listen: [{host: '127.0.0.1', port: 0}]}).start()
+    c = await client(`lockd://127.0.0.1:${server.addresses.tcp[0].port}`, 'A')
+    for (const grant of kept) expect((await c.check(grant.key, grant.token)).fence).toBe(grant.fence)
+    expect((await c.list('key-')).total).toBe(kept.length)
+    expect((await c.createLock('fresh').acquire()).fence).toBe(61)
+    await server.close()
+  })
+})
+
+describe('lockd against a misbehaving peer', () => {
+  async function raw(port: number): Promise<{socket: Socket; received: Promise<unknown[]>}> {
+    const socket = netConnect({host: '127.0.0.1', port})
+    await new Promise((r) => socket.once('connect', r))
+    const decoder = new FrameDecoder(createCodec())
+    const messages: unknown[] = []
+    socket.on('data', (chunk) => messages.push(...decoder.push(chunk)))
+    const received = new Promise<unknown[]>((resolve) => socket.on('close', () => resolve(messages)))
+    socket.on('error', () => {})
+    return {socket, received}
+  }
+  const hello = () => encodeFrame(createCodec(), {t: 'hello', v: 1})
+
+  it('rejects malformed, oversized, wrong-version and half-sent frames, and keeps serving others', async () => {
+    const lockd = await startLockd()
+    const good = await client(lockd.endpoint, 'good')
+    const lock = good.createLock('k')
+    await lock.acquire()
+
+    const oversized = await raw(lockd.port)
+    const header = Buffer.alloc(4)
+    header.writeUInt32BE(64 * 1024 * 1024)
+    oversized.socket.write(Buffer.concat([hello(), header]))
+    expect(await oversized.received).toContainEqual(expect.objectContaining({t: 'error', code: 'PROTOCOL', msg: expect.stringMatching(/over the limit/)}))
+
+    const garbage = await raw(lockd.port)
+    garbage.socket.write(Buffer.concat([hello(), Buffer.from([0, 0, 0, 3, 0xd9, 5, 0x61])]))
+    expect(await garbage.received).toContainEqual(expect.objectContaining({t: 'error', msg: expect.stringMatching(/malformed/)}))
+
+    const notAMap = await raw(lockd.port)
+    notAMap.socket.write(Buffer.concat([hello(), encodeFrame(createCodec(), [1, 2, 3])]))
+    expect(await notAMap.received).toContainEqual(expect.objectContaining({t: 'error', msg: expect.stringMatching(/must be a map/)}))
+
+    const noHello = await raw(lockd.port)
+    noHello.socket.write(encodeFrame(createCodec(), {t: 'req', id: 1, op: 'info'}))
+    expect(await noHello.received).toContainEqual(expect.objectContaining({t: 'error', msg: expect.stringMatching(/first message must be hello/)}))
+
+    const wrongVersion = await raw(lockd.port)
+    wrongVersion.socket.write(encodeFrame(createCodec(), {t: 'hello', v: 99}))
+    expect(await wrongVersion.received).toContainEqual(expect.objectContaining({t: 'error', msg: expect.stringMatching(/version 99/)}))
+
+    const halfSent = await raw(lockd.port)
+    const frame = encodeFrame(createCodec(), {t: 'req', id: 1, op: 'acquire', key: 'k2', leaseMs: 5000, waitMs: 0, owner: 'x'})
+    halfSent.socket.write(Buffer.concat([hello(), frame.subarray(0, frame.length - 3)]))
+    await new Promise((r) => setTimeout(r, 50))
+    halfSent.socket.destroy()
+
+    // Bad values inside a well-formed request are refused, not fatal to the connection.
+    const badValues = await raw(lockd.port)
+    const codec = createCodec()
+    badValues.socket.write(
+      Buffer.concat([
+        encodeFrame(codec, {t: 'hello', v: 1}),
+        encodeFrame(codec, {t: 'req', id: 1, op: 'acquire', key: '', leaseMs: 5000, waitMs: 0, owner: 'x'}),
+        encodeFrame(codec, {t: 'req', id: 2, op: 'acquire', key: 'k', leaseMs: 10, waitMs: 0, owner: 'x'}),
+        encodeFrame(codec, {t: 'req', id: 3, op: 'nope'}),
+        encodeFrame(codec, {t: 'req', id: 4, op: 'ping'}),
+      ]),
+    )
+    await eventually(() => badValues.socket.bytesRead > 0)
+    await new Promise((r) => setTimeout(r, 50))
+    badValues.socket.end()
+    const replies = (await badValues.received) as {id?: number; code?: string}[]
+    expect(replies.filter((m) => m.id).map((m) => [m.id, m.code])).toEqual([
+      [1, 'BAD_INPUT'],
+      [2, 'BAD_INPUT'],
+      [3, 'BAD_INPUT'],
+      [4, 'OK'],
+    ])
+
+    // Through all of that the well-behaved client kept its lock and its connection.
+    expect(lock.isHeldByCurrentClient()).toBe(true)
+    await lock.updateLease()
+    expect((await good.inspect('k2'))).toBeNull()
+    await lock.unlock()
+    expect(lockd.child.exitCode).toBeNull()
+    await lockd.stop()
+  })
+
+  it('an unreachable endpoint fails with UNREACHABLE', async () => {
+    const c = await client('lockd://127.0.0.1:1', 'A')
+    await expect(c.createLock('k').acquire()).rejects.toMatchObject({code: 'UNREACHABLE'})
+  })
+})

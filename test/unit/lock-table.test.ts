@@ -1,0 +1,224 @@
+import {beforeEach, describe, expect, it} from 'vitest'
+import {LockTable, type TableEvent} from '../../src/server/lock-table.js'
+import {WAIT_FOREVER} from '../../src/protocol/messages.js'
+import {FakeClock} from '../helpers/fake-clock.js'
+
+let clock: FakeClock
+let table: LockTable
+let nextWid = 1
+
+function acquire(key: string, session: string, opts: {leaseMs?: number; waitMs?: number; token?: string; owner?: string} = {}) {
+  const wid = nextWid++
+  const result = table.acquire({
+    key,
+    leaseMs: opts.leaseMs ?? 10_000,
+    waitMs: opts.waitMs ?? 0,
+    owner: opts.owner ?? session,
+    token: opts.token,
+    from: {session, wid},
+  })
+  return {result, wid}
+}
+
+function tick(ms: number): TableEvent[] {
+  clock.advance(ms)
+  table.tick()
+  return table.drainEvents()
+}
+
+function grants(events: TableEvent[]) {
+  return events.filter((e): e is Extract<TableEvent, {type: 'granted'}> => e.type === 'granted')
+}
+
+beforeEach(() => {
+  clock = new FakeClock()
+  table = new LockTable(clock)
+  nextWid = 1
+})
+
+describe('LockTable', () => {
+  it('grants a free key at once and refuses a second owner that does not wait', () => {
+    const a = acquire('k', 'A')
+    expect(a.result.kind).toBe('granted')
+    const b = acquire('k', 'B')
+    expect(b.result).toMatchObject({kind: 'held', holder: {owner: 'A', fence: 1}})
+  })
+
+  it('hands the lock to waiters strictly in arrival order', () => {
+    const a = acquire('k', 'A')
+    const order = ['B', 'C', 'D', 'E']
+    for (const [i, s] of order.entries()) {
+      const r = acquire('k', s, {waitMs: WAIT_FOREVER})
+      expect(r.result).toMatchObject({kind: 'queued', position: i + 1})
+    }
+    table.drainEvents()
+    let token = a.result.kind === 'granted' ? a.result.grant.token : ''
+    const got: string[] = []
+    for (let i = 0; i < order.length; i++) {
+      expect(table.release('k', token).ok).toBe(true)
+      const granted = grants(table.drainEvents())
+      expect(granted).toHaveLength(1)
+      got.push(granted[0].to!.session)
+      token = granted[0].holder.token
+    }
+    expect(got).toEqual(order)
+  })
+
+  it('expires a lease exactly when it runs out and gives the lock to the next waiter', () => {
+    acquire('k', 'A', {leaseMs: 5000})
+    acquire('k', 'B', {waitMs: WAIT_FOREVER, leaseMs: 7000})
+    table.drainEvents()
+    expect(grants(tick(4999))).toHaveLength(0)
+    expect(table.inspect('k')?.holder?.owner).toBe('A')
+    const events = tick(1)
+    expect(events.map((e) => e.type)).toEqual(['expired', 'dequeued', 'granted'])
+    expect(table.inspect('k')?.holder).toMatchObject({owner: 'B', fence: 2, leaseLeftMs: 7000})
+  })
+
+  it('never has two holders: at every step of a random schedule at most one, and fences increase', () => {
+    // A seeded pseudo-random mix of acquires, releases, renewals, cancels and time passing.
+    let seed = 42
+    const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31)
+    const tokens = new Map<string, string>()
+    let lastFence = 0
+    for (let step = 0; step < 5000; step++) {
+      const session = `S${Math.floor(rand() * 6)}`
+      const r = rand()
+      if (r < 0.4) {
+        const {result} = acquire('k', session, {waitMs: rand() < 0.5 ? 0 : 3000, leaseMs: 1000 + Math.floor(rand() * 4000)})
+        if (result.kind === 'granted' && !result.reentrant) tokens.set(result.grant.token, session)
+      } else if (r < 0.55) {
+        const holder = table.inspect('k')?.holder
+        if (holder) {
+          const token = [...tokens.keys()].find((t) => table.check('k', t))
+          if (token) table.release('k', token)
+        }
+      } else if (r < 0.65) {
+        table.dropSession(session)
+      } else {
+        clock.advance(Math.floor(rand() * 1500))
+        table.tick()
+      }
+      for (const event of table.drainEvents()) {
+        if (event.type === 'granted') {
+          expect(event.holder.fence).toBeGreaterThan(lastFence)
+          lastFence = event.holder.fence
+          tokens.set(event.holder.token, event.to?.session ?? '?')
+        }
+      }
+      const live = [...tokens.keys()].filter((t) => table.check('k', t))
+      expect(live.length).toBeLessThanOrEqual(1)
+    }
+    expect(lastFence).toBeGreaterThan(50)
+  })
+
+  it('is reentrant with the current token: succeeds at once and restarts the lease', () => {
+    const {result} = acquire('k', 'A', {leaseMs: 5000})
+    const token = result.kind === 'granted' ? result.grant.token : ''
+    clock.advance(4000)
+    const again = acquire('k', 'A2', {leaseMs: 5000, token})
+    expect(again.result).toMatchObject({kind: 'granted', reentrant: true, grant: {fence: 1, token, leaseLeftMs: 5000}})
+    table.drainEvents()
+    expect(grants(tick(4999))).toHaveLength(0)
+    expect(table.check('k', token)).not.toBeNull()
+  })
+
+  it('keeps the fencing counter strictly increasing across keys', () => {
+    const fences: number[] = []
+    for (const key of ['a', 'b', 'a2', 'c']) {
+      const {result} = acquire(key, 'A')
+      if (result.kind === 'granted') {
+        fences.push(result.grant.fence)
+        table.release(key, result.grant.token)
+      }
+    }
+    const {result} = acquire('a', 'A')
+    if (result.kind === 'granted') fences.push(result.grant.fence)
+    expect(fences).toEqual([1, 2, 3, 4, 5])
+  })
+
+  it('force release frees the key for the next waiter; the old token is then not the holder', () => {
+    const {result} = acquire('k', 'A')
+    const token = result.kind === 'granted' ? result.grant.token : ''
+    acquire('k', 'B', {waitMs: WAIT_FOREVER})
+    expect(table.release('k', undefined, true).ok).toBe(true)
+    expect(table.inspect('k')?.holder?.owner).toBe('B')
+    expect(table.renew('k', token).ok).toBe(false)
+    expect(table.release('k', token).ok).toBe(false)
+  })
+
+  it('a waiter whose wait runs out leaves the queue and is told so', () => {
+    acquire('k', 'A')
+    const b = acquire('k', 'B', {waitMs: 2000})
+    acquire('k', 'C', {waitMs: WAIT_FOREVER})
+    table.drainEvents()
+    const events = tick(2000)
+    expect(events).toContainEqual({type: 'wait_timeout', key: 'k', waiter: expect.objectContaining({session: 'B', wid: b.wid})})
+    expect(table.inspect('k')?.waiters).toBe(1)
+  })
+
+  it('a cancelled waiter leaves the queue; the one behind it moves up', () => {
+    const a = acquire('k', 'A')
+    const b = acquire('k', 'B', {waitMs: WAIT_FOREVER})
+    acquire('k', 'C', {waitMs: WAIT_FOREVER})
+    expect(table.cancel({session: 'B', wid: b.wid}, 'k')).toEqual({released: false})
+    table.release('k', a.result.kind === 'granted' ? a.result.grant.token : '')
+    expect(table.inspect('k')?.holder?.owner).toBe('C')
+  })
+
+  it('a cancel that races the grant releases the grant, so nobody sits on the lock unknowingly', () => {
+    const a = acquire('k', 'A')
+    const b = acquire('k', 'B', {waitMs: 5000})
+    acquire('k', 'C', {waitMs: WAIT_FOREVER})
+    // The grant to B is made (and pushed) just before B's cancel arrives.
+    table.release('k', a.result.kind === 'granted' ? a.result.grant.token : '')
+    expect(table.inspect('k')?.holder?.owner).toBe('B')
+    expect(table.cancel({session: 'B', wid: b.wid}, 'k')).toEqual({released: true})
+    expect(table.inspect('k')?.holder).toMatchObject({owner: 'C', fence: 3})
+  })
+
+  it('a dropped connection leaves the queue but keeps its grants', () => {
+    acquire('k', 'A')
+    acquire('k', 'B', {waitMs: WAIT_FOREVER})
+    acquire('j', 'B')
+    table.dropSession('B')
+    expect(table.inspect('k')).toMatchObject({holder: {owner: 'A'}, waiters: 0})
+    expect(table.inspect('j')?.holder?.owner).toBe('B')
+  })
+
+  it('renewal extends from now, optionally with a new length', () => {
+    const {result} = acquire('k', 'A', {leaseMs: 2000})
+    const token = result.kind === 'granted' ? result.grant.token : ''
+    clock.advance(1500)
+    expect(table.renew('k', token, 10_000).ok).toBe(true)
+    tick(9999)
+    expect(table.check('k', token)).not.toBeNull()
+    tick(1)
+    expect(table.check('k', token)).toBeNull()
+  })
+
+  it('recovery gives every holder its whole lease from now and continues the fence counter', () => {
+    table.recover(41, [['k', {token: 't1', fence: 40, owner: 'A', leaseMs: 3000, since: 1}]])
+    expect(table.inspect('k')?.holder).toMatchObject({fence: 40, leaseLeftMs: 3000})
+    expect(acquire('k', 'B').result.kind).toBe('held')
+    tick(3000)
+    const {result} = acquire('k', 'B')
+    expect(result).toMatchObject({kind: 'granted', grant: {fence: 42}})
+  })
+
+  it('reports changed keys once, with their state now, for the durable log', () => {
+    const {result} = acquire('k', 'A')
+    expect(table.drainChanges()).toEqual([{key: 'k', holder: expect.objectContaining({owner: 'A', fence: 1})}])
+    expect(table.drainChanges()).toEqual([])
+    table.release('k', result.kind === 'granted' ? result.grant.token : '')
+    expect(table.drainChanges()).toEqual([{key: 'k', holder: null}])
+  })
+
+  it('lists by prefix in key order and never shows tokens', () => {
+    for (const key of ['b/2', 'a/1', 'b/1', 'c']) acquire(key, 'A')
+    const {locks, total} = table.list('b/')
+    expect(total).toBe(2)
+    expect(locks.map((l) => l.key)).toEqual(['b/1', 'b/2'])
+    expect(JSON.stringify(locks)).not.toContain('token')
+  })
+})
