@@ -111,9 +111,9 @@ export const keyArg = (options: {required: boolean; description?: string}) =>
   })
 
 export const conflictExitCodeFlag = Flags.integer({
-  description: 'exit code when the lock is not acquired (as flock -E)',
+  description: 'exit code when the lock is not acquired (as flock -E; 0 makes a busy lock a quiet skip)',
   default: 1,
-  min: 1,
+  min: 0,
   max: 255,
   helpValue: 'N',
 })

@@ -3,6 +3,7 @@ import {keyProblem, leaseProblem} from '../protocol/validate.js'
 import type {ConnectionState, GrantInfo, HolderInfo, LockBackend, LockInfo} from './backend.js'
 import {LockdBackend} from './backends/lockd.js'
 import {LockdConnection} from './backends/lockd-connection.js'
+import {AutoRenewalLock, type AutoRenewalLockOptions} from './auto-renewal-lock.js'
 import {checkOwner, checkToken, DistributedLock} from './distributed-lock.js'
 import {connectEmbedded, embeddedPaths, stateDir} from './embedded.js'
 import {describeEndpoint, parseEndpoint, type Endpoint} from './endpoint.js'
@@ -54,6 +55,16 @@ export class LockClient {
     checkKey(key)
     if (options.owner) checkOwner(options.owner)
     return new DistributedLock(key, this.backend, options.owner ?? this.owner)
+  }
+
+  /**
+   * A lock that keeps itself held: acquires through the fair queue, renews at half the lease,
+   * reports onAcquired / onLost, and acquires again after a loss until closed.
+   */
+  createAutoRenewalLock(key: string, options: Omit<AutoRenewalLockOptions, 'owner'> & {owner?: string}): AutoRenewalLock {
+    checkKey(key)
+    if (options.owner) checkOwner(options.owner)
+    return new AutoRenewalLock(key, this.backend, {...options, owner: options.owner ?? this.owner})
   }
 
   /** Release with a token; with force, whoever holds it. Throws NotHolderError. */

@@ -1,0 +1,29 @@
+import {formatMs} from './output.js'
+
+export type HoldEvent = 'waiting' | 'acquired' | 'lost' | 'released' | 'suspended' | 'connected'
+
+/**
+ * One line per event: `<ISO time> <event> <key> <details>` for people, or a JSON object per line
+ * with --json. Written synchronously so that lines appear in order and before the process exits.
+ */
+export class EventPrinter {
+  constructor(
+    private readonly stream: NodeJS.WriteStream,
+    private readonly mode: 'human' | 'json' | 'quiet',
+  ) {}
+
+  print(event: HoldEvent, key: string, fields: Record<string, unknown> = {}): void {
+    if (this.mode === 'quiet') return
+    const time = new Date().toISOString()
+    if (this.mode === 'json') {
+      this.stream.write(`${JSON.stringify({event, time, key, ...fields})}\n`)
+      return
+    }
+    const details: string[] = []
+    if (fields.fence !== undefined) details.push(`fence ${String(fields.fence)}`)
+    if (typeof fields.leaseMs === 'number') details.push(`lease ${formatMs(fields.leaseMs)}`)
+    if (fields.reason) details.push(String(fields.reason))
+    if (fields.endpoint && (event === 'suspended' || event === 'connected')) details.push(String(fields.endpoint))
+    this.stream.write(`${time} ${event} ${key}${details.length ? ` (${details.join(', ')})` : ''}\n`)
+  }
+}

@@ -1,0 +1,274 @@
+import {WAIT_FOREVER, type GrantInfo, type HolderInfo} from '../protocol/messages.js'
+import {leaseProblem, waitProblem} from '../protocol/validate.js'
+import type {ConnectionState, LockBackend} from './backend.js'
+import {DistributedLock} from './distributed-lock.js'
+import {BadInputError, ErrorCode, LeaseLostError, LockError} from './errors.js'
+
+export const DEFAULT_RETRY_MILLIS = [1000, 10_000, 30_000, 60_000]
+
+export interface AutoRenewalLockOptions {
+  /** Lease of each grant; renewed at half of it. */
+  leaseMs: number
+  /** Delays between failed renewals (and failed acquires); the last one repeats. */
+  retryMillis?: number[]
+  /**
+   * How long the *first* acquisition may wait (default forever). When it runs out the lock
+   * gives up: `ready` rejects and the lock closes. After a loss it always waits again, forever.
+   */
+  waitMs?: number
+  owner: string
+  /** Fires on every new grant, with its fence. Strictly alternates with onLost. */
+  onAcquired?: (grant: GrantInfo) => void
+  /** Fires once per grant that is lost (lease gone as the client counts it, or "not the holder"). */
+  onLost?: (reason: LeaseLostError) => void
+  /** Connection state as the backend reports it. */
+  onStateChange?: (state: ConnectionState) => void
+  /** Called while waiting in the queue: our place and the holder. */
+  onQueued?: (info: {position: number; holder: HolderInfo | null}) => void
+  /** Aborting it closes the lock (releasing it if held). */
+  signal?: AbortSignal
+}
+
+type Phase = 'acquiring' | 'held' | 'closed'
+
+/**
+ * A lock that keeps itself held: modelled on Dongting's AutoRenewalLock, with the sharp edges
+ * filed off (see README):
+ *  - acquires through the fair queue (a pushed grant, no polling), renews at half the lease;
+ *  - a failed renewal is retried with backoff, each delay clamped to the lease that is left, so
+ *    a short lease still gets several tries;
+ *  - when the lease is gone as the client counts it (from the send time of the last successful
+ *    renewal), or a renewal is answered "not the holder", onLost fires and acquiring starts again;
+ *  - onAcquired / onLost strictly alternate and never repeat;
+ *  - `signal` aborts when the current grant is lost, for user code to stop its work.
+ */
+export class AutoRenewalLock {
+  private phase: Phase = 'acquiring'
+  /** A fresh lock object per grant: a stale in-flight renewal can never revive a lost grant. */
+  private current: DistributedLock | null = null
+  private generation = 0
+  private renewTimer: NodeJS.Timeout | null = null
+  private watchdog: NodeJS.Timeout | null = null
+  private retryIndex = 0
+  private inFlight: Promise<unknown> | null = null
+  private acquireAbort = new AbortController()
+  private grantAbort: AbortController | null = null
+  private lastError: Error | null = null
+  private unsubscribe: () => void
+  private readyResolve!: (grant: GrantInfo) => void
+  private readyReject!: (error: Error) => void
+  private firstAcquisition = true
+  /** Resolves at the first grant; rejects if the first acquisition gave up or the lock was closed first. */
+  readonly ready: Promise<GrantInfo>
+
+  constructor(
+    readonly key: string,
+    private readonly backend: LockBackend,
+    private readonly options: AutoRenewalLockOptions,
+  ) {
+    const problem = leaseProblem(options.leaseMs) ?? (options.waitMs === undefined ? null : waitProblem(options.waitMs))
+    if (problem) throw new BadInputError(problem)
+    if (options.retryMillis && (options.retryMillis.length === 0 || options.retryMillis.some((d) => !(d > 0)))) {
+      throw new BadInputError('retryMillis must be a non-empty list of positive delays')
+    }
+    this.ready = new Promise((resolve, reject) => {
+      this.readyResolve = resolve
+      this.readyReject = reject
+    })
+    this.ready.catch(() => {}) // observed by whoever awaits it; never an unhandled rejection
+    this.unsubscribe = backend.onStateChange((state) => options.onStateChange?.(state))
+    if (options.signal?.aborted) {
+      void this.close()
+    } else {
+      options.signal?.addEventListener('abort', () => void this.close(), {once: true})
+      void this.acquireLoop()
+    }
+  }
+
+  get fence(): number | undefined {
+    return this.phase === 'held' ? this.current?.fence : undefined
+  }
+
+  get token(): string | undefined {
+    return this.phase === 'held' ? this.current?.token : undefined
+  }
+
+  isHeldByCurrentClient(): boolean {
+    return this.phase === 'held' && (this.current?.isHeldByCurrentClient() ?? false)
+  }
+
+  leaseRestMillis(): number {
+    return this.phase === 'held' ? (this.current?.leaseRestMillis() ?? 0) : 0
+  }
+
+  /** Aborts when the current grant is lost or the lock is closed. Already aborted when not held. */
+  get signal(): AbortSignal {
+    return this.grantAbort?.signal ?? AbortSignal.abort(new LeaseLostError(this.key, 'not held'))
+  }
+
+  private get retryMillis(): number[] {
+    return this.options.retryMillis ?? DEFAULT_RETRY_MILLIS
+  }
+
+  private nextRetryDelay(): number {
+    const delays = this.retryMillis
+    const delay = delays[Math.min(this.retryIndex, delays.length - 1)]
+    this.retryIndex++
+    return delay
+  }
+
+  private async acquireLoop(): Promise<void> {
+    while (this.phase === 'acquiring') {
+      const generation = ++this.generation
+      const lock = new DistributedLock(this.key, this.backend, this.options.owner)
+      const first = this.firstAcquisition
+      const waitMs = first && this.options.waitMs !== undefined ? this.options.waitMs : WAIT_FOREVER
+      try {
+        const attempt = lock.acquire({
+          leaseMs: this.options.leaseMs,
+          waitMs,
+          signal: this.acquireAbort.signal,
+          onQueued: this.options.onQueued,
+        })
+        this.inFlight = attempt
+        const grant = await attempt
+        if (this.phase !== 'acquiring' || generation !== this.generation) {
+          await lock.close() // closed while the grant was on its way: give it back
+          return
+        }
+        this.retryIndex = 0
+        this.firstAcquisition = false
+        this.current = lock
+        this.phase = 'held'
+        this.grantAbort = new AbortController()
+        this.armWatchdog()
+        this.scheduleRenewal(this.options.leaseMs / 2)
+        this.readyResolve(grant)
+        this.options.onAcquired?.(grant)
+        return
+      } catch (error) {
+        if (this.phase !== 'acquiring') return
+        const code = (error as LockError).code
+        if (first && waitMs !== WAIT_FOREVER && (code === ErrorCode.LOCK_HELD || code === ErrorCode.WAIT_TIMEOUT)) {
+          this.readyReject(error as Error)
+          await this.close()
+          return
+        }
+        if (code === ErrorCode.BAD_INPUT) {
+          this.readyReject(error as Error)
+          await this.close()
+          return
+        }
+        // Unreachable, protocol trouble, a server error: try again after the backoff.
+        this.lastError = error as Error
+        await this.sleep(this.nextRetryDelay())
+      } finally {
+        this.inFlight = null
+      }
+    }
+  }
+
+  private scheduleRenewal(delayMs: number): void {
+    if (this.renewTimer) clearTimeout(this.renewTimer)
+    this.renewTimer = setTimeout(() => void this.renew(), Math.max(0, delayMs))
+  }
+
+  /** Fires `lost` when the lease runs out as we count it, whatever renewals are doing. */
+  private armWatchdog(): void {
+    if (this.watchdog) clearTimeout(this.watchdog)
+    const lock = this.current
+    if (!lock) return
+    this.watchdog = setTimeout(() => {
+      if (this.current !== lock || this.phase !== 'held') return
+      if (lock.isHeldByCurrentClient()) {
+        this.armWatchdog() // renewed meanwhile
+        return
+      }
+      const why = this.lastError ? `the lease ran out before it could be renewed (${this.lastError.message})` : 'the lease ran out'
+      this.lose(new LeaseLostError(this.key, why))
+    }, lock.leaseRestMillis() + 1)
+  }
+
+  private async renew(): Promise<void> {
+    const lock = this.current
+    if (!lock || this.phase !== 'held') return
+    const attempt = lock.updateLease(this.options.leaseMs)
+    this.inFlight = attempt
+    try {
+      await attempt
+      if (this.current !== lock || this.phase !== 'held') return
+      this.retryIndex = 0
+      this.lastError = null
+      this.armWatchdog()
+      this.scheduleRenewal(this.options.leaseMs / 2)
+    } catch (error) {
+      if (this.current !== lock || this.phase !== 'held') return
+      if ((error as LockError).code === ErrorCode.NOT_HOLDER) {
+        this.lose(new LeaseLostError(this.key, 'the server says this client is not the holder any more (force-released or expired)'))
+        return
+      }
+      this.lastError = error as Error
+      const rest = lock.leaseRestMillis()
+      // Retry before the lease is gone: a delay longer than what is left would waste the grant.
+      const delay = Math.min(this.nextRetryDelay(), Math.max(rest / 2, 50))
+      if (rest > 0) this.scheduleRenewal(delay)
+    } finally {
+      if (this.inFlight === attempt) this.inFlight = null
+    }
+  }
+
+  private lose(reason: LeaseLostError): void {
+    const lock = this.current
+    this.stopTimers()
+    this.current = null
+    this.phase = 'acquiring'
+    this.grantAbort?.abort(reason)
+    this.grantAbort = null
+    // Give back whatever the server may still think we hold (harmless if it is gone).
+    if (lock) void lock.close()
+    this.options.onLost?.(reason)
+    if (this.phase === 'acquiring') void this.acquireLoop()
+  }
+
+  private stopTimers(): void {
+    if (this.renewTimer) clearTimeout(this.renewTimer)
+    if (this.watchdog) clearTimeout(this.watchdog)
+    this.renewTimer = null
+    this.watchdog = null
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms)
+      this.acquireAbort.signal.addEventListener(
+        'abort',
+        () => {
+          clearTimeout(timer)
+          resolve()
+        },
+        {once: true},
+      )
+    })
+  }
+
+  private closing: Promise<void> | null = null
+
+  /** Stop renewing and release if held. Waits for an in-flight renewal first. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const wasHeld = this.phase === 'held'
+      this.phase = 'closed'
+      this.stopTimers()
+      this.acquireAbort.abort()
+      await this.inFlight?.catch(() => {})
+      const lock = this.current
+      this.current = null
+      this.grantAbort?.abort(new LeaseLostError(this.key, 'closed'))
+      this.grantAbort = null
+      this.unsubscribe()
+      this.readyReject(new LockError(ErrorCode.CLOSED, `the auto-renewing lock on ${JSON.stringify(this.key)} was closed`))
+      if (lock && wasHeld) await lock.unlock().catch(() => {})
+    })()
+    return this.closing
+  }
+}

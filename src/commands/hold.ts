@@ -1,0 +1,161 @@
+import {Flags} from '@oclif/core'
+import {constants} from 'node:os'
+import {BaseCommand} from '../cli/base-command.js'
+import {FORWARDED_SIGNALS, shellExitCode, signalNumber, SupervisedChild} from '../cli/child.js'
+import {EventPrinter} from '../cli/events.js'
+import {ExitCode} from '../cli/exit-codes.js'
+import {checkKeyArg, conflictExitCodeFlag, durationFlag, keyArg, leaseFlag, missingInput, ownerFlag, parseDuration, UsageError, waitFlag} from '../cli/flags.js'
+import {ordinal} from '../cli/output.js'
+import {createProgress} from '../cli/progress.js'
+import {describeHolder} from '../client/errors.js'
+import {WAIT_FOREVER} from '../protocol/messages.js'
+
+export default class Hold extends BaseCommand {
+  static summary = 'Hold a lock, renewing it, until interrupted; or run a command while it is held.'
+  static description = `Without a command: print "acquired" when the lock is held, "lost" if it is lost (then wait for it again), and release it on SIGINT/SIGTERM (exit 0). Leader election from the shell.
+With a command (after --): start it once the lock is held, without a shell, with LOCKCTL_KEY, LOCKCTL_TOKEN and LOCKCTL_FENCE in its environment, in its own process group. SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded to it. If the lock is lost, the command's process group gets --kill-signal, then SIGKILL after --grace, and lockctl exits 3. When it exits, the lock is released and lockctl exits with its code (128+N if signal N ended it; 127 not found, 126 not executable).`
+
+  static examples = [
+    '<%= config.bin %> hold deploy -- ./deploy.sh',
+    '<%= config.bin %> hold nightly --wait 0 -- ./backup.sh   # cron: skip if another run holds it',
+    '<%= config.bin %> hold leader --json                     # leader election: one JSON line per event',
+  ]
+
+  static strict = false
+
+  static args = {key: keyArg({required: true})}
+
+  static flags = {
+    lease: leaseFlag({defaultMs: 15_000}),
+    wait: waitFlag({defaultMs: WAIT_FOREVER, description: 'how long to wait for the first grant: 0 = try once, a duration, or forever'}),
+    retry: Flags.string({description: 'delays between failed renewals; the last one repeats', default: '1s,10s,30s,60s', helpValue: 'D,D,...'}),
+    'on-lost': Flags.string({description: 'what to do with the command when the lock is lost', options: ['kill', 'ignore'], default: 'kill'}),
+    'kill-signal': Flags.string({description: 'signal sent to the command when the lock is lost', default: 'SIGTERM', helpValue: 'SIGNAL'}),
+    grace: durationFlag({description: 'time between --kill-signal and SIGKILL', defaultMs: 5000, min: 0, max: 3_600_000}),
+    owner: ownerFlag(),
+    quiet: Flags.boolean({char: 'q', description: 'print no events (errors still go to stderr)'}),
+    'conflict-exit-code': conflictExitCodeFlag,
+  }
+
+  async run(): Promise<void> {
+    const {args, argv, flags} = await this.parse(Hold)
+    this.conflictExitCode = flags['conflict-exit-code']
+    const key = checkKeyArg(args.key ?? missingInput('KEY'))
+    const command = commandAfterDashes(this.argv, argv as string[])
+    const retryMillis = parseRetry(flags.retry)
+    const killSignal = parseSignal(flags['kill-signal'])
+    const json = this.jsonEnabled()
+
+    const client = await this.client(flags, {owner: flags.owner})
+    // With a command, the command owns stdout: events go to stderr.
+    const events = new EventPrinter(command ? process.stderr : process.stdout, flags.quiet ? 'quiet' : json ? 'json' : 'human')
+    const progress = createProgress(!json && !flags.quiet)
+    let child: SupervisedChild | null = null
+    let lostWhileRunning = false
+    let suspended = false
+
+    let stopRequested!: (signal: NodeJS.Signals) => void
+    const stop = new Promise<NodeJS.Signals>((resolve) => (stopRequested = resolve))
+    const interactive = Boolean(command && process.stdin.isTTY)
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (child?.started) {
+        // In a terminal, SIGINT/SIGQUIT from the keyboard already reached the child's group.
+        if (!(interactive && (signal === 'SIGINT' || signal === 'SIGQUIT'))) child.signal(signal)
+      } else {
+        stopRequested(signal)
+      }
+    }
+    const handlers = FORWARDED_SIGNALS.map((signal) => [signal, () => onSignal(signal)] as const)
+    for (const [signal, handler] of handlers) process.on(signal, handler)
+
+    const lock = client.createAutoRenewalLock(key, {
+      leaseMs: flags.lease,
+      retryMillis,
+      waitMs: flags.wait,
+      onQueued: ({position, holder}) => {
+        progress.show(`waiting for ${key}: held by ${describeHolder(holder)}; ${ordinal(position)} in the queue`)
+        events.print('waiting', key, {position, holder: holder?.owner ?? null})
+      },
+      onAcquired: (grant) => {
+        progress.stop()
+        events.print('acquired', key, {fence: grant.fence, leaseMs: grant.leaseMs, token: json ? grant.token : undefined})
+      },
+      onLost: (reason) => {
+        events.print('lost', key, {reason: reason.message})
+        if (child?.started && flags['on-lost'] === 'kill') {
+          lostWhileRunning = true
+          child.terminate(killSignal, flags.grace)
+        }
+      },
+      onStateChange: (state) => {
+        if (state === 'suspended' && !suspended) {
+          suspended = true
+          events.print('suspended', key, {endpoint: client.endpoint, reason: 'cannot reach the lock service; renewals are being retried'})
+        } else if (state === 'connected' && suspended) {
+          suspended = false
+          events.print('connected', key, {endpoint: client.endpoint})
+        }
+      },
+    })
+
+    try {
+      const first = await Promise.race([lock.ready.then(() => null), stop])
+      if (first) {
+        // Interrupted while waiting for the first grant.
+        process.exitCode = 128 + signalNumber(first)
+        return
+      }
+      if (!command) {
+        await stop
+        process.exitCode = ExitCode.OK
+        return
+      }
+      child = new SupervisedChild(
+        command,
+        {...process.env, LOCKCTL_KEY: key, LOCKCTL_TOKEN: lock.token, LOCKCTL_FENCE: String(lock.fence)},
+        {interactive},
+      )
+      const result = await child.exited
+      if (result.spawnError) {
+        const why = result.spawnError.code === 'ENOENT' ? 'command not found' : result.spawnError.code === 'EACCES' ? 'permission denied' : result.spawnError.message
+        process.stderr.write(`lockctl: ${command[0]}: ${why}\n`)
+      }
+      // The lock covers the command's whole process group: background jobs it left behind
+      // must not run on without the lock.
+      if (child.groupAlive()) child.terminate(killSignal, flags.grace)
+      process.exitCode = lostWhileRunning ? ExitCode.LOST : shellExitCode(result)
+    } finally {
+      progress.stop()
+      const held = lock.isHeldByCurrentClient()
+      await lock.close()
+      if (held) events.print('released', key)
+      for (const [signal, handler] of handlers) process.off(signal, handler)
+    }
+  }
+}
+
+/** The command after `--`; positionals other than KEY without `--` are a usage error. */
+function commandAfterDashes(rawArgv: string[], positionals: string[]): string[] | null {
+  const index = rawArgv.indexOf('--')
+  if (index === -1) {
+    if (positionals.length > 1) throw new UsageError(`put the command after --: lockctl hold KEY [flags] -- ${positionals.slice(1).join(' ')}`)
+    return null
+  }
+  const command = rawArgv.slice(index + 1)
+  if (command.length === 0) throw new UsageError('missing command after --')
+  return command
+}
+
+function parseRetry(text: string): number[] {
+  const delays = text.split(',').map((part) => parseDuration(part))
+  if (delays.length === 0 || delays.some((d) => d === null || d <= 0)) {
+    throw new UsageError(`--retry: ${JSON.stringify(text)} is not a list of durations; use e.g. 1s,10s,30s,60s`)
+  }
+  return delays as number[]
+}
+
+function parseSignal(text: string): NodeJS.Signals {
+  const name = (/^sig/i.test(text) ? text : `SIG${text}`).toUpperCase()
+  if (!(name in constants.signals)) throw new UsageError(`--kill-signal: ${JSON.stringify(text)} is not a signal; use e.g. SIGTERM, SIGINT, SIGKILL`)
+  return name as NodeJS.Signals
+}

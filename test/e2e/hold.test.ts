@@ -1,0 +1,233 @@
+import {existsSync, readFileSync, writeFileSync} from 'node:fs'
+import {join} from 'node:path'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {eventually, runCli, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
+
+let lockd: LockdProcess
+let env: NodeJS.ProcessEnv
+beforeAll(async () => {
+  lockd = await startLockd({dataDir: tempDir()})
+  env = {LOCKCTL_ENDPOINTS: lockd.endpoint}
+})
+afterAll(async () => {
+  await lockd.stop()
+})
+
+async function holderOf(key: string, environment = env): Promise<string | null> {
+  const status = await runCli(['status', key, '--json'], {env: environment})
+  return JSON.parse(status.stdout).holder?.owner ?? null
+}
+
+function notExecutable(): string {
+  const file = join(tempDir(), 'data.txt')
+  writeFileSync(file, 'not a program\n', {mode: 0o644})
+  return file
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+describe('hold KEY -- CMD: exit codes as a shell would give them', () => {
+  it.each([
+    [['true'], 0],
+    [['sh', '-c', 'exit 7'], 7],
+    [['sh', '-c', 'kill -TERM $$'], 143],
+    [['definitely-not-a-program-xyz'], 127],
+    [['NOT-EXECUTABLE'], 126],
+  ])('%j exits %d and releases the lock', async (command, code) => {
+    const args = (command as string[]).map((a) => (a === 'NOT-EXECUTABLE' ? notExecutable() : a))
+    const result = await runCli(['hold', 'codes', '--', ...args], {env})
+    expect(result.code).toBe(code)
+    expect(await holderOf('codes')).toBeNull()
+    if (code === 127) expect(result.stderr).toMatch(/command not found/)
+    if (code === 126) expect(result.stderr).toMatch(/permission denied/)
+  })
+
+  it('gives the child LOCKCTL_KEY, LOCKCTL_TOKEN, LOCKCTL_FENCE and owns stdout; events go to stderr', async () => {
+    const result = await runCli(['hold', 'envs', '--', 'sh', '-c', 'echo "$LOCKCTL_KEY|$LOCKCTL_TOKEN|$LOCKCTL_FENCE"'], {env})
+    expect(result.code).toBe(0)
+    const [key, token, fence] = result.stdout.trim().split('|')
+    expect(key).toBe('envs')
+    expect(token).toMatch(/^[A-Za-z0-9_-]{16,}$/)
+    expect(Number(fence)).toBeGreaterThan(0)
+    expect(result.stderr).toMatch(new RegExp(`acquired envs \\(fence ${fence}, lease 15s\\)`))
+    expect(result.stderr).toMatch(/released envs/)
+  })
+
+  it('a command after KEY without -- is a usage error', async () => {
+    const result = await runCli(['hold', 'k', 'echo', 'hi'], {env})
+    expect(result.code).toBe(2)
+    expect(result.stderr).toMatch(/put the command after --/)
+  })
+})
+
+describe('hold: signals', () => {
+  it('SIGTERM to lockctl reaches the child (its trap runs) and the lock is released', async () => {
+    const dir = tempDir()
+    const marker = join(dir, 'trapped')
+    const ready = join(dir, 'ready')
+    const run = runCli(['hold', 'sig', '--', 'sh', '-c', `trap 'echo trapped > ${marker}; exit 0' TERM; touch ${ready}; while :; do sleep 0.05; done`], {env})
+    await eventually(() => existsSync(ready))
+    run.child.kill('SIGTERM')
+    const result = await run
+    expect(readFileSync(marker, 'utf8').trim()).toBe('trapped')
+    expect(result.code).toBe(0) // the child's code: its trap exited 0
+    expect(await holderOf('sig')).toBeNull()
+  })
+
+  it('hold without a command: prints acquired, and after SIGINT released, exit 0', async () => {
+    const run = runCli(['hold', 'leader', '--owner', 'me'], {env})
+    let out = ''
+    run.child.stdout!.on('data', (c: Buffer) => (out += c.toString()))
+    await eventually(() => /acquired leader/.test(out))
+    expect(await holderOf('leader')).toBe('me')
+    run.child.kill('SIGINT')
+    const result = await run
+    expect(result.code).toBe(0)
+    expect(result.stdout).toMatch(/^\S+ acquired leader \(fence \d+, lease 15s\)\n\S+ released leader\n$/)
+    expect(await holderOf('leader')).toBeNull()
+  })
+
+  it('SIGINT while waiting for the first grant leaves the queue and exits 130', async () => {
+    const first = await runCli(['lock', 'queued'], {env})
+    const run = runCli(['hold', 'queued', '--', 'true'], {env})
+    await eventually(async () => JSON.parse((await runCli(['status', 'queued', '--json'], {env})).stdout).waiters === 1)
+    run.child.kill('SIGINT')
+    expect((await run).code).toBe(130)
+    await eventually(async () => JSON.parse((await runCli(['status', 'queued', '--json'], {env})).stdout).waiters === 0)
+    expect((await runCli(['unlock', 'queued', '--token', first.stdout.trim()], {env})).code).toBe(0)
+  })
+
+  it('--wait 0 while held: exit 1 (cron style), the command never runs', async () => {
+    const first = await runCli(['lock', 'cron'], {env})
+    const dir = tempDir()
+    const result = await runCli(['hold', 'cron', '--wait', '0', '--', 'touch', join(dir, 'ran')], {env})
+    expect(result.code).toBe(1)
+    expect(existsSync(join(dir, 'ran'))).toBe(false)
+    expect((await runCli(['hold', 'cron', '--wait', '0', '--conflict-exit-code', '0', '--', 'true'], {env})).code).toBe(0)
+    await runCli(['unlock', 'cron', '--token', first.stdout.trim()], {env})
+  })
+})
+
+describe('hold: mutual exclusion', () => {
+  it('two holds started together run their children strictly one after the other, the second with a higher fence', async () => {
+    const dir = tempDir()
+    const log = join(dir, 'log')
+    const script = `echo "start $(date +%s%N) $LOCKCTL_FENCE" >> ${log}; sleep 0.4; echo "end $(date +%s%N) $LOCKCTL_FENCE" >> ${log}`
+    const results = await Promise.all([0, 1, 2].map(() => runCli(['hold', 'mutex', '--', 'sh', '-c', script], {env})))
+    expect(results.map((r) => r.code)).toEqual([0, 0, 0])
+    const lines = readFileSync(log, 'utf8').trim().split('\n').map((l) => l.split(' '))
+    expect(lines.map((l) => l[0])).toEqual(['start', 'end', 'start', 'end', 'start', 'end'])
+    for (let i = 0; i < lines.length; i += 2) expect(lines[i][2]).toBe(lines[i + 1][2]) // start/end of one child
+    const times = lines.map((l) => BigInt(l[1]))
+    for (let i = 1; i < times.length; i++) expect(times[i] >= times[i - 1]).toBe(true)
+    const fences = [0, 2, 4].map((i) => Number(lines[i][2]))
+    expect(fences).toEqual([...fences].sort((a, b) => a - b))
+    expect(new Set(fences).size).toBe(3)
+  })
+})
+
+describe('hold: lock loss while the child runs', () => {
+  it('force-unlocked by another process: lost, SIGTERM then SIGKILL after the grace, exit 3, grandchild gone', async () => {
+    const dir = tempDir()
+    const pids = join(dir, 'pids')
+    // The shell ignores SIGTERM (so only SIGKILL after the grace ends it) and starts a grandchild.
+    const script = `trap '' TERM; sleep 300 & echo "$$ $!" > ${pids}; while :; do sleep 0.05; done`
+    const run = runCli(['hold', 'lose', '--lease', '2s', '--grace', '500ms', '--', 'sh', '-c', script], {env})
+    await eventually(() => existsSync(pids) && readFileSync(pids, 'utf8').includes(' '))
+    const [shellPid, grandchildPid] = readFileSync(pids, 'utf8').trim().split(' ').map(Number)
+    expect((await runCli(['unlock', 'lose', '--force'], {env})).code).toBe(0)
+    const result = await run
+    expect(result.code).toBe(3)
+    expect(result.stderr).toMatch(/lost lose \(.*not the holder/)
+    expect(alive(shellPid)).toBe(false)
+    await eventually(() => !alive(grandchildPid), 3000)
+  })
+
+  it('the server stopped past the lease: lost (as the client counts it), the child is killed, exit 3', async () => {
+    const own = await startLockd({dataDir: tempDir()})
+    const ownEnv = {LOCKCTL_ENDPOINTS: own.endpoint}
+    const dir = tempDir()
+    const ready = join(dir, 'ready')
+    const run = runCli(['hold', 'gone', '--lease', '2s', '--retry', '200ms', '--grace', '300ms', '--', 'sh', '-c', `touch ${ready}; while :; do sleep 0.05; done`], {env: ownEnv})
+    await eventually(() => existsSync(ready))
+    own.child.kill('SIGKILL')
+    await own.exited
+    const result = await run
+    expect(result.code).toBe(3)
+    expect(result.stderr).toMatch(/suspended gone/)
+    expect(result.stderr).toMatch(/lost gone \(.*lease ran out/)
+  })
+
+  it('--on-lost ignore: reports the loss, keeps the child, exits with its code', async () => {
+    const dir = tempDir()
+    const ready = join(dir, 'ready')
+    const done = join(dir, 'done')
+    const run = runCli(['hold', 'ignore', '--lease', '2s', '--on-lost', 'ignore', '--', 'sh', '-c', `touch ${ready}; while [ ! -e ${done} ]; do sleep 0.05; done; exit 4`], {env})
+    let stderr = ''
+    run.child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()))
+    await eventually(() => existsSync(ready))
+    await runCli(['unlock', 'ignore', '--force'], {env})
+    await eventually(() => /lost ignore/.test(stderr))
+    // Free again, so it is re-acquired while the child still runs.
+    await eventually(() => /acquired ignore[^\n]*\n[^]*acquired ignore/.test(stderr))
+    writeFileSync(done, '')
+    expect((await run).code).toBe(4)
+  })
+
+  it('lockd restarted mid-hold for less than the lease: no lost, renewals resume, same fence', async () => {
+    const dataDir = tempDir()
+    let own = await startLockd({dataDir})
+    const ownEnv = {LOCKCTL_ENDPOINTS: own.endpoint}
+    const dir = tempDir()
+    const ready = join(dir, 'ready')
+    const done = join(dir, 'done')
+    const run = runCli(['hold', 'restart', '--lease', '4s', '--retry', '200ms', '--', 'sh', '-c', `echo $LOCKCTL_FENCE > ${ready}; while [ ! -e ${done} ]; do sleep 0.05; done`], {env: ownEnv})
+    await eventually(() => existsSync(ready) && readFileSync(ready, 'utf8').trim() !== '')
+    const fence = Number(readFileSync(ready, 'utf8'))
+    own.child.kill('SIGKILL')
+    await own.exited
+    own = await startLockd({dataDir, port: own.port})
+    // Past the original lease: only renewals against the restarted lockd can have kept it.
+    await new Promise((r) => setTimeout(r, 5000))
+    const status = JSON.parse((await runCli(['status', 'restart', '--json'], {env: ownEnv})).stdout)
+    expect(status.holder.fence).toBe(fence)
+    writeFileSync(done, '')
+    const result = await run
+    expect(result.code).toBe(0)
+    expect(result.stderr).not.toMatch(/lost/)
+    expect(result.stderr.match(/acquired restart/g)).toHaveLength(1)
+    expect(result.stderr).toMatch(/suspended restart[^]*connected restart/)
+    await own.stop()
+  })
+})
+
+describe('hold as leader election', () => {
+  it('events strictly alternate acquired/lost over several losses, with increasing fences', async () => {
+    const run = runCli(['hold', 'elect', '--lease', '2s', '--json'], {env})
+    let out = ''
+    run.child.stdout!.on('data', (c: Buffer) => (out += c.toString()))
+    const count = (event: string) => (out.match(new RegExp(`"event":"${event}"`, 'g')) ?? []).length
+    for (let round = 1; round <= 3; round++) {
+      await eventually(() => count('acquired') === round)
+      expect((await runCli(['unlock', 'elect', '--force'], {env})).code).toBe(0)
+      await eventually(() => count('lost') === round)
+    }
+    await eventually(() => count('acquired') === 4)
+    run.child.kill('SIGTERM')
+    expect((await run).code).toBe(0)
+    const events = out.trim().split('\n').map((l) => JSON.parse(l))
+    const kinds = events.map((e) => e.event).filter((e) => e === 'acquired' || e === 'lost')
+    expect(kinds).toEqual(['acquired', 'lost', 'acquired', 'lost', 'acquired', 'lost', 'acquired'])
+    const fences = events.filter((e) => e.event === 'acquired').map((e) => e.fence)
+    expect(fences).toEqual([...fences].sort((a, b) => a - b))
+    expect(new Set(fences).size).toBe(4)
+    expect(events.at(-1)).toMatchObject({event: 'released', key: 'elect'})
+  })
+})
