@@ -1,0 +1,203 @@
+// Benchmarks: figures printed next to a reference measured in the same run. Nothing is asserted.
+// Every load loop is bounded in count and time; all traffic stays on loopback.
+//
+//   npm run bench            (builds first)
+//   node bench/run.js --quick
+import {spawn, spawnSync} from 'node:child_process'
+import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {dirname, join} from 'node:path'
+import {fileURLToPath} from 'node:url'
+import {connect} from '../dist/client/index.js'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const bin = join(root, 'bin', 'run.js')
+const quick = process.argv.includes('--quick')
+const work = mkdtempSync(join(tmpdir(), 'lockctl-bench-'))
+const children = []
+process.on('exit', () => {
+  for (const c of children) c.kill('SIGKILL')
+  rmSync(work, {recursive: true, force: true})
+})
+
+function pct(values, p) {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
+}
+const us = (ms) => `${(ms * 1000).toFixed(0)} µs`
+const msf = (ms) => `${ms.toFixed(1)} ms`
+function row(label, value, reference, ratio) {
+  console.log(`  ${label.padEnd(46)} ${String(value).padStart(14)}   ${reference ? `ref: ${reference}` : ''}${ratio ? `  (${ratio})` : ''}`)
+}
+
+async function startLockd(args) {
+  const child = spawn(process.execPath, [bin, 'server', '--listen', '127.0.0.1:0', ...args], {stdio: ['ignore', 'ignore', 'pipe']})
+  children.push(child)
+  let err = ''
+  const port = await new Promise((resolve, reject) => {
+    child.stderr.on('data', (c) => {
+      err += c
+      const m = /lockd:\/\/127\.0\.0\.1:(\d+)/.exec(err)
+      if (m) resolve(Number(m[1]))
+    })
+    child.on('exit', () => reject(new Error(err)))
+  })
+  return {child, endpoint: `lockd://127.0.0.1:${port}`}
+}
+
+function timeProcess(args, env) {
+  const start = performance.now()
+  const r = spawnSync(process.execPath, args, {env: {...process.env, ...env}, encoding: 'utf8'})
+  const elapsed = performance.now() - start
+  if (r.status !== 0) throw new Error(`${args.join(' ')} exited ${r.status}: ${r.stderr}`)
+  return {elapsed, stdout: r.stdout}
+}
+
+async function processBench() {
+  console.log('\nCLI process wall time (median of runs; embedded lockd already running)')
+  const runs = quick ? 5 : 15
+  const env = {HOME: work, XDG_STATE_HOME: join(work, 'state'), LOCKCTL_ENDPOINTS: ''}
+  timeProcess([bin, 'status'], env) // starts the embedded lockd
+  const floor = []
+  const version = []
+  const pair = []
+  for (let i = 0; i < runs; i++) {
+    floor.push(timeProcess(['-e', '0']).elapsed)
+    version.push(timeProcess([bin, '--version']).elapsed)
+    const lock = timeProcess([bin, 'lock', `bench-${i}`], env)
+    const unlock = timeProcess([bin, 'unlock', `bench-${i}`, '--token', lock.stdout.trim()], env)
+    pair.push((lock.elapsed + unlock.elapsed) / 2)
+  }
+  const f = pct(floor, 50)
+  row('node -e 0', msf(f))
+  row('lockctl --version', msf(pct(version, 50)), msf(f), `${(pct(version, 50) / f).toFixed(2)}× node -e 0`)
+  row('lockctl lock / unlock (per process)', msf(pct(pair, 50)), msf(f), `${(pct(pair, 50) / f).toFixed(2)}× node -e 0`)
+  const st = JSON.parse(timeProcess([bin, 'status', '--json'], env).stdout)
+  process.kill(st.server.pid, 'SIGTERM')
+}
+
+async function sequential(endpoint, label) {
+  const client = await connect({endpoints: endpoint, owner: 'bench'})
+  const lock = client.createLock('seq')
+  const n = quick ? 300 : 2000
+  const pairs = []
+  const pings = []
+  const backend = client.backend
+  for (let i = 0; i < n + 100; i++) {
+    const t0 = performance.now()
+    await lock.acquire({leaseMs: 10_000})
+    await lock.unlock()
+    const t1 = performance.now()
+    await backend.info()
+    const t2 = performance.now()
+    if (i >= 100) {
+      pairs.push(t1 - t0)
+      pings.push(t2 - t1)
+    }
+  }
+  row(`${label}: lock+unlock pair p50`, us(pct(pairs, 50)), `request round trip p50 ${us(pct(pings, 50))}`)
+  row(`${label}: lock+unlock pair p99`, us(pct(pairs, 99)), `request round trip p99 ${us(pct(pings, 99))}`)
+  await client.close()
+}
+
+async function throughput(endpoint, label, concurrency) {
+  const clients = await Promise.all(Array.from({length: concurrency}, (_, i) => connect({endpoints: endpoint, owner: `c${i}`})))
+  const durationMs = quick ? 1000 : 3000
+  const maxPairs = 2_000_000
+  let done = 0
+  const deadline = performance.now() + durationMs
+  const start = performance.now()
+  await Promise.all(
+    clients.map(async (client, i) => {
+      const lock = client.createLock(`tp-${concurrency}-${i}`)
+      while (performance.now() < deadline && done < maxPairs) {
+        await lock.acquire({leaseMs: 10_000})
+        await lock.unlock()
+        done++
+      }
+    }),
+  )
+  const seconds = (performance.now() - start) / 1000
+  row(`${label}: pairs/s, ${concurrency} connection(s)`, Math.round(done / seconds).toLocaleString('en'))
+  await Promise.all(clients.map((c) => c.close()))
+  return done / seconds
+}
+
+async function handoff(endpoint, label) {
+  const contenders = 4
+  const clients = await Promise.all(Array.from({length: contenders}, (_, i) => connect({endpoints: endpoint, owner: `h${i}`})))
+  const rounds = quick ? 300 : 2000
+  const samples = []
+  let releasedAt = 0
+  let count = 0
+  let stop = false
+  await Promise.all(
+    clients.map(async (client) => {
+      const lock = client.createLock('handoff')
+      while (!stop) {
+        await lock.acquire({leaseMs: 10_000, waitMs: 10_000})
+        if (releasedAt) samples.push(performance.now() - releasedAt)
+        if (++count >= rounds) stop = true
+        releasedAt = performance.now()
+        await lock.unlock()
+      }
+    }),
+  )
+  row(`${label}: hand-off (unlock → next holds) p50`, us(pct(samples, 50)))
+  row(`${label}: hand-off p99`, us(pct(samples, 99)))
+  await Promise.all(clients.map((c) => c.close()))
+}
+
+function rssOf(pid) {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+  return Number(/VmRSS:\s+(\d+)/.exec(status)[1]) / 1024
+}
+
+async function memory() {
+  const lockd = await startLockd(['--in-memory'])
+  await new Promise((r) => setTimeout(r, 300))
+  const idle = rssOf(lockd.child.pid)
+  const holders = await Promise.all(Array.from({length: 8}, (_, i) => connect({endpoints: lockd.endpoint, owner: `holder-${i}`, requestTimeoutMs: 60_000})))
+  const total = quick ? 20_000 : 100_000
+  const waitersWanted = total / 10
+  // Bounded batches of pipelined acquires.
+  for (let base = 0; base < total; base += 2000) {
+    await Promise.all(
+      Array.from({length: 2000}, (_, j) => holders[(base + j) % holders.length].createLock(`mem/${base + j}`).acquire({leaseMs: 3_600_000})),
+    )
+  }
+  const waiterClient = await connect({endpoints: lockd.endpoint, owner: 'waiter', requestTimeoutMs: 60_000})
+  const waits = []
+  for (let i = 0; i < waitersWanted; i++) waits.push(waiterClient.createLock(`mem/${i}`).acquire({waitMs: 3_600_000}).catch(() => {}))
+  const info = await (async () => {
+    for (;;) {
+      const i = await holders[0].info()
+      if (i.waiters >= waitersWanted) return i
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  })()
+  const loaded = rssOf(lockd.child.pid)
+  row(`lockd RSS, ${info.locks.toLocaleString('en')} locks + ${info.waiters.toLocaleString('en')} waiters`, `${loaded.toFixed(0)} MB`, `idle lockd ${idle.toFixed(0)} MB`)
+  await waiterClient.close()
+  await Promise.all(holders.map((c) => c.close()))
+  lockd.child.kill('SIGKILL')
+}
+
+console.log(`lockctl benchmarks — ${new Date().toISOString()}, node ${process.version}, ${quick ? 'quick' : 'full'} run`)
+await processBench()
+
+for (const [label, args] of [
+  ['lockd in memory', ['--in-memory']],
+  ['lockd durable (fdatasync, group commit)', ['--data-dir', join(work, 'data')]],
+]) {
+  console.log(`\n${label} (separate process, TCP loopback)`)
+  const lockd = await startLockd(args)
+  await sequential(lockd.endpoint, 'sequential')
+  for (const c of [1, 8, 64, 256]) await throughput(lockd.endpoint, 'concurrent', c)
+  await handoff(lockd.endpoint, '4 contenders')
+  lockd.child.kill('SIGTERM')
+}
+
+console.log('\nmemory')
+await memory()
+process.exit(0)
