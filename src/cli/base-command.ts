@@ -7,6 +7,16 @@ import {durationFlag} from './flags.js'
 export type CommandFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
 export type CommandArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
 
+/** The global flags every command gets (see BaseCommand.baseFlags). */
+export interface GlobalFlags {
+  endpoints?: string
+  timeout: number
+  cacert?: string
+  cert?: string
+  key?: string
+  user?: string
+}
+
 /**
  * What every lockctl command shares: the global flags, the lazily created client, the one
  * place where an error becomes a message and an exit code, and closing the client at the end.
@@ -21,6 +31,10 @@ export abstract class BaseCommand extends Command {
       helpGroup: 'GLOBAL',
       helpValue: 'URL',
     }),
+    cacert: Flags.string({description: 'etcd: CA certificate (PEM) to verify the servers', env: 'LOCKCTL_ETCD_CACERT', helpGroup: 'ETCD', helpValue: 'FILE'}),
+    cert: Flags.string({description: 'etcd: client certificate (PEM)', env: 'LOCKCTL_ETCD_CERT', helpGroup: 'ETCD', helpValue: 'FILE'}),
+    key: Flags.string({description: 'etcd: client private key (PEM)', env: 'LOCKCTL_ETCD_KEY', helpGroup: 'ETCD', helpValue: 'FILE'}),
+    user: Flags.string({description: 'etcd: user name (password from LOCKCTL_ETCD_PASSWORD, or asked on a terminal)', env: 'LOCKCTL_ETCD_USER', helpGroup: 'ETCD', helpValue: 'NAME'}),
     timeout: durationFlag({
       description: 'deadline of each request to the lock service',
       defaultMs: 5000,
@@ -35,10 +49,21 @@ export abstract class BaseCommand extends Command {
   private interruptController: AbortController | null = null
 
   /** The client, connected on first use (commands that never need one never pay for it). */
-  protected async client(flags: {endpoints?: string; timeout: number}, options: Partial<ConnectOptions> = {}): Promise<LockClient> {
-    this.clientPromise ??= import('../client/lock-client.js').then(({connect}) =>
-      connect({endpoints: flags.endpoints, requestTimeoutMs: flags.timeout, ...options}),
-    )
+  protected async client(flags: GlobalFlags, options: Partial<ConnectOptions> = {}): Promise<LockClient> {
+    this.clientPromise ??= (async () => {
+      const {connect} = await import('../client/lock-client.js')
+      let password = process.env.LOCKCTL_ETCD_PASSWORD
+      if (flags.user !== undefined && password === undefined && process.stdin.isTTY && process.stderr.isTTY) {
+        const {password: ask} = await import('@inquirer/prompts')
+        password = await ask({message: `etcd password for ${flags.user}:`, mask: true}, {output: process.stderr})
+      }
+      return connect({
+        endpoints: flags.endpoints,
+        requestTimeoutMs: flags.timeout,
+        etcd: {cacert: flags.cacert, cert: flags.cert, key: flags.key, user: flags.user, password},
+        ...options,
+      })
+    })()
     return this.clientPromise
   }
 

@@ -29,7 +29,8 @@ export function holderJson(holder: HolderInfo | null): Record<string, unknown> |
     fence: holder.fence,
     leaseMs: holder.leaseMs,
     leaseLeftMs: holder.leaseLeftMs,
-    since: new Date(holder.since).toISOString(),
+    // 0 = unknown (locks taken by etcdctl or Go's Mutex carry no metadata).
+    since: holder.since ? new Date(holder.since).toISOString() : null,
   }
 }
 
@@ -40,5 +41,6 @@ export function ordinal(n: number): string {
 
 /** "3m ago" style age of a wall-clock time. */
 export function age(sinceMs: number, now = Date.now()): string {
+  if (!sinceMs) return '?'
   return `${formatMs(Math.max(0, now - sinceMs))} ago`
 }

@@ -23,6 +23,8 @@ export interface ConnectOptions {
   connectTimeoutMs?: number
   /** State directory of the embedded lockd. Default $XDG_STATE_HOME/lockctl. */
   stateDir?: string
+  /** TLS and auth for etcd endpoints (paths to PEM files; user and password). */
+  etcd?: {cacert?: string; cert?: string; key?: string; user?: string; password?: string}
 }
 
 export function defaultOwner(): string {
@@ -149,7 +151,20 @@ export async function connect(options: ConnectOptions = {}): Promise<LockClient>
       const target = endpoint.kind === 'unix' ? {path: endpoint.path} : {host: endpoint.host, port: endpoint.port}
       return new LockClient(new LockdBackend({label, open: () => LockdConnection.connect(target, {...connection, label})}), owner)
     }
-    case 'etcd':
-      throw new BadInputError(`${label}: the etcd backend is not available in this version of lockctl yet; use a lockd endpoint`)
+    case 'etcd': {
+      const etcd = options.etcd ?? {}
+      if (etcd.user !== undefined && etcd.password === undefined) throw new BadInputError(`${label}: --user needs a password (LOCKCTL_ETCD_PASSWORD)`)
+      const {createEtcdBackend} = await import('./backends/etcd.js')
+      const backend = await createEtcdBackend({
+        hosts: endpoint.hosts,
+        secure: endpoint.tls,
+        label,
+        tls: {cacert: etcd.cacert, cert: etcd.cert, key: etcd.key},
+        auth: etcd.user === undefined ? undefined : {username: etcd.user, password: etcd.password!},
+        requestTimeoutMs: connection.requestTimeoutMs,
+        connectTimeoutMs: connection.connectTimeoutMs,
+      })
+      return new LockClient(backend, owner)
+    }
   }
 }

@@ -33,7 +33,11 @@ export default class Status extends BaseCommand {
       return {key, holder: holderJson(lock?.holder ?? null), waiters: lock?.waiters ?? 0}
     }
     const [info, {locks, total}] = await Promise.all([client.info(), client.list(flags.prefix ?? '', flags.limit)])
-    this.log(`${String(info.server)} ${String(info.version)} at ${client.endpoint}: ${String(info.locks)} lock(s), ${String(info.waiters)} waiter(s)`)
+    this.log(
+      info.server === 'etcd'
+        ? `etcd ${String(info.version)} at ${client.endpoint}: ${(info.members as unknown[]).length} member(s), leader ${String(info.leader)}, raft term ${String(info.raftTerm)}`
+        : `${String(info.server)} ${String(info.version)} at ${client.endpoint}: ${String(info.locks)} lock(s), ${String(info.waiters)} waiter(s)`,
+    )
     await this.render(locks, total)
     return {
       server: info,

@@ -1,0 +1,464 @@
+import {readFileSync} from 'node:fs'
+// Types only: the etcd3 module itself is imported lazily (it costs ~200 ms to load).
+import type {Etcd3, IKeyValue, IRequestOp, Watcher} from 'etcd3'
+import {WAIT_FOREVER, type GrantInfo, type HolderInfo, type LockInfo} from '../../protocol/messages.js'
+import type {AcquireRequest, AcquireResult, ConnectionState, LockBackend} from '../backend.js'
+import {AbortedError, BadInputError, LockError, LockHeldError, NotHolderError, ServerError, UnreachableError, WaitTimeoutError} from '../errors.js'
+
+/**
+ * Locks on an etcd v3 cluster, laid out exactly like etcd's own recipe (Go's
+ * `concurrency.Mutex`, used by `etcdctl lock`): a waiter is the key `KEY/<lease id in hex>`
+ * attached to its own lease, and the holder is the key with the lowest create revision under
+ * `KEY/`. So lockctl, `etcdctl lock` and Go programs exclude each other on the same name.
+ *
+ * - fence = create revision of the holder's key (strictly increasing per key, cluster-wide);
+ * - a waiter watches only the deletion of the key just ahead of it;
+ * - the token carries what a later process needs: the key's suffix (the id of the lease it was
+ *   created with) and its create revision (`e1.<suffix hex>.<revision>`); the current lease is
+ *   read from the key, so the token stays valid when `renew --lease` moves the key to a new lease;
+ * - owner metadata is JSON in the value (etcd's recipe leaves it empty).
+ */
+
+export interface EtcdTlsOptions {
+  /** Paths to PEM files. */
+  cacert?: string
+  cert?: string
+  key?: string
+}
+
+export interface EtcdBackendOptions {
+  hosts: {host: string; port: number}[]
+  secure: boolean
+  label: string
+  tls?: EtcdTlsOptions
+  auth?: {username: string; password: string}
+  requestTimeoutMs: number
+  connectTimeoutMs: number
+}
+
+interface Token {
+  suffix: string
+  revision: string
+}
+
+interface LockValue {
+  owner?: string
+  leaseMs?: number
+  since?: number
+}
+
+const TOKEN = /^e1\.([0-9a-f]{1,16})\.(\d{1,19})$/
+
+function parseToken(token: string, key: string): Token {
+  const match = TOKEN.exec(token)
+  if (!match) throw new NotHolderError(key, `the token is not an etcd lock token of lockctl (${JSON.stringify(key)})`)
+  return {suffix: match[1], revision: match[2]}
+}
+
+function makeToken(suffix: string, revision: string): string {
+  return `e1.${suffix}.${revision}`
+}
+
+const hex = (id: string) => BigInt(id).toString(16)
+const buf = (s: string) => Buffer.from(s, 'utf8')
+
+/** The end of the range of keys that start with `prefix` (etcd's "prefix" range). */
+function prefixEnd(prefix: string): Buffer {
+  const end = Buffer.from(prefix, 'utf8')
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i] < 0xff) {
+      end[i]++
+      return end.subarray(0, i + 1)
+    }
+  }
+  return Buffer.from([0])
+}
+
+/** The lock name a waiter key belongs to, if it is one (`NAME/<hex>`). */
+function lockNameOf(waiterKey: string): string | null {
+  const slash = waiterKey.lastIndexOf('/')
+  if (slash <= 0 || !/^[0-9a-f]{1,16}$/.test(waiterKey.slice(slash + 1))) return null
+  return waiterKey.slice(0, slash)
+}
+
+export async function createEtcdBackend(options: EtcdBackendOptions): Promise<EtcdBackend> {
+  const {Etcd3} = await import('etcd3')
+  const read = (path: string | undefined, what: string) => {
+    if (!path) return undefined
+    try {
+      return readFileSync(path)
+    } catch (error) {
+      throw new BadInputError(`--${what}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
+    }
+  }
+  const rootCertificate = read(options.tls?.cacert, 'cacert')
+  const certChain = read(options.tls?.cert, 'cert')
+  const privateKey = read(options.tls?.key, 'key')
+  const secure = options.secure || Boolean(rootCertificate)
+  const client = new Etcd3({
+    hosts: options.hosts.map((h) => `${secure ? 'https' : 'http'}://${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`),
+    credentials: secure ? {rootCertificate: rootCertificate ?? Buffer.alloc(0), certChain, privateKey} : undefined,
+    auth: options.auth,
+    dialTimeout: options.connectTimeoutMs,
+    defaultCallOptions: (context) => (context.isStream ? {} : {deadline: Date.now() + options.requestTimeoutMs}),
+  })
+  return new EtcdBackend(client, options)
+}
+
+export class EtcdBackend implements LockBackend {
+  readonly kind = 'etcd'
+  readonly label: string
+  private readonly listeners = new Set<(state: ConnectionState) => void>()
+  private state: ConnectionState | null = null
+  private closed = false
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly options: EtcdBackendOptions,
+  ) {
+    this.label = options.label
+  }
+
+  onStateChange(listener: (state: ConnectionState) => void): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
+  }
+
+  private setState(state: ConnectionState): void {
+    if (this.state === state) return
+    this.state = state
+    for (const listener of this.listeners) listener(state)
+  }
+
+  /** Run one etcd call, turning its errors into lockctl's typed errors. */
+  private async call<T>(what: string, operation: () => Promise<T>): Promise<T> {
+    try {
+      const result = await operation()
+      this.setState('connected')
+      return result
+    } catch (error) {
+      const mapped = this.mapError(what, error as Error)
+      if (mapped.code === 'UNREACHABLE') this.setState('suspended')
+      throw mapped
+    }
+  }
+
+  private mapError(what: string, error: Error): LockError {
+    if (error instanceof LockError) return error
+    const name = error.constructor?.name ?? error.name
+    const detail = error.message.split('\n')[0]
+    if (/Unavailable|DeadlineExceeded|ConnectFailed|Cancelled|BrokenCircuit|ClientClosed/.test(name) || /ECONNREFUSED|UNAVAILABLE|No connection established/i.test(detail)) {
+      return new UnreachableError(`${this.label}: ${what}: no etcd member answered (${detail})`, {cause: error})
+    }
+    if (/Authentication|PermissionDenied|InvalidAuthToken|Unauthenticated/.test(name)) {
+      return new BadInputError(`${this.label}: ${what}: etcd refused the credentials (${detail})`)
+    }
+    return new ServerError(`${this.label}: ${what}: ${detail}`)
+  }
+
+  private async grantLease(leaseMs: number): Promise<string> {
+    const ttl = Math.ceil(leaseMs / 1000)
+    const response = await this.call('lease grant', () => this.client.leaseClient.leaseGrant({TTL: ttl}))
+    if (response.error) throw new ServerError(`${this.label}: lease grant: ${response.error}`)
+    return response.ID
+  }
+
+  private async revoke(lease: string): Promise<void> {
+    await this.client.leaseClient.leaseRevoke({ID: lease}).catch(() => {})
+  }
+
+  /** One keepalive; answers the TTL left in seconds (0 = the lease is gone). */
+  private async keepaliveOnce(lease: string): Promise<number> {
+    return this.call('lease keepalive', async () => {
+      const stream = await this.client.leaseClient.leaseKeepAlive()
+      try {
+        const answer = new Promise<number>((resolve, reject) => {
+          stream.on('data', (response: {TTL: string}) => resolve(Number(response.TTL)))
+          stream.on('error', reject)
+          stream.on('end', () => resolve(0))
+        })
+        stream.write({ID: lease})
+        const timeout = new Promise<never>((_, reject) =>
+          setTimeout(() => reject(new UnreachableError(`${this.label}: lease keepalive: no answer within ${this.options.requestTimeoutMs}ms`)), this.options.requestTimeoutMs).unref(),
+        )
+        return await Promise.race([answer, timeout])
+      } finally {
+        stream.end()
+      }
+    })
+  }
+
+  private async leaseLeftMs(lease: string): Promise<{leftMs: number; grantedMs: number}> {
+    if (lease === '0') return {leftMs: 0, grantedMs: 0}
+    const response = await this.call('lease ttl', () => this.client.leaseClient.leaseTimeToLive({ID: lease}))
+    return {leftMs: Math.max(0, Number(response.TTL) * 1000), grantedMs: Number(response.grantedTTL) * 1000}
+  }
+
+  private async holderInfo(kv: IKeyValue): Promise<HolderInfo> {
+    let value: LockValue = {}
+    try {
+      value = kv.value.length ? (JSON.parse(kv.value.toString('utf8')) as LockValue) : {}
+    } catch {}
+    const {leftMs, grantedMs} = await this.leaseLeftMs(kv.lease)
+    return {
+      // etcdctl lock and Go's Mutex leave the value empty: name the holder by its lease.
+      owner: value.owner ?? `etcd lease ${hex(kv.lease)}`,
+      fence: Number(kv.create_revision),
+      leaseMs: value.leaseMs ?? grantedMs,
+      leaseLeftMs: leftMs,
+      since: value.since ?? 0,
+    }
+  }
+
+  /** Waiter keys of one lock, oldest (the holder) first. */
+  private async waitersOf(key: string, options: {maxCreateRevision?: string; newestFirst?: boolean; limit?: number} = {}): Promise<IKeyValue[]> {
+    const prefix = `${key}/`
+    const response = await this.call('range', () =>
+      this.client.kv.range({
+        key: buf(prefix),
+        range_end: prefixEnd(prefix),
+        sort_target: 'Create',
+        sort_order: options.newestFirst ? 'Descend' : 'Ascend',
+        max_create_revision: options.maxCreateRevision,
+      }),
+    )
+    // Keys of locks whose names extend this one ("deploy/x/...") are not waiters of "deploy".
+    const kvs = response.kvs.filter((kv) => lockNameOf(kv.key.toString('utf8')) === key)
+    return options.limit ? kvs.slice(0, options.limit) : kvs
+  }
+
+  async acquire(request: AcquireRequest): Promise<AcquireResult> {
+    const {key, leaseMs, waitMs, owner} = request
+    if (request.token) {
+      // Reentrant: the current grant's token renews and succeeds at once.
+      const grant = await this.renew(key, request.token, leaseMs).catch((error: LockError) => {
+        if (error.code === 'NOT_HOLDER') return null
+        throw error
+      })
+      if (grant) return {grant, queued: false}
+    }
+    if (request.signal?.aborted) throw new AbortedError()
+    const startedAt = performance.now()
+    const lease = await this.grantLease(leaseMs)
+    const suffix = hex(lease)
+    const myKey = `${key}/${suffix}`
+    const since = Date.now()
+    const value = JSON.stringify({owner, leaseMs, since} satisfies LockValue)
+    let revision: string
+    try {
+      const first: IRequestOp = {request_range: {key: buf(`${key}/`), range_end: prefixEnd(`${key}/`), sort_target: 'Create', sort_order: 'Ascend', limit: 1}}
+      const txn = await this.call('txn', () =>
+        this.client.kv.txn({
+          compare: [{key: buf(myKey), result: 'Equal', target: 'Create', create_revision: 0}],
+          success: [{request_put: {key: buf(myKey), value: buf(value), lease}}, first],
+          failure: [{request_range: {key: buf(myKey)}}, first],
+        }),
+      )
+      revision = txn.succeeded ? txn.header.revision : txn.responses[0].response_range.kvs[0].create_revision
+      const grant: GrantInfo = {key, token: makeToken(suffix, revision), owner, fence: Number(revision), leaseMs, leaseLeftMs: leaseMs, since}
+      const ahead = await this.waitersOf(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: 1})
+      if (ahead.length === 0) return {grant, queued: false}
+      if (waitMs === 0) {
+        const holder = await this.holderInfo((await this.waitersOf(key, {limit: 1}))[0] ?? ahead[0])
+        await this.giveUp(myKey, revision, lease)
+        throw new LockHeldError(key, holder)
+      }
+      const all = await this.waitersOf(key)
+      request.onQueued?.({
+        position: all.findIndex((kv) => kv.create_revision === revision),
+        holder: all[0] ? await this.holderInfo(all[0]) : null,
+      })
+      await this.waitForTurn(key, revision, lease, leaseMs, waitMs, startedAt, request.signal)
+      return {grant: {...grant, leaseLeftMs: leaseMs}, queued: true}
+    } catch (error) {
+      // Any failure after the lease exists: leave no key and no lease behind.
+      if (!(error instanceof LockHeldError)) await this.giveUp(myKey, undefined, lease)
+      throw error
+    }
+  }
+
+  /**
+   * Wait until no key with a lower create revision is left: each round watches only the
+   * deletion of the key just ahead (no herd on release). The lease is kept alive meanwhile.
+   */
+  private async waitForTurn(key: string, revision: string, lease: string, leaseMs: number, waitMs: number, startedAt: number, signal?: AbortSignal): Promise<void> {
+    const deadline = waitMs === WAIT_FOREVER ? Number.POSITIVE_INFINITY : startedAt + waitMs
+    const keepalive = setInterval(() => void this.keepaliveOnce(lease).catch(() => {}), Math.max(500, (Math.ceil(leaseMs / 1000) * 1000) / 3))
+    try {
+      for (;;) {
+        const ahead = await this.waitersOf(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: 1})
+        if (ahead.length === 0) return
+        const predecessor = ahead[0]
+        let watcher: Watcher | null = null
+        let timer: NodeJS.Timeout | null = null
+        let onAbort: (() => void) | null = null
+        try {
+          const outcome = await new Promise<'deleted' | 'timeout' | 'aborted'>((resolve, reject) => {
+            if (signal) {
+              onAbort = () => resolve('aborted')
+              if (signal.aborted) return resolve('aborted')
+              signal.addEventListener('abort', onAbort, {once: true})
+            }
+            if (deadline !== Number.POSITIVE_INFINITY) timer = setTimeout(() => resolve('timeout'), Math.max(0, deadline - performance.now()))
+            this.client
+              .watch()
+              .key(predecessor.key)
+              .startRevision(predecessor.mod_revision)
+              .create()
+              .then((w) => {
+                watcher = w
+                w.on('delete', () => resolve('deleted'))
+                w.on('error', (error: Error) => reject(this.mapError('watch', error)))
+              }, reject)
+          })
+          if (outcome === 'deleted') continue
+          const holder = (await this.waitersOf(key, {limit: 1}).catch(() => []))[0]
+          if (outcome === 'aborted') throw new AbortedError(`stopped waiting for ${JSON.stringify(key)}`)
+          throw new WaitTimeoutError(key, performance.now() - startedAt, holder ? await this.holderInfo(holder).catch(() => null) : null)
+        } finally {
+          if (timer) clearTimeout(timer)
+          if (onAbort) signal?.removeEventListener('abort', onAbort)
+          await (watcher as Watcher | null)?.cancel().catch(() => {})
+        }
+      }
+    } finally {
+      clearInterval(keepalive)
+    }
+  }
+
+  /** Delete our waiter key (only if it is still ours) and revoke its lease. */
+  private async giveUp(myKey: string, revision: string | undefined, lease: string): Promise<void> {
+    try {
+      if (revision) {
+        await this.client.kv.txn({
+          compare: [{key: buf(myKey), result: 'Equal', target: 'Create', create_revision: revision}],
+          success: [{request_delete_range: {key: buf(myKey)}}],
+          failure: [],
+        })
+      }
+    } catch {}
+    await this.revoke(lease)
+  }
+
+  /** Our key, if the token still holds the lock (its key exists with its create revision). */
+  private async ownKey(key: string, token: string): Promise<{kv: IKeyValue; parsed: Token}> {
+    const parsed = parseToken(token, key)
+    const response = await this.call('range', () => this.client.kv.range({key: buf(`${key}/${parsed.suffix}`)}))
+    const kv = response.kvs[0]
+    if (!kv || kv.create_revision !== parsed.revision) throw new NotHolderError(key)
+    return {kv, parsed}
+  }
+
+  async renew(key: string, token: string, leaseMs?: number): Promise<GrantInfo> {
+    const {kv, parsed} = await this.ownKey(key, token)
+    const info = await this.holderInfo(kv)
+    const wantedTtl = leaseMs === undefined ? undefined : Math.ceil(leaseMs / 1000)
+    const currentTtl = Math.round(info.leaseMs / 1000)
+    if (wantedTtl === undefined || wantedTtl === Math.ceil(info.leaseMs / 1000) || wantedTtl === currentTtl) {
+      const ttl = await this.keepaliveOnce(kv.lease)
+      if (ttl <= 0) throw new NotHolderError(key, `the lease of the token has expired (${JSON.stringify(key)})`)
+      const length = leaseMs ?? info.leaseMs
+      return {key, token, owner: info.owner, fence: info.fence, leaseMs: length, leaseLeftMs: length, since: info.since}
+    }
+    // A new length: a new lease attached to the same key, guarded by the create revision (the
+    // fence and the queue position stay), then the old lease revoked.
+    const lease = await this.grantLease(leaseMs!)
+    const value = JSON.stringify({...JSON.parse(kv.value.toString('utf8') || '{}'), leaseMs} satisfies LockValue)
+    const txn = await this.call('txn', () =>
+      this.client.kv.txn({
+        compare: [
+          {key: kv.key, result: 'Equal', target: 'Create', create_revision: parsed.revision},
+          {key: kv.key, result: 'Equal', target: 'Mod', mod_revision: kv.mod_revision},
+        ],
+        success: [{request_put: {key: kv.key, value: buf(value), lease}}],
+        failure: [],
+      }),
+    )
+    if (!txn.succeeded) {
+      await this.revoke(lease)
+      throw new NotHolderError(key)
+    }
+    await this.revoke(kv.lease)
+    return {key, token, owner: info.owner, fence: info.fence, leaseMs: leaseMs!, leaseLeftMs: leaseMs!, since: info.since}
+  }
+
+  async release(key: string, token: string | undefined, force: boolean): Promise<HolderInfo> {
+    let kv: IKeyValue
+    if (force) {
+      const holder = (await this.waitersOf(key, {limit: 1}))[0]
+      if (!holder) throw new NotHolderError(key, `${JSON.stringify(key)} is not held`)
+      kv = holder
+    } else {
+      kv = (await this.ownKey(key, token ?? '')).kv
+    }
+    const info = await this.holderInfo(kv)
+    const txn = await this.call('txn', () =>
+      this.client.kv.txn({
+        compare: [{key: kv.key, result: 'Equal', target: 'Create', create_revision: kv.create_revision}],
+        success: [{request_delete_range: {key: kv.key}}],
+        failure: [],
+      }),
+    )
+    if (!txn.succeeded) throw new NotHolderError(key)
+    await this.revoke(kv.lease)
+    return info
+  }
+
+  async check(key: string, token: string): Promise<HolderInfo> {
+    const {kv} = await this.ownKey(key, token)
+    const info = await this.holderInfo(kv)
+    if (info.leaseLeftMs <= 0) throw new NotHolderError(key)
+    return info
+  }
+
+  async inspect(key: string): Promise<LockInfo | null> {
+    const waiters = await this.waitersOf(key)
+    if (waiters.length === 0) return null
+    return {key, holder: await this.holderInfo(waiters[0]), waiters: waiters.length - 1}
+  }
+
+  async list(prefix: string, limit = 10_000): Promise<{locks: LockInfo[]; total: number}> {
+    const response = await this.call('range', () =>
+      this.client.kv.range(prefix ? {key: buf(prefix), range_end: prefixEnd(prefix)} : {key: Buffer.from([0]), range_end: Buffer.from([0])}),
+    )
+    const byLock = new Map<string, IKeyValue[]>()
+    for (const kv of response.kvs) {
+      const name = lockNameOf(kv.key.toString('utf8'))
+      if (name === null || !name.startsWith(prefix)) continue
+      const list = byLock.get(name) ?? []
+      list.push(kv)
+      byLock.set(name, list)
+    }
+    const names = [...byLock.keys()].sort()
+    const locks = await Promise.all(
+      names.slice(0, limit).map(async (name) => {
+        const kvs = byLock.get(name)!.sort((a, b) => (BigInt(a.create_revision) < BigInt(b.create_revision) ? -1 : 1))
+        return {key: name, holder: await this.holderInfo(kvs[0]), waiters: kvs.length - 1}
+      }),
+    )
+    return {locks, total: names.length}
+  }
+
+  async info(): Promise<Record<string, unknown>> {
+    const [status, members] = await Promise.all([
+      this.call('status', () => this.client.maintenance.status()),
+      this.call('member list', () => this.client.cluster.memberList({})),
+    ])
+    const leader = members.members.find((m) => m.ID === status.leader)
+    return {
+      server: 'etcd',
+      version: status.version,
+      endpoint: this.label,
+      leader: leader?.name ?? status.leader,
+      members: members.members.map((m) => ({name: m.name, id: m.ID, clientURLs: m.clientURLs})),
+      raftTerm: Number(status.raftTerm),
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    this.client.close()
+    this.setState('closed')
+  }
+}

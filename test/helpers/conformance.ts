@@ -1,0 +1,139 @@
+import {afterEach, expect, it} from 'vitest'
+import {connect, type LockClient} from '../../src/client/index.js'
+import {eventually, runCli} from './processes.js'
+
+/**
+ * The lock semantics of design.md §2, written once and run against every backend: FIFO,
+ * expiry hand-off, reentrancy, fencing, stale tokens, force release, the wait-timeout race.
+ * `shortLeaseMs` is the shortest lease the backend honours exactly (etcd rounds up to seconds
+ * and has a minimum TTL).
+ */
+export function conformanceSuite(endpoint: () => string, options: {shortLeaseMs: number}): void {
+  const clients: LockClient[] = []
+  async function client(owner: string): Promise<LockClient> {
+    const c = await connect({endpoints: endpoint(), owner, requestTimeoutMs: 5000})
+    clients.push(c)
+    return c
+  }
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((c) => c.close()))
+  })
+  let round = 0
+  const key = (name: string) => `conf/${name}/${Date.now()}-${round++}`
+
+  it('grants in FIFO order', async () => {
+    const k = key('fifo')
+    const a = await client('A')
+    const holder = a.createLock(k)
+    await holder.acquire({leaseMs: 30_000})
+    const order: string[] = []
+    const waits: Promise<unknown>[] = []
+    for (const name of ['B', 'C', 'D']) {
+      const c = await client(name)
+      const lock = c.createLock(k)
+      waits.push(
+        lock.acquire({leaseMs: 30_000, waitMs: 20_000}).then(async () => {
+          order.push(name)
+          await lock.unlock()
+        }),
+      )
+      // Make the arrival order certain before the next one queues.
+      await eventually(async () => (await a.inspect(k))?.waiters === order.length + waits.length)
+    }
+    await holder.unlock()
+    await Promise.all(waits)
+    expect(order).toEqual(['B', 'C', 'D'])
+  })
+
+  it('hands the lock to the next waiter when the lease expires', async () => {
+    const k = key('expiry')
+    const a = await client('A')
+    const b = await client('B')
+    const first = await a.createLock(k).acquire({leaseMs: options.shortLeaseMs})
+    const second = await b.createLock(k).acquire({leaseMs: 30_000, waitMs: options.shortLeaseMs * 4 + 5000})
+    expect(second.owner).toBe('B')
+    expect(second.fence).toBeGreaterThan(first.fence)
+    await expect(a.check(k, first.token)).rejects.toMatchObject({code: 'NOT_HOLDER'})
+  })
+
+  it('is reentrant with the current token, keeping the fence', async () => {
+    const k = key('reentrant')
+    const a = await client('A')
+    const lock = a.createLock(k)
+    const first = await lock.acquire({leaseMs: 10_000})
+    const again = await lock.acquire({leaseMs: 20_000, waitMs: 0})
+    expect(again.fence).toBe(first.fence)
+    expect(lock.isHeldByCurrentClient()).toBe(true)
+    const b = await client('B')
+    expect(await b.createLock(k).tryLock()).toBe(false)
+  })
+
+  it('fencing tokens strictly increase across grants of a key', async () => {
+    const k = key('fence')
+    const a = await client('A')
+    const fences: number[] = []
+    for (let i = 0; i < 4; i++) {
+      const lock = a.createLock(k)
+      fences.push((await lock.acquire()).fence)
+      await lock.unlock()
+    }
+    for (let i = 1; i < fences.length; i++) expect(fences[i]).toBeGreaterThan(fences[i - 1])
+  })
+
+  it('a stale token is not the holder: NOT_HOLDER, and exit 5 from the CLI', async () => {
+    const k = key('stale')
+    const a = await client('A')
+    const lock = a.createLock(k)
+    const grant = await lock.acquire()
+    await lock.unlock()
+    await expect(a.renew(k, grant.token)).rejects.toMatchObject({code: 'NOT_HOLDER'})
+    await expect(a.release(k, grant.token)).rejects.toMatchObject({code: 'NOT_HOLDER'})
+    await expect(a.check(k, grant.token)).rejects.toMatchObject({code: 'NOT_HOLDER'})
+    const env = {LOCKCTL_ENDPOINTS: endpoint()}
+    expect((await runCli(['unlock', k, '--token', grant.token], {env})).code).toBe(5)
+    expect((await runCli(['renew', k, '--token', grant.token], {env})).code).toBe(5)
+  })
+
+  it('renew with a new length keeps the token, the fence and the place', async () => {
+    const k = key('renew')
+    const a = await client('A')
+    const grant = await a.createLock(k).acquire({leaseMs: 5000})
+    const renewed = await a.renew(k, grant.token, 30_000)
+    expect(renewed.fence).toBe(grant.fence)
+    expect((await a.check(k, grant.token)).leaseLeftMs).toBeGreaterThan(20_000)
+    await a.release(k, grant.token)
+  })
+
+  it('force release frees the lock for the next waiter; the old token is dead', async () => {
+    const k = key('force')
+    const a = await client('A')
+    const b = await client('B')
+    const grant = await a.createLock(k).acquire({leaseMs: 30_000})
+    const waiting = b.createLock(k).acquire({waitMs: 10_000})
+    await eventually(async () => (await a.inspect(k))?.waiters === 1)
+    const released = await a.release(k, undefined, {force: true})
+    expect(released.owner).toBe('A')
+    expect((await waiting).owner).toBe('B')
+    await expect(a.check(k, grant.token)).rejects.toMatchObject({code: 'NOT_HOLDER'})
+  })
+
+  it('a wait that gives up leaves the queue; a grant racing the give-up is released', async () => {
+    const a = await client('A')
+    const b = await client('B')
+    for (let r = 0; r < 8; r++) {
+      const k = key('race')
+      const holder = a.createLock(k)
+      await holder.acquire({leaseMs: 30_000})
+      const wait = 150
+      const release = new Promise((resolve) => setTimeout(resolve, wait - 20 + r * 6)).then(() => holder.unlock())
+      const lock = b.createLock(k)
+      const got = await lock.tryLock({waitMs: wait, leaseMs: 30_000})
+      await release
+      if (got) {
+        expect((await a.inspect(k))?.holder?.owner).toBe('B')
+        await lock.unlock()
+      }
+      await eventually(async () => (await a.inspect(k)) === null, 5000)
+    }
+  })
+}
