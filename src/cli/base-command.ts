@@ -26,7 +26,7 @@ export abstract class BaseCommand extends Command {
 
   static baseFlags = {
     endpoints: Flags.string({
-      description: 'lock service: unix:///path/lockd.sock, lockd://host:port (default: the local lockd, started on demand)',
+      description: 'lock service: unix:///path/lockd.sock, lockd://host:port, etcd://h1:2379,h2:2379 (default: the local lockd, started on demand)',
       env: 'LOCKCTL_ENDPOINTS',
       helpGroup: 'GLOBAL',
       helpValue: 'URL',

@@ -70,7 +70,7 @@ export async function startEtcd(size = 1): Promise<EtcdCluster> {
         '--initial-advertise-peer-urls', `http://127.0.0.1:${m.peerPort}`,
         '--initial-cluster', initialCluster,
         '--initial-cluster-state', 'new',
-        '--initial-cluster-token', `lockctl-test-${process.pid}-${m.clientPort}`,
+        '--initial-cluster-token', `lockctl-test-${process.pid}-${members[0].clientPort}`,
         '--heartbeat-interval', '100',
         '--election-timeout', '1000',
         '--log-level', 'error',

@@ -268,7 +268,7 @@ export class EtcdBackend implements LockBackend {
         position: all.findIndex((kv) => kv.create_revision === revision),
         holder: all[0] ? await this.holderInfo(all[0]) : null,
       })
-      await this.waitForTurn(key, revision, lease, leaseMs, waitMs, startedAt, request.signal)
+      await this.waitForTurn(key, myKey, revision, lease, leaseMs, waitMs, startedAt, request.signal)
       return {grant: {...grant, leaseLeftMs: leaseMs}, queued: true}
     } catch (error) {
       // Any failure after the lease exists: leave no key and no lease behind.
@@ -281,14 +281,39 @@ export class EtcdBackend implements LockBackend {
    * Wait until no key with a lower create revision is left: each round watches only the
    * deletion of the key just ahead (no herd on release). The lease is kept alive meanwhile.
    */
-  private async waitForTurn(key: string, revision: string, lease: string, leaseMs: number, waitMs: number, startedAt: number, signal?: AbortSignal): Promise<void> {
+  private async waitForTurn(
+    key: string,
+    myKey: string,
+    revision: string,
+    lease: string,
+    leaseMs: number,
+    waitMs: number,
+    startedAt: number,
+    signal?: AbortSignal,
+  ): Promise<void> {
     const deadline = waitMs === WAIT_FOREVER ? Number.POSITIVE_INFINITY : startedAt + waitMs
     const keepalive = setInterval(() => void this.keepaliveOnce(lease).catch(() => {}), Math.max(500, (Math.ceil(leaseMs / 1000) * 1000) / 3))
     try {
       for (;;) {
-        const ahead = await this.waitersOf(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: 1})
-        if (ahead.length === 0) return
-        const predecessor = ahead[0]
+        let predecessor: IKeyValue | undefined
+        try {
+          const ahead = await this.waitersOf(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: 1})
+          if (ahead.length === 0) {
+            // Nobody ahead: ours, but only if our key survived (an outage longer than the lease
+            // would have expired it, and then "nobody ahead" means nothing).
+            const mine = await this.call('range', () => this.client.kv.range({key: buf(myKey)}))
+            if (mine.kvs[0]?.create_revision !== revision) {
+              throw new UnreachableError(`${this.label}: lost our place in the queue for ${JSON.stringify(key)} (its lease expired while etcd was unreachable)`)
+            }
+            return
+          }
+          predecessor = ahead[0]
+        } catch (error) {
+          // A member going away mid-wait: keep our place and ask the others, until the wait's end.
+          if ((error as LockError).code !== 'UNREACHABLE' || performance.now() >= deadline || signal?.aborted || /lost our place/.test((error as Error).message)) throw error
+          await new Promise((resolve) => setTimeout(resolve, 200))
+          continue
+        }
         let watcher: Watcher | null = null
         let timer: NodeJS.Timeout | null = null
         let onAbort: (() => void) | null = null
@@ -308,7 +333,8 @@ export class EtcdBackend implements LockBackend {
               .then((w) => {
                 watcher = w
                 w.on('delete', () => resolve('deleted'))
-                w.on('error', (error: Error) => reject(this.mapError('watch', error)))
+                // The watcher reconnects by itself after a member fails; on a hard error look again.
+                w.on('error', () => resolve('deleted'))
               }, reject)
           })
           if (outcome === 'deleted') continue

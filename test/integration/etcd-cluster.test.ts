@@ -1,0 +1,84 @@
+import {existsSync, readFileSync, writeFileSync} from 'node:fs'
+import {join} from 'node:path'
+import {spawn} from 'node:child_process'
+import {expect, it} from 'vitest'
+import {describeEtcd, startEtcd} from '../helpers/etcd.js'
+import {eventually, runCli, tempDir} from '../helpers/processes.js'
+
+/** A child script that logs start/end with nanosecond times and runs until `done` exists. */
+function worker(log: string, name: string, done?: string): string[] {
+  const body = done ? `while [ ! -e ${done} ]; do sleep 0.05; done` : 'sleep 0.3'
+  return ['sh', '-c', `echo "start ${name} $(date +%s%N) \${LOCKCTL_FENCE:-$ETCD_LOCK_REV}" >> ${log}; ${body}; echo "end ${name} $(date +%s%N)" >> ${log}`]
+}
+
+/** Parse the log and check that the holders never overlapped; returns the order of holders. */
+function checkNoOverlap(log: string): string[] {
+  const lines = readFileSync(log, 'utf8').trim().split('\n').map((l) => l.split(' '))
+  const order: string[] = []
+  let holding: string | null = null
+  for (const [what, name] of lines) {
+    if (what === 'start') {
+      expect(holding, `${name} started while ${holding} held the lock`).toBeNull()
+      holding = name
+      order.push(name)
+    } else {
+      expect(holding).toBe(name)
+      holding = null
+    }
+  }
+  // etcdctl does not always export its revision: compare the fences that are there.
+  const fences = lines.filter((l) => l[0] === 'start' && l[3]).map((l) => Number(l[3]))
+  for (let i = 1; i < fences.length; i++) expect(fences[i]).toBeGreaterThan(fences[i - 1])
+  return order
+}
+
+describeEtcd('etcd: a 3-member cluster losing its leader', () => {
+  it('no second holder at any time, the waiters keep their order, the holder reports no lost', async () => {
+    const etcd = await startEtcd(3)
+    const env = {LOCKCTL_ENDPOINTS: etcd.endpoint}
+    const dir = tempDir()
+    const log = join(dir, 'log')
+    const done = join(dir, 'done')
+    const holder = runCli(['hold', 'failover', '--lease', '10s', '--', ...worker(log, 'A', done)], {env, timeoutMs: 60_000})
+    await eventually(() => existsSync(log))
+    const b = runCli(['hold', 'failover', '--lease', '10s', '--', ...worker(log, 'B')], {env, timeoutMs: 60_000})
+    await eventually(async () => JSON.parse((await runCli(['status', 'failover', '--json'], {env})).stdout).waiters === 1)
+    const c = runCli(['hold', 'failover', '--lease', '10s', '--', ...worker(log, 'C')], {env, timeoutMs: 60_000})
+    await eventually(async () => JSON.parse((await runCli(['status', 'failover', '--json'], {env})).stdout).waiters === 2)
+
+    const leader = await etcd.leader()
+    await etcd.kill(leader)
+    // A new leader is elected; the lease (10 s) outlives the failover.
+    await etcd.leader()
+    await new Promise((r) => setTimeout(r, 3000))
+    writeFileSync(done, '')
+
+    const results = await Promise.all([holder, b, c])
+    expect(results.map((r) => r.code)).toEqual([0, 0, 0])
+    expect(results[0].stderr).not.toMatch(/\blost\b/)
+    expect(checkNoOverlap(log)).toEqual(['A', 'B', 'C'])
+  }, 90_000)
+})
+
+describeEtcd('etcd: interoperability with etcdctl lock', () => {
+  for (const first of ['etcdctl', 'lockctl'] as const) {
+    it(`etcdctl lock and lockctl hold on one name never overlap (${first} first)`, async () => {
+      const etcd = await startEtcd(1)
+      const endpoint = `127.0.0.1:${etcd.members[0].clientPort}`
+      const env = {LOCKCTL_ENDPOINTS: etcd.endpoint}
+      const log = join(tempDir(), 'log')
+      const runEtcdctl = () =>
+        new Promise<number>((resolve) => {
+          const child = spawn('etcdctl', ['--endpoints', endpoint, 'lock', 'shared', '--', ...worker(log, 'etcdctl')], {stdio: 'ignore', env: {...process.env, ETCDCTL_API: '3'}})
+          child.on('exit', (code) => resolve(code ?? 1))
+        })
+      const runLockctl = () => runCli(['hold', 'shared', '--', ...worker(log, 'lockctl')], {env}).then((r) => r.code)
+      const [one, two] = first === 'etcdctl' ? [runEtcdctl, runLockctl] : [runLockctl, runEtcdctl]
+      const firstRun = one()
+      await eventually(() => existsSync(log))
+      const codes = await Promise.all([firstRun, two()])
+      expect(codes).toEqual([0, 0])
+      expect(checkNoOverlap(log)).toEqual(first === 'etcdctl' ? ['etcdctl', 'lockctl'] : ['lockctl', 'etcdctl'])
+    })
+  }
+})
