@@ -200,4 +200,92 @@ for (const [label, args] of [
 
 console.log('\nmemory')
 await memory()
+
+async function etcdBench() {
+  if (spawnSync('etcd', ['--version']).status !== 0) {
+    console.log('\netcd: skipped (etcd is not installed: apt-get install etcd-server)')
+    return
+  }
+  const port = 22379 + Math.floor(Math.random() * 100) * 2
+  const child = spawn('etcd', ['--name', 'bench', '--data-dir', join(work, 'etcd'), '--listen-client-urls', `http://127.0.0.1:${port}`, '--advertise-client-urls', `http://127.0.0.1:${port}`,
+    '--listen-peer-urls', `http://127.0.0.1:${port + 1}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${port + 1}`, '--initial-cluster', `bench=http://127.0.0.1:${port + 1}`, '--log-level', 'error'], {stdio: 'ignore'})
+  children.push(child)
+  const {Etcd3} = await import('etcd3')
+  const raw = new Etcd3({hosts: `http://127.0.0.1:${port}`})
+  for (let i = 0; ; i++) {
+    try {
+      await raw.put('bench/ready').value('1')
+      break
+    } catch (error) {
+      if (i > 100) throw error
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  const endpoint = `etcd://127.0.0.1:${port}`
+  console.log(`\netcd 1 member (separate process, loopback): lockctl's etcd backend next to the etcd3 package's Lock`)
+  const n = quick ? 100 : 500
+  const writes = []
+  for (let i = 0; i < n; i++) {
+    const t = performance.now()
+    await raw.put(`bench/w${i % 10}`).value('x')
+    writes.push(performance.now() - t)
+  }
+  const w50 = pct(writes, 50)
+  row('etcd write round trip (put) p50', us(w50))
+  const client = await connect({endpoints: endpoint, owner: 'bench'})
+  const ours = []
+  for (let i = 0; i < n; i++) {
+    const lock = client.createLock('bench/seq')
+    const t = performance.now()
+    await lock.acquire({leaseMs: 10_000})
+    await lock.unlock()
+    ours.push(performance.now() - t)
+  }
+  const theirs = []
+  for (let i = 0; i < n; i++) {
+    const t = performance.now()
+    const lock = raw.lock('bench/seq3').ttl(10)
+    await lock.acquire()
+    await lock.release()
+    theirs.push(performance.now() - t)
+  }
+  row('sequential pair p50, lockctl', us(pct(ours, 50)), `etcd3 Lock ${us(pct(theirs, 50))}`, `${(pct(ours, 50) / w50).toFixed(1)} write round trips`)
+  row('sequential pair p99, lockctl', us(pct(ours, 99)), `etcd3 Lock ${us(pct(theirs, 99))}`)
+  await client.close()
+
+  const concurrency = 64
+  const durationMs = quick ? 2000 : 5000
+  const clients = await Promise.all(Array.from({length: concurrency}, (_, i) => connect({endpoints: endpoint, owner: `c${i}`})))
+  let done = 0
+  let deadline = performance.now() + durationMs
+  let start = performance.now()
+  await Promise.all(clients.map(async (c, i) => {
+    while (performance.now() < deadline) {
+      const lock = c.createLock(`bench/tp${i}`)
+      await lock.acquire({leaseMs: 10_000})
+      await lock.unlock()
+      done++
+    }
+  }))
+  const oursTp = done / ((performance.now() - start) / 1000)
+  await Promise.all(clients.map((c) => c.close()))
+  const raws = Array.from({length: concurrency}, () => new Etcd3({hosts: `http://127.0.0.1:${port}`}))
+  done = 0
+  deadline = performance.now() + durationMs
+  start = performance.now()
+  await Promise.all(raws.map(async (r, i) => {
+    while (performance.now() < deadline) {
+      const lock = r.lock(`bench/tp3-${i}`).ttl(10)
+      await lock.acquire()
+      await lock.release()
+      done++
+    }
+  }))
+  const theirsTp = done / ((performance.now() - start) / 1000)
+  for (const r of raws) r.close()
+  row(`pairs/s, ${concurrency} clients, lockctl`, Math.round(oursTp).toLocaleString('en'), `etcd3 Lock ${Math.round(theirsTp).toLocaleString('en')}`, `${(oursTp / theirsTp).toFixed(2)}×`)
+  raw.close()
+  child.kill('SIGKILL')
+}
+await etcdBench()
 process.exit(0)

@@ -81,6 +81,21 @@ function lockNameOf(waiterKey: string): string | null {
   return waiterKey.slice(0, slash)
 }
 
+/** What a waiter key's value says about its owner (lease left is not in it). */
+function parseValue(kv: IKeyValue): Omit<HolderInfo, 'leaseLeftMs'> {
+  let value: LockValue = {}
+  try {
+    value = kv.value.length ? (JSON.parse(kv.value.toString('utf8')) as LockValue) : {}
+  } catch {}
+  return {
+    // etcdctl lock and Go's Mutex leave the value empty: name the holder by its lease.
+    owner: value.owner ?? `etcd lease ${hex(kv.lease)}`,
+    fence: Number(kv.create_revision),
+    leaseMs: value.leaseMs ?? 0,
+    since: value.since ?? 0,
+  }
+}
+
 export async function createEtcdBackend(options: EtcdBackendOptions): Promise<EtcdBackend> {
   const {Etcd3} = await import('etcd3')
   const read = (path: string | undefined, what: string) => {
@@ -195,19 +210,9 @@ export class EtcdBackend implements LockBackend {
   }
 
   private async holderInfo(kv: IKeyValue): Promise<HolderInfo> {
-    let value: LockValue = {}
-    try {
-      value = kv.value.length ? (JSON.parse(kv.value.toString('utf8')) as LockValue) : {}
-    } catch {}
     const {leftMs, grantedMs} = await this.leaseLeftMs(kv.lease)
-    return {
-      // etcdctl lock and Go's Mutex leave the value empty: name the holder by its lease.
-      owner: value.owner ?? `etcd lease ${hex(kv.lease)}`,
-      fence: Number(kv.create_revision),
-      leaseMs: value.leaseMs ?? grantedMs,
-      leaseLeftMs: leftMs,
-      since: value.since ?? 0,
-    }
+    const info = parseValue(kv)
+    return {...info, leaseMs: info.leaseMs || grantedMs, leaseLeftMs: leftMs}
   }
 
   /** Waiter keys of one lock, oldest (the holder) first. */
@@ -256,6 +261,10 @@ export class EtcdBackend implements LockBackend {
       )
       revision = txn.succeeded ? txn.header.revision : txn.responses[0].response_range.kvs[0].create_revision
       const grant: GrantInfo = {key, token: makeToken(suffix, revision), owner, fence: Number(revision), leaseMs, leaseLeftMs: leaseMs, since}
+      // The transaction also read the oldest key under KEY/: if it is ours, we hold the lock.
+      // (A key of a longer lock name, "KEY/x/...", sorts by its own revision: check then.)
+      const oldest = txn.responses[1].response_range.kvs[0]
+      if (oldest?.create_revision === revision) return {grant, queued: false}
       const ahead = await this.waitersOf(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: 1})
       if (ahead.length === 0) return {grant, queued: false}
       if (waitMs === 0) {
@@ -408,26 +417,32 @@ export class EtcdBackend implements LockBackend {
     return {key, token, owner: info.owner, fence: info.fence, leaseMs: leaseMs!, leaseLeftMs: leaseMs!, since: info.since}
   }
 
+  /**
+   * One guarded delete (the key goes only if it is still the grant the token names), then the
+   * lease is revoked in the background: once the key is gone the lock is free, and the revoke
+   * only tidies up a lease that would expire anyway.
+   */
   async release(key: string, token: string | undefined, force: boolean): Promise<HolderInfo> {
-    let kv: IKeyValue
+    let target: {key: Buffer; revision: string}
     if (force) {
       const holder = (await this.waitersOf(key, {limit: 1}))[0]
       if (!holder) throw new NotHolderError(key, `${JSON.stringify(key)} is not held`)
-      kv = holder
+      target = {key: holder.key, revision: holder.create_revision}
     } else {
-      kv = (await this.ownKey(key, token ?? '')).kv
+      const parsed = parseToken(token ?? '', key)
+      target = {key: buf(`${key}/${parsed.suffix}`), revision: parsed.revision}
     }
-    const info = await this.holderInfo(kv)
     const txn = await this.call('txn', () =>
       this.client.kv.txn({
-        compare: [{key: kv.key, result: 'Equal', target: 'Create', create_revision: kv.create_revision}],
-        success: [{request_delete_range: {key: kv.key}}],
+        compare: [{key: target.key, result: 'Equal', target: 'Create', create_revision: target.revision}],
+        success: [{request_delete_range: {key: target.key, prev_kv: true}}],
         failure: [],
       }),
     )
-    if (!txn.succeeded) throw new NotHolderError(key)
-    await this.revoke(kv.lease)
-    return info
+    const previous = txn.succeeded ? txn.responses[0].response_delete_range.prev_kvs[0] : undefined
+    if (!previous) throw new NotHolderError(key)
+    void this.revoke(previous.lease)
+    return {...parseValue(previous), leaseLeftMs: 0}
   }
 
   async check(key: string, token: string): Promise<HolderInfo> {
