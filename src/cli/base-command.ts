@@ -3,6 +3,7 @@ import type {ConnectOptions, LockClient} from '../client/lock-client.js'
 import {ErrorCode} from '../protocol/errors.js'
 import {ExitCode, exitCodeFor} from './exit-codes.js'
 import {durationFlag} from './flags.js'
+import {activeSession} from './session.js'
 
 export type CommandFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
 export type CommandArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
@@ -50,6 +51,9 @@ export abstract class BaseCommand extends Command {
 
   /** The client, connected on first use (commands that never need one never pay for it). */
   protected async client(flags: GlobalFlags, options: Partial<ConnectOptions> = {}): Promise<LockClient> {
+    // In the REPL every command shares the session's client (and its locks).
+    const session = activeSession()
+    if (session) return session.client
     this.clientPromise ??= (async () => {
       const {connect} = await import('../client/lock-client.js')
       let password = process.env.LOCKCTL_ETCD_PASSWORD
@@ -69,6 +73,8 @@ export abstract class BaseCommand extends Command {
 
   /** Aborts on the first SIGINT/SIGTERM, so a wait can leave the queue cleanly. */
   protected get interruptSignal(): AbortSignal {
+    const session = activeSession()
+    if (session) return session.signal
     if (!this.interruptController) {
       const controller = new AbortController()
       this.interruptController = controller
@@ -91,7 +97,7 @@ export abstract class BaseCommand extends Command {
     ;(this as unknown as {parsed: boolean}).parsed = true
     process.exitCode = exitCode
     if (this.jsonEnabled()) this.logJson({error: {code, message, exitCode}})
-    else process.stderr.write(`lockctl: ${message}\n`)
+    else process.stderr.write(`${activeSession()?.errorPrefix ?? ''}lockctl: ${message}\n`)
   }
 
   async finally(error: Error | undefined): Promise<void> {

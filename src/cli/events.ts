@@ -8,7 +8,8 @@ export type HoldEvent = 'waiting' | 'acquired' | 'lost' | 'released' | 'suspende
  */
 export class EventPrinter {
   constructor(
-    private readonly stream: NodeJS.WriteStream,
+    /** Receives one whole line (with its newline) at a time. */
+    private readonly write: (line: string) => void,
     private readonly mode: 'human' | 'json' | 'quiet',
   ) {}
 
@@ -16,7 +17,7 @@ export class EventPrinter {
     if (this.mode === 'quiet') return
     const time = new Date().toISOString()
     if (this.mode === 'json') {
-      this.stream.write(`${JSON.stringify({event, time, key, ...fields})}\n`)
+      this.write(`${JSON.stringify({event, time, key, ...fields})}\n`)
       return
     }
     const details: string[] = []
@@ -24,6 +25,6 @@ export class EventPrinter {
     if (typeof fields.leaseMs === 'number') details.push(`lease ${formatMs(fields.leaseMs)}`)
     if (fields.reason) details.push(String(fields.reason))
     if (fields.endpoint && (event === 'suspended' || event === 'connected')) details.push(String(fields.endpoint))
-    this.stream.write(`${time} ${event} ${key}${details.length ? ` (${details.join(', ')})` : ''}\n`)
+    this.write(`${time} ${event} ${key}${details.length ? ` (${details.join(', ')})` : ''}\n`)
   }
 }

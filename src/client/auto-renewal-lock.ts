@@ -253,8 +253,11 @@ export class AutoRenewalLock {
 
   private closing: Promise<void> | null = null
 
-  /** Stop renewing and release if held. Waits for an in-flight renewal first. Idempotent. */
-  close(): Promise<void> {
+  /**
+   * Stop renewing and release if held (`release: false` leaves the grant to run out its lease).
+   * Waits for an in-flight renewal first. Idempotent.
+   */
+  close(options: {release?: boolean} = {}): Promise<void> {
     this.closing ??= (async () => {
       const wasHeld = this.phase === 'held'
       this.phase = 'closed'
@@ -267,7 +270,7 @@ export class AutoRenewalLock {
       this.grantAbort = null
       this.unsubscribe()
       this.readyReject(new LockError(ErrorCode.CLOSED, `the auto-renewing lock on ${JSON.stringify(this.key)} was closed`))
-      if (lock && wasHeld) await lock.unlock().catch(() => {})
+      if (lock && wasHeld && options.release !== false) await lock.unlock().catch(() => {})
     })()
     return this.closing
   }

@@ -1,4 +1,5 @@
 import type {GrantInfo, HolderInfo, LockInfo} from '../protocol/messages.js'
+import type {WatchOptions, WatchTarget, WatchUpdate} from './watch.js'
 
 export type {GrantInfo, HolderInfo, LockInfo}
 
@@ -42,6 +43,12 @@ export interface LockBackend {
   inspect(key: string): Promise<LockInfo | null>
   list(prefix: string, limit?: number): Promise<{locks: LockInfo[]; total: number}>
   info(): Promise<Record<string, unknown>>
+  /**
+   * Events of one key or a prefix: a snapshot first, then events in order; after a reconnect a
+   * fresh snapshot marked `resync` (events in between may have been missed). Throws
+   * UnreachableError if the service cannot be reached at the start.
+   */
+  watch(target: WatchTarget, options?: WatchOptions): AsyncIterable<WatchUpdate>
   onStateChange(listener: (state: ConnectionState) => void): () => void
   close(): Promise<void>
 }

@@ -13,5 +13,6 @@ export {AutoRenewalLock, DEFAULT_RETRY_MILLIS, type AutoRenewalLockOptions} from
 export type {ConnectionState, GrantInfo, HolderInfo, LockBackend, LockInfo} from './backend.js'
 export {parseEndpoint, describeEndpoint, type Endpoint} from './endpoint.js'
 export {stateDir} from './embedded.js'
+export type {LockEvent, WatchOptions, WatchTarget, WatchUpdate} from './watch.js'
 export {WAIT_FOREVER} from '../protocol/messages.js'
 export * from './errors.js'

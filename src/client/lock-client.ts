@@ -8,6 +8,7 @@ import {checkOwner, checkToken, DistributedLock} from './distributed-lock.js'
 import {connectEmbedded, embeddedPaths, stateDir} from './embedded.js'
 import {describeEndpoint, parseEndpoint, type Endpoint} from './endpoint.js'
 import {BadInputError} from './errors.js'
+import type {WatchOptions, WatchTarget, WatchUpdate} from './watch.js'
 
 export interface ConnectOptions {
   /**
@@ -105,6 +106,15 @@ export class LockClient {
 
   info(): Promise<Record<string, unknown>> {
     return this.backend.info()
+  }
+
+  /**
+   * Watch one key or every key under a prefix: yields the current state first, then events in
+   * order, and after a reconnect a fresh state marked `resync`.
+   */
+  watch(target: WatchTarget, options: WatchOptions = {}): AsyncIterable<WatchUpdate> {
+    if (target.key !== undefined) checkKey(target.key)
+    return this.backend.watch(target, options)
   }
 
   onStateChange(listener: (state: ConnectionState) => void): () => void {

@@ -9,6 +9,7 @@ import {ordinal} from '../cli/output.js'
 import {createProgress} from '../cli/progress.js'
 import {describeHolder} from '../client/errors.js'
 import {WAIT_FOREVER} from '../protocol/messages.js'
+import {activeSession, type ReplSession} from '../cli/session.js'
 
 export default class Hold extends BaseCommand {
   static summary = 'Hold a lock, renewing it, until interrupted; or run a command while it is held.'
@@ -47,8 +48,14 @@ With a command (after --): start it once the lock is held, without a shell, with
     const json = this.jsonEnabled()
 
     const client = await this.client(flags, {owner: flags.owner})
+    const session = activeSession()
+    if (session && !command) {
+      this.holdInBackground(session, key, {...flags, retryMillis, json})
+      return
+    }
     // With a command, the command owns stdout: events go to stderr.
-    const events = new EventPrinter(command ? process.stderr : process.stdout, flags.quiet ? 'quiet' : json ? 'json' : 'human')
+    const stream = command ? process.stderr : process.stdout
+    const events = new EventPrinter((line) => stream.write(line), flags.quiet ? 'quiet' : json ? 'json' : 'human')
     const progress = createProgress(!json && !flags.quiet)
     let child: SupervisedChild | null = null
     let lostWhileRunning = false
@@ -132,6 +139,41 @@ With a command (after --): start it once the lock is held, without a shell, with
       for (const [signal, handler] of handlers) process.off(signal, handler)
     }
   }
+
+  /**
+   * REPL: `hold KEY` keeps the lock in the background (renewing, re-acquiring after a loss) and
+   * prints its events above the prompt; `unlock KEY` or leaving the REPL stops it.
+   */
+  private holdInBackground(session: ReplSession, key: string, flags: BackgroundHoldFlags): void {
+    if (session.holds.has(key)) throw new UsageError(`already holding ${key} in this session (unlock ${key} to stop)`)
+    const events = new EventPrinter((line) => session.print(line.replace(/\n$/, '')), flags.quiet ? 'quiet' : flags.json ? 'json' : 'human')
+    const lock = session.client.createAutoRenewalLock(key, {
+      leaseMs: flags.lease,
+      retryMillis: flags.retryMillis,
+      waitMs: flags.wait,
+      owner: flags.owner,
+      onQueued: ({position, holder}) => events.print('waiting', key, {position, holder: holder?.owner ?? null}),
+      onAcquired: (grant) => events.print('acquired', key, {fence: grant.fence, leaseMs: grant.leaseMs}),
+      onLost: (reason) => events.print('lost', key, {reason: reason.message}),
+    })
+    session.holds.set(key, lock)
+    lock.ready.catch((error: Error) => {
+      if (session.holds.get(key) !== lock) return
+      session.holds.delete(key)
+      if ((error as {code?: string}).code !== 'CLOSED') session.print(`lockctl: hold ${key}: ${error.message}`)
+    })
+    this.log(`holding ${key} in the background (unlock ${key} to stop)`)
+  }
+}
+
+/** The flags `holdInBackground` needs. */
+interface BackgroundHoldFlags {
+  lease: number
+  wait: number
+  owner?: string
+  quiet: boolean
+  json: boolean
+  retryMillis: number[]
 }
 
 /** The command after `--`; positionals other than KEY without `--` are a usage error. */

@@ -4,6 +4,7 @@ import {checkKeyArg, conflictExitCodeFlag, keyArg, leaseFlag, missingInput, owne
 import {grantJson, ordinal, shellQuote} from '../cli/output.js'
 import {createProgress} from '../cli/progress.js'
 import {describeHolder} from '../client/errors.js'
+import {activeSession, rememberGrant} from '../cli/session.js'
 
 export default class Lock extends BaseCommand {
   static summary = 'Acquire a lock and print its token.'
@@ -34,6 +35,7 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 4 u
     const lock = client.createLock(key)
     const progress = createProgress(!this.jsonEnabled())
     let grant
+    const sentAt = performance.now()
     try {
       grant = await lock.acquire({
         leaseMs: flags.lease,
@@ -44,6 +46,8 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 4 u
     } finally {
       progress.stop()
     }
+    const session = activeSession()
+    if (session) rememberGrant(session, grant, sentAt)
     if (flags.export) {
       this.log(`export LOCKCTL_KEY=${shellQuote(key)}`)
       this.log(`export LOCKCTL_TOKEN=${shellQuote(grant.token)}`)

@@ -1,10 +1,11 @@
 import {BaseCommand} from '../cli/base-command.js'
-import {checkKeyArg, keyArg, tokenFlag, leaseFlag, missingInput} from '../cli/flags.js'
+import {checkKeyArg, keyArg, leaseFlag, missingInput, tokenFlag} from '../cli/flags.js'
 import {formatMs, grantJson} from '../cli/output.js'
+import {activeSession, pickSessionKey, rememberGrant} from '../cli/session.js'
 
 export default class Renew extends BaseCommand {
   static summary = 'Extend the lease of a held lock, optionally to a new length.'
-  static description = `KEY defaults to $LOCKCTL_KEY and the token to $LOCKCTL_TOKEN.
+  static description = `KEY defaults to $LOCKCTL_KEY and the token to $LOCKCTL_TOKEN. In the REPL the session remembers tokens.
 Exit codes: 0 renewed, 2 usage, 4 unreachable, 5 the token does not hold the lock any more.`
 
   static examples = ['<%= config.bin %> renew deploy --token "$token" --lease 5m']
@@ -18,12 +19,20 @@ Exit codes: 0 renewed, 2 usage, 4 unreachable, 5 the token does not hold the loc
 
   async run(): Promise<Record<string, unknown>> {
     const {args, flags} = await this.parse(Renew)
-    const key = checkKeyArg(args.key ?? process.env.LOCKCTL_KEY ?? missingInput('KEY (or $LOCKCTL_KEY)'))
-    const token = flags.token ?? missingInput('--token (or $LOCKCTL_TOKEN)')
+    const session = activeSession()
+    const key = checkKeyArg(args.key ?? (session ? await pickSessionKey(session, 'Renew which lock?', {locksOnly: true}) : undefined) ?? process.env.LOCKCTL_KEY ?? missingInput('KEY (or $LOCKCTL_KEY)'))
+    const token = flags.token ?? session?.locks.get(key)?.token ?? missingInput('--token (or $LOCKCTL_TOKEN)')
     const client = await this.client(flags)
-    const grant = await client.renew(key, token, flags.lease || undefined)
-    this.log(`renewed ${key}: ${formatMs(grant.leaseLeftMs)} left (fence ${grant.fence})`)
-    const {token: _token, ...json} = grantJson(grant)
-    return json
+    const sentAt = performance.now()
+    try {
+      const grant = await client.renew(key, token, flags.lease || undefined)
+      if (session?.locks.has(key)) rememberGrant(session, grant, sentAt)
+      this.log(`renewed ${key}: ${formatMs(grant.leaseLeftMs)} left (fence ${grant.fence})`)
+      const {token: _token, ...json} = grantJson(grant)
+      return json
+    } catch (error) {
+      if ((error as {code?: string}).code === 'NOT_HOLDER') session?.locks.delete(key)
+      throw error
+    }
   }
 }

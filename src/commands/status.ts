@@ -3,6 +3,8 @@ import {BaseCommand} from '../cli/base-command.js'
 import {checkKeyArg, keyArg, tokenFlag} from '../cli/flags.js'
 import {age, formatMs, holderJson} from '../cli/output.js'
 import type {LockInfo} from '../client/backend.js'
+import type {LockClient} from '../client/lock-client.js'
+import type {WatchTarget} from '../client/watch.js'
 
 export default class Status extends BaseCommand {
   static summary = 'Show locks: holder, fence, lease left, waiters, since.'
@@ -16,11 +18,16 @@ export default class Status extends BaseCommand {
     prefix: Flags.string({description: 'only keys that start with this', exclusive: ['key'], helpValue: 'PREFIX'}),
     token: tokenFlag('check whether this token holds KEY (exit 0) or not (exit 5)', {fromEnv: false}),
     limit: Flags.integer({description: 'show at most this many locks', default: 1000, min: 1}),
+    watch: Flags.boolean({char: 'w', description: 'redraw the table as locks change, until Ctrl-C', exclusive: ['token', 'json']}),
   }
 
   async run(): Promise<Record<string, unknown>> {
     const {args, flags} = await this.parse(Status)
     const client = await this.client(flags)
+    if (flags.watch) {
+      await this.watchTable(client, args.key !== undefined ? {key: checkKeyArg(args.key)} : {prefix: flags.prefix ?? ''}, flags.limit)
+      return {}
+    }
     if (args.key !== undefined) {
       const key = checkKeyArg(args.key)
       if (flags.token) {
@@ -44,6 +51,27 @@ export default class Status extends BaseCommand {
       total,
       locks: locks.map((lock) => ({key: lock.key, holder: holderJson(lock.holder), waiters: lock.waiters})),
     }
+  }
+
+  /** Redraw on every change: in place on a terminal, one table after another otherwise. */
+  private async watchTable(client: LockClient, target: WatchTarget, limit: number): Promise<void> {
+    let pending: NodeJS.Timeout | null = null
+    const draw = async () => {
+      pending = null
+      const {locks, total} = target.key !== undefined ? await client.inspect(target.key).then((l) => ({locks: l ? [l] : [], total: l ? 1 : 0})) : await client.list(target.prefix, limit)
+      if (process.stdout.isTTY) process.stdout.write('\u001B[H\u001B[2J')
+      this.log(`${client.endpoint} — ${new Date().toLocaleTimeString()} (Ctrl-C to stop)`)
+      await this.render(locks, total)
+    }
+    for await (const update of client.watch(target, {signal: this.interruptSignal})) {
+      if (update.type === 'disconnected') {
+        this.log(`disconnected: ${update.reason}; reconnecting…`)
+        continue
+      }
+      // Bursts of events are drawn once.
+      pending ??= setTimeout(() => void draw().catch((error: Error) => this.log(`lockctl: ${error.message}`)), 50)
+    }
+    if (pending) clearTimeout(pending)
   }
 
   private async render(locks: LockInfo[], total: number): Promise<void> {

@@ -1,12 +1,13 @@
 import {Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
-import {checkKeyArg, keyArg, tokenFlag, UsageError, missingInput} from '../cli/flags.js'
+import {checkKeyArg, keyArg, missingInput, tokenFlag, UsageError} from '../cli/flags.js'
 import {holderJson} from '../cli/output.js'
+import {activeSession, pickSessionKey} from '../cli/session.js'
 import {describeHolder} from '../client/errors.js'
 
 export default class Unlock extends BaseCommand {
   static summary = 'Release a lock with its token (or --force as an admin).'
-  static description = `KEY defaults to $LOCKCTL_KEY and the token to $LOCKCTL_TOKEN, as set by \`eval "$(lockctl lock KEY --export)"\`.
+  static description = `KEY defaults to $LOCKCTL_KEY and the token to $LOCKCTL_TOKEN, as set by \`eval "$(lockctl lock KEY --export)"\`. In the REPL the session remembers tokens, and without KEY on a terminal you pick one of the session's locks.
 Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lock (released, expired, or force-released).`
 
   static examples = ['<%= config.bin %> unlock deploy --token "$token"', '<%= config.bin %> unlock', '<%= config.bin %> unlock deploy --force --yes']
@@ -21,10 +22,21 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
 
   async run(): Promise<Record<string, unknown>> {
     const {args, flags} = await this.parse(Unlock)
-    const key = checkKeyArg(args.key ?? process.env.LOCKCTL_KEY ?? missingInput('KEY (or $LOCKCTL_KEY)'))
-    if (!flags.force && !flags.token) missingInput('--token (or $LOCKCTL_TOKEN); use --force to release a lock you do not hold')
+    const session = activeSession()
+    const key = checkKeyArg(args.key ?? (session ? await pickSessionKey(session, 'Release which lock?') : undefined) ?? process.env.LOCKCTL_KEY ?? missingInput('KEY (or $LOCKCTL_KEY)'))
     const client = await this.client(flags)
-    if (flags.force && !flags.yes && process.stdin.isTTY && process.stderr.isTTY && !this.jsonEnabled()) {
+    const hold = session?.holds.get(key)
+    if (hold && !flags.force) {
+      // A background `hold` of this session: stop renewing and release.
+      const fence = hold.fence
+      session!.holds.delete(key)
+      await hold.close()
+      this.log(`released ${key} (stopped holding it${fence === undefined ? '' : `, fence ${fence}`})`)
+      return {key, released: true, forced: false, holder: null}
+    }
+    const token = flags.token ?? session?.locks.get(key)?.token
+    if (!flags.force && !token) missingInput('--token (or $LOCKCTL_TOKEN); use --force to release a lock you do not hold')
+    if (flags.force && !flags.yes && process.stdin.isTTY && process.stderr.isTTY && !this.jsonEnabled() && (session?.interactive ?? true)) {
       const lock = await client.inspect(key)
       const {confirm} = await import('@inquirer/prompts')
       const ok = await confirm(
@@ -33,8 +45,12 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
       )
       if (!ok) throw new UsageError('not released: cancelled at the prompt')
     }
-    const holder = await client.release(key, flags.force ? undefined : flags.token, {force: flags.force})
-    this.log(`released ${key} (fence ${holder.fence}, held by ${holder.owner})`)
-    return {key, released: true, forced: flags.force, holder: holderJson(holder)}
+    try {
+      const holder = await client.release(key, flags.force ? undefined : token, {force: flags.force})
+      this.log(`released ${key} (fence ${holder.fence}, held by ${holder.owner})`)
+      return {key, released: true, forced: flags.force, holder: holderJson(holder)}
+    } finally {
+      if (!flags.force || session?.locks.get(key)) session?.locks.delete(key)
+    }
   }
 }

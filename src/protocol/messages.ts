@@ -29,6 +29,20 @@ export interface LockInfo {
   waiters: number
 }
 
+/** A change to a watched lock, as lockd pushes it. `waiters` is the queue length after it. */
+export interface LockEvent {
+  type: 'acquired' | 'released' | 'expired' | 'queued' | 'dequeued'
+  key: string
+  /** Holder after `acquired`; the holder that went away for `released` / `expired`. */
+  owner?: string
+  fence?: number
+  waiters: number
+  /** released: whether it was an admin force-release. */
+  force?: boolean
+  /** dequeued: why the waiter left (cancelled, timeout, disconnected). */
+  reason?: string
+}
+
 export interface ServerInfo {
   server: 'lockd'
   version: string
@@ -64,6 +78,9 @@ export type RequestBody =
   | {op: 'list'; prefix: string; limit?: number}
   | {op: 'info'}
   | {op: 'ping'}
+  /** Subscribe to events of one key or of every key under a prefix; the answer has a snapshot. */
+  | {op: 'watch'; key?: string; prefix?: string}
+  | {op: 'unwatch'; sub: number}
 
 export type Request = {t: 'req'; id: number} & RequestBody
 
@@ -97,11 +114,14 @@ export interface Response {
   total?: number
   info?: ServerInfo
   released?: boolean
+  /** watch: the id that event pushes carry (the id of the watch request). */
+  sub?: number
 }
 
 /** Server-initiated messages; `wid` is the id of the acquire request that queued. */
 export type Push =
   | {t: 'push'; ev: 'granted'; wid: number; grant: GrantInfo}
   | {t: 'push'; ev: 'wait_timeout'; wid: number; key: string}
+  | {t: 'push'; ev: 'lock'; sub: number; event: LockEvent}
 
 export type ServerMessage = HelloReply | Response | Push | {t: 'error'; code: ErrorCode; msg: string}

@@ -346,6 +346,11 @@ export class LockTable {
     return this.waitersBySession.get(item.waiter.session)?.get(item.waiter.wid) === item.waiter
   }
 
+  /** Queue length of a key now. */
+  waitersOf(key: string): number {
+    return this.entries.get(key)?.waiters.length ?? 0
+  }
+
   /** Position (1-based) of a waiter in its queue, or 0 if it is not queued. */
   positionOf(ref: WaiterRef, key: string): number {
     const waiters = this.entries.get(key)?.waiters ?? []

@@ -5,7 +5,7 @@ import {dirname} from 'node:path'
 import type {Packr} from 'msgpackr'
 import {ErrorCode} from '../protocol/errors.js'
 import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder} from '../protocol/framing.js'
-import {PROTOCOL_VERSION, type Push, type Request, type Response, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
+import {PROTOCOL_VERSION, type LockEvent, type Push, type Request, type Response, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
 import {keyProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
 import {DurableLog} from './durable-log.js'
 import {LockTable, systemClock, type Clock, type TableEvent} from './lock-table.js'
@@ -38,8 +38,16 @@ export class AlreadyRunningError extends ServerStartError {}
 const HELLO_TIMEOUT_MS = 10_000
 const MAX_OUTPUT_BUFFER = 16 * 1024 * 1024
 
+interface Subscription {
+  conn: Connection
+  sub: number
+  key?: string
+  prefix?: string
+}
+
 interface Connection {
   session: string
+  subscriptions: Map<number, Subscription>
   socket: Socket
   codec: Packr
   decoder: FrameDecoder
@@ -52,6 +60,9 @@ export class LockServer {
   private readonly clock: Clock
   private readonly servers: Server[] = []
   private readonly connections = new Map<string, Connection>()
+  /** Watchers of one key, and watchers of prefixes (few; scanned per event). */
+  private readonly keyWatchers = new Map<string, Set<Subscription>>()
+  private readonly prefixWatchers = new Set<Subscription>()
   private log: DurableLog | null = null
   private dirMutex: Server | null = null
   private timer: NodeJS.Timeout | null = null
@@ -182,6 +193,7 @@ export class LockServer {
       codec,
       decoder: new FrameDecoder(codec, this.options.maxFrame ?? DEFAULT_MAX_FRAME),
       greeted: false,
+      subscriptions: new Map(),
     }
     conn.helloTimer = setTimeout(() => this.fail(conn, ErrorCode.PROTOCOL, 'no hello within 10s'), HELLO_TIMEOUT_MS)
     conn.helloTimer.unref()
@@ -237,12 +249,15 @@ export class LockServer {
     } catch (error) {
       response = {code: ErrorCode.INTERNAL, msg: (error as Error).message}
     }
+    // Events of this request go out before the next request runs: a watch that follows in the
+    // same batch then sees them in its snapshot, not twice.
+    this.dispatchEvents(this.table.drainEvents())
     this.send(conn, {t: 'res', id: m.id, ...response})
   }
 
   private execute(conn: Connection, request: Request): Omit<Response, 't' | 'id'> {
     const bad = (msg: string) => ({code: ErrorCode.BAD_INPUT, msg})
-    if (request.op !== 'info' && request.op !== 'ping' && request.op !== 'list') {
+    if (request.op !== 'info' && request.op !== 'ping' && request.op !== 'list' && request.op !== 'watch' && request.op !== 'unwatch') {
       const problem = keyProblem(request.key)
       if (problem) return bad(problem)
     }
@@ -303,6 +318,31 @@ export class LockServer {
       }
       case 'info':
         return {code: 'OK', info: this.info()}
+      case 'watch': {
+        const subscription: Subscription = {conn, sub: request.id}
+        if (typeof request.key === 'string') {
+          const problem = keyProblem(request.key)
+          if (problem) return bad(problem)
+          subscription.key = request.key
+          let set = this.keyWatchers.get(request.key)
+          if (!set) this.keyWatchers.set(request.key, (set = new Set()))
+          set.add(subscription)
+          conn.subscriptions.set(request.id, subscription)
+          const lock = this.table.inspect(request.key)
+          return {code: 'OK', sub: request.id, locks: lock ? [lock] : [], total: lock ? 1 : 0}
+        }
+        if (typeof request.prefix !== 'string') return bad('watch needs a key or a prefix')
+        subscription.prefix = request.prefix
+        this.prefixWatchers.add(subscription)
+        conn.subscriptions.set(request.id, subscription)
+        const {locks, total} = this.table.list(request.prefix, 10_000)
+        return {code: 'OK', sub: request.id, locks, total}
+      }
+      case 'unwatch': {
+        const subscription = conn.subscriptions.get(request.sub)
+        if (subscription) this.unsubscribe(subscription)
+        return {code: 'OK'}
+      }
       case 'ping':
         return {code: 'OK'}
       default:
@@ -374,8 +414,51 @@ export class LockServer {
     void this.close()
   }
 
+  private unsubscribe(subscription: Subscription): void {
+    subscription.conn.subscriptions.delete(subscription.sub)
+    if (subscription.key !== undefined) {
+      const set = this.keyWatchers.get(subscription.key)
+      set?.delete(subscription)
+      if (set?.size === 0) this.keyWatchers.delete(subscription.key)
+    } else {
+      this.prefixWatchers.delete(subscription)
+    }
+  }
+
+  /** The watch event a table event means, if any (renewals and hand-off dequeues are not). */
+  private lockEvent(event: TableEvent): LockEvent | null {
+    const waiters = this.table.waitersOf(event.key)
+    switch (event.type) {
+      case 'granted':
+        return {type: 'acquired', key: event.key, owner: event.holder.owner, fence: event.holder.fence, waiters}
+      case 'released':
+        return {type: 'released', key: event.key, owner: event.holder.owner, fence: event.holder.fence, waiters, force: event.force}
+      case 'expired':
+        return {type: 'expired', key: event.key, owner: event.holder.owner, fence: event.holder.fence, waiters}
+      case 'queued':
+        return {type: 'queued', key: event.key, waiters}
+      case 'dequeued':
+        return event.reason === 'granted' ? null : {type: 'dequeued', key: event.key, waiters, reason: event.reason}
+      default:
+        return null
+    }
+  }
+
+  private publish(event: TableEvent): void {
+    if (this.keyWatchers.size === 0 && this.prefixWatchers.size === 0) return
+    const exact = this.keyWatchers.get(event.key)
+    let lockEvent: LockEvent | null | undefined
+    const targets: Subscription[] = exact ? [...exact] : []
+    for (const subscription of this.prefixWatchers) if (event.key.startsWith(subscription.prefix!)) targets.push(subscription)
+    if (targets.length === 0) return
+    lockEvent ??= this.lockEvent(event)
+    if (!lockEvent) return
+    for (const subscription of targets) this.send(subscription.conn, {t: 'push', ev: 'lock', sub: subscription.sub, event: lockEvent})
+  }
+
   private dispatchEvents(events: TableEvent[]): void {
     for (const event of events) {
+      this.publish(event)
       let push: Push | undefined
       let session: string | undefined
       if (event.type === 'granted' && event.to) {
@@ -410,6 +493,7 @@ export class LockServer {
   private onClose(conn: Connection): void {
     clearTimeout(conn.helloTimer)
     if (!this.connections.delete(conn.session)) return
+    for (const subscription of [...conn.subscriptions.values()]) this.unsubscribe(subscription)
     this.table.dropSession(conn.session)
     this.endBatch()
   }

@@ -14,6 +14,8 @@ import {
   WaitTimeoutError,
 } from '../errors.js'
 import {LockdConnection} from './lockd-connection.js'
+import {AsyncQueue, backoffDelay, sleep, type WatchOptions, type WatchTarget, type WatchUpdate} from '../watch.js'
+import type {LockEvent} from '../../protocol/messages.js'
 
 interface WaitSlot {
   key: string
@@ -34,6 +36,8 @@ export class LockdBackend implements LockBackend {
   private connection: LockdConnection | null = null
   private connecting: Promise<LockdConnection> | null = null
   private readonly slots = new Map<number, WaitSlot>()
+  /** Live watch subscriptions by the id of their watch request. */
+  private readonly watchers = new Map<number, {connection: LockdConnection; onEvent(event: LockEvent): void; onLost(reason: string): void}>()
   private readonly listeners = new Set<(state: ConnectionState) => void>()
   private closed = false
 
@@ -80,10 +84,19 @@ export class LockdBackend implements LockBackend {
     // lockd drops the waiters of a closed connection, so every wait on it has ended.
     for (const slot of this.slots.values()) slot.settle({error})
     this.slots.clear()
+    for (const [sub, watcher] of this.watchers) {
+      if (watcher.connection !== connection) continue
+      this.watchers.delete(sub)
+      watcher.onLost(error.message)
+    }
     if (!this.closed) this.emit('suspended')
   }
 
   private onPush(connection: LockdConnection, push: Push): void {
+    if (push.ev === 'lock') {
+      this.watchers.get(push.sub)?.onEvent(push.event)
+      return
+    }
     const slot = this.slots.get(push.wid)
     if (push.ev === 'granted') {
       if (!slot || slot.abandoned) {
@@ -215,6 +228,60 @@ export class LockdBackend implements LockBackend {
     const response = await connection.request({op: 'info'})
     if (response.code !== 'OK') throw responseError('', response)
     return {endpoint: this.label, ...response.info}
+  }
+
+  async *watch(target: WatchTarget, options: WatchOptions = {}): AsyncGenerator<WatchUpdate> {
+    const {signal} = options
+    const queue = new AsyncQueue<WatchUpdate | {type: 'lost'; reason: string}>()
+    const onAbort = () => queue.close()
+    signal?.addEventListener('abort', onAbort, {once: true})
+    let resync = false
+    let attempt = 0
+    try {
+      while (!signal?.aborted) {
+        let connection: LockdConnection
+        let sub: number
+        try {
+          connection = await this.connect()
+          sub = connection.peekNextId()
+          this.watchers.set(sub, {
+            connection,
+            onEvent: (event) => queue.push({type: 'event', event}),
+            onLost: (reason) => queue.push({type: 'lost', reason}),
+          })
+          const response = await connection.request({op: 'watch', ...(target.key !== undefined ? {key: target.key} : {prefix: target.prefix})})
+          if (response.code !== 'OK') {
+            this.watchers.delete(sub)
+            throw responseError(target.key ?? target.prefix ?? '', response)
+          }
+          yield {type: 'snapshot', locks: response.locks ?? [], resync}
+        } catch (error) {
+          // The first attempt reports an unreachable service; later ones keep trying.
+          if (!resync || options.reconnect === false || !(error instanceof UnreachableError)) throw error
+          await sleep(backoffDelay(attempt++), signal)
+          continue
+        }
+        attempt = 0
+        resync = true
+        for (;;) {
+          const update = await queue.take()
+          if (update === undefined) {
+            this.watchers.delete(sub)
+            if (!connection.closed) void connection.request({op: 'unwatch', sub}).catch(() => {})
+            return
+          }
+          if (update.type === 'lost') {
+            yield {type: 'disconnected', reason: update.reason}
+            if (options.reconnect === false) return
+            await sleep(backoffDelay(attempt++), signal)
+            break
+          }
+          yield update
+        }
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort)
+    }
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,274 @@
+import {appendFileSync, mkdirSync, readFileSync} from 'node:fs'
+import {dirname} from 'node:path'
+import {clearLine, cursorTo} from 'node:readline'
+import {createInterface} from 'node:readline/promises'
+import type {Config} from '@oclif/core'
+import type {LockClient} from '../client/lock-client.js'
+import {describeError} from './base-command.js'
+import {ExitCode} from './exit-codes.js'
+import {formatMs} from './output.js'
+import {setActiveSession, type ReplSession, type SessionLock} from './session.js'
+import {tokenize} from './tokenize.js'
+
+const BUILTINS = ['help', 'locks', 'exit', 'quit']
+/** Commands that make no sense inside a session (they would nest or block it). */
+const NOT_IN_REPL = new Set(['repl', 'server'])
+const HISTORY_LINES = 1000
+
+export interface ReplOptions {
+  input: NodeJS.ReadStream
+  output: NodeJS.WriteStream
+  historyFile: string
+}
+
+/**
+ * The REPL: one client and one session for every line; each line is tokenized like a shell line
+ * and run through the same oclif command classes as the CLI (flags, help and validation are
+ * identical). On a terminal: prompt, history, tab completion, Ctrl-C cancels the running command
+ * (never the REPL), exit asks what to do with held locks. Piped: a script, run in order, nothing
+ * asked, errors prefixed with their line number; the exit code is that of the first failing line.
+ */
+export async function runRepl(config: Config, client: LockClient, options: ReplOptions): Promise<number> {
+  const interactive = Boolean(options.input.isTTY && options.output.isTTY)
+  const commandIds = config.commandIDs.filter((id) => !NOT_IN_REPL.has(id)).sort()
+  let controller = new AbortController()
+  let running = false
+  let lineNumber = 0
+  let firstFailure: number | undefined
+  const seenKeys = new Set<string>()
+
+  const newInterface = () =>
+    createInterface({
+      input: options.input,
+      output: interactive ? options.output : undefined,
+      terminal: interactive,
+      prompt: 'lockctl> ',
+      history: interactive ? loadHistory(options.historyFile) : [],
+      historySize: HISTORY_LINES,
+      completer: interactive ? (line: string) => complete(line) : undefined,
+    })
+  let rl = newInterface()
+
+  const session: ReplSession & {errorPrefix: string} = {
+    client,
+    locks: new Map(),
+    holds: new Map(),
+    interactive,
+    get signal() {
+      return controller.signal
+    },
+    errorPrefix: '',
+    print(line: string) {
+      if (!interactive) {
+        options.output.write(`${line}\n`)
+        return
+      }
+      // Above the prompt: wipe the prompt line, print, then redraw the prompt and what was typed.
+      clearLine(options.output, 0)
+      cursorTo(options.output, 0)
+      options.output.write(`${line}\n`)
+      if (!running) rl.prompt(true)
+    },
+  }
+
+  function complete(line: string): [string[], string] {
+    let words: string[]
+    try {
+      words = tokenize(line)
+    } catch {
+      return [[], line]
+    }
+    const current = /\s$/.test(line) ? '' : (words.pop() ?? '')
+    let candidates: string[]
+    if (words.length === 0) {
+      candidates = [...commandIds, ...BUILTINS]
+    } else if (current.startsWith('-')) {
+      const command = config.findCommand(words[0])
+      candidates = command ? Object.keys(command.flags).map((f) => `--${f}`) : []
+    } else {
+      candidates = [...new Set([...session.locks.keys(), ...session.holds.keys(), ...seenKeys])]
+    }
+    return [candidates.filter((c) => c.startsWith(current)).sort(), current]
+  }
+
+  async function runLine(line: string): Promise<'exit' | void> {
+    lineNumber++
+    session.errorPrefix = interactive ? '' : `line ${lineNumber}: `
+    let words: string[]
+    try {
+      words = tokenize(line)
+    } catch (error) {
+      fail((error as Error).message, ExitCode.USAGE)
+      return
+    }
+    if (words.length === 0) return
+    if (interactive) appendHistory(options.historyFile, line)
+    const [id, ...argv] = words
+    if (id === 'exit' || id === 'quit') return 'exit'
+    if (id === 'help') {
+      options.output.write(`commands: ${commandIds.join(', ')}\nREPL: locks (what this session holds), exit (or Ctrl-D)\n"COMMAND --help" for a command's flags.\n`)
+      return
+    }
+    if (id === 'locks') {
+      printLocks()
+      return
+    }
+    if (NOT_IN_REPL.has(id) || !config.findCommand(id)) {
+      fail(NOT_IN_REPL.has(id) ? `${id} cannot run inside the REPL` : `unknown command ${JSON.stringify(id)} (try help)`, ExitCode.USAGE)
+      return
+    }
+    const key = argv.find((a) => !a.startsWith('-'))
+    if (key) seenKeys.add(key)
+    controller = new AbortController()
+    running = true
+    process.exitCode = undefined
+    try {
+      await config.runCommand(id, argv)
+    } catch (error) {
+      // Errors the command did not handle itself (oclif's own, before the command ran).
+      const {message, exitCode} = describeError(error as Error)
+      if (exitCode !== 0) fail(message, exitCode)
+    } finally {
+      running = false
+    }
+    const code = Number(process.exitCode ?? 0)
+    process.exitCode = undefined
+    if (code !== 0) firstFailure ??= code
+  }
+
+  function fail(message: string, code: number): void {
+    process.stderr.write(`${session.errorPrefix}lockctl: ${message}\n`)
+    firstFailure ??= code
+  }
+
+  function printLocks(): void {
+    const now = performance.now()
+    const rows: string[] = []
+    for (const lock of session.locks.values()) rows.push(describeLock(lock, now))
+    for (const [key, hold] of session.holds) {
+      rows.push(`${key}  ${hold.isHeldByCurrentClient() ? `fence ${hold.fence}, ${formatMs(hold.leaseRestMillis())} left, renewing (hold)` : 'waiting (hold)'}`)
+    }
+    options.output.write(rows.length ? `${rows.join('\n')}\n` : 'this session holds no locks\n')
+  }
+
+  /** Leaving: release what the session holds (on a terminal, ask first). Answers false to stay. */
+  async function leave(): Promise<boolean> {
+    if (session.locks.size === 0 && session.holds.size === 0) return true
+    let choice: 'release' | 'keep' | 'cancel' = 'release'
+    if (interactive) {
+      const {select} = await import('@inquirer/prompts')
+      const count = session.locks.size + session.holds.size
+      choice = await select(
+        {
+          message: `This session holds ${count} lock(s). On exit:`,
+          choices: [
+            {name: 'release them all', value: 'release' as const},
+            {name: 'keep them until their leases end (background holds stop renewing)', value: 'keep' as const},
+            {name: 'cancel: stay in the REPL', value: 'cancel' as const},
+          ],
+        },
+        {output: options.output},
+      ).catch(() => 'cancel' as const)
+    }
+    if (choice === 'cancel') return false
+    await Promise.all([...session.holds.values()].map((hold) => hold.close({release: choice === 'release'})))
+    if (choice === 'release') {
+      for (const lock of session.locks.values()) {
+        await client.release(lock.key, lock.token).then(
+          () => options.output.write(`released ${lock.key}\n`),
+          (error: Error) => process.stderr.write(`lockctl: ${lock.key}: ${error.message}\n`),
+        )
+      }
+    }
+    return true
+  }
+
+  setActiveSession(session)
+  try {
+    if (!interactive) {
+      for await (const line of rl) {
+        if ((await runLine(line)) === 'exit') break
+      }
+      await leave()
+      return firstFailure ?? 0
+    }
+
+    options.output.write(`lockctl REPL on ${client.endpoint}: "help" for commands, Ctrl-D to leave\n`)
+    // One readline per round: Ctrl-D closes it, and "cancel" at the exit question starts another.
+    for (;;) {
+      if ((await interactiveRound()) === 'exit') return 0
+      rl = newInterface()
+    }
+  } finally {
+    setActiveSession(null)
+  }
+
+  function interactiveRound(): Promise<'exit' | 'again'> {
+    return new Promise((resolve) => {
+      let queue = Promise.resolve()
+      let leaving = false
+      let closed = false
+      const finish = async () => {
+        if (leaving) return
+        leaving = true
+        await queue
+        if (!closed) rl.pause()
+        const exit = await leave()
+        if (exit) {
+          if (!closed) rl.close()
+          resolve('exit')
+        } else if (closed) {
+          resolve('again')
+        } else {
+          leaving = false
+          rl.resume()
+          rl.prompt()
+        }
+      }
+      rl.on('line', (line) => {
+        queue = queue.then(async () => {
+          if ((await runLine(line)) === 'exit') await finish()
+          else if (!leaving) rl.prompt()
+        })
+      })
+      // Ctrl-C: cancel the command that is running (a wait leaves the queue); at an idle
+      // prompt, drop the line being typed, as shells do. Never leave the REPL.
+      rl.on('SIGINT', () => {
+        if (running) {
+          controller.abort()
+        } else {
+          options.output.write('^C\n')
+          rl.write(null, {ctrl: true, name: 'u'})
+          rl.prompt()
+        }
+      })
+      rl.on('close', () => {
+        closed = true
+        if (!leaving) void finish()
+      })
+      rl.prompt()
+    })
+  }
+}
+
+function describeLock(lock: SessionLock, now: number): string {
+  const left = lock.deadline - now
+  return `${lock.key}  fence ${lock.fence}, ${left > 0 ? `${formatMs(left)} left` : 'lease over'} (lock)`
+}
+
+function loadHistory(file: string): string[] {
+  try {
+    return readFileSync(file, 'utf8').split('\n').filter(Boolean).slice(-HISTORY_LINES).reverse()
+  } catch {
+    return []
+  }
+}
+
+function appendHistory(file: string, line: string): void {
+  try {
+    mkdirSync(dirname(file), {recursive: true, mode: 0o700})
+    appendFileSync(file, `${line.replaceAll('\n', ' ')}\n`, {mode: 0o600})
+  } catch {
+    // History is a convenience: never fail a command over it.
+  }
+}

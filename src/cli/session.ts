@@ -1,0 +1,58 @@
+import type {AutoRenewalLock} from '../client/auto-renewal-lock.js'
+import type {LockClient} from '../client/lock-client.js'
+import type {GrantInfo} from '../protocol/messages.js'
+
+/** A grant the REPL session took with `lock`, remembered so unlock/renew need no token. */
+export interface SessionLock {
+  key: string
+  token: string
+  fence: number
+  leaseMs: number
+  /** Local monotonic deadline, counted from when the request was sent (as the client counts). */
+  deadline: number
+}
+
+/**
+ * State shared by the commands of one REPL: one client, the locks taken, the background holds,
+ * and the signal that Ctrl-C aborts. Commands see it through `activeSession()`; outside the
+ * REPL there is none and they behave as one-shot CLI commands.
+ */
+export interface ReplSession {
+  readonly client: LockClient
+  readonly locks: Map<string, SessionLock>
+  readonly holds: Map<string, AutoRenewalLock>
+  /** Whether a person is at a terminal (prompts allowed). */
+  readonly interactive: boolean
+  /** Aborted by Ctrl-C while the current command runs. */
+  readonly signal: AbortSignal
+  /** Print a line without garbling what is being typed at the prompt. */
+  print(line: string): void
+  /** Put before error lines (the line number, when running a script). */
+  readonly errorPrefix: string
+}
+
+let current: ReplSession | null = null
+
+export function activeSession(): ReplSession | null {
+  return current
+}
+
+export function setActiveSession(session: ReplSession | null): void {
+  current = session
+}
+
+export function rememberGrant(session: ReplSession, grant: GrantInfo, sentAt: number): void {
+  session.locks.set(grant.key, {key: grant.key, token: grant.token, fence: grant.fence, leaseMs: grant.leaseMs, deadline: sentAt + grant.leaseMs})
+}
+
+/**
+ * Without a KEY in the REPL: on a terminal, let the user pick one of the session's locks; in a
+ * script (or with nothing to pick) answer undefined so the usual "missing KEY" error follows.
+ */
+export async function pickSessionKey(session: ReplSession, message: string, options: {locksOnly?: boolean} = {}): Promise<string | undefined> {
+  const keys = [...session.locks.keys(), ...(options.locksOnly ? [] : [...session.holds.keys()])]
+  if (!session.interactive || keys.length === 0) return undefined
+  if (keys.length === 1) return keys[0]
+  const {select} = await import('@inquirer/prompts')
+  return select({message, choices: keys.map((key) => ({name: key, value: key}))}, {output: process.stderr, signal: session.signal})
+}

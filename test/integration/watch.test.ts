@@ -1,0 +1,108 @@
+import {afterEach, describe, expect, it} from 'vitest'
+import {connect, type LockClient, type WatchUpdate} from '../../src/client/index.js'
+import {eventually, startLockd, tempDir} from '../helpers/processes.js'
+
+const clients: LockClient[] = []
+async function client(endpoint: string, owner: string): Promise<LockClient> {
+  const c = await connect({endpoints: endpoint, owner})
+  clients.push(c)
+  return c
+}
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => c.close()))
+})
+
+/** Collect what a watch yields, in the background. */
+function collect(stream: AsyncIterable<WatchUpdate>): {updates: WatchUpdate[]; done: Promise<void>} {
+  const updates: WatchUpdate[] = []
+  const done = (async () => {
+    for await (const update of stream) updates.push(update)
+  })()
+  return {updates, done}
+}
+
+const brief = (u: WatchUpdate) =>
+  u.type === 'event' ? `${u.event.type} ${u.event.key}${u.event.owner ? ` ${u.event.owner}` : ''} w=${u.event.waiters}` : u.type === 'snapshot' ? `snapshot(${u.locks.map((l) => l.key).join(',')})${u.resync ? ' resync' : ''}` : u.type
+
+describe('watching locks on lockd', () => {
+  it('yields the current state, then events in order for a scripted sequence', async () => {
+    const lockd = await startLockd()
+    const a = await client(lockd.endpoint, 'A')
+    const b = await client(lockd.endpoint, 'B')
+    const watcher = await client(lockd.endpoint, 'W')
+    await a.createLock('w').acquire()
+    const controller = new AbortController()
+    const {updates, done} = collect(watcher.watch({key: 'w'}, {signal: controller.signal}))
+    await eventually(() => updates.length === 1)
+    const waiting = b.createLock('w').acquire({waitMs: 5000})
+    await eventually(async () => (await a.inspect('w'))?.waiters === 1)
+    await a.release('w', undefined, {force: true})
+    const grant = await waiting
+    await b.release('w', grant.token)
+    const short = b.createLock('w')
+    await short.acquire({leaseMs: 1000})
+    const timedOut = a.createLock('w').acquire({waitMs: 200}).catch(() => null)
+    await timedOut
+    await eventually(() => updates.some((u) => u.type === 'event' && u.event.type === 'expired'), 5000)
+    controller.abort()
+    await done
+    expect(updates.map(brief)).toEqual([
+      'snapshot(w)',
+      'queued w w=1',
+      'released w A w=0',
+      'acquired w B w=0',
+      'released w B w=0',
+      'acquired w B w=0',
+      'queued w w=1',
+      'dequeued w w=0',
+      'expired w B w=0',
+    ])
+    const forced = updates.find((u) => u.type === 'event' && u.event.type === 'released')
+    expect(forced).toMatchObject({event: {force: true}})
+    await lockd.stop()
+  })
+
+  it('a prefix watch sees only keys under the prefix', async () => {
+    const lockd = await startLockd()
+    const a = await client(lockd.endpoint, 'A')
+    const watcher = await client(lockd.endpoint, 'W')
+    await a.createLock('jobs/old').acquire()
+    const controller = new AbortController()
+    const {updates, done} = collect(watcher.watch({prefix: 'jobs/'}, {signal: controller.signal}))
+    await eventually(() => updates.length === 1)
+    for (const key of ['jobs/1', 'other/1', 'jobsx', 'jobs/2']) await a.createLock(key).acquire()
+    await eventually(() => updates.length === 3)
+    controller.abort()
+    await done
+    expect(updates.map(brief)).toEqual(['snapshot(jobs/old)', 'acquired jobs/1 A w=0', 'acquired jobs/2 A w=0'])
+    await lockd.stop()
+  })
+
+  it('after a lockd restart: says it was disconnected, then a fresh snapshot marked resync', async () => {
+    const dataDir = tempDir()
+    let lockd = await startLockd({dataDir})
+    const a = await client(lockd.endpoint, 'A')
+    const watcher = await client(lockd.endpoint, 'W')
+    await a.createLock('r/1').acquire({leaseMs: 60_000})
+    const controller = new AbortController()
+    const {updates, done} = collect(watcher.watch({prefix: 'r/'}, {signal: controller.signal}))
+    await eventually(() => updates.length === 1)
+    lockd.child.kill('SIGKILL')
+    await lockd.exited
+    await eventually(() => updates.some((u) => u.type === 'disconnected'))
+    lockd = await startLockd({dataDir, port: lockd.port})
+    await eventually(() => updates.some((u) => u.type === 'snapshot' && u.resync), 15_000)
+    await a.createLock('r/2').acquire()
+    await eventually(() => updates.some((u) => u.type === 'event' && u.event.key === 'r/2'))
+    controller.abort()
+    await done
+    expect(updates.map(brief)).toEqual(['snapshot(r/1)', 'disconnected', 'snapshot(r/1) resync', 'acquired r/2 A w=0'])
+    await lockd.stop()
+  })
+
+  it('an unreachable service at the start is an error', async () => {
+    const c = await client('lockd://127.0.0.1:1', 'W')
+    const iterator = c.watch({key: 'k'})[Symbol.asyncIterator]()
+    await expect(iterator.next()).rejects.toMatchObject({code: 'UNREACHABLE'})
+  })
+})
