@@ -208,10 +208,11 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
       let queue = Promise.resolve()
       let leaving = false
       let closed = false
-      const finish = async () => {
+      // From the line queue (exit) the queue is this very call; from Ctrl-D, let running lines end.
+      const finish = async (fromQueue: boolean) => {
         if (leaving) return
         leaving = true
-        await queue
+        if (!fromQueue) await queue
         if (!closed) rl.pause()
         const exit = await leave()
         if (exit) {
@@ -227,7 +228,7 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
       }
       rl.on('line', (line) => {
         queue = queue.then(async () => {
-          if ((await runLine(line)) === 'exit') await finish()
+          if ((await runLine(line)) === 'exit') await finish(true)
           else if (!leaving) rl.prompt()
         })
       })
@@ -244,7 +245,7 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
       })
       rl.on('close', () => {
         closed = true
-        if (!leaving) void finish()
+        if (!leaving) void finish(false)
       })
       rl.prompt()
     })

@@ -1,0 +1,162 @@
+import {spawnSync} from 'node:child_process'
+import {existsSync, readFileSync} from 'node:fs'
+import {join} from 'node:path'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {BIN, eventually, runCli, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
+
+let lockd: LockdProcess
+let env: NodeJS.ProcessEnv
+beforeAll(async () => {
+  lockd = await startLockd({dataDir: tempDir()})
+  env = {LOCKCTL_ENDPOINTS: lockd.endpoint}
+})
+afterAll(async () => {
+  await lockd.stop()
+})
+
+/** Run the REPL with a script on stdin. */
+function replScript(script: string, environment: NodeJS.ProcessEnv = env): {code: number; stdout: string; stderr: string} {
+  const result = spawnSync(process.execPath, [BIN, 'repl', '--owner', 'repl-user'], {
+    input: script,
+    env: {...process.env, ...environment},
+    encoding: 'utf8',
+    timeout: 30_000,
+  })
+  return {code: result.status ?? -1, stdout: result.stdout, stderr: result.stderr}
+}
+
+describe('lockctl watch as a process', () => {
+  it('prints the exact event lines as JSON while other processes lock and unlock', async () => {
+    const watch = runCli(['watch', 'watched', '--json'], {env})
+    let out = ''
+    watch.child.stdout!.on('data', (c: Buffer) => (out += c.toString()))
+    await eventually(() => out.includes('"event":"state"'))
+    const first = await runCli(['lock', 'watched', '--owner', 'first'], {env})
+    const waiting = runCli(['lock', 'watched', '--owner', 'second', '--wait', '10s'], {env})
+    await eventually(() => out.includes('"event":"queued"'))
+    await runCli(['unlock', 'watched', '--token', first.stdout.trim()], {env})
+    expect((await waiting).code).toBe(0)
+    await runCli(['unlock', 'watched', '--force'], {env})
+    await eventually(() => (out.match(/"event":"released"/g) ?? []).length === 2)
+    watch.child.kill('SIGINT')
+    expect((await watch).code).toBe(0)
+    const lines = out.trim().split('\n').map((l) => JSON.parse(l))
+    for (const line of lines) expect(line.time).toMatch(/^\d{4}-\d\d-\d\dT/)
+    const fence = (await runCli(['status', 'watched', '--json'], {env})).stdout // free now
+    expect(JSON.parse(fence).holder).toBeNull()
+    expect(lines.map(({time: _t, ...rest}) => rest)).toEqual([
+      {event: 'state', key: 'watched', holder: null, fence: null, waiters: 0},
+      {event: 'acquired', key: 'watched', holder: 'first', fence: lines[1].fence, waiters: 0},
+      {event: 'queued', key: 'watched', waiters: 1},
+      {event: 'released', key: 'watched', holder: 'first', fence: lines[1].fence, waiters: 0},
+      {event: 'acquired', key: 'watched', holder: 'second', fence: lines[4].fence, waiters: 0},
+      {event: 'released', key: 'watched', holder: 'second', fence: lines[4].fence, waiters: 0, reason: 'forced'},
+    ])
+    expect(lines[4].fence).toBeGreaterThan(lines[1].fence)
+  })
+
+  it('exits 4 when the lock service is unreachable at the start', async () => {
+    const result = await runCli(['watch', 'k'], {env: {LOCKCTL_ENDPOINTS: 'lockd://127.0.0.1:1'}})
+    expect(result.code).toBe(4)
+  })
+})
+
+describe('the REPL with piped input (a script)', () => {
+  it('runs a whole session: tokens remembered, quotes work, errors with line numbers, exit code of the first failure', () => {
+    const result = replScript(
+      [
+        'lock "repl key" --lease 30s',
+        'renew "repl key" --lease 1m',
+        'status "repl key" --json',
+        'lock other --wait 0',
+        "unlock 'repl key'",
+        'lock nope --lease abc',
+        'unlock "repl key"',
+        'bogus-command',
+        '# a comment',
+        '',
+      ].join('\n'),
+    )
+    expect(result.code).toBe(2) // line 6: bad duration
+    const out = result.stdout.trim().split('\n')
+    expect(out[0]).toMatch(/^[A-Za-z0-9_-]{16,}$/) // the token
+    expect(out[1]).toMatch(/^renewed repl key: 1m left \(fence \d+\)$/)
+    expect(JSON.parse(out[2])).toMatchObject({key: 'repl key', holder: {owner: 'repl-user'}})
+    expect(out[3]).toMatch(/^[A-Za-z0-9_-]{16,}$/)
+    expect(out[4]).toMatch(/^released repl key \(fence \d+, held by repl-user\)$/)
+    expect(out.at(-1)).toBe('released other') // leaving releases what the session holds
+    expect(result.stderr.trim().split('\n')).toEqual([
+      'line 6: lockctl: --lease: "abc" is not a duration; use a number with a unit, e.g. 500ms, 30s, 1m30s, 2h',
+      'line 7: lockctl: missing --token (or $LOCKCTL_TOKEN); use --force to release a lock you do not hold',
+      'line 8: lockctl: unknown command "bogus-command" (try help)',
+    ])
+  })
+
+  it('exit code 0 when every line succeeds, and the locks are released at the end', async () => {
+    const result = replScript('lock s1\nlock s2\nhold s3 --lease 2s\nlocks\n')
+    expect(result.code).toBe(0)
+    expect(result.stdout).toMatch(/s1 {2}fence \d+, 1m left \(lock\)/)
+    for (const key of ['s1', 's2', 's3']) {
+      expect(JSON.parse((await runCli(['status', key, '--json'], {env})).stdout).holder).toBeNull()
+    }
+  })
+})
+
+const tmux = spawnSync('tmux', ['-V']).status === 0
+
+describe.skipIf(!tmux && !process.env.CI)('the REPL in a real terminal (tmux)', () => {
+  it('prompt, background hold events while typing, Ctrl-C during a waiting lock, the exit question', async () => {
+    if (!tmux) throw new Error('tmux is required in CI (apt-get install tmux)')
+    const dir = tempDir()
+    const socket = join(dir, 'tmux.sock')
+    const session = 'lockctl'
+    const t = (...args: string[]) => spawnSync('tmux', ['-S', socket, ...args], {encoding: 'utf8'})
+    const screen = () => t('capture-pane', '-p', '-t', session, '-S', '-100').stdout
+    /** Wait for the screen to show `pattern`; on failure the error shows the screen. */
+    const waitScreen = (pattern: RegExp, timeoutMs = 10_000) =>
+      eventually(() => pattern.test(screen()), timeoutMs).catch((error: Error) => {
+        throw new Error(`${error.message}: waiting for ${pattern} on the screen:\n${screen()}`)
+      })
+    const home = join(dir, 'home')
+    const command = `env HOME=${home} XDG_STATE_HOME=${home}/state LOCKCTL_ENDPOINTS=${lockd.endpoint} ${process.execPath} ${BIN} repl --owner tty-user; echo "exited $?"; sleep 30`
+    expect(t('new-session', '-d', '-s', session, '-x', '120', '-y', '40', command).status).toBe(0)
+    try {
+      await waitScreen(/lockctl>/, 15_000)
+
+      // A background hold whose events appear above the prompt while a line is being typed.
+      const blocker = await runCli(['lock', 'tty-held', '--owner', 'blocker'], {env})
+      t('send-keys', '-t', session, 'hold tty-held --lease 2s', 'Enter')
+      await waitScreen(/holding tty-held in the background/)
+      t('send-keys', '-t', session, 'status half-typed')
+      await runCli(['unlock', 'tty-held', '--token', blocker.stdout.trim()], {env})
+      await waitScreen(/acquired tty-held \(fence \d+, lease 2s\)/)
+      const lines = screen().split('\n').filter((l) => l.trim())
+      const acquiredAt = lines.findIndex((l) => l.includes('acquired tty-held'))
+      // The event is above the prompt, and the half-typed line is still there after it.
+      expect(lines.slice(acquiredAt + 1).join('\n')).toMatch(/lockctl> status half-typed/)
+      t('send-keys', '-t', session, 'C-u')
+
+      // Ctrl-C cancels a waiting lock, not the REPL.
+      const other = await runCli(['lock', 'tty-busy', '--owner', 'other'], {env})
+      t('send-keys', '-t', session, 'lock tty-busy --wait forever', 'Enter')
+      await eventually(async () => JSON.parse((await runCli(['status', 'tty-busy', '--json'], {env})).stdout).waiters === 1)
+      t('send-keys', '-t', session, 'C-c')
+      await waitScreen(/lockctl: stopped waiting for "tty-busy"/)
+      await eventually(async () => JSON.parse((await runCli(['status', 'tty-busy', '--json'], {env})).stdout).waiters === 0)
+      t('send-keys', '-t', session, 'locks', 'Enter')
+      await waitScreen(/tty-held {2}fence \d+, \d+s left, renewing \(hold\)/)
+
+      // Leaving asks what to do with the held lock; release all.
+      t('send-keys', '-t', session, 'exit', 'Enter')
+      await waitScreen(/This session holds 1 lock\(s\)\. On exit:/)
+      t('send-keys', '-t', session, 'Enter')
+      await waitScreen(/exited 0/)
+      expect(JSON.parse((await runCli(['status', 'tty-held', '--json'], {env})).stdout).holder).toBeNull()
+      await runCli(['unlock', 'tty-busy', '--token', other.stdout.trim()], {env})
+      const history = join(home, 'state', 'lockctl', 'repl_history')
+      expect(existsSync(history) && readFileSync(history, 'utf8')).toMatch(/hold tty-held --lease 2s/)
+    } finally {
+      t('kill-server')
+    }
+  })
+})
