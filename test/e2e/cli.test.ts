@@ -1,8 +1,8 @@
 import {execFileSync} from 'node:child_process'
 import {existsSync} from 'node:fs'
 import {join} from 'node:path'
-import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {BIN, eventually, runCli, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
+import {afterAll, describe, expect, it} from 'vitest'
+import {BIN, eventually, runCli, sharedLockd, tempDir} from '../helpers/processes.js'
 
 /** A throw-away user: its own HOME and XDG state dir, so the embedded lockd is its own. */
 function freshUser(): NodeJS.ProcessEnv {
@@ -84,15 +84,7 @@ describe('the embedded default (no endpoint configured)', () => {
 })
 
 describe('the CLI against a lockd server', () => {
-  let lockd: LockdProcess
-  let env: NodeJS.ProcessEnv
-  beforeAll(async () => {
-    lockd = await startLockd({dataDir: tempDir()})
-    env = {LOCKCTL_ENDPOINTS: lockd.endpoint}
-  })
-  afterAll(async () => {
-    await lockd.stop()
-  })
+  const {env} = sharedLockd()
 
   it('two processes contending: --wait 0 exits 1, --wait 2s succeeds after the other unlocks', async () => {
     const first = await runCli(['lock', 'contended', '--owner', 'first'], {env})

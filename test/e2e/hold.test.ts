@@ -1,17 +1,10 @@
 import {existsSync, readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
-import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {eventually, runCli, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
+import {describe, expect, it} from 'vitest'
+import {eventually, runCli, sharedLockd, startLockd, tempDir} from '../helpers/processes.js'
 
-let lockd: LockdProcess
-let env: NodeJS.ProcessEnv
-beforeAll(async () => {
-  lockd = await startLockd({dataDir: tempDir()})
-  env = {LOCKCTL_ENDPOINTS: lockd.endpoint}
-})
-afterAll(async () => {
-  await lockd.stop()
-})
+const shared = sharedLockd()
+const {env} = shared
 
 async function holderOf(key: string, environment = env): Promise<string | null> {
   const status = await runCli(['status', key, '--json'], {env: environment})

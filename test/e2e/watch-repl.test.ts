@@ -1,18 +1,11 @@
 import {spawnSync} from 'node:child_process'
 import {existsSync, readFileSync} from 'node:fs'
 import {join} from 'node:path'
-import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {BIN, eventually, runCli, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
+import {describe, expect, it} from 'vitest'
+import {BIN, eventually, runCli, sharedLockd, tempDir} from '../helpers/processes.js'
 
-let lockd: LockdProcess
-let env: NodeJS.ProcessEnv
-beforeAll(async () => {
-  lockd = await startLockd({dataDir: tempDir()})
-  env = {LOCKCTL_ENDPOINTS: lockd.endpoint}
-})
-afterAll(async () => {
-  await lockd.stop()
-})
+const shared = sharedLockd()
+const {env} = shared
 
 /** Run the REPL with a script on stdin. */
 function replScript(script: string, environment: NodeJS.ProcessEnv = env): {code: number; stdout: string; stderr: string} {
@@ -118,7 +111,7 @@ describe.skipIf(!tmux && !process.env.CI)('the REPL in a real terminal (tmux)', 
         throw new Error(`${error.message}: waiting for ${pattern} on the screen:\n${screen()}`)
       })
     const home = join(dir, 'home')
-    const command = `env HOME=${home} XDG_STATE_HOME=${home}/state LOCKCTL_ENDPOINTS=${lockd.endpoint} ${process.execPath} ${BIN} repl --owner tty-user; echo "exited $?"; sleep 30`
+    const command = `env HOME=${home} XDG_STATE_HOME=${home}/state LOCKCTL_ENDPOINTS=${shared.lockd.endpoint} ${process.execPath} ${BIN} repl --owner tty-user; echo "exited $?"; sleep 30`
     expect(t('new-session', '-d', '-s', session, '-x', '120', '-y', '40', command).status).toBe(0)
     try {
       await waitScreen(/lockctl>/, 15_000)

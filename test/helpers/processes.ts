@@ -3,7 +3,7 @@ import {mkdtempSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
-import {afterAll} from 'vitest'
+import {afterAll, beforeAll} from 'vitest'
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 export const BIN = join(ROOT, 'bin', 'run.js')
@@ -114,5 +114,29 @@ export async function eventually<T>(check: () => Promise<T> | T, timeoutMs = 10_
     }
     if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs}ms${lastError ? `: ${String(lastError)}` : ''}`)
     await new Promise((r) => setTimeout(r, 25))
+  }
+}
+
+/**
+ * A durable lockd for the enclosing describe (or file): started before its tests, stopped after.
+ * `env` is one object, filled in before the tests run (LOCKCTL_ENDPOINTS pointing at the lockd),
+ * so it can be destructured at once; `lockd` is there from the first test on.
+ */
+export function sharedLockd(): {readonly lockd: LockdProcess; readonly env: NodeJS.ProcessEnv} {
+  let lockd: LockdProcess | undefined
+  const env: NodeJS.ProcessEnv = {}
+  beforeAll(async () => {
+    lockd = await startLockd({dataDir: tempDir()})
+    env.LOCKCTL_ENDPOINTS = lockd.endpoint
+  })
+  afterAll(async () => {
+    await lockd?.stop()
+  })
+  return {
+    env,
+    get lockd() {
+      if (!lockd) throw new Error('sharedLockd: used before its beforeAll ran')
+      return lockd
+    },
   }
 }

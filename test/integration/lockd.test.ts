@@ -1,21 +1,14 @@
 import {appendFileSync, readdirSync, readFileSync, writeFileSync} from 'node:fs'
 import {connect as netConnect, type Socket} from 'node:net'
 import {join} from 'node:path'
-import {afterEach, describe, expect, it} from 'vitest'
-import {connect, type LockClient} from '../../src/client/index.js'
+import {describe, expect, it} from 'vitest'
+import {connect} from '../../src/client/index.js'
 import {createCodec, encodeFrame, FrameDecoder} from '../../src/protocol/framing.js'
 import {LockServer} from '../../src/server/lockd.js'
+import {clientFactory} from '../helpers/clients.js'
 import {eventually, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
 
-const clients: LockClient[] = []
-async function client(endpoint: string, owner: string): Promise<LockClient> {
-  const c = await connect({endpoints: endpoint, owner, requestTimeoutMs: 3000})
-  clients.push(c)
-  return c
-}
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close()))
-})
+const client = clientFactory()
 
 describe('lockd over TCP, between connections', () => {
   it('contention: a second owner is refused, then waits and gets the lock with a higher fence', async () => {

@@ -1,16 +1,9 @@
-import {afterEach, describe, expect, it} from 'vitest'
-import {connect, type LockClient, type WatchUpdate} from '../../src/client/index.js'
+import {describe, expect, it} from 'vitest'
+import {type WatchUpdate} from '../../src/client/index.js'
+import {clientFactory} from '../helpers/clients.js'
 import {eventually, startLockd, tempDir} from '../helpers/processes.js'
 
-const clients: LockClient[] = []
-async function client(endpoint: string, owner: string): Promise<LockClient> {
-  const c = await connect({endpoints: endpoint, owner})
-  clients.push(c)
-  return c
-}
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close()))
-})
+const client = clientFactory()
 
 /** Collect what a watch yields, in the background. */
 function collect(stream: AsyncIterable<WatchUpdate>): {updates: WatchUpdate[]; done: Promise<void>} {

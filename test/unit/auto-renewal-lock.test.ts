@@ -46,6 +46,10 @@ class FakeBackend implements LockBackend {
   async info() {
     return {}
   }
+  // eslint-disable-next-line require-yield
+  async *watch(): AsyncGenerator<never> {
+    throw new Error('unused')
+  }
   onStateChange(_listener: (state: ConnectionState) => void) {
     return () => {}
   }
