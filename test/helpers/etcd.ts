@@ -49,8 +49,16 @@ afterAll(async () => {
 // Distinct loopback ports per test worker and cluster, away from Debian's system etcd (2379/2380).
 let nextPort = 21000 + (Number(process.env.VITEST_POOL_ID ?? process.pid % 50) % 50) * 100 + Math.floor(Math.random() * 20) * 4
 
+export interface EtcdStartOptions {
+  /** Serve clients over TLS with this certificate and key (PEM files); `ca` verifies it. */
+  tls?: {cert: string; key: string; ca: string}
+}
+
 /** Start an n-member etcd cluster on loopback ports and wait until it answers. */
-export async function startEtcd(size = 1): Promise<EtcdCluster> {
+export async function startEtcd(size = 1, options: EtcdStartOptions = {}): Promise<EtcdCluster> {
+  const scheme = options.tls ? 'https' : 'http'
+  const tlsArgs = options.tls ? ['--cert-file', options.tls.cert, '--key-file', options.tls.key] : []
+  const etcdctlTls = options.tls ? ['--cacert', options.tls.ca] : []
   const base = tempDir('lockctl-etcd-')
   const members: EtcdMember[] = Array.from({length: size}, (_, i) => {
     const clientPort = nextPort++
@@ -64,8 +72,9 @@ export async function startEtcd(size = 1): Promise<EtcdCluster> {
       [
         '--name', m.name,
         '--data-dir', m.dataDir,
-        '--listen-client-urls', `http://127.0.0.1:${m.clientPort}`,
-        '--advertise-client-urls', `http://127.0.0.1:${m.clientPort}`,
+        '--listen-client-urls', `${scheme}://127.0.0.1:${m.clientPort}`,
+        '--advertise-client-urls', `${scheme}://127.0.0.1:${m.clientPort}`,
+        ...tlsArgs,
         '--listen-peer-urls', `http://127.0.0.1:${m.peerPort}`,
         '--initial-advertise-peer-urls', `http://127.0.0.1:${m.peerPort}`,
         '--initial-cluster', initialCluster,
@@ -93,7 +102,7 @@ export async function startEtcd(size = 1): Promise<EtcdCluster> {
       return eventually(() => {
         for (const m of members) {
           if (!m.child) continue
-          const out = spawnSync('etcdctl', ['--endpoints', `127.0.0.1:${m.clientPort}`, 'endpoint', 'status', '-w', 'json'], {encoding: 'utf8', timeout: 3000})
+          const out = spawnSync('etcdctl', [...etcdctlTls, '--endpoints', `${scheme}://127.0.0.1:${m.clientPort}`, 'endpoint', 'status', '-w', 'json'], {encoding: 'utf8', timeout: 3000})
           if (out.status !== 0) continue
           const [status] = JSON.parse(out.stdout)
           if (status.Status.leader === status.Status.header.member_id) return m
@@ -107,7 +116,7 @@ export async function startEtcd(size = 1): Promise<EtcdCluster> {
   }
   clusters.push(cluster)
   await eventually(() => {
-    const out = spawnSync('etcdctl', ['--endpoints', members.map((m) => `127.0.0.1:${m.clientPort}`).join(','), 'endpoint', 'health'], {encoding: 'utf8', timeout: 5000})
+    const out = spawnSync('etcdctl', [...etcdctlTls, '--endpoints', members.map((m) => `${scheme}://127.0.0.1:${m.clientPort}`).join(','), 'endpoint', 'health'], {encoding: 'utf8', timeout: 5000})
     return out.status === 0
   }, 20_000)
   return cluster

@@ -179,7 +179,8 @@ export class EtcdBackend implements LockBackend {
   private mapError(what: string, error: Error): LockError {
     if (error instanceof LockError) return error
     const name = error.constructor?.name ?? error.name
-    const detail = error.message.split('\n')[0]
+    // gRPC messages carry a status prefix and resolver notes nobody needs to read.
+    const detail = error.message.split('\n')[0].replace(/^\d+ [A-Z_]+: /, '').replace(/\.? ?Resolution note:.*$/, '')
     if (/Unavailable|DeadlineExceeded|ConnectFailed|Cancelled|BrokenCircuit|ClientClosed/.test(name) || /ECONNREFUSED|UNAVAILABLE|No connection established/i.test(detail)) {
       return new UnreachableError(`${this.label}: ${what}: no etcd member answered (${detail})`, {cause: error})
     }

@@ -1,0 +1,69 @@
+import {execFileSync, spawnSync} from 'node:child_process'
+import {writeFileSync} from 'node:fs'
+import {join} from 'node:path'
+import {beforeAll, expect, it} from 'vitest'
+import {describeEtcd, startEtcd, type EtcdCluster} from '../helpers/etcd.js'
+import {runCli, tempDir} from '../helpers/processes.js'
+
+/** A CA and a server certificate for 127.0.0.1, made with openssl for this test only. */
+function makeCertificates(dir: string): {ca: string; cert: string; key: string} {
+  const file = (name: string) => join(dir, name)
+  const openssl = (...args: string[]) => execFileSync('openssl', args, {stdio: 'pipe'})
+  openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=lockctl test CA', '-keyout', file('ca-key.pem'), '-out', file('ca.pem'))
+  openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', file('server-key.pem'), '-out', file('server.csr'))
+  writeFileSync(file('san.cnf'), 'subjectAltName=IP:127.0.0.1\n')
+  openssl('x509', '-req', '-in', file('server.csr'), '-CA', file('ca.pem'), '-CAkey', file('ca-key.pem'), '-CAcreateserial', '-days', '1', '-extfile', file('san.cnf'), '-out', file('server.pem'))
+  return {ca: file('ca.pem'), cert: file('server.pem'), key: file('server-key.pem')}
+}
+
+describeEtcd('etcd over TLS with authentication', () => {
+  let etcd: EtcdCluster
+  let certs: {ca: string; cert: string; key: string}
+  let endpoint: string
+  beforeAll(async () => {
+    certs = makeCertificates(tempDir())
+    etcd = await startEtcd(1, {tls: certs})
+    const url = `https://127.0.0.1:${etcd.members[0].clientPort}`
+    const etcdctl = (...args: string[]) => {
+      const result = spawnSync('etcdctl', ['--cacert', certs.ca, '--endpoints', url, ...args], {encoding: 'utf8', input: ''})
+      if (result.status !== 0) throw new Error(`etcdctl ${args.join(' ')}: ${result.stderr}`)
+    }
+    etcdctl('user', 'add', 'root:root-secret')
+    etcdctl('user', 'add', 'locker:locker-secret')
+    etcdctl('role', 'add', 'locks')
+    etcdctl('role', 'grant-permission', 'locks', '--prefix=true', 'readwrite', 'tls/')
+    etcdctl('user', 'grant-role', 'locker', 'locks')
+    etcdctl('auth', 'enable')
+    endpoint = `etcd://127.0.0.1:${etcd.members[0].clientPort}`
+  })
+
+  it('locks with --cacert and --user (password from LOCKCTL_ETCD_PASSWORD)', async () => {
+    const env = {LOCKCTL_ENDPOINTS: endpoint, LOCKCTL_ETCD_PASSWORD: 'locker-secret'}
+    const lock = await runCli(['lock', 'tls/k', '--cacert', certs.ca, '--user', 'locker', '--json'], {env})
+    expect(lock.code).toBe(0)
+    const {token, fence} = JSON.parse(lock.stdout)
+    expect(fence).toBeGreaterThan(0)
+    // The same through environment variables.
+    const viaEnv = {...env, LOCKCTL_ETCD_CACERT: certs.ca, LOCKCTL_ETCD_USER: 'locker'}
+    expect((await runCli(['lock', 'tls/k', '--wait', '0'], {env: viaEnv})).code).toBe(1)
+    expect((await runCli(['unlock', 'tls/k', '--token', token], {env: viaEnv})).code).toBe(0)
+  })
+
+  it('a wrong password is a usage error (exit 2), not an outage', async () => {
+    const result = await runCli(['lock', 'tls/k', '--cacert', certs.ca, '--user', 'locker'], {env: {LOCKCTL_ENDPOINTS: endpoint, LOCKCTL_ETCD_PASSWORD: 'wrong'}})
+    expect(result.code).toBe(2)
+    expect(result.stderr).toMatch(/etcd refused the credentials/)
+  })
+
+  it('--user without a password and no terminal: a clear usage error', async () => {
+    const result = await runCli(['lock', 'tls/k', '--cacert', certs.ca, '--user', 'locker'], {env: {LOCKCTL_ENDPOINTS: endpoint}})
+    expect(result.code).toBe(2)
+    expect(result.stderr).toMatch(/--user needs a password \(LOCKCTL_ETCD_PASSWORD\)/)
+  })
+
+  it('a CA file that cannot be read is named in the error', async () => {
+    const result = await runCli(['lock', 'tls/k', '--cacert', '/nonexistent/ca.pem'], {env: {LOCKCTL_ENDPOINTS: endpoint}})
+    expect(result.code).toBe(2)
+    expect(result.stderr).toMatch(/--cacert: cannot read \/nonexistent\/ca\.pem: ENOENT/)
+  })
+})
