@@ -11,6 +11,7 @@ export type CommandArgs<T extends typeof Command> = Interfaces.InferredArgs<T['a
 /** The global flags every command gets (see BaseCommand.baseFlags). */
 export interface GlobalFlags {
   endpoints?: string
+  profile?: string
   timeout: number
   cacert?: string
   cert?: string
@@ -31,6 +32,12 @@ export abstract class BaseCommand extends Command {
       env: 'LOCKCTL_ENDPOINTS',
       helpGroup: 'GLOBAL',
       helpValue: 'URL',
+    }),
+    profile: Flags.string({
+      description: 'named profile from $XDG_CONFIG_HOME/lockctl/config.json (endpoints, TLS, user)',
+      env: 'LOCKCTL_PROFILE',
+      helpGroup: 'GLOBAL',
+      helpValue: 'NAME',
     }),
     cacert: Flags.string({description: 'etcd: CA certificate (PEM) to verify the servers', env: 'LOCKCTL_ETCD_CACERT', helpGroup: 'ETCD', helpValue: 'FILE'}),
     cert: Flags.string({description: 'etcd: client certificate (PEM)', env: 'LOCKCTL_ETCD_CERT', helpGroup: 'ETCD', helpValue: 'FILE'}),
@@ -55,16 +62,20 @@ export abstract class BaseCommand extends Command {
     const session = activeSession()
     if (session) return session.client
     this.clientPromise ??= (async () => {
-      const {connect} = await import('../client/lock-client.js')
+      const [{connect}, {loadProfile}] = await Promise.all([import('../client/lock-client.js'), import('./profiles.js')])
+      // Flags and environment variables win over the profile, field by field.
+      const profile = loadProfile(flags.profile) ?? {}
+      const endpoints = flags.endpoints || (flags.endpoints === undefined ? profile.endpoints : undefined)
+      const user = flags.user ?? profile.user
       let password = process.env.LOCKCTL_ETCD_PASSWORD
-      if (flags.user !== undefined && password === undefined && process.stdin.isTTY && process.stderr.isTTY) {
+      if (user !== undefined && password === undefined && process.stdin.isTTY && process.stderr.isTTY) {
         const {password: ask} = await import('@inquirer/prompts')
-        password = await ask({message: `etcd password for ${flags.user}:`, mask: true}, {output: process.stderr})
+        password = await ask({message: `etcd password for ${user}:`, mask: true}, {output: process.stderr})
       }
       return connect({
-        endpoints: flags.endpoints,
+        endpoints,
         requestTimeoutMs: flags.timeout,
-        etcd: {cacert: flags.cacert, cert: flags.cert, key: flags.key, user: flags.user, password},
+        etcd: {cacert: flags.cacert ?? profile.cacert, cert: flags.cert ?? profile.cert, key: flags.key ?? profile.key, user, password},
         ...options,
       })
     })()

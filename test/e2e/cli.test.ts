@@ -1,5 +1,5 @@
 import {execFileSync} from 'node:child_process'
-import {existsSync} from 'node:fs'
+import {existsSync, mkdirSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
 import {BIN, eventually, runCli, sharedLockd, tempDir} from '../helpers/processes.js'
@@ -167,6 +167,22 @@ describe('the CLI against a lockd server', () => {
     expect(refused.stderr).toMatch(/lockd:\/\/127\.0\.0\.1:1: connection refused/)
     const noSocket = await runCli(['status'], {env: {LOCKCTL_ENDPOINTS: `unix://${tempDir()}/none.sock`}})
     expect(noSocket.code).toBe(4)
+  })
+
+  it('named profiles from the config file choose the endpoint; flags and LOCKCTL_ENDPOINTS win', async () => {
+    const config = tempDir('lockctl-config-')
+    mkdirSync(join(config, 'lockctl'))
+    writeFileSync(join(config, 'lockctl', 'config.json'), JSON.stringify({profiles: {team: {endpoints: env.LOCKCTL_ENDPOINTS}, dead: {endpoints: 'lockd://127.0.0.1:1'}}, defaultProfile: 'team'}))
+    const base = {XDG_CONFIG_HOME: config}
+    expect((await runCli(['lock', 'profiled', '--profile', 'team', '--owner', 'via-profile'], {env: base})).code).toBe(0)
+    // The default profile, with no flag at all, reaches the same lockd.
+    const status = await runCli(['status', 'profiled', '--json'], {env: base})
+    expect(JSON.parse(status.stdout).holder.owner).toBe('via-profile')
+    expect((await runCli(['status', '--profile', 'dead'], {env: base})).code).toBe(4)
+    expect((await runCli(['status', '--json'], {env: {...base, LOCKCTL_PROFILE: 'dead', LOCKCTL_ENDPOINTS: env.LOCKCTL_ENDPOINTS}})).code).toBe(0)
+    const unknown = await runCli(['status', '--profile', 'nope'], {env: base})
+    expect(unknown.code).toBe(2)
+    expect(unknown.stderr).toMatch(/profile "nope" is not in .*config\.json \(known: team, dead\)/)
   })
 
   it('status lists locks by prefix as JSON', async () => {

@@ -81,7 +81,16 @@ export interface CliResult {
 /** Run the CLI as a process, the way a shell script does. */
 export function runCli(args: string[], options: {env?: NodeJS.ProcessEnv; timeoutMs?: number} = {}): Promise<CliResult> & {child: ChildProcess} {
   const child = spawn(process.execPath, [BIN, ...args], {
-    env: {...process.env, LOCKCTL_ENDPOINTS: undefined, LOCKCTL_TOKEN: undefined, LOCKCTL_KEY: undefined, ...options.env},
+    // A developer's own config file or environment must not leak into the tests.
+    env: {
+      ...process.env,
+      LOCKCTL_ENDPOINTS: undefined,
+      LOCKCTL_TOKEN: undefined,
+      LOCKCTL_KEY: undefined,
+      LOCKCTL_PROFILE: undefined,
+      XDG_CONFIG_HOME: join(tmpdir(), 'lockctl-tests-no-config'),
+      ...options.env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   children.add(child)

@@ -1,0 +1,63 @@
+import {readFileSync} from 'node:fs'
+import {homedir} from 'node:os'
+import {join} from 'node:path'
+import {UsageError} from './flags.js'
+
+/** What a profile may set: the endpoint and etcd's TLS/auth settings. */
+export interface Profile {
+  endpoints?: string
+  cacert?: string
+  cert?: string
+  key?: string
+  user?: string
+}
+
+/**
+ * $XDG_CONFIG_HOME/lockctl/config.json (else ~/.config/lockctl/config.json):
+ *   {"profiles": {"prod": {"endpoints": "etcd://10.0.0.1:2379", "cacert": "/etc/ssl/etcd-ca.pem"}},
+ *    "defaultProfile": "prod"}
+ */
+export function configFile(env: NodeJS.ProcessEnv = process.env): string {
+  const base = env.XDG_CONFIG_HOME?.startsWith('/') ? env.XDG_CONFIG_HOME : join(env.HOME || homedir(), '.config')
+  return join(base, 'lockctl', 'config.json')
+}
+
+const FIELDS = ['endpoints', 'cacert', 'cert', 'key', 'user'] as const
+
+/**
+ * The profile to use: `name` if given (an unknown one is an error), else the file's
+ * defaultProfile, else none. A missing file is no error unless a profile was asked for.
+ */
+export function loadProfile(name: string | undefined, file = configFile()): Profile | undefined {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+      if (name) throw new UsageError(`--profile ${name}: there is no config file (${file})`)
+      return undefined
+    }
+    throw new UsageError(`cannot read ${file}: ${(error as Error).message}`)
+  }
+  let config: {profiles?: Record<string, Record<string, unknown>>; defaultProfile?: string}
+  try {
+    config = JSON.parse(text)
+  } catch (error) {
+    throw new UsageError(`${file} is not valid JSON: ${(error as Error).message}`)
+  }
+  const chosen = name ?? config.defaultProfile
+  if (!chosen) return undefined
+  const profile = config.profiles?.[chosen]
+  if (!profile || typeof profile !== 'object') {
+    const known = Object.keys(config.profiles ?? {})
+    throw new UsageError(`profile ${JSON.stringify(chosen)} is not in ${file} (${known.length ? `known: ${known.join(', ')}` : 'it has no profiles'})`)
+  }
+  const result: Profile = {}
+  for (const [field, value] of Object.entries(profile)) {
+    if (!(FIELDS as readonly string[]).includes(field) || typeof value !== 'string') {
+      throw new UsageError(`profile ${JSON.stringify(chosen)} in ${file}: ${JSON.stringify(field)} must be one of ${FIELDS.join(', ')}, as a string`)
+    }
+    result[field as (typeof FIELDS)[number]] = value
+  }
+  return result
+}
