@@ -312,3 +312,22 @@ describe('lockd against a misbehaving peer', () => {
     await expect(c.createLock('k').acquire()).rejects.toMatchObject({code: 'UNREACHABLE'})
   })
 })
+
+describe('lockd: aborting a wait', () => {
+  it('an abort that lands while the acquire is in flight still leaves the queue', async () => {
+    const lockd = await startLockd()
+    const a = await client(lockd.endpoint, 'A')
+    const b = await client(lockd.endpoint, 'B')
+    await a.createLock('k').acquire()
+    for (let round = 0; round < 10; round++) {
+      const controller = new AbortController()
+      const waiting = b.createLock('k').acquire({waitMs: 60_000, signal: controller.signal})
+      // After the request is written (synchronously, a few microtasks in) and before lockd's
+      // QUEUED answer can have come back from the other process.
+      setImmediate(() => controller.abort())
+      await expect(waiting).rejects.toMatchObject({code: 'ABORTED'})
+    }
+    await eventually(async () => (await a.inspect('k'))?.waiters === 0)
+    await lockd.stop()
+  })
+})

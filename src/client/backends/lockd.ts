@@ -156,6 +156,8 @@ export class LockdBackend implements LockBackend {
       }
       if (request.signal) {
         const onAbort = () => resolve({giveUp: 'abort'})
+        // Aborted while the acquire was on its way: the event has fired already.
+        if (request.signal.aborted) onAbort()
         request.signal.addEventListener('abort', onAbort, {once: true})
         void outcome.finally(() => request.signal!.removeEventListener('abort', onAbort))
       }
