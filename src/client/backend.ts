@@ -15,7 +15,10 @@ export interface AcquireRequest {
   /** Token of the current grant, for a reentrant acquire. */
   token?: string
   signal?: AbortSignal
-  /** Called once if the request had to queue: our place (1 = next) and the current holder. */
+  /**
+   * Called when the request had to queue, and again whenever our place changes: our place
+   * (1 = next) and the current holder.
+   */
   onQueued?: (info: {position: number; holder: HolderInfo | null}) => void
 }
 

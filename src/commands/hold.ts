@@ -23,6 +23,7 @@ With a command (after --): start it once the lock is held, without a shell, with
   ]
 
   static strict = false
+  static usage = '<%= command.id %> KEY [FLAGS] [-- COMMAND [ARGS...]]'
 
   static args = {key: keyArg({required: true})}
 
@@ -60,6 +61,7 @@ With a command (after --): start it once the lock is held, without a shell, with
     let child: SupervisedChild | null = null
     let lostWhileRunning = false
     let suspended = false
+    let announcedWait = false
 
     let stopRequested!: (signal: NodeJS.Signals) => void
     const stop = new Promise<NodeJS.Signals>((resolve) => (stopRequested = resolve))
@@ -81,9 +83,12 @@ With a command (after --): start it once the lock is held, without a shell, with
       waitMs: flags.wait,
       onQueued: ({position, holder}) => {
         progress.show(`waiting for ${key}: held by ${describeHolder(holder)}; ${ordinal(position)} in the queue`)
-        events.print('waiting', key, {position, holder: holder?.owner ?? null})
+        // One line per wait; the spinner follows the place in the queue.
+        if (!announcedWait) events.print('waiting', key, {position, holder: holder?.owner ?? null})
+        announcedWait = true
       },
       onAcquired: (grant) => {
+        announcedWait = false
         progress.stop()
         events.print('acquired', key, {fence: grant.fence, leaseMs: grant.leaseMs, token: json ? grant.token : undefined})
       },
@@ -147,13 +152,20 @@ With a command (after --): start it once the lock is held, without a shell, with
   private holdInBackground(session: ReplSession, key: string, flags: BackgroundHoldFlags): void {
     if (session.holds.has(key)) throw new UsageError(`already holding ${key} in this session (unlock ${key} to stop)`)
     const events = new EventPrinter((line) => session.print(line.replace(/\n$/, '')), flags.quiet ? 'quiet' : flags.json ? 'json' : 'human')
+    let announcedWait = false
     const lock = session.client.createAutoRenewalLock(key, {
       leaseMs: flags.lease,
       retryMillis: flags.retryMillis,
       waitMs: flags.wait,
       owner: flags.owner,
-      onQueued: ({position, holder}) => events.print('waiting', key, {position, holder: holder?.owner ?? null}),
-      onAcquired: (grant) => events.print('acquired', key, {fence: grant.fence, leaseMs: grant.leaseMs}),
+      onQueued: ({position, holder}) => {
+        if (!announcedWait) events.print('waiting', key, {position, holder: holder?.owner ?? null})
+        announcedWait = true
+      },
+      onAcquired: (grant) => {
+        announcedWait = false
+        events.print('acquired', key, {fence: grant.fence, leaseMs: grant.leaseMs})
+      },
       onLost: (reason) => events.print('lost', key, {reason: reason.message}),
     })
     session.holds.set(key, lock)

@@ -64,6 +64,8 @@ export interface AcquireArgs {
   /** Token of the current grant: acquiring with it succeeds at once and renews (reentrancy). */
   token?: string
   owner: string
+  /** While queued, push our place in the queue whenever it changes (for a spinner). */
+  progress?: boolean
 }
 
 export type RequestBody =
@@ -122,6 +124,7 @@ export interface Response {
 export type Push =
   | {t: 'push'; ev: 'granted'; wid: number; grant: GrantInfo}
   | {t: 'push'; ev: 'wait_timeout'; wid: number; key: string}
+  | {t: 'push'; ev: 'position'; wid: number; key: string; position: number; holder: HolderInfo | null}
   | {t: 'push'; ev: 'lock'; sub: number; event: LockEvent}
 
 export type ServerMessage = HelloReply | Response | Push | {t: 'error'; code: ErrorCode; msg: string}

@@ -63,6 +63,8 @@ export class LockServer {
   /** Watchers of one key, and watchers of prefixes (few; scanned per event). */
   private readonly keyWatchers = new Map<string, Set<Subscription>>()
   private readonly prefixWatchers = new Set<Subscription>()
+  /** Queued acquires that asked for position updates, by key. */
+  private readonly progressWaiters = new Map<string, Map<string, {conn: Connection; wid: number; position: number}>>()
   private log: DurableLog | null = null
   private dirMutex: Server | null = null
   private timer: NodeJS.Timeout | null = null
@@ -279,6 +281,11 @@ export class LockServer {
         })
         if (result.kind === 'granted') return {code: 'OK', grant: result.grant}
         if (result.kind === 'held') return {code: ErrorCode.LOCK_HELD, msg: `held by ${result.holder.owner}`, holder: result.holder}
+        if (request.progress === true) {
+          let waiting = this.progressWaiters.get(request.key)
+          if (!waiting) this.progressWaiters.set(request.key, (waiting = new Map()))
+          waiting.set(`${conn.session}:${request.id}`, {conn, wid: request.id, position: result.position})
+        }
         return {code: 'QUEUED', position: result.position, holder: result.holder}
       }
       case 'cancel': {
@@ -456,8 +463,26 @@ export class LockServer {
     for (const subscription of targets) this.send(subscription.conn, {t: 'push', ev: 'lock', sub: subscription.sub, event: lockEvent})
   }
 
+  /** Tell waiters that asked for it their new place in the queue (and the holder). */
+  private updatePositions(key: string): void {
+    const waiting = this.progressWaiters.get(key)
+    if (!waiting) return
+    const holder = this.table.holderOf(key)
+    for (const [id, waiter] of waiting) {
+      const position = this.table.positionOf({session: waiter.conn.session, wid: waiter.wid}, key)
+      if (position === 0) {
+        waiting.delete(id) // granted, gone, or gave up
+      } else if (position !== waiter.position) {
+        waiter.position = position
+        this.send(waiter.conn, {t: 'push', ev: 'position', wid: waiter.wid, key, position, holder})
+      }
+    }
+    if (waiting.size === 0) this.progressWaiters.delete(key)
+  }
+
   private dispatchEvents(events: TableEvent[]): void {
     for (const event of events) {
+      if (event.type === 'dequeued') this.updatePositions(event.key)
       this.publish(event)
       let push: Push | undefined
       let session: string | undefined

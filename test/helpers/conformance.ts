@@ -45,6 +45,33 @@ export function conformanceSuite(endpoint: () => string, options: {shortLeaseMs:
     expect(order).toEqual(['B', 'C', 'D'])
   })
 
+  it('a waiter is told its place in the queue, and again as it moves up', async () => {
+    const k = key('position')
+    const a = await client('A')
+    const holder = a.createLock(k)
+    await holder.acquire({leaseMs: 30_000})
+    const locks = []
+    for (const name of ['B', 'C']) {
+      const lock = (await client(name)).createLock(k)
+      locks.push(lock)
+      // Each holds for a moment, so that the waiter behind has time to see its place change.
+      void lock
+        .acquire({leaseMs: 30_000, waitMs: 20_000})
+        .then(() => new Promise((resolve) => setTimeout(resolve, 150)))
+        .then(() => lock.unlock())
+      await eventually(async () => (await a.inspect(k))?.waiters === locks.length)
+    }
+    const positions: number[] = []
+    const last = (await client('D')).createLock(k)
+    const done = last.acquire({leaseMs: 30_000, waitMs: 20_000, onQueued: ({position}) => positions.push(position)})
+    await eventually(() => positions.length === 1)
+    await holder.unlock()
+    await done
+    // Starts third, only ever moves up, and is told each step.
+    expect(positions).toEqual([3, 2, 1])
+    await last.unlock()
+  })
+
   it('hands the lock to the next waiter when the lease expires', async () => {
     const k = key('expiry')
     const a = await client('A')

@@ -236,6 +236,14 @@ export class EtcdBackend implements LockBackend {
 
   /** Waiter keys of one lock, oldest (the holder) first. */
   private async waitersOf(key: string, options: {maxCreateRevision?: string; newestFirst?: boolean; limit?: number} = {}): Promise<IKeyValue[]> {
+    return (await this.readWaiters(key, options)).kvs
+  }
+
+  /** waitersOf, with the store revision the read saw (a watch that follows starts after it). */
+  private async readWaiters(
+    key: string,
+    options: {maxCreateRevision?: string; newestFirst?: boolean; limit?: number} = {},
+  ): Promise<{kvs: IKeyValue[]; revision: string}> {
     const prefix = `${key}/`
     const response = await this.call('range', () =>
       this.client.kv.range({
@@ -248,7 +256,7 @@ export class EtcdBackend implements LockBackend {
     )
     // Keys of locks whose names extend this one ("deploy/x/...") are not waiters of "deploy".
     const kvs = response.kvs.filter((kv) => lockNameOf(kv.key.toString('utf8')) === key)
-    return options.limit ? kvs.slice(0, options.limit) : kvs
+    return {kvs: options.limit ? kvs.slice(0, options.limit) : kvs, revision: response.header.revision}
   }
 
   async acquire(request: AcquireRequest): Promise<AcquireResult> {
@@ -296,7 +304,7 @@ export class EtcdBackend implements LockBackend {
         position: all.findIndex((kv) => kv.create_revision === revision),
         holder: all[0] ? await this.holderInfo(all[0]) : null,
       })
-      await this.waitForTurn(key, myKey, revision, lease, leaseMs, waitMs, startedAt, request.signal)
+      await this.waitForTurn(key, myKey, revision, lease, leaseMs, waitMs, startedAt, request.signal, request.onQueued)
       return {grant: {...grant, leaseLeftMs: leaseMs}, queued: true}
     } catch (error) {
       // Any failure after the lease exists: leave no key and no lease behind.
@@ -318,14 +326,18 @@ export class EtcdBackend implements LockBackend {
     waitMs: number,
     startedAt: number,
     signal?: AbortSignal,
+    onQueued?: AcquireRequest['onQueued'],
   ): Promise<void> {
+    let lastPosition = -1
     const deadline = waitMs === WAIT_FOREVER ? Number.POSITIVE_INFINITY : startedAt + waitMs
     const keepalive = setInterval(() => void this.keepaliveOnce(lease).catch(() => {}), Math.max(500, (Math.ceil(leaseMs / 1000) * 1000) / 3))
     try {
       for (;;) {
         let predecessor: IKeyValue | undefined
+        let readAt: string
         try {
-          const ahead = await this.waitersOf(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: 1})
+          const {kvs: ahead, revision: seen} = await this.readWaiters(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: 1})
+          readAt = seen
           if (ahead.length === 0) {
             // Nobody ahead: ours, but only if our key survived (an outage longer than the lease
             // would have expired it, and then "nobody ahead" means nothing).
@@ -336,6 +348,13 @@ export class EtcdBackend implements LockBackend {
             return
           }
           predecessor = ahead[0]
+          if (onQueued) {
+            // Tell the caller its place whenever it changed (acquire() told it the first one).
+            const all = await this.waitersOf(key)
+            const position = all.findIndex((kv) => kv.create_revision === revision)
+            if (lastPosition !== -1 && position !== lastPosition) onQueued({position, holder: all[0] ? await this.holderInfo(all[0]).catch(() => null) : null})
+            lastPosition = position
+          }
         } catch (error) {
           // A member going away mid-wait: keep our place and ask the others, until the wait's end.
           if ((error as LockError).code !== 'UNREACHABLE' || performance.now() >= deadline || signal?.aborted || /lost our place/.test((error as Error).message)) throw error
@@ -353,10 +372,12 @@ export class EtcdBackend implements LockBackend {
               signal.addEventListener('abort', onAbort, {once: true})
             }
             if (deadline !== Number.POSITIVE_INFINITY) timer = setTimeout(() => resolve('timeout'), Math.max(0, deadline - performance.now()))
-            this.client
-              .watch()
-              .key(predecessor.key)
-              .startRevision(predecessor.mod_revision)
+            // Normally only the key just ahead (no herd on release); a caller that follows its
+            // place in the queue (a spinner) watches every waiter of the lock instead.
+            const builder = this.client.watch()
+            // From just after the read above: nothing is missed and nothing seen is replayed.
+            ;(onQueued ? builder.prefix(`${key}/`) : builder.key(predecessor!.key))
+              .startRevision(String(BigInt(readAt) + 1n))
               .create()
               .then((w) => {
                 watcher = w

@@ -19,6 +19,7 @@ import type {LockEvent} from '../../protocol/messages.js'
 
 interface WaitSlot {
   key: string
+  onPosition?: (info: {position: number; holder: HolderInfo | null}) => void
   settle(outcome: {grant: GrantInfo} | {timeout: true} | {error: Error}): void
   /** Set once the caller gave up: a grant that still arrives is released at once. */
   abandoned: boolean
@@ -107,6 +108,8 @@ export class LockdBackend implements LockBackend {
       slot.settle({grant: push.grant})
     } else if (push.ev === 'wait_timeout') {
       slot?.settle({timeout: true})
+    } else if (push.ev === 'position' && slot && !slot.abandoned) {
+      slot.onPosition?.({position: push.position, holder: push.holder})
     }
   }
 
@@ -116,7 +119,7 @@ export class LockdBackend implements LockBackend {
     const wid = connection.peekNextId()
     let settle!: WaitSlot['settle']
     const outcome = new Promise<Parameters<WaitSlot['settle']>[0]>((resolve) => (settle = resolve))
-    const slot: WaitSlot = {key: request.key, settle, abandoned: false}
+    const slot: WaitSlot = {key: request.key, settle, abandoned: false, onPosition: request.onQueued}
     // Registered before sending: a grant push can never find no slot.
     this.slots.set(wid, slot)
     let response: Response
@@ -129,6 +132,7 @@ export class LockdBackend implements LockBackend {
           waitMs: request.waitMs,
           owner: request.owner,
           ...(request.token ? {token: request.token} : {}),
+          ...(request.onQueued ? {progress: true} : {}),
         },
         {signal: request.signal},
       )
