@@ -48,6 +48,19 @@ describe('lockctl watch as a process', () => {
     expect(lines[4].fence).toBeGreaterThan(lines[1].fence)
   })
 
+  it('status --watch redraws the table as locks change, until Ctrl-C', async () => {
+    const watch = runCli(['status', '--watch', '--prefix', 'sw/'], {env})
+    let out = ''
+    watch.child.stdout!.on('data', (c: Buffer) => (out += c.toString()))
+    await eventually(() => out.includes('no locks'))
+    const lock = await runCli(['lock', 'sw/a', '--owner', 'drawn'], {env})
+    await eventually(() => /│ sw\/a +│ drawn +│/.test(out))
+    await runCli(['unlock', 'sw/a', '--token', lock.stdout.trim()], {env})
+    await eventually(() => out.lastIndexOf('no locks') > out.lastIndexOf('drawn'))
+    watch.child.kill('SIGINT')
+    expect((await watch).code).toBe(0)
+  })
+
   it('exits 4 when the lock service is unreachable at the start', async () => {
     const result = await runCli(['watch', 'k'], {env: {LOCKCTL_ENDPOINTS: 'lockd://127.0.0.1:1'}})
     expect(result.code).toBe(4)
