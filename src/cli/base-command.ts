@@ -1,12 +1,9 @@
-import {Command, Flags, Interfaces} from '@oclif/core'
+import {Command, Flags} from '@oclif/core'
 import type {ConnectOptions, LockClient} from '../client/lock-client.js'
 import {ErrorCode} from '../protocol/errors.js'
 import {ExitCode, exitCodeFor} from './exit-codes.js'
 import {durationFlag} from './flags.js'
 import {activeSession} from './session.js'
-
-export type CommandFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
-export type CommandArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
 
 /** The global flags every command gets (see BaseCommand.baseFlags). */
 export interface GlobalFlags {

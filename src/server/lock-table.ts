@@ -257,10 +257,6 @@ export class LockTable {
     return changes
   }
 
-  get hasChanges(): boolean {
-    return this.dirtyKeys.size > 0
-  }
-
   snapshot(): TableSnapshot {
     const locks: TableSnapshot['locks'] = []
     for (const entry of this.entries.values()) if (entry.holder) locks.push({key: entry.key, holder: persisted(entry.holder)})

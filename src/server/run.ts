@@ -1,7 +1,6 @@
 import {AlreadyRunningError, LockServer, type LockServerOptions} from './lockd.js'
-import {LogCorruptError} from './durable-log.js'
 
-export {AlreadyRunningError, LogCorruptError}
+export {AlreadyRunningError}
 
 /**
  * Run lockd in the foreground until SIGTERM/SIGINT (or idle exit): the shared body of

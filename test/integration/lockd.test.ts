@@ -229,7 +229,7 @@ describe('lockd crash and recovery', () => {
 })
 
 describe('lockd against a misbehaving peer', () => {
-  async function raw(port: number): Promise<{socket: Socket; received: Promise<unknown[]>}> {
+  async function raw(port: number): Promise<{socket: Socket; messages: unknown[]; received: Promise<unknown[]>}> {
     const socket = netConnect({host: '127.0.0.1', port})
     await new Promise((r) => socket.once('connect', r))
     const decoder = new FrameDecoder(createCodec())
@@ -237,7 +237,7 @@ describe('lockd against a misbehaving peer', () => {
     socket.on('data', (chunk) => messages.push(...decoder.push(chunk)))
     const received = new Promise<unknown[]>((resolve) => socket.on('close', () => resolve(messages)))
     socket.on('error', () => {})
-    return {socket, received}
+    return {socket, messages, received}
   }
   const hello = () => encodeFrame(createCodec(), {t: 'hello', v: 1})
 
@@ -272,7 +272,7 @@ describe('lockd against a misbehaving peer', () => {
     const halfSent = await raw(lockd.port)
     const frame = encodeFrame(createCodec(), {t: 'req', id: 1, op: 'acquire', key: 'k2', leaseMs: 5000, waitMs: 0, owner: 'x'})
     halfSent.socket.write(Buffer.concat([hello(), frame.subarray(0, frame.length - 3)]))
-    await new Promise((r) => setTimeout(r, 50))
+    await eventually(() => halfSent.messages.length === 1) // the hello answer: lockd has read the bytes
     halfSent.socket.destroy()
 
     // Bad values inside a well-formed request are refused, not fatal to the connection.
@@ -287,8 +287,8 @@ describe('lockd against a misbehaving peer', () => {
         encodeFrame(codec, {t: 'req', id: 4, op: 'ping'}),
       ]),
     )
-    await eventually(() => badValues.socket.bytesRead > 0)
-    await new Promise((r) => setTimeout(r, 50))
+    // hello + four answers
+    await eventually(() => badValues.messages.length === 5)
     badValues.socket.end()
     const replies = (await badValues.received) as {id?: number; code?: string}[]
     expect(replies.filter((m) => m.id).map((m) => [m.id, m.code])).toEqual([
