@@ -3,6 +3,7 @@ import {leaseProblem, waitProblem} from '../protocol/validate.js'
 import type {ConnectionState, LockBackend} from './backend.js'
 import {DistributedLock} from './distributed-lock.js'
 import {BadInputError, ErrorCode, LeaseLostError, LockError} from './errors.js'
+import {sleep} from './watch.js'
 
 export const DEFAULT_RETRY_MILLIS = [1000, 10_000, 30_000, 60_000]
 
@@ -23,6 +24,8 @@ export interface AutoRenewalLockOptions {
   onLost?: (reason: LeaseLostError) => void
   /** Connection state as the backend reports it. */
   onStateChange?: (state: ConnectionState) => void
+  /** An acquisition failed for a reason other than the lock being held; it is retried after the backoff. */
+  onRetry?: (error: Error) => void
   /** Called while waiting in the queue: our place and the holder. */
   onQueued?: (info: {position: number; holder: HolderInfo | null}) => void
   /** Aborting it closes the lock (releasing it if held). */
@@ -161,7 +164,8 @@ export class AutoRenewalLock {
         }
         // Unreachable, protocol trouble, a server error: try again after the backoff.
         this.lastError = error as Error
-        await this.sleep(this.nextRetryDelay())
+        this.options.onRetry?.(error as Error)
+        await sleep(this.nextRetryDelay(), this.acquireAbort.signal)
       } finally {
         this.inFlight = null
       }
@@ -208,6 +212,7 @@ export class AutoRenewalLock {
         return
       }
       this.lastError = error as Error
+      this.options.onRetry?.(error as Error)
       const rest = lock.leaseRestMillis()
       // Retry before the lease is gone: a delay longer than what is left would waste the grant.
       const delay = Math.min(this.nextRetryDelay(), Math.max(rest / 2, 50))
@@ -235,20 +240,6 @@ export class AutoRenewalLock {
     if (this.watchdog) clearTimeout(this.watchdog)
     this.renewTimer = null
     this.watchdog = null
-  }
-
-  private sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(resolve, ms)
-      this.acquireAbort.signal.addEventListener(
-        'abort',
-        () => {
-          clearTimeout(timer)
-          resolve()
-        },
-        {once: true},
-      )
-    })
   }
 
   private closing: Promise<void> | null = null

@@ -38,9 +38,28 @@ export async function connectEmbedded(paths: EmbeddedPaths, options: ConnectionO
   } catch (error) {
     if (!(error instanceof UnreachableError)) throw error
   }
+  const deadline = performance.now() + START_TIMEOUT_MS
+  let exited: number | null = startDaemon(paths, (code) => (exited = code))
+  for (let delay = 10; ; delay = Math.min(delay * 2, 200)) {
+    await new Promise((resolve) => setTimeout(resolve, delay))
+    try {
+      return await LockdConnection.connect({path: paths.socket}, options)
+    } catch (error) {
+      if (!(error instanceof UnreachableError)) throw error
+      if ((exited !== null && exited !== 0) || performance.now() > deadline) {
+        throw new UnreachableError(`the local lockd did not start: ${lastLine(paths.logFile) ?? 'no reason given'} (log: ${paths.logFile})`)
+      }
+      // Exit code 0: our lockd lost the start race to another one. Usually that one is about
+      // to answer; if it was on its way out (its socket removed), start ours again.
+      if (exited === 0) exited = startDaemon(paths, (code) => (exited = code))
+    }
+  }
+}
+
+/** Start lockd in the background; `onExit` gets its exit code. Answers null (still running). */
+function startDaemon(paths: EmbeddedPaths, onExit: (code: number) => void): null {
   mkdirSync(paths.dir, {recursive: true, mode: 0o700})
   const log = openSync(paths.logFile, 'a', 0o600)
-  let exited: number | null = null
   try {
     const daemon = fileURLToPath(new URL('../server/daemon.js', import.meta.url))
     const child = spawn(
@@ -48,24 +67,12 @@ export async function connectEmbedded(paths: EmbeddedPaths, options: ConnectionO
       [daemon, '--socket', paths.socket, '--data-dir', paths.dataDir, '--idle-exit-ms', String(EMBEDDED_IDLE_EXIT_MS)],
       {detached: true, stdio: ['ignore', log, log], env: process.env},
     )
-    child.on('exit', (code) => (exited = code ?? 1))
+    child.on('exit', (code) => onExit(code ?? 1))
     child.unref()
   } finally {
     closeSync(log)
   }
-  const deadline = performance.now() + START_TIMEOUT_MS
-  for (let delay = 10; ; delay = Math.min(delay * 2, 200)) {
-    await new Promise((resolve) => setTimeout(resolve, delay))
-    try {
-      return await LockdConnection.connect({path: paths.socket}, options)
-    } catch (error) {
-      if (!(error instanceof UnreachableError)) throw error
-      // Exit code 0 is the loser of a start race: keep trying to reach the winner.
-      if ((exited !== null && exited !== 0) || performance.now() > deadline) {
-        throw new UnreachableError(`the local lockd did not start: ${lastLine(paths.logFile) ?? 'no reason given'} (log: ${paths.logFile})`)
-      }
-    }
-  }
+  return null
 }
 
 function lastLine(file: string): string | undefined {

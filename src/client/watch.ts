@@ -52,17 +52,16 @@ export function backoffDelay(attempt: number, baseMs = 100, maxMs = 5000): numbe
   return exp / 2 + Math.random() * (exp / 2)
 }
 
-/** Sleep that ends early when the signal aborts. */
+/** Sleep that ends early when the signal aborts; leaves no listener behind either way. */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms)
-    signal?.addEventListener(
-      'abort',
-      () => {
-        clearTimeout(timer)
-        resolve()
-      },
-      {once: true},
-    )
+    const done = () => {
+      clearTimeout(timer)
+      signal?.removeEventListener('abort', done)
+      resolve()
+    }
+    const timer = setTimeout(done, ms)
+    if (signal?.aborted) done()
+    else signal?.addEventListener('abort', done, {once: true})
   })
 }

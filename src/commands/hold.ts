@@ -90,6 +90,10 @@ With a command (after --): start it once the lock is held, without a shell, with
       onAcquired: (grant) => {
         announcedWait = false
         progress.stop()
+        if (suspended) {
+          suspended = false
+          events.print('connected', key, {endpoint: client.endpoint})
+        }
         events.print('acquired', key, {fence: grant.fence, leaseMs: grant.leaseMs, token: json ? grant.token : undefined})
       },
       onLost: (reason) => {
@@ -98,6 +102,12 @@ With a command (after --): start it once the lock is held, without a shell, with
           lostWhileRunning = true
           child.terminate(killSignal, flags.grace)
         }
+      },
+      onRetry: (error) => {
+        // Cannot reach the service (or it failed): say so once, instead of waiting in silence.
+        if (suspended) return
+        suspended = true
+        events.print('suspended', key, {endpoint: client.endpoint, reason: `${error.message}; retrying`})
       },
       onStateChange: (state) => {
         if (state === 'suspended' && !suspended) {

@@ -20,6 +20,7 @@ try {
     socket: values.socket,
     dataDir: values['data-dir'],
     idleExitMs: values['idle-exit-ms'] ? Number(values['idle-exit-ms']) : undefined,
+    exitWhenSocketRemoved: true,
   })
   process.exit(process.exitCode ?? 0)
 } catch (error) {

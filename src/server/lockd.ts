@@ -1,5 +1,5 @@
 import {randomBytes, createHash} from 'node:crypto'
-import {existsSync, realpathSync, unlinkSync, mkdirSync, chmodSync} from 'node:fs'
+import {chmodSync, existsSync, mkdirSync, realpathSync, statSync, unlinkSync} from 'node:fs'
 import {createConnection, createServer, type Server, type Socket} from 'node:net'
 import {dirname} from 'node:path'
 import type {Packr} from 'msgpackr'
@@ -25,6 +25,12 @@ export interface LockServerOptions {
   /** Where operator messages go (recovery notes, shutdown). */
   log?: (line: string) => void
   snapshotBytes?: number
+  /**
+   * Stop when the unix socket file is removed or replaced (the embedded lockd): clients find it
+   * only through that file, and an unreachable lockd would still hold the data directory, so
+   * no new one could start.
+   */
+  exitWhenSocketRemoved?: boolean
 }
 
 /** lockd could not start; the message says why in one line. Exit code 1 from the CLI. */
@@ -78,6 +84,7 @@ export class LockServer {
   private readonly serverId = randomBytes(8).toString('hex')
   private readonly startedAt = Date.now()
   private closing: Promise<void> | null = null
+  private socketInode: number | null = null
   private closedResolve!: () => void
   /** Resolves when the server has stopped (close() or idle exit). */
   readonly closed: Promise<void> = new Promise((resolve) => (this.closedResolve = resolve))
@@ -154,9 +161,10 @@ export class LockServer {
       this.connections.clear()
       await listenersClosed
       await this.log?.close()
-      if (this.addresses.socket && existsSync(this.addresses.socket)) {
+      // Remove our socket file, but not one that a newer lockd has put in its place.
+      if (this.addresses.socket && this.socketInode !== null) {
         try {
-          unlinkSync(this.addresses.socket)
+          if (statSync(this.addresses.socket).ino === this.socketInode) unlinkSync(this.addresses.socket)
         } catch {}
       }
       await new Promise((resolve) => (this.dirMutex ? this.dirMutex.close(resolve) : resolve(undefined)))
@@ -180,6 +188,21 @@ export class LockServer {
     }
     await listen(this.newServer(), {path})
     chmodSync(path, 0o600)
+    const inode = statSync(path).ino
+    this.socketInode = inode
+    if (this.options.exitWhenSocketRemoved) {
+      const check = setInterval(() => {
+        let now: number | null = null
+        try {
+          now = statSync(path).ino
+        } catch {}
+        if (now === inode || this.closing) return
+        clearInterval(check)
+        this.say(`lockd: ${path} was removed or replaced; exiting`)
+        void this.close()
+      }, 1000)
+      check.unref()
+    }
   }
 
   private accept(socket: Socket): void {

@@ -1,5 +1,5 @@
 import {execFileSync} from 'node:child_process'
-import {existsSync, mkdirSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdirSync, rmSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
 import {BIN, eventually, runCli, sharedLockd, tempDir} from '../helpers/processes.js'
@@ -71,6 +71,27 @@ describe('the embedded default (no endpoint configured)', () => {
 
     // Every command above talked to the one lockd started by the first.
     expect(await embeddedPid(env)).toBe(pid)
+  })
+
+  it('the state directory removed under a running lockd: it exits, and the next command starts a new one', async () => {
+    const env = freshUser()
+    expect((await runCli(['lock', 'before'], {env})).code).toBe(0)
+    const oldPid = await embeddedPid(env)
+    rmSync(join(env.XDG_STATE_HOME!, 'lockctl'), {recursive: true, force: true})
+    const after = await runCli(['lock', 'after'], {env})
+    expect(after.code).toBe(0)
+    const newPid = await embeddedPid(env)
+    expect(newPid).not.toBe(oldPid)
+    await eventually(() => {
+      try {
+        process.kill(oldPid, 0)
+        return false
+      } catch {
+        return true
+      }
+    })
+    // The old lockd left the new one's socket alone on its way out.
+    expect((await runCli(['status', 'after', '--json'], {env})).code).toBe(0)
   })
 
   it('two CLIs racing to start the embedded lockd end up with one server', async () => {

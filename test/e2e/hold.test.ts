@@ -97,6 +97,17 @@ describe('hold: signals', () => {
     expect((await runCli(['unlock', 'queued', '--token', first.stdout.trim()], {env})).code).toBe(0)
   })
 
+  it('an unreachable service while waiting for the first grant: says so, keeps retrying, SIGTERM exits 143', async () => {
+    const run = runCli(['hold', 'nowhere', '--retry', '200ms', '--', 'true'], {env: {LOCKCTL_ENDPOINTS: 'lockd://127.0.0.1:1'}})
+    let stderr = ''
+    run.child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()))
+    await eventually(() => /suspended nowhere \(.*connection refused.*retrying/.test(stderr))
+    run.child.kill('SIGTERM')
+    const result = await run
+    expect(result.code).toBe(143)
+    expect(result.stderr.match(/suspended/g)).toHaveLength(1) // said once, not per retry
+  })
+
   it('--wait 0 while held: exit 1 (cron style), the command never runs', async () => {
     const first = await runCli(['lock', 'cron'], {env})
     const dir = tempDir()
