@@ -3,7 +3,7 @@ import {leaseProblem, waitProblem} from '../protocol/validate.js'
 import type {ConnectionState, LockBackend} from './backend.js'
 import {DistributedLock} from './distributed-lock.js'
 import {BadInputError, ErrorCode, LeaseLostError, LockError} from './errors.js'
-import {sleep} from './watch.js'
+import {sleep} from './async.js'
 
 export const DEFAULT_RETRY_MILLIS = [1000, 10_000, 30_000, 60_000]
 

@@ -4,7 +4,8 @@ import type {Etcd3, IKeyValue, IRequestOp, Watcher} from 'etcd3'
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo, type LockInfo} from '../../protocol/messages.js'
 import type {AcquireRequest, AcquireResult, ConnectionState, LockBackend} from '../backend.js'
 import {AbortedError, BadInputError, LockError, LockHeldError, NotHolderError, ServerError, UnreachableError, WaitTimeoutError} from '../errors.js'
-import {AsyncQueue, type LockEvent, type WatchOptions, type WatchTarget, type WatchUpdate} from '../watch.js'
+import {AsyncQueue, sleep} from '../async.js'
+import type {LockEvent, WatchOptions, WatchTarget, WatchUpdate} from '../watch.js'
 
 /**
  * Locks on an etcd v3 cluster, laid out exactly like etcd's own recipe (Go's
@@ -358,7 +359,7 @@ export class EtcdBackend implements LockBackend {
         } catch (error) {
           // A member going away mid-wait: keep our place and ask the others, until the wait's end.
           if ((error as LockError).code !== 'UNREACHABLE' || performance.now() >= deadline || signal?.aborted || /lost our place/.test((error as Error).message)) throw error
-          await new Promise((resolve) => setTimeout(resolve, 200))
+          await sleep(200, signal)
           continue
         }
         let watcher: Watcher | null = null

@@ -14,7 +14,8 @@ import {
   WaitTimeoutError,
 } from '../errors.js'
 import {LockdConnection} from './lockd-connection.js'
-import {AsyncQueue, backoffDelay, sleep, type WatchOptions, type WatchTarget, type WatchUpdate} from '../watch.js'
+import {AsyncQueue, backoffDelay, sleep} from '../async.js'
+import type {WatchOptions, WatchTarget, WatchUpdate} from '../watch.js'
 import type {LockEvent} from '../../protocol/messages.js'
 
 interface WaitSlot {
