@@ -145,7 +145,9 @@ export class AutoRenewalLock {
         this.phase = 'held'
         this.grantAbort = new AbortController()
         this.armWatchdog()
-        this.scheduleRenewal(this.options.leaseMs / 2)
+        // Half the lease, or sooner when the grant came with less left (a renewal right after
+        // a long wait may have failed: the grant is kept, and renewed while it is still valid).
+        this.scheduleRenewal(Math.min(this.options.leaseMs, lock.leaseRestMillis()) / 2)
         this.readyResolve(grant)
         this.options.onAcquired?.(grant)
         return

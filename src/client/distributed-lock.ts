@@ -79,7 +79,7 @@ export class DistributedLock {
     if (problem) throw new BadInputError(problem)
     return this.exclusive(async () => {
       const sentAt = performance.now()
-      const {grant, queued} = await this.backend.acquire({
+      const {grant, queued, leaseFrom} = await this.backend.acquire({
         key: this.key,
         leaseMs,
         waitMs,
@@ -88,10 +88,25 @@ export class DistributedLock {
         signal: options.signal,
         onQueued: options.onQueued,
       })
-      this.hold(grant, sentAt + leaseMs)
       // A pushed grant was made at some unknown moment after we sent: sentAt + lease is the
-      // only safe deadline. If the wait ate half of it, renew now to start a full lease.
-      if (queued && this.leaseRestMillis() < leaseMs / 2) await this.renewNow(leaseMs)
+      // only safe deadline, unless the backend knows a later restart of the lease.
+      this.hold(grant, Math.max(sentAt, leaseFrom ?? sentAt) + leaseMs)
+      if (queued && this.leaseRestMillis() < leaseMs / 2) {
+        // The wait ate half of it: renew now to start a full lease. If that fails the grant is
+        // still ours until the deadline; throwing it away would leave it held on the server
+        // (nobody would release it) while the caller queues again behind everyone else.
+        try {
+          await this.renewNow(leaseMs)
+        } catch (error) {
+          if (error instanceof LockError && error.code === ErrorCode.NOT_HOLDER) throw error
+          if (!this.isHeldByCurrentClient()) {
+            const {token} = this.grant!
+            this.drop()
+            await this.backend.release(this.key, token, false).catch(() => {})
+            throw error
+          }
+        }
+      }
       return this.grant!
     })
   }

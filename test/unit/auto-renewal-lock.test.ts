@@ -17,11 +17,15 @@ class FakeBackend implements LockBackend {
   private grant(leaseMs: number): GrantInfo {
     return {key: 'k', token: this.token!, owner: 'me', fence: this.fence, leaseMs, leaseLeftMs: leaseMs, since: Date.now()}
   }
-  async acquire(request: AcquireRequest): Promise<AcquireResult> {
-    if (this.acquireFails) throw new UnreachableError('fake: down')
+  /** A new grant with the next fence, as the service would make it. */
+  issue(leaseMs: number, queued: boolean): AcquireResult {
     this.fence++
     this.token = `t${this.fence}`
-    return {grant: this.grant(request.leaseMs), queued: false}
+    return {grant: this.grant(leaseMs), queued}
+  }
+  async acquire(request: AcquireRequest): Promise<AcquireResult> {
+    if (this.acquireFails) throw new UnreachableError('fake: down')
+    return this.issue(request.leaseMs, false)
   }
   async renew(_key: string, token: string, leaseMs?: number): Promise<GrantInfo> {
     this.renewCalls.push(performance.now())
@@ -142,6 +146,63 @@ describe('AutoRenewalLock (fake clock, fake backend)', () => {
     releaseRenewal()
     await closing
     expect(backend.releases).toEqual(['t1'])
+  })
+
+  it('a queued grant whose catch-up renewal fails is kept and renewed in time, not thrown away and queued for again', async () => {
+    // A waiter granted after more than half its lease renews at once; the service is briefly
+    // unreachable right then (an etcd leader election). Dropping the grant and queueing again
+    // would leave the grant held on the server and send us behind every other waiter.
+    const backend = new FakeBackend()
+    let acquireCalls = 0
+    backend.acquire = async (request) => {
+      acquireCalls++
+      await new Promise((r) => setTimeout(r, 7_000)) // waited in the queue
+      backend.renewMode = 'unreachable'
+      return backend.issue(request.leaseMs, true)
+    }
+    const events: string[] = []
+    const lock = new AutoRenewalLock('k', backend, {
+      leaseMs: 10_000,
+      owner: 'me',
+      retryMillis: [1000],
+      onAcquired: (grant) => events.push(`acquired:${grant.fence}`),
+      onLost: () => events.push('lost'),
+    })
+    await vi.advanceTimersByTimeAsync(7_000)
+    expect(backend.renewCalls).toHaveLength(1) // the catch-up renewal, which failed
+    expect(events).toEqual(['acquired:1'])
+    expect(lock.isHeldByCurrentClient()).toBe(true)
+    // Reachable again: the next renewal comes before the 3 s left run out.
+    backend.renewMode = 'ok'
+    await vi.advanceTimersByTimeAsync(2_900)
+    expect(backend.renewCalls.length).toBeGreaterThanOrEqual(2)
+    await vi.advanceTimersByTimeAsync(30_000)
+    expect(events).toEqual(['acquired:1'])
+    expect(acquireCalls).toBe(1)
+    expect(backend.releases).toEqual([])
+    await lock.close()
+    expect(backend.releases).toEqual(['t1'])
+  })
+
+  it('a queued grant already past its lease when the catch-up renewal fails is released, then queued for again', async () => {
+    const backend = new FakeBackend()
+    let acquireCalls = 0
+    backend.acquire = async (request) => {
+      acquireCalls++
+      if (acquireCalls === 1) {
+        await new Promise((r) => setTimeout(r, 12_000)) // longer than the lease
+        backend.renewMode = 'unreachable'
+      } else backend.renewMode = 'ok'
+      return backend.issue(request.leaseMs, acquireCalls === 1)
+    }
+    const events: string[] = []
+    const lock = new AutoRenewalLock('k', backend, {leaseMs: 10_000, owner: 'me', retryMillis: [1000], onAcquired: (grant) => events.push(`acquired:${grant.fence}`)})
+    await vi.advanceTimersByTimeAsync(12_000)
+    expect(backend.releases).toEqual(['t1']) // given back: it cannot be trusted any more
+    expect(events).toEqual([])
+    await vi.advanceTimersByTimeAsync(1_000)
+    expect(events).toEqual(['acquired:2'])
+    await lock.close()
   })
 
   it('a bounded first wait that fails rejects ready and closes', async () => {
