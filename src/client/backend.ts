@@ -26,6 +26,12 @@ export interface AcquireResult {
   grant: GrantInfo
   /** True when the grant came after waiting in the queue (pushed), false when immediate. */
   queued: boolean
+  /**
+   * A `performance.now()` moment no later than the last (re)start of the server's lease, when
+   * the backend knows one later than the acquire's send time (etcd keeps a waiter's lease
+   * alive itself, so it knows when it last did). The grant is safe until then + leaseMs.
+   */
+  leaseFrom?: number
 }
 
 /**

@@ -62,6 +62,7 @@ With a command (after --): start it once the lock is held, without a shell, with
     let lostWhileRunning = false
     let suspended = false
     let announcedWait = false
+    let held = false
 
     let stopRequested!: (signal: NodeJS.Signals) => void
     const stop = new Promise<NodeJS.Signals>((resolve) => (stopRequested = resolve))
@@ -88,6 +89,7 @@ With a command (after --): start it once the lock is held, without a shell, with
         announcedWait = true
       },
       onAcquired: (grant) => {
+        held = true
         announcedWait = false
         progress.stop()
         if (suspended) {
@@ -97,6 +99,7 @@ With a command (after --): start it once the lock is held, without a shell, with
         events.print('acquired', key, {fence: grant.fence, leaseMs: grant.leaseMs, token: json ? grant.token : undefined})
       },
       onLost: (reason) => {
+        held = false
         events.print('lost', key, {reason: reason.message})
         if (child?.started && flags['on-lost'] === 'kill') {
           lostWhileRunning = true
@@ -112,7 +115,8 @@ With a command (after --): start it once the lock is held, without a shell, with
       onStateChange: (state) => {
         if (state === 'suspended' && !suspended) {
           suspended = true
-          events.print('suspended', key, {endpoint: client.endpoint, reason: 'cannot reach the lock service; renewals are being retried'})
+          const doing = held ? 'renewals are being retried' : 'still waiting'
+          events.print('suspended', key, {endpoint: client.endpoint, reason: `cannot reach the lock service; ${doing}`})
         } else if (state === 'connected' && suspended) {
           suspended = false
           events.print('connected', key, {endpoint: client.endpoint})
@@ -163,6 +167,7 @@ With a command (after --): start it once the lock is held, without a shell, with
     if (session.holds.has(key)) throw new UsageError(`already holding ${key} in this session (unlock ${key} to stop)`)
     const events = new EventPrinter((line) => session.print(line.replace(/\n$/, '')), flags.quiet ? 'quiet' : flags.json ? 'json' : 'human')
     let announcedWait = false
+    let held = false
     const lock = session.client.createAutoRenewalLock(key, {
       leaseMs: flags.lease,
       retryMillis: flags.retryMillis,
@@ -173,6 +178,7 @@ With a command (after --): start it once the lock is held, without a shell, with
         announcedWait = true
       },
       onAcquired: (grant) => {
+        held = true
         announcedWait = false
         events.print('acquired', key, {fence: grant.fence, leaseMs: grant.leaseMs})
       },

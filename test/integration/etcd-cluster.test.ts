@@ -54,9 +54,10 @@ describeEtcd('etcd: a 3-member cluster losing its leader', () => {
     writeFileSync(done, '')
 
     const results = await Promise.all([holder, b, c])
-    expect(results.map((r) => r.code)).toEqual([0, 0, 0])
+    const stderrs = results.map((r, i) => `--- ${'ABC'[i]}:\n${r.stderr}`).join('\n')
+    expect(results.map((r) => r.code), stderrs).toEqual([0, 0, 0])
     expect(results[0].stderr).not.toMatch(/\blost\b/)
-    expect(checkNoOverlap(log)).toEqual(['A', 'B', 'C'])
+    expect(checkNoOverlap(log), stderrs).toEqual(['A', 'B', 'C'])
   }, 90_000)
 })
 

@@ -3,7 +3,7 @@ import {readFileSync} from 'node:fs'
 import type {Etcd3, IKeyValue, IRequestOp, Watcher} from 'etcd3'
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo, type LockInfo} from '../../protocol/messages.js'
 import type {AcquireRequest, AcquireResult, ConnectionState, LockBackend} from '../backend.js'
-import {AbortedError, BadInputError, LockError, LockHeldError, NotHolderError, ServerError, UnreachableError, WaitTimeoutError} from '../errors.js'
+import {AbortedError, BadInputError, ErrorCode, LockError, LockHeldError, NotHolderError, ServerError, UnreachableError, WaitTimeoutError} from '../errors.js'
 import {AsyncQueue, sleep} from '../async.js'
 import type {LockEvent, WatchOptions, WatchTarget, WatchUpdate} from '../watch.js'
 
@@ -273,6 +273,8 @@ export class EtcdBackend implements LockBackend {
     if (request.signal?.aborted) throw new AbortedError()
     const startedAt = performance.now()
     const lease = await this.grantLease(leaseMs)
+    // The lease started no earlier than the grant request was sent.
+    const leaseFrom = startedAt
     const suffix = hex(lease)
     const myKey = `${key}/${suffix}`
     const since = Date.now()
@@ -292,9 +294,9 @@ export class EtcdBackend implements LockBackend {
       // The transaction also read the oldest key under KEY/: if it is ours, we hold the lock.
       // (A key of a longer lock name, "KEY/x/...", sorts by its own revision: check then.)
       const oldest = txn.responses[1].response_range.kvs[0]
-      if (oldest?.create_revision === revision) return {grant, queued: false}
+      if (oldest?.create_revision === revision) return {grant, queued: false, leaseFrom}
       const ahead = await this.waitersOf(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: 1})
-      if (ahead.length === 0) return {grant, queued: false}
+      if (ahead.length === 0) return {grant, queued: false, leaseFrom}
       if (waitMs === 0) {
         const holder = await this.holderInfo((await this.waitersOf(key, {limit: 1}))[0] ?? ahead[0])
         await this.giveUp(myKey, revision, lease)
@@ -305,8 +307,8 @@ export class EtcdBackend implements LockBackend {
         position: all.findIndex((kv) => kv.create_revision === revision),
         holder: all[0] ? await this.holderInfo(all[0]) : null,
       })
-      await this.waitForTurn(key, myKey, revision, lease, leaseMs, waitMs, startedAt, request.signal, request.onQueued)
-      return {grant: {...grant, leaseLeftMs: leaseMs}, queued: true}
+      const keptAliveFrom = await this.waitForTurn(key, myKey, revision, lease, leaseMs, waitMs, startedAt, request.signal, request.onQueued)
+      return {grant: {...grant, leaseLeftMs: leaseMs}, queued: true, leaseFrom: keptAliveFrom}
     } catch (error) {
       // Any failure after the lease exists: leave no key and no lease behind.
       if (!(error instanceof LockHeldError)) await this.giveUp(myKey, undefined, lease)
@@ -317,6 +319,7 @@ export class EtcdBackend implements LockBackend {
   /**
    * Wait until no key with a lower create revision is left: each round watches only the
    * deletion of the key just ahead (no herd on release). The lease is kept alive meanwhile.
+   * Answers the send time of the last keepalive etcd confirmed: the lease is good from then.
    */
   private async waitForTurn(
     key: string,
@@ -328,10 +331,15 @@ export class EtcdBackend implements LockBackend {
     startedAt: number,
     signal?: AbortSignal,
     onQueued?: AcquireRequest['onQueued'],
-  ): Promise<void> {
+  ): Promise<number> {
     let lastPosition = -1
     const deadline = waitMs === WAIT_FOREVER ? Number.POSITIVE_INFINITY : startedAt + waitMs
-    const keepalive = setInterval(() => void this.keepaliveOnce(lease).catch(() => {}), Math.max(500, (Math.ceil(leaseMs / 1000) * 1000) / 3))
+    let keptAliveFrom = startedAt
+    const keepAlive = async (): Promise<void> => {
+      const sentAt = performance.now()
+      if ((await this.keepaliveOnce(lease)) > 0) keptAliveFrom = Math.max(keptAliveFrom, sentAt)
+    }
+    const keepalive = setInterval(() => void keepAlive().catch(() => {}), Math.max(500, (Math.ceil(leaseMs / 1000) * 1000) / 3))
     try {
       for (;;) {
         let predecessor: IKeyValue | undefined
@@ -346,7 +354,10 @@ export class EtcdBackend implements LockBackend {
             if (mine.kvs[0]?.create_revision !== revision) {
               throw new UnreachableError(`${this.label}: lost our place in the queue for ${JSON.stringify(key)} (its lease expired while etcd was unreachable)`)
             }
-            return
+            // Start the grant on a fresh lease where we can; if etcd does not answer now, the
+            // last keepalive it confirmed still counts.
+            await keepAlive().catch(() => {})
+            return keptAliveFrom
           }
           predecessor = ahead[0]
           if (onQueued) {
@@ -357,8 +368,11 @@ export class EtcdBackend implements LockBackend {
             lastPosition = position
           }
         } catch (error) {
-          // A member going away mid-wait: keep our place and ask the others, until the wait's end.
-          if ((error as LockError).code !== 'UNREACHABLE' || performance.now() >= deadline || signal?.aborted || /lost our place/.test((error as Error).message)) throw error
+          // A member going away mid-wait (unreachable, or a stream reset mid-call): keep our place
+          // and ask the others, until the wait's end. Refused credentials will not get better.
+          const retryable = error instanceof LockError && (error.code === ErrorCode.UNREACHABLE || error.code === ErrorCode.INTERNAL)
+          if (signal?.aborted) throw new AbortedError(`stopped waiting for ${JSON.stringify(key)}`)
+          if (!retryable || performance.now() >= deadline || /lost our place/.test((error as Error).message)) throw error
           await sleep(200, signal)
           continue
         }
@@ -366,7 +380,7 @@ export class EtcdBackend implements LockBackend {
         let timer: NodeJS.Timeout | null = null
         let onAbort: (() => void) | null = null
         try {
-          const outcome = await new Promise<'deleted' | 'timeout' | 'aborted'>((resolve, reject) => {
+          const outcome = await new Promise<'deleted' | 'timeout' | 'aborted' | 'no watch'>((resolve) => {
             if (signal) {
               onAbort = () => resolve('aborted')
               if (signal.aborted) return resolve('aborted')
@@ -385,9 +399,14 @@ export class EtcdBackend implements LockBackend {
                 w.on('delete', () => resolve('deleted'))
                 // The watcher reconnects by itself after a member fails; on a hard error look again.
                 w.on('error', () => resolve('deleted'))
-              }, reject)
+                // No watch now (the member went away as it was set up): our key stays, look again.
+              }, () => resolve('no watch'))
           })
           if (outcome === 'deleted') continue
+          if (outcome === 'no watch') {
+            await sleep(200, signal)
+            continue
+          }
           const holder = (await this.waitersOf(key, {limit: 1}).catch(() => []))[0]
           if (outcome === 'aborted') throw new AbortedError(`stopped waiting for ${JSON.stringify(key)}`)
           throw new WaitTimeoutError(key, performance.now() - startedAt, holder ? await this.holderInfo(holder).catch(() => null) : null)
