@@ -107,7 +107,7 @@ describe('the embedded default (no endpoint configured)', () => {
 describe('the CLI against a lockd server', () => {
   const {env} = sharedLockd()
 
-  it('two processes contending: --wait 0 exits 1, --wait 2s succeeds after the other unlocks', async () => {
+  it('two processes contending: --wait 0 exits 1, --wait 30s succeeds after the other unlocks', async () => {
     const first = await runCli(['lock', 'contended', '--owner', 'first'], {env})
     expect(first.code).toBe(0)
     const refused = await runCli(['lock', 'contended', '--wait', '0'], {env})
@@ -115,7 +115,7 @@ describe('the CLI against a lockd server', () => {
     expect(refused.stderr).toMatch(/held by first/)
     expect((await runCli(['lock', 'contended', '--conflict-exit-code', '75'], {env})).code).toBe(75)
 
-    const waiting = runCli(['lock', 'contended', '--wait', '2s', '--json'], {env})
+    const waiting = runCli(['lock', 'contended', '--wait', '30s', '--json'], {env})
     await eventually(async () => JSON.parse((await runCli(['status', 'contended', '--json'], {env})).stdout).waiters === 1)
     expect((await runCli(['unlock', 'contended', '--token', first.stdout.trim()], {env})).code).toBe(0)
     const second = await waiting

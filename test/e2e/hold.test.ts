@@ -192,14 +192,14 @@ describe('hold: lock loss while the child runs', () => {
     const dir = tempDir()
     const ready = join(dir, 'ready')
     const done = join(dir, 'done')
-    const run = runCli(['hold', 'restart', '--lease', '4s', '--retry', '200ms', '--', 'sh', '-c', `echo $LOCKCTL_FENCE > ${ready}; while [ ! -e ${done} ]; do sleep 0.05; done`], {env: ownEnv})
+    const run = runCli(['hold', 'restart', '--lease', '8s', '--retry', '200ms', '--', 'sh', '-c', `echo $LOCKCTL_FENCE > ${ready}; while [ ! -e ${done} ]; do sleep 0.05; done`], {env: ownEnv})
     await eventually(() => existsSync(ready) && readFileSync(ready, 'utf8').trim() !== '')
     const fence = Number(readFileSync(ready, 'utf8'))
     own.child.kill('SIGKILL')
     await own.exited
     own = await startLockd({dataDir, port: own.port})
     // Past the original lease: only renewals against the restarted lockd can have kept it.
-    await new Promise((r) => setTimeout(r, 5000))
+    await new Promise((r) => setTimeout(r, 9000))
     const status = JSON.parse((await runCli(['status', 'restart', '--json'], {env: ownEnv})).stdout)
     expect(status.holder.fence).toBe(fence)
     writeFileSync(done, '')
