@@ -16,7 +16,7 @@ export default class Status extends BaseCommand {
 
   static flags = {
     prefix: Flags.string({description: 'only keys that start with this', exclusive: ['key'], helpValue: 'PREFIX'}),
-    token: tokenFlag('check whether this token holds KEY (exit 0) or not (exit 5)', {fromEnv: false}),
+    token: tokenFlag('check whether this token holds KEY (exit 0) or not (exit 5)'),
     limit: Flags.integer({description: 'show at most this many locks', default: 1000, min: 1}),
     watch: Flags.boolean({char: 'w', description: 'redraw the table as locks change, until Ctrl-C', exclusive: ['token', 'json']}),
   }

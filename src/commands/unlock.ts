@@ -1,6 +1,6 @@
 import {Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
-import {checkKeyArg, keyArg, missingInput, tokenFlag, UsageError} from '../cli/flags.js'
+import {checkKeyArg, defaultToken, keyArg, missingInput, tokenFlag, UsageError} from '../cli/flags.js'
 import {holderJson} from '../cli/output.js'
 import {activeSession, pickSessionKey} from '../cli/session.js'
 import {describeHolder} from '../client/errors.js'
@@ -15,7 +15,7 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
   static args = {key: keyArg({required: false, description: 'lock name (default: $LOCKCTL_KEY)'})}
 
   static flags = {
-    token: tokenFlag('token printed by `lockctl lock` (default: $LOCKCTL_TOKEN)'),
+    token: tokenFlag('token printed by `lockctl lock` (default: $LOCKCTL_TOKEN when $LOCKCTL_KEY is KEY)'),
     force: Flags.boolean({description: 'release whoever holds it (admin); asks first on a terminal'}),
     yes: Flags.boolean({char: 'y', description: 'do not ask before --force'}),
   }
@@ -34,8 +34,8 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
       this.log(`released ${key} (stopped holding it${fence === undefined ? '' : `, fence ${fence}`})`)
       return {key, released: true, forced: false, holder: null}
     }
-    const token = flags.token ?? session?.locks.get(key)?.token
-    if (!flags.force && !token) missingInput('--token (or $LOCKCTL_TOKEN); use --force to release a lock you do not hold')
+    // --force needs no token; without it, a missing token says how to pass one.
+    const token = flags.force ? undefined : (flags.token ?? defaultToken(key, session?.locks.get(key)?.token, '; use --force to release a lock you do not hold'))
     if (flags.force && !flags.yes && process.stdin.isTTY && process.stderr.isTTY && !this.jsonEnabled() && (session?.interactive ?? true)) {
       const lock = await client.inspect(key)
       const {confirm} = await import('@inquirer/prompts')

@@ -176,6 +176,25 @@ describe('the CLI against a lockd server', () => {
     expect(result.stdout).toBe('')
   })
 
+  it('$LOCKCTL_TOKEN is only the default token of $LOCKCTL_KEY, never of another key', async () => {
+    const exported = await runCli(['lock', 'envkey', '--json'], {env})
+    const {token} = JSON.parse(exported.stdout)
+    const other = await runCli(['lock', 'envother'], {env})
+    const withEnv = {...env, LOCKCTL_KEY: 'envkey', LOCKCTL_TOKEN: token}
+    for (const command of ['unlock', 'renew']) {
+      const borrowed = await runCli([command, 'envother'], {env: withEnv})
+      expect(borrowed.code).toBe(2)
+      expect(borrowed.stderr).toMatch(/--token: \$LOCKCTL_TOKEN is the token of \$LOCKCTL_KEY \("envkey"\), not of "envother"/)
+    }
+    expect((await runCli(['renew'], {env: withEnv})).code).toBe(0)
+    expect((await runCli(['unlock', 'envkey'], {env: withEnv})).code).toBe(0)
+    expect((await runCli(['unlock', 'envother', '--token', other.stdout.trim()], {env: withEnv})).code).toBe(0)
+    // A malformed token in the environment is named as such.
+    const bad = await runCli(['unlock', 'envkey'], {env: {...withEnv, LOCKCTL_TOKEN: 'has space'}})
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toMatch(/^lockctl: \$LOCKCTL_TOKEN: /)
+  })
+
   it('bad input under --json: the error as one JSON line on stdout, exit 2', async () => {
     const result = await runCli(['lock', 'k', '--lease', 'abc', '--json'], {env})
     expect(result.code).toBe(2)

@@ -98,6 +98,14 @@ describe('the REPL with piped input (a script)', () => {
     ])
   })
 
+  it('a token the session remembers wins over $LOCKCTL_TOKEN set for another key', () => {
+    // As after `eval "$(lockctl lock nightly --export)"` in the shell that starts the REPL.
+    const result = replScript('lock mine\nrenew mine\nunlock mine\n', {...env, LOCKCTL_KEY: 'nightly', LOCKCTL_TOKEN: 'AAAAAAAAAAAAAAAAAAAAAAAA'})
+    expect(result.stderr).toBe('')
+    expect(result.code).toBe(0)
+    expect(result.stdout).toMatch(/^released mine \(fence \d+, held by repl-user\)$/m)
+  })
+
   it('exit code 0 when every line succeeds, and the locks are released at the end', async () => {
     const result = replScript('lock s1\nlock s2\nhold s3 --lease 2s\nlocks\n')
     expect(result.code).toBe(0)
