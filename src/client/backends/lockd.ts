@@ -304,7 +304,8 @@ function responseError(key: string, response: Response): LockError {
   const msg = response.msg ?? response.code
   switch (response.code) {
     case ErrorCode.NOT_HOLDER:
-      return new NotHolderError(key, `${msg} (${JSON.stringify(key)})`)
+      // The same words as the etcd backend's; a forced release of a free lock says just that.
+      return new NotHolderError(key, response.msg === 'the lock is not held' ? `${JSON.stringify(key)} is not held` : undefined)
     case ErrorCode.LOCK_HELD:
       return new LockHeldError(key, response.holder ?? null)
     case ErrorCode.BAD_INPUT:
