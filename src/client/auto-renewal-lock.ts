@@ -1,3 +1,4 @@
+import {randomBytes} from 'node:crypto'
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo} from '../protocol/messages.js'
 import {leaseProblem, waitProblem} from '../protocol/validate.js'
 import type {ConnectionState, LockBackend} from './backend.js'
@@ -121,6 +122,9 @@ export class AutoRenewalLock {
   }
 
   private async acquireLoop(): Promise<void> {
+    // One id for every retry of this acquisition: if a grant was made as a connection dropped,
+    // the retry gets it back instead of queueing behind it. A later acquisition gets a new id.
+    const attemptId = randomBytes(16).toString('base64url')
     while (this.phase === 'acquiring') {
       const generation = ++this.generation
       const lock = new DistributedLock(this.key, this.backend, this.options.owner)
@@ -130,6 +134,7 @@ export class AutoRenewalLock {
         const attempt = lock.acquire({
           leaseMs: this.options.leaseMs,
           waitMs,
+          attempt: attemptId,
           signal: this.acquireAbort.signal,
           onQueued: this.options.onQueued,
         })

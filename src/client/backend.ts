@@ -14,6 +14,11 @@ export interface AcquireRequest {
   owner: string
   /** Token of the current grant, for a reentrant acquire. */
   token?: string
+  /**
+   * Id of one acquisition retried over reconnects: a grant already made to it (its answer lost
+   * with the old connection) is answered again instead of queueing behind it. lockd only.
+   */
+  attempt?: string
   signal?: AbortSignal
   /**
    * Called when the request had to queue, and again whenever our place changes: our place

@@ -1,5 +1,5 @@
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo} from '../protocol/messages.js'
-import {leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
+import {attemptProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
 import type {LockBackend} from './backend.js'
 import {BadInputError, BusyError, ClosedError, ErrorCode, LockError, NotHolderError} from './errors.js'
 
@@ -10,6 +10,12 @@ export interface TryLockOptions {
   waitMs?: number
   signal?: AbortSignal
   onQueued?: (info: {position: number; holder: HolderInfo | null}) => void
+  /**
+   * Pass the same random id (16-64 URL-safe characters) when retrying one acquisition after a
+   * connection error: a grant made to it whose answer was lost is returned instead of being
+   * left to expire while we queue behind it. AutoRenewalLock does this by itself.
+   */
+  attempt?: string
 }
 
 export const DEFAULT_LEASE_MS = 60_000
@@ -75,7 +81,7 @@ export class DistributedLock {
   async acquire(options: TryLockOptions = {}): Promise<GrantInfo> {
     const leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS
     const waitMs = options.waitMs === undefined ? 0 : options.waitMs === Number.POSITIVE_INFINITY ? WAIT_FOREVER : options.waitMs
-    const problem = leaseProblem(leaseMs) ?? waitProblem(waitMs)
+    const problem = leaseProblem(leaseMs) ?? waitProblem(waitMs) ?? (options.attempt === undefined ? null : attemptProblem(options.attempt))
     if (problem) throw new BadInputError(problem)
     return this.exclusive(async () => {
       const sentAt = performance.now()
@@ -85,6 +91,7 @@ export class DistributedLock {
         waitMs,
         owner: this.owner,
         token: this.isHeldByCurrentClient() ? this.grant!.token : undefined,
+        attempt: options.attempt,
         signal: options.signal,
         onQueued: options.onQueued,
       })

@@ -66,6 +66,13 @@ export interface AcquireArgs {
   owner: string
   /** While queued, push our place in the queue whenever it changes (for a spinner). */
   progress?: boolean
+  /**
+   * A random id the client keeps while it retries one acquisition over new connections. If the
+   * lock was already granted to this id (the grant was made as the old connection dropped, so
+   * its push was lost), the grant is answered again, renewed; if this id is still queued from a
+   * connection lockd has not yet seen drop, the new request takes over its place in the queue.
+   */
+  attempt?: string
 }
 
 export type RequestBody =

@@ -53,3 +53,9 @@ export function ownerProblem(owner: unknown): string | null {
   if (CONTROL.test(owner)) return 'an owner must not contain control characters'
   return null
 }
+
+/** An acquire attempt's id (see AcquireArgs.attempt): 16 to 64 URL-safe characters. */
+export function attemptProblem(attempt: unknown): string | null {
+  if (typeof attempt !== 'string' || !/^[A-Za-z0-9_-]{16,64}$/.test(attempt)) return 'an attempt id is 16 to 64 characters of A-Z a-z 0-9 _ -'
+  return null
+}

@@ -36,6 +36,8 @@ export interface Holder {
   since: number
   /** Set when the grant came from the queue, so a late `cancel` from that waiter releases it. */
   origin?: WaiterRef
+  /** The acquire attempt the grant answers (AcquireArgs.attempt): asking again returns it. */
+  attempt?: string
 }
 
 interface Waiter extends WaiterRef {
@@ -43,6 +45,7 @@ interface Waiter extends WaiterRef {
   owner: string
   leaseMs: number
   deadline: number
+  attempt?: string
 }
 
 interface Entry {
@@ -75,6 +78,7 @@ export interface PersistedHolder {
   owner: string
   leaseMs: number
   since: number
+  attempt?: string
 }
 
 export interface TableSnapshot {
@@ -91,6 +95,8 @@ export interface LockTableOptions {
 export class LockTable {
   private readonly entries = new Map<string, Entry>()
   private readonly waitersBySession = new Map<string, Map<number, Waiter>>()
+  /** Queued waiters that carry an attempt id, by that id (at most one each). */
+  private readonly waitersByAttempt = new Map<string, Waiter>()
   private readonly deadlines = new DeadlineHeap<Deadline>()
   private readonly events: TableEvent[] = []
   private readonly dirtyKeys = new Set<string>()
@@ -123,17 +129,19 @@ export class LockTable {
     waitMs: number
     owner: string
     token?: string
+    attempt?: string
     from: WaiterRef
   }): AcquireResult {
     const now = this.clock.now()
     const entry = this.entries.get(args.key)
     const holder = entry?.holder
-    if (holder && args.token !== undefined && holder.token === args.token) {
+    const sameGrant = (args.token !== undefined && holder?.token === args.token) || (args.attempt !== undefined && holder?.attempt === args.attempt)
+    if (holder && sameGrant) {
       this.extend(args.key, holder, args.leaseMs, now)
       return {kind: 'granted', grant: this.grantInfo(args.key, holder, now), reentrant: true}
     }
     if (!holder) {
-      const granted = this.grant(args.key, args.owner, args.leaseMs, now)
+      const granted = this.grant(args.key, args.owner, args.leaseMs, now, undefined, args.attempt)
       return {kind: 'granted', grant: this.grantInfo(args.key, granted, now), reentrant: false}
     }
     if (args.waitMs === 0) return {kind: 'held', holder: this.holderInfo(holder, now)}
@@ -144,14 +152,22 @@ export class LockTable {
       owner: args.owner,
       leaseMs: args.leaseMs,
       deadline: args.waitMs === WAIT_FOREVER ? Number.POSITIVE_INFINITY : now + args.waitMs,
+      attempt: args.attempt,
     }
-    entry!.waiters.push(waiter)
+    // The same attempt still queued from a connection that has not been seen to drop: take over
+    // its place, so a reconnect keeps the queue order and never leaves two waiters for one grant.
+    const earlier = args.attempt === undefined ? undefined : this.waitersByAttempt.get(args.attempt)
+    const place = earlier && earlier.key === args.key ? entry!.waiters.indexOf(earlier) : -1
+    if (earlier) this.removeWaiter(earlier, 'disconnected')
+    if (place >= 0) entry!.waiters.splice(place, 0, waiter)
+    else entry!.waiters.push(waiter)
+    if (waiter.attempt !== undefined) this.waitersByAttempt.set(waiter.attempt, waiter)
     this.waiterCount++
     let bySession = this.waitersBySession.get(waiter.session)
     if (!bySession) this.waitersBySession.set(waiter.session, (bySession = new Map()))
     bySession.set(waiter.wid, waiter)
     if (waiter.deadline !== Number.POSITIVE_INFINITY) this.deadlines.push(waiter.deadline, {kind: 'wait', waiter})
-    const position = entry!.waiters.length
+    const position = entry!.waiters.indexOf(waiter) + 1
     this.events.push({type: 'queued', key: args.key, waiter: args.from, position})
     return {kind: 'queued', position, holder: this.holderInfo(holder, now)}
   }
@@ -279,7 +295,7 @@ export class LockTable {
     }
   }
 
-  private grant(key: string, owner: string, leaseMs: number, now: number, to?: WaiterRef): Holder {
+  private grant(key: string, owner: string, leaseMs: number, now: number, to?: WaiterRef, attempt?: string): Holder {
     const holder: Holder = {
       token: this.newToken(),
       fence: ++this.fenceCounter,
@@ -288,6 +304,7 @@ export class LockTable {
       expiresAt: now + leaseMs,
       since: this.clock.wall(),
       origin: to ? {session: to.session, wid: to.wid} : undefined,
+      attempt,
     }
     let entry = this.entries.get(key)
     if (!entry) this.entries.set(key, (entry = {key, holder: null, waiters: []}))
@@ -318,7 +335,7 @@ export class LockTable {
     const next = entry.waiters[0]
     if (next) {
       this.removeWaiter(next, 'granted')
-      this.grant(entry.key, next.owner, next.leaseMs, now, next)
+      this.grant(entry.key, next.owner, next.leaseMs, now, next, next.attempt)
     } else {
       this.entries.delete(entry.key)
     }
@@ -330,6 +347,7 @@ export class LockTable {
       const index = entry.waiters.indexOf(waiter)
       if (index >= 0) entry.waiters.splice(index, 1)
     }
+    if (waiter.attempt !== undefined && this.waitersByAttempt.get(waiter.attempt) === waiter) this.waitersByAttempt.delete(waiter.attempt)
     const bySession = this.waitersBySession.get(waiter.session)
     bySession?.delete(waiter.wid)
     if (bySession?.size === 0) this.waitersBySession.delete(waiter.session)
@@ -378,5 +396,7 @@ export class LockTable {
 }
 
 function persisted(holder: Holder): PersistedHolder {
-  return {token: holder.token, fence: holder.fence, owner: holder.owner, leaseMs: holder.leaseMs, since: holder.since}
+  const saved: PersistedHolder = {token: holder.token, fence: holder.fence, owner: holder.owner, leaseMs: holder.leaseMs, since: holder.since}
+  if (holder.attempt !== undefined) saved.attempt = holder.attempt
+  return saved
 }

@@ -6,7 +6,7 @@ import type {Packr} from 'msgpackr'
 import {ErrorCode} from '../protocol/errors.js'
 import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder} from '../protocol/framing.js'
 import {PROTOCOL_VERSION, type LockEvent, type Push, type Request, type Response, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
-import {keyProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
+import {attemptProblem, keyProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
 import {DurableLog} from './durable-log.js'
 import {LockTable, systemClock, type Clock, type TableEvent} from './lock-table.js'
 import {VERSION} from '../version.js'
@@ -292,7 +292,8 @@ export class LockServer {
           leaseProblem(request.leaseMs) ??
           waitProblem(request.waitMs) ??
           ownerProblem(request.owner) ??
-          (request.token === undefined || request.token === null ? null : tokenProblem(request.token))
+          (request.token === undefined || request.token === null ? null : tokenProblem(request.token)) ??
+          (request.attempt === undefined || request.attempt === null ? null : attemptProblem(request.attempt))
         if (problem) return bad(problem)
         const result = this.table.acquire({
           key: request.key,
@@ -300,6 +301,7 @@ export class LockServer {
           waitMs: request.waitMs,
           owner: request.owner,
           token: request.token ?? undefined,
+          attempt: request.attempt ?? undefined,
           from: {session: conn.session, wid: request.id},
         })
         if (result.kind === 'granted') return {code: 'OK', grant: result.grant}

@@ -241,6 +241,32 @@ describe('lockd against a misbehaving peer', () => {
   }
   const hello = () => encodeFrame(createCodec(), {t: 'hello', v: 1})
 
+  it('a grant whose push was lost with its connection is answered again to the same attempt, not left to expire', async () => {
+    const lockd = await startLockd()
+    const a = await client(lockd.endpoint, 'A')
+    const lockA = a.createLock('handoff')
+    await lockA.acquire({leaseMs: 30_000})
+    const attempt = 'b-attempt-0123456789'
+    const b = await raw(lockd.port)
+    b.socket.write(Buffer.concat([hello(), encodeFrame(createCodec(), {t: 'req', id: 1, op: 'acquire', key: 'handoff', leaseMs: 30_000, waitMs: -1, owner: 'B', attempt})]))
+    type Message = {t: string; code?: string; ev?: string; grant?: {fence: number; token: string}}
+    const messages = b.messages as Message[]
+    await eventually(() => messages.some((m) => m.code === 'QUEUED'))
+    await lockA.unlock()
+    await eventually(() => messages.some((m) => m.ev === 'granted'))
+    const pushed = messages.find((m) => m.ev === 'granted')!.grant!
+    b.socket.destroy() // as if the push had been lost with the connection
+
+    const c = await client(lockd.endpoint, 'C')
+    expect(await c.createLock('handoff').tryLock({waitMs: 0, attempt: 'c-attempt-0123456789'})).toBe(false)
+    const b2 = await client(lockd.endpoint, 'B')
+    const retry = b2.createLock('handoff')
+    const grant = await retry.acquire({leaseMs: 30_000, waitMs: 0, attempt})
+    expect(grant).toMatchObject({fence: pushed.fence, token: pushed.token, owner: 'B'})
+    await retry.unlock()
+    expect((await c.inspect('handoff'))?.holder ?? null).toBeNull()
+  })
+
   it('rejects malformed, oversized, wrong-version and half-sent frames, and keeps serving others', async () => {
     const lockd = await startLockd()
     const good = await client(lockd.endpoint, 'good')
@@ -285,10 +311,11 @@ describe('lockd against a misbehaving peer', () => {
         encodeFrame(codec, {t: 'req', id: 2, op: 'acquire', key: 'k', leaseMs: 10, waitMs: 0, owner: 'x'}),
         encodeFrame(codec, {t: 'req', id: 3, op: 'nope'}),
         encodeFrame(codec, {t: 'req', id: 4, op: 'ping'}),
+        encodeFrame(codec, {t: 'req', id: 5, op: 'acquire', key: 'k', leaseMs: 5000, waitMs: 0, owner: 'x', attempt: 'short'}),
       ]),
     )
-    // hello + four answers
-    await eventually(() => badValues.messages.length === 5)
+    // hello + five answers
+    await eventually(() => badValues.messages.length === 6)
     badValues.socket.end()
     const replies = (await badValues.received) as {id?: number; code?: string}[]
     expect(replies.filter((m) => m.id).map((m) => [m.id, m.code])).toEqual([
@@ -296,6 +323,7 @@ describe('lockd against a misbehaving peer', () => {
       [2, 'BAD_INPUT'],
       [3, 'BAD_INPUT'],
       [4, 'OK'],
+      [5, 'BAD_INPUT'],
     ])
 
     // Through all of that the well-behaved client kept its lock and its connection.

@@ -7,7 +7,7 @@ let clock: FakeClock
 let table: LockTable
 let nextWid = 1
 
-function acquire(key: string, session: string, opts: {leaseMs?: number; waitMs?: number; token?: string; owner?: string} = {}) {
+function acquire(key: string, session: string, opts: {leaseMs?: number; waitMs?: number; token?: string; owner?: string; attempt?: string} = {}) {
   const wid = nextWid++
   const result = table.acquire({
     key,
@@ -15,6 +15,7 @@ function acquire(key: string, session: string, opts: {leaseMs?: number; waitMs?:
     waitMs: opts.waitMs ?? 0,
     owner: opts.owner ?? session,
     token: opts.token,
+    attempt: opts.attempt,
     from: {session, wid},
   })
   return {result, wid}
@@ -85,7 +86,9 @@ describe('LockTable', () => {
       const session = `S${Math.floor(rand() * 6)}`
       const r = rand()
       if (r < 0.4) {
-        const {result} = acquire('k', session, {waitMs: rand() < 0.5 ? 0 : 3000, leaseMs: 1000 + Math.floor(rand() * 4000)})
+        // Some acquires are retries of an attempt, from this or another connection.
+        const attempt = rand() < 0.3 ? `attempt-${Math.floor(rand() * 4)}` : undefined
+        const {result} = acquire('k', session, {waitMs: rand() < 0.5 ? 0 : 3000, leaseMs: 1000 + Math.floor(rand() * 4000), attempt})
         if (result.kind === 'granted' && !result.reentrant) tokens.set(result.grant.token, session)
       } else if (r < 0.55) {
         const holder = table.inspect('k')?.holder
@@ -212,6 +215,46 @@ describe('LockTable', () => {
     expect(table.drainChanges()).toEqual([])
     table.release('k', result.kind === 'granted' ? result.grant.token : '')
     expect(table.drainChanges()).toEqual([{key: 'k', holder: null}])
+  })
+
+  it('an attempt asked again from a new connection gets the grant made to it, renewed; no other attempt does', () => {
+    const a = acquire('k', 'A')
+    expect(acquire('k', 'B1', {waitMs: WAIT_FOREVER, attempt: 'attempt-b'}).result.kind).toBe('queued')
+    table.drainEvents()
+    table.release('k', a.result.kind === 'granted' ? a.result.grant.token : '')
+    const [granted] = grants(table.drainEvents())
+    expect(granted.to?.session).toBe('B1')
+    // B1's connection drops before the grant push reaches it; its retry comes on B2.
+    table.dropSession('B1')
+    clock.advance(4000)
+    expect(acquire('k', 'C', {waitMs: 0, attempt: 'attempt-c'}).result.kind).toBe('held')
+    const again = acquire('k', 'B2', {waitMs: WAIT_FOREVER, attempt: 'attempt-b', leaseMs: 10_000})
+    expect(again.result).toMatchObject({kind: 'granted', reentrant: true, grant: {token: granted.holder.token, fence: granted.holder.fence, leaseLeftMs: 10_000}})
+    expect(table.waitersOf('k')).toBe(0)
+  })
+
+  it('the same attempt queued again from a new connection takes over its place instead of queueing twice', () => {
+    const a = acquire('k', 'A')
+    acquire('k', 'B1', {waitMs: WAIT_FOREVER, attempt: 'attempt-b'})
+    acquire('k', 'C', {waitMs: WAIT_FOREVER})
+    // lockd has not yet seen B1's connection drop when the retry arrives.
+    expect(acquire('k', 'B2', {waitMs: WAIT_FOREVER, attempt: 'attempt-b'}).result).toMatchObject({kind: 'queued', position: 1})
+    expect(table.waitersOf('k')).toBe(2)
+    table.dropSession('B1') // now it has: nothing changes
+    expect(table.waitersOf('k')).toBe(2)
+    table.drainEvents()
+    table.release('k', a.result.kind === 'granted' ? a.result.grant.token : '')
+    expect(grants(table.drainEvents()).map((g) => g.to?.session)).toEqual(['B2'])
+  })
+
+  it('a grant keeps its attempt through the durable log and recovery', () => {
+    acquire('k', 'A', {attempt: 'attempt-a'})
+    const [{holder}] = table.drainChanges()
+    expect(holder).toMatchObject({attempt: 'attempt-a'})
+    const restarted = new LockTable(clock)
+    restarted.recover(holder!.fence, [['k', holder!]])
+    const again = restarted.acquire({key: 'k', leaseMs: 5000, waitMs: 0, owner: 'A', attempt: 'attempt-a', from: {session: 'A2', wid: 1}})
+    expect(again).toMatchObject({kind: 'granted', grant: {token: holder!.token, fence: holder!.fence}})
   })
 
   it('lists by prefix in key order and never shows tokens', () => {

@@ -133,6 +133,7 @@ export class LockdBackend implements LockBackend {
           waitMs: request.waitMs,
           owner: request.owner,
           ...(request.token ? {token: request.token} : {}),
+          ...(request.attempt ? {attempt: request.attempt} : {}),
           ...(request.onQueued ? {progress: true} : {}),
         },
         {signal: request.signal},
