@@ -3,6 +3,7 @@ import {dirname} from 'node:path'
 import {clearLine, cursorTo} from 'node:readline'
 import {createInterface} from 'node:readline/promises'
 import type {Config} from '@oclif/core'
+import {AbortedError} from '../client/errors.js'
 import type {LockClient} from '../client/lock-client.js'
 import {describeError} from './base-command.js'
 import {ExitCode} from './exit-codes.js'
@@ -68,6 +69,15 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
       cursorTo(options.output, 0)
       options.output.write(`${line}\n`)
       if (!running) rl.prompt(true)
+    },
+    async ask(query: string) {
+      if (!interactive) throw new AbortedError('no terminal to ask on')
+      try {
+        return await rl.question(query, {signal: controller.signal})
+      } catch (error) {
+        if ((error as Error).name === 'AbortError') throw new AbortedError('cancelled at the prompt')
+        throw error
+      }
     },
   }
 
@@ -213,18 +223,10 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
         if (leaving) return
         leaving = true
         if (!fromQueue) await queue
-        if (!closed) rl.pause()
-        const exit = await leave()
-        if (exit) {
-          if (!closed) rl.close()
-          resolve('exit')
-        } else if (closed) {
-          resolve('again')
-        } else {
-          leaving = false
-          rl.resume()
-          rl.prompt()
-        }
+        // The exit question is a prompt library's, which needs the terminal to itself (it leaves
+        // it in cooked mode when done): close this line editor first; staying makes a new one.
+        if (!closed) rl.close()
+        resolve((await leave()) ? 'exit' : 'again')
       }
       rl.on('line', (line) => {
         queue = queue.then(async () => {

@@ -1,6 +1,7 @@
 import type {AutoRenewalLock} from '../client/auto-renewal-lock.js'
 import type {LockClient} from '../client/lock-client.js'
 import type {GrantInfo} from '../protocol/messages.js'
+import {UsageError} from './flags.js'
 
 /** A grant the REPL session took with `lock`, remembered so unlock/renew need no token. */
 export interface SessionLock {
@@ -29,6 +30,12 @@ export interface ReplSession {
   print(line: string): void
   /** Put before error lines (the line number, when running a script). */
   readonly errorPrefix: string
+  /**
+   * Ask a question on the REPL's own line editor (terminal only). Prompt libraries must not be
+   * used inside the REPL: they open a second reader on the same terminal, see the keys the REPL
+   * also sees, and leave it in cooked mode when they finish. Rejects on Ctrl-C.
+   */
+  ask(query: string): Promise<string>
 }
 
 let current: ReplSession | null = null
@@ -53,6 +60,14 @@ export async function pickSessionKey(session: ReplSession, message: string, opti
   const keys = [...session.locks.keys(), ...(options.locksOnly ? [] : [...session.holds.keys()])]
   if (!session.interactive || keys.length === 0) return undefined
   if (keys.length === 1) return keys[0]
-  const {select} = await import('@inquirer/prompts')
-  return select({message, choices: keys.map((key) => ({name: key, value: key}))}, {output: process.stderr, signal: session.signal})
+  for (const [i, key] of keys.entries()) session.print(`  ${i + 1}) ${key}`)
+  const answer = (await session.ask(`${message} [1-${keys.length} or a name] `)).trim()
+  const picked = /^\d+$/.test(answer) ? keys[Number(answer) - 1] : keys.find((key) => key === answer)
+  if (!picked) throw new UsageError(answer === '' ? 'nothing picked' : `${JSON.stringify(answer)} is not one of the listed locks`)
+  return picked
+}
+
+/** A yes/no question on the REPL's line editor; anything but y/yes is no. */
+export async function confirmInSession(session: ReplSession, question: string): Promise<boolean> {
+  return /^(y|yes)$/i.test((await session.ask(`${question} (y/N) `)).trim())
 }

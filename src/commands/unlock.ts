@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import {checkKeyArg, defaultToken, keyArg, missingInput, tokenFlag, UsageError} from '../cli/flags.js'
 import {holderJson} from '../cli/output.js'
-import {activeSession, pickSessionKey} from '../cli/session.js'
+import {activeSession, confirmInSession, pickSessionKey} from '../cli/session.js'
 import {describeHolder} from '../client/errors.js'
 
 export default class Unlock extends BaseCommand {
@@ -38,11 +38,10 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
     const token = flags.force ? undefined : (flags.token ?? defaultToken(key, session?.locks.get(key)?.token, '; use --force to release a lock you do not hold'))
     if (flags.force && !flags.yes && process.stdin.isTTY && process.stderr.isTTY && !this.jsonEnabled() && (session?.interactive ?? true)) {
       const lock = await client.inspect(key)
-      const {confirm} = await import('@inquirer/prompts')
-      const ok = await confirm(
-        {message: `Force-release ${JSON.stringify(key)}, held by ${describeHolder(lock?.holder)}?`, default: false},
-        {output: process.stderr},
-      )
+      const question = `Force-release ${JSON.stringify(key)}, held by ${describeHolder(lock?.holder)}?`
+      const ok = session
+        ? await confirmInSession(session, question)
+        : await import('@inquirer/prompts').then(({confirm}) => confirm({message: question, default: false}, {output: process.stderr}))
       if (!ok) throw new UsageError('not released: cancelled at the prompt')
     }
     try {

@@ -118,59 +118,111 @@ describe('the REPL with piped input (a script)', () => {
 
 const tmux = spawnSync('tmux', ['-V']).status === 0
 
+/** A REPL in a tmux terminal: send keys, wait for the screen to show something. */
+async function replInTmux(run: (t: {keys: (...keys: string[]) => void; waitScreen: (pattern: RegExp, timeoutMs?: number) => Promise<void>; screen: () => string; home: string}) => Promise<void>) {
+  if (!tmux) throw new Error('tmux is required in CI (apt-get install tmux)')
+  const dir = tempDir()
+  const socket = join(dir, 'tmux.sock')
+  const session = 'lockctl'
+  const t = (...args: string[]) => spawnSync('tmux', ['-S', socket, ...args], {encoding: 'utf8'})
+  const screen = () => t('capture-pane', '-p', '-t', session, '-S', '-100').stdout
+  /** Wait for the screen to show `pattern`; on failure the error shows the screen. */
+  const waitScreen = (pattern: RegExp, timeoutMs = 10_000) =>
+    eventually(() => pattern.test(screen()), timeoutMs).catch((error: Error) => {
+      throw new Error(`${error.message}: waiting for ${pattern} on the screen:\n${screen()}`)
+    })
+  const home = join(dir, 'home')
+  const command = `env HOME=${home} XDG_STATE_HOME=${home}/state LOCKCTL_ENDPOINTS=${shared.lockd.endpoint} ${process.execPath} ${BIN} repl --owner tty-user; echo "exited $?"; sleep 30`
+  expect(t('new-session', '-d', '-s', session, '-x', '120', '-y', '40', command).status).toBe(0)
+  try {
+    await waitScreen(/lockctl>/, 15_000)
+    await run({keys: (...keys) => void t('send-keys', '-t', session, ...keys), waitScreen, screen, home})
+  } finally {
+    t('kill-server')
+  }
+}
+
 describe.skipIf(!tmux && !process.env.CI)('the REPL in a real terminal (tmux)', () => {
   it('prompt, background hold events while typing, Ctrl-C during a waiting lock, the exit question', async () => {
-    if (!tmux) throw new Error('tmux is required in CI (apt-get install tmux)')
-    const dir = tempDir()
-    const socket = join(dir, 'tmux.sock')
-    const session = 'lockctl'
-    const t = (...args: string[]) => spawnSync('tmux', ['-S', socket, ...args], {encoding: 'utf8'})
-    const screen = () => t('capture-pane', '-p', '-t', session, '-S', '-100').stdout
-    /** Wait for the screen to show `pattern`; on failure the error shows the screen. */
-    const waitScreen = (pattern: RegExp, timeoutMs = 10_000) =>
-      eventually(() => pattern.test(screen()), timeoutMs).catch((error: Error) => {
-        throw new Error(`${error.message}: waiting for ${pattern} on the screen:\n${screen()}`)
-      })
-    const home = join(dir, 'home')
-    const command = `env HOME=${home} XDG_STATE_HOME=${home}/state LOCKCTL_ENDPOINTS=${shared.lockd.endpoint} ${process.execPath} ${BIN} repl --owner tty-user; echo "exited $?"; sleep 30`
-    expect(t('new-session', '-d', '-s', session, '-x', '120', '-y', '40', command).status).toBe(0)
-    try {
-      await waitScreen(/lockctl>/, 15_000)
-
+    await replInTmux(async ({keys, waitScreen, screen, home}) => {
       // A background hold whose events appear above the prompt while a line is being typed.
       const blocker = await runCli(['lock', 'tty-held', '--owner', 'blocker'], {env})
-      t('send-keys', '-t', session, 'hold tty-held --lease 2s', 'Enter')
+      keys('hold tty-held --lease 2s', 'Enter')
       await waitScreen(/holding tty-held in the background/)
-      t('send-keys', '-t', session, 'status half-typed')
+      keys('status half-typed')
       await runCli(['unlock', 'tty-held', '--token', blocker.stdout.trim()], {env})
       await waitScreen(/acquired tty-held \(fence \d+, lease 2s\)/)
       const lines = screen().split('\n').filter((l) => l.trim())
       const acquiredAt = lines.findIndex((l) => l.includes('acquired tty-held'))
       // The event is above the prompt, and the half-typed line is still there after it.
       expect(lines.slice(acquiredAt + 1).join('\n')).toMatch(/lockctl> status half-typed/)
-      t('send-keys', '-t', session, 'C-u')
+      keys('C-u')
 
       // Ctrl-C cancels a waiting lock, not the REPL.
       const other = await runCli(['lock', 'tty-busy', '--owner', 'other'], {env})
-      t('send-keys', '-t', session, 'lock tty-busy --wait forever', 'Enter')
+      keys('lock tty-busy --wait forever', 'Enter')
       await eventually(async () => JSON.parse((await runCli(['status', 'tty-busy', '--json'], {env})).stdout).waiters === 1)
-      t('send-keys', '-t', session, 'C-c')
+      keys('C-c')
       await waitScreen(/lockctl: stopped waiting for "tty-busy"/)
       await eventually(async () => JSON.parse((await runCli(['status', 'tty-busy', '--json'], {env})).stdout).waiters === 0)
-      t('send-keys', '-t', session, 'locks', 'Enter')
+      keys('locks', 'Enter')
       await waitScreen(/tty-held {2}fence \d+, \d+s left, renewing \(hold\)/)
 
       // Leaving asks what to do with the held lock; release all.
-      t('send-keys', '-t', session, 'exit', 'Enter')
+      keys('exit', 'Enter')
       await waitScreen(/This session holds 1 lock\(s\)\. On exit:/)
-      t('send-keys', '-t', session, 'Enter')
+      keys('Enter')
       await waitScreen(/exited 0/)
       expect(JSON.parse((await runCli(['status', 'tty-held', '--json'], {env})).stdout).holder).toBeNull()
       await runCli(['unlock', 'tty-busy', '--token', other.stdout.trim()], {env})
       const history = join(home, 'state', 'lockctl', 'repl_history')
       expect(existsSync(history) && readFileSync(history, 'utf8')).toMatch(/hold tty-held --lease 2s/)
-    } finally {
-      t('kill-server')
-    }
+    })
+  })
+
+  it('questions inside the REPL (pick a lock, confirm --force, Ctrl-C at a question, stay at exit) leave it working', async () => {
+    await replInTmux(async ({keys, waitScreen}) => {
+      // (tmux drops trailing blanks: a prompt shows as "lockctl>" at the end of a line.)
+      // Tab completes commands and flags.
+      keys('unl', 'Tab')
+      await waitScreen(/lockctl> unlock$/m)
+      keys('C-u', 'lock tty-a', 'Enter')
+      await waitScreen(/lockctl> lock tty-a\n\S+\nlockctl>$/m)
+      keys('lock tty-b', 'Enter')
+      await waitScreen(/lockctl> lock tty-b\n\S+\nlockctl>$/m)
+
+      // Two locks: unlock without KEY lists them and asks which.
+      keys('unlock', 'Enter')
+      await waitScreen(/ {2}1\) tty-a\n {2}2\) tty-b\nRelease which lock\? \[1-2 or a name\]$/m)
+      keys('2', 'Enter')
+      await waitScreen(/released tty-b \(fence \d+, held by tty-user\)\nlockctl>$/m)
+
+      // --force asks first; Ctrl-C at the question cancels the command, not the REPL.
+      keys('unlock tty-a --force', 'Enter')
+      await waitScreen(/Force-release "tty-a", held by tty-user \(fence \d+, [^)]* left\)\? \(y\/N\)$/m)
+      keys('C-c')
+      await waitScreen(/lockctl: cancelled at the prompt\nlockctl>$/m)
+      expect(JSON.parse((await runCli(['status', 'tty-a', '--json'], {env})).stdout).holder).toMatchObject({owner: 'tty-user'})
+      keys('unlock tty-a --force', 'Enter')
+      await waitScreen(/\(y\/N\)$/m)
+      keys('y', 'Enter')
+      await waitScreen(/released tty-a \(fence \d+, held by tty-user\)\nlockctl>$/m)
+      expect(JSON.parse((await runCli(['status', 'tty-a', '--json'], {env})).stdout).holder).toBeNull()
+
+      // The answer went to the question, not to the REPL as a command; typing still works.
+      keys('lock tty-c', 'Enter')
+      await waitScreen(/lockctl> lock tty-c\n\S+\nlockctl>$/m)
+      keys('exit', 'Enter')
+      await waitScreen(/This session holds 1 lock\(s\)\. On exit:/)
+      keys('Up', 'Enter') // the last choice: cancel, stay
+      await waitScreen(/cancel: stay in the REPL\nlockctl>$/m)
+      keys('locks', 'Enter')
+      await waitScreen(/tty-c {2}fence \d+, [^)]* left \(lock\)\nlockctl>$/m)
+      keys('C-d')
+      await waitScreen(/On exit:/)
+      keys('Enter')
+      await waitScreen(/exited 0/)
+      expect(JSON.parse((await runCli(['status', 'tty-c', '--json'], {env})).stdout).holder).toBeNull()
+    })
   })
 })
