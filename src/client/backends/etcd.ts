@@ -295,18 +295,15 @@ export class EtcdBackend implements LockBackend {
       // (A key of a longer lock name, "KEY/x/...", sorts by its own revision: check then.)
       const oldest = txn.responses[1].response_range.kvs[0]
       if (oldest?.create_revision === revision) return {grant, queued: false, leaseFrom}
-      const ahead = await this.waitersOf(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: 1})
-      if (ahead.length === 0) return {grant, queued: false, leaseFrom}
       if (waitMs === 0) {
+        const ahead = await this.waitersOf(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: 1})
+        if (ahead.length === 0) return {grant, queued: false, leaseFrom}
         const holder = await this.holderInfo((await this.waitersOf(key, {limit: 1}))[0] ?? ahead[0])
         await this.giveUp(myKey, revision, lease)
         throw new LockHeldError(key, holder)
       }
-      const all = await this.waitersOf(key)
-      request.onQueued?.({
-        position: all.findIndex((kv) => kv.create_revision === revision),
-        holder: all[0] ? await this.holderInfo(all[0]) : null,
-      })
+      // From here on our key is our place in the queue: waitForTurn keeps it through etcd
+      // trouble until the wait's end (it also finds the lock free if the key ahead just went).
       const keptAliveFrom = await this.waitForTurn(key, myKey, revision, lease, leaseMs, waitMs, startedAt, request.signal, request.onQueued)
       return {grant: {...grant, leaseLeftMs: leaseMs}, queued: true, leaseFrom: keptAliveFrom}
     } catch (error) {
@@ -361,10 +358,10 @@ export class EtcdBackend implements LockBackend {
           }
           predecessor = ahead[0]
           if (onQueued) {
-            // Tell the caller its place whenever it changed (acquire() told it the first one).
+            // Tell the caller its place (1 = next) first, and again whenever it changes.
             const all = await this.waitersOf(key)
             const position = all.findIndex((kv) => kv.create_revision === revision)
-            if (lastPosition !== -1 && position !== lastPosition) onQueued({position, holder: all[0] ? await this.holderInfo(all[0]).catch(() => null) : null})
+            if (position !== lastPosition) onQueued({position, holder: all[0] ? await this.holderInfo(all[0]).catch(() => null) : null})
             lastPosition = position
           }
         } catch (error) {
