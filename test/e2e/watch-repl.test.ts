@@ -119,7 +119,7 @@ describe('the REPL with piped input (a script)', () => {
 const tmux = spawnSync('tmux', ['-V']).status === 0
 
 /** A REPL in a tmux terminal: send keys, wait for the screen to show something. */
-async function replInTmux(run: (t: {keys: (...keys: string[]) => void; waitScreen: (pattern: RegExp, timeoutMs?: number) => Promise<void>; screen: () => string; home: string}) => Promise<void>) {
+async function replInTmux(run: (t: {keys: (...keys: string[]) => void; waitScreen: (pattern: RegExp, timeoutMs?: number) => Promise<unknown>; screen: () => string; home: string}) => Promise<void>) {
   if (!tmux) throw new Error('tmux is required in CI (apt-get install tmux)')
   const dir = tempDir()
   const socket = join(dir, 'tmux.sock')
