@@ -1,4 +1,4 @@
-import {formatMs} from './output.js'
+import {formatMs, ordinal} from './output.js'
 
 export type HoldEvent = 'waiting' | 'acquired' | 'lost' | 'released' | 'suspended' | 'connected'
 
@@ -21,6 +21,10 @@ export class EventPrinter {
       return
     }
     const details: string[] = []
+    if (event === 'waiting') {
+      if (typeof fields.holder === 'string') details.push(`held by ${fields.holder}`)
+      if (typeof fields.position === 'number' && fields.position > 0) details.push(`${ordinal(fields.position)} in the queue`)
+    }
     if (fields.fence !== undefined) details.push(`fence ${String(fields.fence)}`)
     if (typeof fields.leaseMs === 'number') details.push(`lease ${formatMs(fields.leaseMs)}`)
     if (fields.reason) details.push(String(fields.reason))

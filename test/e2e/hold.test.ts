@@ -88,11 +88,13 @@ describe('hold: signals', () => {
   })
 
   it('SIGINT while waiting for the first grant leaves the queue and exits 130', async () => {
-    const first = await runCli(['lock', 'queued'], {env})
+    const first = await runCli(['lock', 'queued', '--owner', 'first'], {env})
     const run = runCli(['hold', 'queued', '--', 'true'], {env})
     await eventually(async () => JSON.parse((await runCli(['status', 'queued', '--json'], {env})).stdout).waiters === 1)
     run.child.kill('SIGINT')
-    expect((await run).code).toBe(130)
+    const result = await run
+    expect(result.code).toBe(130)
+    expect(result.stderr).toMatch(/^\S+ waiting queued \(held by first, 1st in the queue\)$/m)
     await eventually(async () => JSON.parse((await runCli(['status', 'queued', '--json'], {env})).stdout).waiters === 0)
     expect((await runCli(['unlock', 'queued', '--token', first.stdout.trim()], {env})).code).toBe(0)
   })
