@@ -2,6 +2,7 @@ import {existsSync, readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
 import {eventually, runCli, sharedLockd, startLockd, tempDir} from '../helpers/processes.js'
+import {hasTmux, inTerminal} from '../helpers/tmux.js'
 
 const shared = sharedLockd()
 const {env} = shared
@@ -235,5 +236,26 @@ describe('hold as leader election', () => {
     expect(fences).toEqual([...fences].sort((a, b) => a - b))
     expect(new Set(fences).size).toBe(4)
     expect(events.at(-1)).toMatchObject({event: 'released', key: 'elect'})
+  })
+})
+
+describe.skipIf(!hasTmux && !process.env.CI)('hold in a real terminal (tmux)', () => {
+  it('a spinner shows the holder and our place while waiting, then gives way to the events and the command', async () => {
+    const blocker = await runCli(['lock', 'tty-spin', '--owner', 'blocker'], {env})
+    await inTerminal(`hold tty-spin -- sh -c 'echo child ran'`, env, async ({waitScreen, screen}) => {
+      await waitScreen(/waiting tty-spin \(held by blocker, 1st in the queue\)/)
+      await waitScreen(/^\S waiting for tty-spin: held by blocker \(fence \d+, [^)]* left\); 1st in the queue$/m)
+      await runCli(['unlock', 'tty-spin', '--token', blocker.stdout.trim()], {env})
+      await waitScreen(/exited 0/)
+      const lines = screen().split('\n').filter((l) => l.trim())
+      // The spinner line is gone; what is left is the events and the command's output, in order.
+      expect(lines.map((l) => l.replace(/^\S+Z /, ''))).toEqual([
+        'waiting tty-spin (held by blocker, 1st in the queue)',
+        expect.stringMatching(/^acquired tty-spin \(fence \d+, lease 15s\)$/),
+        'child ran',
+        'released tty-spin',
+        'exited 0',
+      ])
+    })
   })
 })

@@ -2,7 +2,8 @@ import {spawnSync} from 'node:child_process'
 import {existsSync, readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
-import {BIN, eventually, runCli, sharedLockd, tempDir} from '../helpers/processes.js'
+import {BIN, eventually, runCli, sharedLockd} from '../helpers/processes.js'
+import {hasTmux, inTerminal, type Terminal} from '../helpers/tmux.js'
 
 const shared = sharedLockd()
 const {env} = shared
@@ -116,33 +117,15 @@ describe('the REPL with piped input (a script)', () => {
   })
 })
 
-const tmux = spawnSync('tmux', ['-V']).status === 0
-
-/** A REPL in a tmux terminal: send keys, wait for the screen to show something. */
-async function replInTmux(run: (t: {keys: (...keys: string[]) => void; waitScreen: (pattern: RegExp, timeoutMs?: number) => Promise<unknown>; screen: () => string; home: string}) => Promise<void>) {
-  if (!tmux) throw new Error('tmux is required in CI (apt-get install tmux)')
-  const dir = tempDir()
-  const socket = join(dir, 'tmux.sock')
-  const session = 'lockctl'
-  const t = (...args: string[]) => spawnSync('tmux', ['-S', socket, ...args], {encoding: 'utf8'})
-  const screen = () => t('capture-pane', '-p', '-t', session, '-S', '-100').stdout
-  /** Wait for the screen to show `pattern`; on failure the error shows the screen. */
-  const waitScreen = (pattern: RegExp, timeoutMs = 10_000) =>
-    eventually(() => pattern.test(screen()), timeoutMs).catch((error: Error) => {
-      throw new Error(`${error.message}: waiting for ${pattern} on the screen:\n${screen()}`)
-    })
-  const home = join(dir, 'home')
-  const command = `env HOME=${home} XDG_STATE_HOME=${home}/state LOCKCTL_ENDPOINTS=${shared.lockd.endpoint} ${process.execPath} ${BIN} repl --owner tty-user; echo "exited $?"; sleep 30`
-  expect(t('new-session', '-d', '-s', session, '-x', '120', '-y', '40', command).status).toBe(0)
-  try {
-    await waitScreen(/lockctl>/, 15_000)
-    await run({keys: (...keys) => void t('send-keys', '-t', session, ...keys), waitScreen, screen, home})
-  } finally {
-    t('kill-server')
-  }
+/** The REPL in a real terminal, as tty-user, on the shared lockd. */
+function replInTmux(run: (terminal: Terminal) => Promise<void>): Promise<void> {
+  return inTerminal('repl --owner tty-user', {LOCKCTL_ENDPOINTS: shared.lockd.endpoint}, async (terminal) => {
+    await terminal.waitScreen(/lockctl>/, 15_000)
+    await run(terminal)
+  })
 }
 
-describe.skipIf(!tmux && !process.env.CI)('the REPL in a real terminal (tmux)', () => {
+describe.skipIf(!hasTmux && !process.env.CI)('the REPL in a real terminal (tmux)', () => {
   it('prompt, background hold events while typing, Ctrl-C during a waiting lock, the exit question', async () => {
     await replInTmux(async ({keys, waitScreen, screen, home}) => {
       // A background hold whose events appear above the prompt while a line is being typed.
