@@ -130,11 +130,13 @@ export function describeError(
   }
   if (error.oclif?.exit !== undefined) {
     // oclif's own usage errors (unknown flag, missing argument): keep them to one line.
-    const message = error.message
+    const lines = error.message
       .split('\n')
       .map((line) => line.trim())
       .filter((line) => line && !/^See more help/.test(line))
-      .join(' ')
+    // "Missing 1 required arg:" then "key  lock name: ..." lines: say "missing KEY".
+    const missing = /^Missing \d+ required args?:$/.test(lines[0] ?? '')
+    const message = missing ? `missing ${lines.slice(1).map((line) => line.split(/\s{2,}/)[0].toUpperCase()).join(', ')}` : lines.join(' ')
     const exitCode = error.oclif.exit === 0 ? 0 : ExitCode.USAGE
     return {code: exitCode === 0 ? 'OK' : ErrorCode.BAD_INPUT, exitCode, message: `${message} (see --help)`}
   }

@@ -1,6 +1,6 @@
 import {Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
-import {checkKeyArg, keyArg, tokenFlag} from '../cli/flags.js'
+import {checkKeyArg, keyArg, tokenFlag, UsageError} from '../cli/flags.js'
 import {age, formatMs, holderJson} from '../cli/output.js'
 import type {LockInfo} from '../client/backend.js'
 import type {LockClient} from '../client/lock-client.js'
@@ -15,7 +15,7 @@ export default class Status extends BaseCommand {
   static args = {key: keyArg({required: false})}
 
   static flags = {
-    prefix: Flags.string({description: 'only keys that start with this', exclusive: ['key'], helpValue: 'PREFIX'}),
+    prefix: Flags.string({description: 'only keys that start with this (not with KEY)', helpValue: 'PREFIX'}),
     token: tokenFlag('check whether this token holds KEY (exit 0) or not (exit 5)'),
     limit: Flags.integer({description: 'show at most this many locks', default: 1000, min: 1}),
     watch: Flags.boolean({char: 'w', description: 'redraw the table as locks change, until Ctrl-C', exclusive: ['token', 'json']}),
@@ -23,6 +23,9 @@ export default class Status extends BaseCommand {
 
   async run(): Promise<Record<string, unknown>> {
     const {args, flags} = await this.parse(Status)
+    // oclif's `exclusive` only relates flags to flags: KEY against flags is checked here.
+    if (args.key !== undefined && flags.prefix !== undefined) throw new UsageError('give KEY or --prefix, not both')
+    if (args.key === undefined && flags.token !== undefined) throw new UsageError('--token needs KEY: status KEY --token TOKEN')
     const client = await this.client(flags)
     if (flags.watch) {
       await this.watchTable(client, args.key !== undefined ? {key: checkKeyArg(args.key)} : {prefix: flags.prefix ?? ''}, flags.limit)

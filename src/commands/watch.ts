@@ -1,6 +1,6 @@
 import {Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
-import {checkKeyArg, keyArg} from '../cli/flags.js'
+import {checkKeyArg, keyArg, UsageError} from '../cli/flags.js'
 import type {LockInfo} from '../client/backend.js'
 import type {LockEvent} from '../client/watch.js'
 
@@ -14,11 +14,12 @@ Exit codes: 0 after Ctrl-C, 4 if the lock service is unreachable at the start.`
   static args = {key: keyArg({required: false, description: 'the lock to watch (default: all, or --prefix)'})}
 
   static flags = {
-    prefix: Flags.string({description: 'watch every lock whose key starts with this', exclusive: ['key'], helpValue: 'PREFIX'}),
+    prefix: Flags.string({description: 'watch every lock whose key starts with this (not with KEY)', helpValue: 'PREFIX'}),
   }
 
   async run(): Promise<void> {
     const {args, flags} = await this.parse(Watch)
+    if (args.key !== undefined && flags.prefix !== undefined) throw new UsageError('give KEY or --prefix, not both')
     const target = args.key !== undefined ? {key: checkKeyArg(args.key)} : {prefix: flags.prefix ?? ''}
     const client = await this.client(flags)
     const json = this.jsonEnabled()

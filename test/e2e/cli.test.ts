@@ -168,6 +168,12 @@ describe('the CLI against a lockd server', () => {
     [['lock', 'k', '--endpoints', 'localhost:7070'], /endpoint "localhost:7070": no scheme/],
     [['lock', 'k', '--endpoints', 'ftp://x'], /unknown scheme "ftp"/],
     [['server', '--listen', 'nope'], /--listen: "nope" is not HOST:PORT/],
+    [['lock'], /^lockctl: missing KEY \(see --help\)$/m],
+    [['watch', 'k', '--prefix', 'p/'], /give KEY or --prefix, not both/],
+    [['status', 'k', '--prefix', 'p/'], /give KEY or --prefix, not both/],
+    [['status', '--token', 'abcdefghijkl'], /--token needs KEY/],
+    [['lokc', 'k'], /^lockctl: unknown command "lokc"; did you mean lock\?$/m],
+    [['frobnicate'], /unknown command "frobnicate"; commands: hold, lock, renew, repl, server, status, unlock, watch/],
   ])('bad input %j exits 2 with one line', async (args, message) => {
     const result = await runCli(args as string[], {env})
     expect(result.code).toBe(2)
