@@ -100,7 +100,11 @@ export const ownerFlag = Flags.custom<string>({
 
 export function checkKeyArg(key: string): string {
   const problem = keyProblem(key)
-  if (problem) throw new UsageError(`KEY ${JSON.stringify(key)}: ${problem}`)
+  if (problem) {
+    // A long key is shown by its start: the error stays one readable line.
+    const shown = key.length > 60 ? `${JSON.stringify(key.slice(0, 40)).slice(0, -1)}…"` : JSON.stringify(key)
+    throw new UsageError(`KEY ${shown}: ${problem}`)
+  }
   return key
 }
 

@@ -13,7 +13,7 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 4 u
 
   static examples = [
     'token=$(<%= config.bin %> lock deploy --lease 2m --wait 30s) || exit 1',
-    'eval "$(<%= config.bin %> lock nightly --export)"',
+    'vars=$(<%= config.bin %> lock nightly --export) || exit 1; eval "$vars"',
     '<%= config.bin %> lock deploy --json',
   ]
 
@@ -23,7 +23,7 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 4 u
     lease: leaseFlag({defaultMs: 60_000}),
     wait: waitFlag({defaultMs: 0}),
     owner: ownerFlag(),
-    export: Flags.boolean({description: 'print shell `export` lines for LOCKCTL_KEY, LOCKCTL_TOKEN, LOCKCTL_FENCE', exclusive: ['json']}),
+    export: Flags.boolean({description: 'print shell `export` lines for LOCKCTL_KEY, LOCKCTL_TOKEN, LOCKCTL_FENCE (check the exit code before eval)', exclusive: ['json']}),
     'conflict-exit-code': conflictExitCodeFlag,
   }
 

@@ -7,7 +7,7 @@ import {describeHolder} from '../client/errors.js'
 
 export default class Unlock extends BaseCommand {
   static summary = 'Release a lock with its token (or --force as an admin).'
-  static description = `KEY defaults to $LOCKCTL_KEY and the token to $LOCKCTL_TOKEN, as set by \`eval "$(lockctl lock KEY --export)"\`. In the REPL the session remembers tokens, and without KEY on a terminal you pick one of the session's locks.
+  static description = `KEY defaults to $LOCKCTL_KEY and the token to $LOCKCTL_TOKEN, as set by \`lockctl lock KEY --export\`. In the REPL the session remembers tokens, and without KEY on a terminal you pick one of the session's locks.
 Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lock (released, expired, or force-released).`
 
   static examples = ['<%= config.bin %> unlock deploy --token "$token"', '<%= config.bin %> unlock', '<%= config.bin %> unlock deploy --force --yes']

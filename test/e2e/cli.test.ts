@@ -156,7 +156,7 @@ describe('the CLI against a lockd server', () => {
   it.each([
     [['lock', ''], /KEY "": a key must not be empty/],
     [['lock', 'a\u0001b'], /control characters/],
-    [['lock', 'x'.repeat(513)], /at most 512 bytes/],
+    [['lock', 'x'.repeat(513)], /^lockctl: KEY "x{40}…": a key is at most 512 bytes of UTF-8 \(this one is 513\)$/m],
     [['lock', 'k', '--lease', 'abc'], /--lease: "abc" is not a duration/],
     [['lock', 'k', '--lease', '30'], /a bare number has no unit: write 30s/],
     [['lock', 'k', '--lease', '200ms'], /--lease: 200ms is too short; the minimum is 1s/],
