@@ -163,4 +163,34 @@ export function conformanceSuite(endpoint: () => string, options: {shortLeaseMs:
       await eventually(async () => (await a.inspect(k)) === null, 5000)
     }
   })
+
+  it('contention with releases, abandoned grants and expiries: never two believing holders, fences increase', async () => {
+    // Bounded: 5 clients x 6 rounds. A round either releases, or abandons the grant (as a
+    // crashed process would) so that the next holder only gets it when the lease expires.
+    const k = key('contention')
+    const leaseMs = options.shortLeaseMs
+    type Lock = ReturnType<LockClient['createLock']>
+    let inside: {name: string; lock: Lock} | null = null
+    const fences: number[] = []
+    const violations: string[] = []
+    const worker = async (name: string, rounds: number) => {
+      const c = await client(name)
+      for (let r = 0; r < rounds; r++) {
+        const lock = c.createLock(k)
+        const grant = await lock.acquire({leaseMs, waitMs: 30_000})
+        // Whoever was inside before must no longer believe it holds the lock.
+        if (inside && inside.lock.isHeldByCurrentClient()) violations.push(`${name} got fence ${grant.fence} while ${inside.name} still held`)
+        inside = {name, lock}
+        fences.push(grant.fence)
+        await new Promise((resolve) => setTimeout(resolve, 5 + ((r * 7) % 20)))
+        if (r === 2) continue // abandoned: expires on the server
+        inside = null
+        await lock.unlock()
+      }
+    }
+    await Promise.all(['A', 'B', 'C', 'D', 'E'].map((name) => worker(name, 6)))
+    expect(violations).toEqual([])
+    expect(fences).toHaveLength(30)
+    for (let i = 1; i < fences.length; i++) expect(fences[i]).toBeGreaterThan(fences[i - 1])
+  }, 120_000)
 }
