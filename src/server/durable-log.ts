@@ -17,7 +17,7 @@ import {
 import {join} from 'node:path'
 import {promisify} from 'node:util'
 import {crc32} from 'node:zlib'
-import {Packr} from 'msgpackr'
+import {Packr} from 'msgpackr/pack'
 import type {PersistedHolder, TableSnapshot} from './lock-table.js'
 
 /**

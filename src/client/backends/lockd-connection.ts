@@ -1,5 +1,5 @@
 import {createConnection, type Socket} from 'node:net'
-import type {Packr} from 'msgpackr'
+import type {Packr} from 'msgpackr/pack'
 import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder} from '../../protocol/framing.js'
 import {PROTOCOL_VERSION, type HelloReply, type Push, type RequestBody, type Response} from '../../protocol/messages.js'
 import {AbortedError, ProtocolError, UnreachableError} from '../errors.js'
