@@ -2,6 +2,7 @@ import {existsSync, readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {spawn} from 'node:child_process'
 import {expect, it} from 'vitest'
+import {connect} from '../../src/client/index.js'
 import {describeEtcd, startEtcd} from '../helpers/etcd.js'
 import {eventually, runCli, tempDir} from '../helpers/processes.js'
 
@@ -59,6 +60,32 @@ describeEtcd('etcd: a 3-member cluster losing its leader', () => {
     expect(results[0].stderr).not.toMatch(/\blost\b/)
     expect(checkNoOverlap(log), stderrs).toEqual(['A', 'B', 'C'])
   }, 90_000)
+})
+
+describeEtcd('etcd: a member that stops answering', () => {
+  it('a waiter that gives up while etcd does not answer leaves no key behind once etcd answers again', async () => {
+    const etcd = await startEtcd(1)
+    const a = await connect({endpoints: etcd.endpoint, owner: 'A', requestTimeoutMs: 1000})
+    const b = await connect({endpoints: etcd.endpoint, owner: 'B', requestTimeoutMs: 1000})
+    try {
+      const holder = a.createLock('frozen')
+      await holder.acquire({leaseMs: 30_000})
+      const controller = new AbortController()
+      const waiting = b.createLock('frozen').acquire({leaseMs: 60_000, waitMs: 120_000, signal: controller.signal})
+      await eventually(async () => (await a.inspect('frozen'))?.waiters === 1)
+      const pid = etcd.members[0].child!.pid!
+      process.kill(pid, 'SIGSTOP') // etcd hangs: the give-up's revoke gets no answer
+      controller.abort()
+      await expect(waiting).rejects.toMatchObject({code: 'ABORTED'})
+      process.kill(pid, 'SIGCONT')
+      // Gone long before its 60 s lease would have run out (the client's circuit breaker may
+      // hold calls back for a few seconds after the failures).
+      await eventually(async () => (await a.inspect('frozen'))?.waiters === 0, 20_000)
+      await holder.unlock()
+    } finally {
+      await Promise.all([a.close(), b.close()])
+    }
+  }, 60_000)
 })
 
 describeEtcd('etcd: interoperability with etcdctl lock', () => {

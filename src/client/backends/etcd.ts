@@ -198,8 +198,29 @@ export class EtcdBackend implements LockBackend {
     return response.ID
   }
 
-  private async revoke(lease: string): Promise<void> {
-    await this.client.leaseClient.leaseRevoke({ID: lease}).catch(() => {})
+  /**
+   * Revoke a lease. With `ttlMs`, when etcd does not answer, keep trying in the background (every
+   * 500 ms, without holding the process open) until it does or the lease would have expired
+   * anyway: the waiter key of a failed acquire would otherwise sit in the queue, or even hold
+   * the lock with nobody knowing, for a whole lease.
+   */
+  private async revoke(lease: string, ttlMs = 0): Promise<void> {
+    const until = performance.now() + ttlMs
+    const attempt = async (): Promise<boolean> => {
+      try {
+        await this.client.leaseClient.leaseRevoke({ID: lease})
+        return true
+      } catch (error) {
+        // Already gone (expired, or revoked by a force release): nothing left to do.
+        return (error as Error).constructor?.name === 'EtcdLeaseInvalidError'
+      }
+    }
+    if ((await attempt()) || ttlMs <= 0) return
+    const retry = () => {
+      if (this.closed || performance.now() >= until) return
+      setTimeout(() => void attempt().then((done) => done || retry()), 500).unref()
+    }
+    retry()
   }
 
   /** One keepalive; answers the TTL left in seconds (0 = the lease is gone). */
@@ -299,7 +320,7 @@ export class EtcdBackend implements LockBackend {
         const ahead = await this.waitersOf(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: 1})
         if (ahead.length === 0) return {grant, queued: false, leaseFrom}
         const holder = await this.holderInfo((await this.waitersOf(key, {limit: 1}))[0] ?? ahead[0])
-        await this.giveUp(myKey, revision, lease)
+        await this.giveUp(myKey, revision, lease, leaseMs)
         throw new LockHeldError(key, holder)
       }
       // From here on our key is our place in the queue: waitForTurn keeps it through etcd
@@ -308,7 +329,7 @@ export class EtcdBackend implements LockBackend {
       return {grant: {...grant, leaseLeftMs: leaseMs}, queued: true, leaseFrom: keptAliveFrom}
     } catch (error) {
       // Any failure after the lease exists: leave no key and no lease behind.
-      if (!(error instanceof LockHeldError)) await this.giveUp(myKey, undefined, lease)
+      if (!(error instanceof LockHeldError)) await this.giveUp(myKey, undefined, lease, leaseMs)
       throw error
     }
   }
@@ -410,7 +431,8 @@ export class EtcdBackend implements LockBackend {
         } finally {
           if (timer) clearTimeout(timer)
           if (onAbort) signal?.removeEventListener('abort', onAbort)
-          await (watcher as Watcher | null)?.cancel().catch(() => {})
+          // Not awaited: cancelling waits for the member's answer, which a hung member never sends.
+          void (watcher as Watcher | null)?.cancel().catch(() => {})
         }
       }
     } finally {
@@ -418,8 +440,8 @@ export class EtcdBackend implements LockBackend {
     }
   }
 
-  /** Delete our waiter key (only if it is still ours) and revoke its lease. */
-  private async giveUp(myKey: string, revision: string | undefined, lease: string): Promise<void> {
+  /** Delete our waiter key (only if it is still ours) and revoke its lease (retried: see revoke). */
+  private async giveUp(myKey: string, revision: string | undefined, lease: string, leaseMs: number): Promise<void> {
     try {
       if (revision) {
         await this.client.kv.txn({
@@ -429,7 +451,7 @@ export class EtcdBackend implements LockBackend {
         })
       }
     } catch {}
-    await this.revoke(lease)
+    await this.revoke(lease, Math.ceil(leaseMs / 1000) * 1000)
   }
 
   /** Our key, if the token still holds the lock (its key exists with its create revision). */
@@ -613,7 +635,7 @@ export class EtcdBackend implements LockBackend {
       }
     } finally {
       signal?.removeEventListener('abort', onAbort)
-      await watcher.cancel().catch(() => {})
+      void watcher.cancel().catch(() => {}) // not awaited: a hung member never answers it
     }
   }
 
