@@ -163,7 +163,7 @@ describe.skipIf(!hasTmux && !process.env.CI)('the REPL in a real terminal (tmux)
     })
   })
 
-  it('questions inside the REPL (pick a lock, confirm --force, Ctrl-C at a question, stay at exit) leave it working', async () => {
+  it('questions inside the REPL (pick a lock, confirm --force, Ctrl-C at a question, stay at exit) and watch leave it working', async () => {
     await replInTmux(async ({keys, waitScreen}) => {
       // (tmux drops trailing blanks: a prompt shows as "lockctl>" at the end of a line.)
       // Tab completes commands and flags.
@@ -191,6 +191,15 @@ describe.skipIf(!hasTmux && !process.env.CI)('the REPL in a real terminal (tmux)
       keys('y', 'Enter')
       await waitScreen(/released tty-a \(fence \d+, held by tty-user\)\nlockctl>$/m)
       expect(JSON.parse((await runCli(['status', 'tty-a', '--json'], {env})).stdout).holder).toBeNull()
+
+      // watch streams until Ctrl-C, then the prompt comes back.
+      keys('watch tty-w', 'Enter')
+      await waitScreen(/state +tty-w holder=- fence=- waiters=0/)
+      const other = await runCli(['lock', 'tty-w', '--owner', 'other'], {env})
+      await waitScreen(/acquired +tty-w holder=other fence=\d+ waiters=0/)
+      keys('C-c')
+      await waitScreen(/acquired +tty-w holder=other fence=\d+ waiters=0\nlockctl>$/m)
+      await runCli(['unlock', 'tty-w', '--token', other.stdout.trim()], {env})
 
       // The answer went to the question, not to the REPL as a command; typing still works.
       keys('lock tty-c', 'Enter')
