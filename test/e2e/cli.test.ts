@@ -3,6 +3,7 @@ import {existsSync, mkdirSync, rmSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
 import {BIN, eventually, runCli, sharedLockd, tempDir} from '../helpers/processes.js'
+import {hasTmux, inTerminal} from '../helpers/tmux.js'
 
 /** A throw-away user: its own HOME and XDG state dir, so the embedded lockd is its own. */
 function freshUser(): NodeJS.ProcessEnv {
@@ -254,5 +255,23 @@ describe('lockctl server', () => {
     expect(result.code).toBe(0)
     expect(result.stderr).toMatch(/SIGTERM, shutting down/)
     expect(existsSync(socket)).toBe(false)
+  })
+})
+
+describe.skipIf(!hasTmux && !process.env.CI)('unlock --force in a real terminal (tmux)', () => {
+  const {env} = sharedLockd()
+  it('asks first: "n" (the default) keeps the lock and exits 2, "y" releases it', async () => {
+    const held = await runCli(['lock', 'tty-force', '--owner', 'someone'], {env})
+    expect(held.code).toBe(0)
+    for (const [answer, code] of [['n', 2], ['y', 0]] as const) {
+      await inTerminal('unlock tty-force --force', env, async ({keys, waitScreen}) => {
+        await waitScreen(/Force-release "tty-force", held by someone \(fence \d+, [^)]* left\)\? \(y\/N\)/)
+        keys(answer, 'Enter')
+        await waitScreen(new RegExp(`exited ${code}`))
+      })
+      const holder = JSON.parse((await runCli(['status', 'tty-force', '--json'], {env})).stdout).holder
+      if (answer === 'n') expect(holder).toMatchObject({owner: 'someone'})
+      else expect(holder).toBeNull()
+    }
   })
 })
