@@ -1,7 +1,7 @@
 import {spawn} from 'node:child_process'
 import {mkdirSync, openSync, closeSync, readFileSync, existsSync} from 'node:fs'
 import {homedir} from 'node:os'
-import {join} from 'node:path'
+import {dirname, join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {UnreachableError} from './errors.js'
 import {LockdConnection, type ConnectionOptions} from './backends/lockd-connection.js'
@@ -58,8 +58,16 @@ export async function connectEmbedded(paths: EmbeddedPaths, options: ConnectionO
 
 /** Start lockd in the background; `onExit` gets its exit code. Answers null (still running). */
 function startDaemon(paths: EmbeddedPaths, onExit: (code: number) => void): null {
-  mkdirSync(paths.dir, {recursive: true, mode: 0o700})
-  const log = openSync(paths.logFile, 'a', 0o600)
+  let log: number
+  try {
+    makeDirectories(paths.dir)
+    log = openSync(paths.logFile, 'a', 0o600)
+  } catch (error) {
+    const {code, path} = error as NodeJS.ErrnoException
+    throw new UnreachableError(
+      `cannot start the local lockd: ${path ?? paths.dir}: ${code ?? (error as Error).message} (set XDG_STATE_HOME to a writable directory, or --endpoints)`,
+    )
+  }
   try {
     const daemon = fileURLToPath(new URL('../server/daemon.js', import.meta.url))
     const child = spawn(
@@ -79,4 +87,24 @@ function lastLine(file: string): string | undefined {
   if (!existsSync(file)) return undefined
   const lines = readFileSync(file, 'utf8').trim().split('\n')
   return lines.at(-1) || undefined
+}
+
+/**
+ * mkdir -p, one level at a time. (Node's own recursive mkdirSync never returns for some paths,
+ * e.g. under /proc, and a CLI that hangs is worse than one that says what is wrong.)
+ */
+function makeDirectories(dir: string): void {
+  try {
+    mkdirSync(dir, {mode: 0o700})
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code === 'EEXIST') return
+    if (code !== 'ENOENT' || dirname(dir) === dir) throw error
+    makeDirectories(dirname(dir))
+    try {
+      mkdirSync(dir, {mode: 0o700})
+    } catch (again) {
+      if ((again as NodeJS.ErrnoException).code !== 'EEXIST') throw again
+    }
+  }
 }

@@ -95,6 +95,18 @@ describe('the embedded default (no endpoint configured)', () => {
     expect((await runCli(['status', 'after', '--json'], {env})).code).toBe(0)
   })
 
+  it('a state directory that cannot be made: exit 4 with one line naming it, never a hang', async () => {
+    const blocker = join(tempDir(), 'a-file')
+    writeFileSync(blocker, '')
+    // A file where a directory should be (root ignores permissions, so not EACCES), and a path
+    // under /proc, where Node's own recursive mkdir never returns.
+    for (const [stateHome, reason] of [[join(blocker, 'state'), 'ENOTDIR'], ['/proc/lockctl-nope/state', 'ENOENT']]) {
+      const result = await runCli(['lock', 'k'], {env: {...freshUser(), XDG_STATE_HOME: stateHome}, timeoutMs: 20_000})
+      expect(result.code).toBe(4)
+      expect(result.stderr).toMatch(new RegExp(`^lockctl: cannot start the local lockd: \\S+: ${reason} \\(set XDG_STATE_HOME to a writable directory, or --endpoints\\)\n$`))
+    }
+  })
+
   it('two CLIs racing to start the embedded lockd end up with one server', async () => {
     const env = freshUser()
     const results = await Promise.all(['a', 'b', 'c'].map((key) => runCli(['lock', key], {env})))
