@@ -228,6 +228,29 @@ describe('lockd crash and recovery', () => {
   })
 })
 
+describe('lockd idle exit (the embedded default)', () => {
+  it('stays while a connection is open or a lock is held, and exits once neither has been true for the idle time', async () => {
+    const server = await new LockServer({listen: [{host: '127.0.0.1', port: 0}], idleExitMs: 400}).start()
+    let exited = false
+    void server.closed.then(() => (exited = true))
+    const endpoint = `lockd://127.0.0.1:${server.addresses.tcp[0].port}`
+    const c = await connect({endpoints: endpoint, owner: 'A'})
+    const lock = c.createLock('idle')
+    await lock.acquire({leaseMs: 60_000})
+    await c.close()
+    // No connection left, but a lock is held: a restart would lose nothing (durable), yet the
+    // embedded lockd keeps serving it until the lock is gone.
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+    expect(exited).toBe(false)
+    const d = await connect({endpoints: endpoint, owner: 'A'})
+    await d.release('idle', undefined, {force: true})
+    await new Promise((resolve) => setTimeout(resolve, 800))
+    expect(exited).toBe(false) // d is still connected
+    await d.close()
+    await eventually(() => exited, 5000)
+  })
+})
+
 describe('lockd against a misbehaving peer', () => {
   async function raw(port: number): Promise<{socket: Socket; messages: unknown[]; received: Promise<unknown[]>}> {
     const socket = netConnect({host: '127.0.0.1', port})
