@@ -75,7 +75,7 @@ export const durationFlag = (options: {description: string; defaultMs: number; m
     parse: async (input, _ctx, flag) => durationFlagValue(flag.name, input, options.min, options.max, false),
   })()
 
-/** --token. $LOCKCTL_TOKEN is not read here: it belongs to $LOCKCTL_KEY (see defaultToken). */
+/** --token. $LOCKCTL_TOKEN is not read here: a REPL session's own token comes first (see defaultToken). */
 export const tokenFlag = (description: string) =>
   Flags.custom<string>({
     description,
@@ -122,25 +122,21 @@ export const conflictExitCodeFlag = Flags.integer({
   helpValue: 'N',
 })
 
-/** A required value that was given neither as a flag nor through its environment variable. */
 /**
- * The token for KEY when --token is not given: the one the REPL session remembers for KEY, else
- * $LOCKCTL_TOKEN, but only when $LOCKCTL_KEY is KEY (or unset): `lock --export` sets the two
- * together, and a REPL's or another key's command must not borrow a token that is not its own.
+ * The token for KEY when --token is not given: the one the REPL session remembers for KEY (it
+ * comes first: a REPL started from a shell that exported another lock's token must still use
+ * its own), else $LOCKCTL_TOKEN.
  */
-export function defaultToken(key: string, remembered: string | undefined, hint = ''): string {
+export function defaultToken(remembered: string | undefined, hint = ''): string {
   if (remembered) return remembered
   const token = process.env.LOCKCTL_TOKEN
-  const tokenKey = process.env.LOCKCTL_KEY
   if (!token) return missingInput(`--token (or $LOCKCTL_TOKEN)${hint}`)
-  if (tokenKey && tokenKey !== key) {
-    return missingInput(`--token: $LOCKCTL_TOKEN is the token of $LOCKCTL_KEY (${JSON.stringify(tokenKey)}), not of ${JSON.stringify(key)}${hint}`)
-  }
   const problem = tokenProblem(token)
   if (problem) throw new UsageError(`$LOCKCTL_TOKEN: ${problem}; it should be a token printed by lockctl lock`)
   return token
 }
 
+/** A required value that was given neither as a flag nor through its environment variable. */
 export function missingInput(what: string): never {
   throw new UsageError(`missing ${what}`)
 }

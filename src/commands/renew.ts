@@ -13,7 +13,7 @@ Exit codes: 0 renewed, 2 usage, 4 unreachable, 5 the token does not hold the loc
   static args = {key: keyArg({required: false, description: 'lock name (default: $LOCKCTL_KEY)'})}
 
   static flags = {
-    token: tokenFlag('token printed by `lockctl lock` (default: $LOCKCTL_TOKEN when $LOCKCTL_KEY is KEY)'),
+    token: tokenFlag('token printed by `lockctl lock` (default: $LOCKCTL_TOKEN)'),
     lease: leaseFlag({defaultMs: 0, description: 'new lease length, counted from now (default: the current length)'}),
   }
 
@@ -21,7 +21,7 @@ Exit codes: 0 renewed, 2 usage, 4 unreachable, 5 the token does not hold the loc
     const {args, flags} = await this.parse(Renew)
     const session = activeSession()
     const key = checkKeyArg(args.key ?? (session ? await pickSessionKey(session, 'Renew which lock?', {locksOnly: true}) : undefined) ?? process.env.LOCKCTL_KEY ?? missingInput('KEY (or $LOCKCTL_KEY)'))
-    const token = flags.token ?? defaultToken(key, session?.locks.get(key)?.token)
+    const token = flags.token ?? defaultToken(session?.locks.get(key)?.token)
     const client = await this.client(flags)
     const sentAt = performance.now()
     try {

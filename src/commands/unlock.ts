@@ -15,7 +15,7 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
   static args = {key: keyArg({required: false, description: 'lock name (default: $LOCKCTL_KEY)'})}
 
   static flags = {
-    token: tokenFlag('token printed by `lockctl lock` (default: $LOCKCTL_TOKEN when $LOCKCTL_KEY is KEY)'),
+    token: tokenFlag('token printed by `lockctl lock` (default: $LOCKCTL_TOKEN)'),
     force: Flags.boolean({description: 'release whoever holds it (admin); asks first on a terminal'}),
     yes: Flags.boolean({char: 'y', description: 'do not ask before --force'}),
   }
@@ -35,7 +35,7 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
       return {key, released: true, forced: false, holder: null}
     }
     // --force needs no token; without it, a missing token says how to pass one.
-    const token = flags.force ? undefined : (flags.token ?? defaultToken(key, session?.locks.get(key)?.token, '; use --force to release a lock you do not hold'))
+    const token = flags.force ? undefined : (flags.token ?? defaultToken(session?.locks.get(key)?.token, '; use --force to release a lock you do not hold'))
     if (flags.force && !flags.yes && process.stdin.isTTY && process.stderr.isTTY && !this.jsonEnabled() && (session?.interactive ?? true)) {
       const lock = await client.inspect(key)
       const question = `Force-release ${JSON.stringify(key)}, held by ${describeHolder(lock?.holder)}?`
