@@ -62,7 +62,6 @@ With a command (after --): start it once the lock is held, without a shell, with
     let lostWhileRunning = false
     let suspended = false
     let announcedWait = false
-    let held = false
 
     let stopRequested!: (signal: NodeJS.Signals) => void
     const stop = new Promise<NodeJS.Signals>((resolve) => (stopRequested = resolve))
@@ -89,7 +88,6 @@ With a command (after --): start it once the lock is held, without a shell, with
         announcedWait = true
       },
       onAcquired: (grant) => {
-        held = true
         announcedWait = false
         progress.stop()
         if (suspended) {
@@ -99,7 +97,6 @@ With a command (after --): start it once the lock is held, without a shell, with
         events.print('acquired', key, {fence: grant.fence, leaseMs: grant.leaseMs, token: json ? grant.token : undefined})
       },
       onLost: (reason) => {
-        held = false
         events.print('lost', key, {reason: reason.message})
         if (child?.started && flags['on-lost'] === 'kill') {
           lostWhileRunning = true
@@ -115,7 +112,7 @@ With a command (after --): start it once the lock is held, without a shell, with
       onStateChange: (state) => {
         if (state === 'suspended' && !suspended) {
           suspended = true
-          const doing = held ? 'renewals are being retried' : 'still waiting'
+          const doing = lock.isHeldByCurrentClient() ? 'renewals are being retried' : 'still waiting'
           events.print('suspended', key, {endpoint: client.endpoint, reason: `cannot reach the lock service; ${doing}`})
         } else if (state === 'connected' && suspended) {
           suspended = false
@@ -167,7 +164,6 @@ With a command (after --): start it once the lock is held, without a shell, with
     if (session.holds.has(key)) throw new UsageError(`already holding ${key} in this session (unlock ${key} to stop)`)
     const events = new EventPrinter((line) => session.print(line.replace(/\n$/, '')), flags.quiet ? 'quiet' : flags.json ? 'json' : 'human')
     let announcedWait = false
-    let held = false
     const lock = session.client.createAutoRenewalLock(key, {
       leaseMs: flags.lease,
       retryMillis: flags.retryMillis,
@@ -178,7 +174,6 @@ With a command (after --): start it once the lock is held, without a shell, with
         announcedWait = true
       },
       onAcquired: (grant) => {
-        held = true
         announcedWait = false
         events.print('acquired', key, {fence: grant.fence, leaseMs: grant.leaseMs})
       },

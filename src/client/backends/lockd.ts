@@ -199,6 +199,8 @@ export class LockdBackend implements LockBackend {
   async release(key: string, token: string | undefined, force: boolean): Promise<HolderInfo> {
     const connection = await this.connect()
     const response = await connection.request({op: 'release', key, ...(token ? {token} : {}), force})
+    // A forced release of a free lock: say that, not "the token does not hold it".
+    if (force && response.code === ErrorCode.NOT_HOLDER) throw new NotHolderError(key, `${JSON.stringify(key)} is not held`)
     if (response.code !== 'OK') throw responseError(key, response)
     return response.holder as HolderInfo
   }
@@ -305,8 +307,7 @@ function responseError(key: string, response: Response): LockError {
   const msg = response.msg ?? response.code
   switch (response.code) {
     case ErrorCode.NOT_HOLDER:
-      // The same words as the etcd backend's; a forced release of a free lock says just that.
-      return new NotHolderError(key, response.msg === 'the lock is not held' ? `${JSON.stringify(key)} is not held` : undefined)
+      return new NotHolderError(key) // the same words as the etcd backend's
     case ErrorCode.LOCK_HELD:
       return new LockHeldError(key, response.holder ?? null)
     case ErrorCode.BAD_INPUT:
