@@ -1,4 +1,4 @@
-import {appendFileSync, mkdirSync, readFileSync} from 'node:fs'
+import {appendFileSync, readFileSync} from 'node:fs'
 import {dirname} from 'node:path'
 import {clearLine, cursorTo} from 'node:readline'
 import {createInterface} from 'node:readline/promises'
@@ -10,6 +10,7 @@ import {ExitCode} from './exit-codes.js'
 import {formatMs} from './output.js'
 import {setActiveSession, type ReplSession, type SessionLock} from './session.js'
 import {tokenize} from './tokenize.js'
+import {makeDirectories} from '../util/fs.js'
 
 const BUILTINS = ['help', 'locks', 'exit', 'quit']
 /** Commands that make no sense inside a session (they would nest or block it). */
@@ -269,7 +270,7 @@ function loadHistory(file: string): string[] {
 
 function appendHistory(file: string, line: string): void {
   try {
-    mkdirSync(dirname(file), {recursive: true, mode: 0o700})
+    makeDirectories(dirname(file))
     appendFileSync(file, `${line.replaceAll('\n', ' ')}\n`, {mode: 0o600})
   } catch {
     // History is a convenience: never fail a command over it.

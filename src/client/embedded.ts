@@ -1,8 +1,9 @@
 import {spawn} from 'node:child_process'
-import {mkdirSync, openSync, closeSync, readFileSync, existsSync} from 'node:fs'
+import {openSync, closeSync, readFileSync, existsSync} from 'node:fs'
 import {homedir} from 'node:os'
-import {dirname, join} from 'node:path'
+import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
+import {makeDirectories} from '../util/fs.js'
 import {UnreachableError} from './errors.js'
 import {LockdConnection, type ConnectionOptions} from './backends/lockd-connection.js'
 
@@ -87,24 +88,4 @@ function lastLine(file: string): string | undefined {
   if (!existsSync(file)) return undefined
   const lines = readFileSync(file, 'utf8').trim().split('\n')
   return lines.at(-1) || undefined
-}
-
-/**
- * mkdir -p, one level at a time. (Node's own recursive mkdirSync never returns for some paths,
- * e.g. under /proc, and a CLI that hangs is worse than one that says what is wrong.)
- */
-function makeDirectories(dir: string): void {
-  try {
-    mkdirSync(dir, {mode: 0o700})
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code
-    if (code === 'EEXIST') return
-    if (code !== 'ENOENT' || dirname(dir) === dir) throw error
-    makeDirectories(dirname(dir))
-    try {
-      mkdirSync(dir, {mode: 0o700})
-    } catch (again) {
-      if ((again as NodeJS.ErrnoException).code !== 'EEXIST') throw again
-    }
-  }
 }

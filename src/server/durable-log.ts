@@ -5,7 +5,6 @@ import {
   fdatasync,
   fsyncSync,
   ftruncateSync,
-  mkdirSync,
   openSync,
   readdirSync,
   readFileSync,
@@ -18,6 +17,7 @@ import {join} from 'node:path'
 import {promisify} from 'node:util'
 import {crc32} from 'node:zlib'
 import {Packr} from 'msgpackr/pack'
+import {makeDirectories} from '../util/fs.js'
 import type {PersistedHolder, TableSnapshot} from './lock-table.js'
 
 /**
@@ -87,7 +87,7 @@ export class DurableLog {
     snapshotSource: () => TableSnapshot,
     options: DurableLogOptions = {},
   ): Promise<{log: DurableLog; state: RecoveredState}> {
-    mkdirSync(dir, {recursive: true, mode: 0o700})
+    makeDirectories(dir)
     const state: RecoveredState = {fence: 0, holders: new Map(), notes: []}
     let gen = 0
     const snapshotPath = join(dir, 'snapshot')

@@ -1,5 +1,5 @@
 import {randomBytes, createHash} from 'node:crypto'
-import {chmodSync, existsSync, mkdirSync, realpathSync, statSync, unlinkSync} from 'node:fs'
+import {chmodSync, existsSync, realpathSync, statSync, unlinkSync} from 'node:fs'
 import {createConnection, createServer, type Server, type Socket} from 'node:net'
 import {dirname} from 'node:path'
 import type {Packr} from 'msgpackr/pack'
@@ -9,6 +9,7 @@ import {PROTOCOL_VERSION, type LockEvent, type Push, type Request, type Response
 import {attemptProblem, keyProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
 import {DurableLog} from './durable-log.js'
 import {LockTable, systemClock, type Clock, type TableEvent} from './lock-table.js'
+import {makeDirectories} from '../util/fs.js'
 import {VERSION} from '../version.js'
 
 export interface LockServerOptions {
@@ -103,7 +104,12 @@ export class LockServer {
     const {dataDir} = this.options
     try {
       if (dataDir) {
-        mkdirSync(dataDir, {recursive: true, mode: 0o700})
+        try {
+          makeDirectories(dataDir)
+        } catch (error) {
+          const {code, path} = error as NodeJS.ErrnoException
+          throw new ServerStartError(`--data-dir: cannot create ${path ?? dataDir}: ${code ?? (error as Error).message}`)
+        }
         this.dirMutex = await claimDataDir(dataDir)
         const {log, state} = await DurableLog.open(dataDir, () => this.table.snapshot(), {
           snapshotBytes: this.options.snapshotBytes,
@@ -116,7 +122,7 @@ export class LockServer {
         }
       }
       for (const address of this.options.listen ?? []) {
-        const server = await listen(this.newServer(), {host: address.host, port: address.port})
+        const server = await listenAs(`--listen ${address.host.includes(':') ? `[${address.host}]` : address.host}:${address.port}`, this.newServer(), {host: address.host, port: address.port})
         const bound = server.address() as {address: string; port: number}
         this.addresses.tcp.push({host: bound.address, port: bound.port})
       }
@@ -180,13 +186,13 @@ export class LockServer {
   }
 
   private async listenUnix(path: string): Promise<void> {
-    mkdirSync(dirname(path), {recursive: true, mode: 0o700})
+    makeDirectories(dirname(path))
     if (existsSync(path)) {
       // Another server answering there owns it; a file nobody answers on is a leftover.
       if (await answers(path)) throw new AlreadyRunningError(`another server is listening on ${path}`)
       unlinkSync(path)
     }
-    await listen(this.newServer(), {path})
+    await listenAs(`--socket ${path}`, this.newServer(), {path})
     chmodSync(path, 0o600)
     const inode = statSync(path).ino
     this.socketInode = inode
@@ -584,6 +590,17 @@ function listen(server: Server, options: {host?: string; port?: number; path?: s
       resolve(server)
     })
   })
+}
+
+/** listen(), with a failure (address in use, no permission) as a one-line start-up error. */
+async function listenAs(what: string, server: Server, options: {host?: string; port?: number; path?: string}): Promise<Server> {
+  try {
+    return await listen(server, options)
+  } catch (error) {
+    const {code} = error as NodeJS.ErrnoException
+    const why = code === 'EADDRINUSE' ? 'address already in use' : code === 'EACCES' ? 'permission denied' : code === 'EADDRNOTAVAIL' ? 'no such local address' : (error as Error).message
+    throw new ServerStartError(`${what}: ${why}${code ? ` (${code})` : ''}`)
+  }
 }
 
 function answers(path: string): Promise<boolean> {

@@ -2,7 +2,7 @@ import {execFileSync} from 'node:child_process'
 import {existsSync, mkdirSync, rmSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
-import {BIN, eventually, runCli, sharedLockd, tempDir} from '../helpers/processes.js'
+import {BIN, eventually, runCli, sharedLockd, startLockd, tempDir} from '../helpers/processes.js'
 import {hasTmux, inTerminal} from '../helpers/tmux.js'
 
 /** A throw-away user: its own HOME and XDG state dir, so the embedded lockd is its own. */
@@ -263,6 +263,21 @@ describe('lockctl server', () => {
     expect(result.code).toBe(0)
     expect(result.stderr).toMatch(/SIGTERM, shutting down/)
     expect(existsSync(socket)).toBe(false)
+  })
+
+  it('cannot start: an address in use, or a data directory that cannot be made, is one line and exit 1', async () => {
+    const running = await startLockd()
+    const blocker = join(tempDir(), 'a-file')
+    writeFileSync(blocker, '')
+    for (const [args, message] of [
+      [['--in-memory', '--listen', `127.0.0.1:${running.port}`], `^lockctl: --listen 127.0.0.1:${running.port}: address already in use \\(EADDRINUSE\\)$`],
+      [['--data-dir', join(blocker, 'data'), '--listen', '127.0.0.1:0'], `^lockctl: --data-dir: cannot create .*a-file/data: ENOTDIR$`],
+    ] as const) {
+      const result = await runCli(['server', ...args])
+      expect(result.code).toBe(1)
+      expect(result.stderr.trim()).toMatch(new RegExp(message))
+    }
+    await running.stop()
   })
 })
 
