@@ -32,6 +32,7 @@ export function exitCodeFor(code: string | undefined): number {
     case ErrorCode.PROTOCOL:
     case ErrorCode.INTERNAL:
     case ErrorCode.CLOSED:
+    case ErrorCode.LIMIT:
       return ExitCode.UNREACHABLE
     case ErrorCode.NOT_HOLDER:
       return ExitCode.NOT_HOLDER

@@ -84,6 +84,13 @@ export class ClosedError extends LockError {
   }
 }
 
+/** The server refused because one of its limits was reached (connections, waiters per connection). */
+export class LimitError extends LockError {
+  constructor(message: string) {
+    super(ErrorCode.LIMIT, message)
+  }
+}
+
 export class ServerError extends LockError {
   constructor(message: string) {
     super(ErrorCode.INTERNAL, message)

@@ -15,7 +15,9 @@ Without --listen or --socket it listens on 127.0.0.1:7070.`
     socket: Flags.string({description: 'unix socket to listen on', helpValue: 'PATH'}),
     'data-dir': Flags.string({description: 'directory for the durable state (default: $XDG_STATE_HOME/lockctl/server)', helpValue: 'DIR'}),
     'in-memory': Flags.boolean({description: 'keep no state on disk (locks are forgotten on restart)', exclusive: ['data-dir']}),
-    'max-frame': Flags.integer({description: 'largest accepted frame in bytes', default: 1024 * 1024, min: 1024, max: 64 * 1024 * 1024}),
+    'max-frame': Flags.integer({description: 'largest accepted frame in bytes', default: 1024 * 1024, min: 64 * 1024, max: 64 * 1024 * 1024}),
+    'max-connections': Flags.integer({description: 'connections beyond this many are refused (the client exits 4 and says why)', default: 10_000, min: 1}),
+    'max-waiters-per-connection': Flags.integer({description: 'waiting acquires one connection may have at once', default: 10_000, min: 1}),
   }
 
   async run(): Promise<void> {
@@ -23,7 +25,14 @@ Without --listen or --socket it listens on 127.0.0.1:7070.`
     const listen = (flags.listen ?? (flags.socket ? [] : ['127.0.0.1:7070'])).map(parseListen)
     const [{runServer}, {stateDir}] = await Promise.all([import('../server/run.js'), import('../client/embedded.js')])
     const dataDir = flags['in-memory'] ? undefined : (flags['data-dir'] ?? join(stateDir(), 'server'))
-    await runServer({listen, socket: flags.socket, dataDir, maxFrame: flags['max-frame']})
+    await runServer({
+      listen,
+      socket: flags.socket,
+      dataDir,
+      maxFrame: flags['max-frame'],
+      maxConnections: flags['max-connections'],
+      maxWaitersPerConnection: flags['max-waiters-per-connection'],
+    })
   }
 }
 

@@ -17,7 +17,7 @@ export default class Status extends BaseCommand {
   static flags = {
     prefix: Flags.string({description: 'only keys that start with this (not with KEY)', helpValue: 'PREFIX'}),
     token: tokenFlag('check whether this token holds KEY (exit 0) or not (exit 5)'),
-    limit: Flags.integer({description: 'show at most this many locks', default: 1000, min: 1}),
+    limit: Flags.integer({description: 'show at most this many locks (default: 1000 in the table, all with --json)', min: 1}),
     watch: Flags.boolean({char: 'w', description: 'redraw the table as locks change, until Ctrl-C', exclusive: ['token', 'json']}),
   }
 
@@ -27,8 +27,10 @@ export default class Status extends BaseCommand {
     if (args.key !== undefined && flags.prefix !== undefined) throw new UsageError('give KEY or --prefix, not both')
     if (args.key === undefined && flags.token !== undefined) throw new UsageError('--token needs KEY: status KEY --token TOKEN')
     const client = await this.client(flags)
+    // A table of more than a screenful is read by nobody; a JSON document is read by programs.
+    const limit = flags.limit ?? (this.jsonEnabled() ? undefined : 1000)
     if (flags.watch) {
-      await this.watchTable(client, args.key !== undefined ? {key: checkKeyArg(args.key)} : {prefix: flags.prefix ?? ''}, flags.limit)
+      await this.watchTable(client, args.key !== undefined ? {key: checkKeyArg(args.key)} : {prefix: flags.prefix ?? ''}, limit ?? 1000)
       return {}
     }
     if (args.key !== undefined) {
@@ -42,7 +44,7 @@ export default class Status extends BaseCommand {
       await this.render([lock ?? {key, holder: null, waiters: 0}], 1)
       return {key, holder: holderJson(lock?.holder ?? null), waiters: lock?.waiters ?? 0}
     }
-    const [info, {locks, total}] = await Promise.all([client.info(), client.list(flags.prefix ?? '', flags.limit)])
+    const [info, {locks, total}] = await Promise.all([client.info(), client.list(flags.prefix ?? '', limit)])
     this.log(
       info.server === 'etcd'
         ? `etcd ${String(info.version)} at ${client.endpoint}: ${(info.members as unknown[]).length} member(s), leader ${String(info.leader)}, raft term ${String(info.raftTerm)}`

@@ -23,6 +23,8 @@ export const ErrorCode = {
   ABORTED: 'ABORTED',
   /** The client or lock object was closed. */
   CLOSED: 'CLOSED',
+  /** The server refused because one of its limits was reached (connections, waiters per connection). */
+  LIMIT: 'LIMIT',
   /** The server failed to do what it was asked (for example it could not write its log). */
   INTERNAL: 'INTERNAL',
 } as const

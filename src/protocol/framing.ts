@@ -5,6 +5,8 @@ import {ErrorCode} from './errors.js'
 
 /** Default largest frame body either side accepts. */
 export const DEFAULT_MAX_FRAME = 1024 * 1024
+/** The smallest frame limit a peer may announce in its hello (smaller ones are ignored). */
+export const MIN_PEER_FRAME = 64 * 1024
 const HEADER = 4
 
 export class FrameError extends Error {

@@ -97,6 +97,8 @@ export interface Hello {
   t: 'hello'
   v: number
   client?: string
+  /** Largest frame this client accepts; the server cuts large answers into parts under it. */
+  maxFrame?: number
 }
 
 export interface HelloReply {
@@ -105,6 +107,8 @@ export interface HelloReply {
   server: 'lockd'
   version: string
   serverId: string
+  /** Largest frame this server accepts. */
+  maxFrame?: number
 }
 
 export type ResultCode = 'OK' | 'QUEUED' | ErrorCode
@@ -125,6 +129,8 @@ export interface Response {
   released?: boolean
   /** watch: the id that event pushes carry (the id of the watch request). */
   sub?: number
+  /** The answer's `locks` continue in `part` pushes with this request's id. */
+  more?: boolean
 }
 
 /** Server-initiated messages; `wid` is the id of the acquire request that queued. */
@@ -133,5 +139,7 @@ export type Push =
   | {t: 'push'; ev: 'wait_timeout'; wid: number; key: string}
   | {t: 'push'; ev: 'position'; wid: number; key: string; position: number; holder: HolderInfo | null}
   | {t: 'push'; ev: 'lock'; sub: number; event: LockEvent}
+  /** More `locks` of the answer to request `id`; `more: false` on the last part. */
+  | {t: 'push'; ev: 'part'; id: number; locks: LockInfo[]; more: boolean}
 
 export type ServerMessage = HelloReply | Response | Push | {t: 'error'; code: ErrorCode; msg: string}

@@ -21,15 +21,22 @@ import {makeDirectories} from '../util/fs.js'
 import type {PersistedHolder, TableSnapshot} from './lock-table.js'
 
 /**
- * Durable state of lockd: an append-only log of "key K now has holder H (or none)" records plus
- * the fencing counter, bounded by snapshots.
+ * Durable state of lockd: an append-only log of "key K now has holder H (or none)" records,
+ * bounded by snapshots, plus a fence high-water mark. The format and the recovery rules are
+ * specified in docs/recovery.md; this file implements them.
  *
  * Records are absolute states, not deltas, so replaying a record that a snapshot already covers
  * changes nothing: that is what lets a snapshot be taken at any moment between batches.
  *
  * Files in the data dir:
+ *   fence           crc32 + msgpack {reserved}: no fence above `reserved` has ever been used
  *   snapshot        crc32 + msgpack {gen, fence, locks}   (written to snapshot.tmp, fsynced, renamed)
- *   wal-<gen>.log   records: u32 length, u32 crc32, msgpack {k, h, f}
+ *   wal-<gen>.log   8-byte magic, then records:
+ *                   u32 length, u32 crc32(body), u32 crc32(first 8 header bytes), msgpack {k, h, f}
+ *
+ * The header checksum is what tells a torn final write from damage: a length is trusted only
+ * once its checksum matches, so a record can run past the end of the file only when it really
+ * was the last write, cut short.
  */
 
 export interface LogRecord {
@@ -50,7 +57,17 @@ export class LogCorruptError extends Error {
   readonly exitCode = 1
 }
 
-const RECORD_HEADER = 8
+export const WAL_MAGIC = Buffer.from('lockwal2', 'latin1')
+const RECORD_HEADER = 12
+/** Header of the logs written before the format was versioned (no magic, no header checksum). */
+const LEGACY_RECORD_HEADER = 8
+/**
+ * Fences are reserved this many at a time: one small synchronous write per block, and after a
+ * restart fences continue from the reserved mark (a gap of at most this many), which is above
+ * anything that can have been handed out, whatever happened to the log's tail.
+ */
+export const FENCE_BLOCK = 10_000
+const MOVE_ASIDE = 'Inspect it, or move the data directory aside to start empty (every lock is then forgotten).'
 const writeAsync = promisify(write)
 const fdatasyncAsync = promisify(fdatasync)
 const closeAsync = promisify(close)
@@ -75,13 +92,14 @@ export class DurableLog {
     private gen: number,
     private fd: number,
     size: number,
+    private reservedFence: number,
     private readonly snapshotSource: () => TableSnapshot,
     private readonly snapshotBytes: number,
   ) {
     this.size = size
   }
 
-  /** Read the state on disk, repair a torn tail, and open the log for appending. */
+  /** Read the state on disk, repair a torn tail, reserve fences, and open the log for appending. */
   static async open(
     dir: string,
     snapshotSource: () => TableSnapshot,
@@ -91,21 +109,44 @@ export class DurableLog {
     const state: RecoveredState = {fence: 0, holders: new Map(), notes: []}
     let gen = 0
     const snapshotPath = join(dir, 'snapshot')
+    const fencePath = join(dir, 'fence')
+    const hadFenceFile = existsSync(fencePath)
+    const reserved = hadFenceFile ? (readChecked(fencePath) as {reserved?: unknown}).reserved : 0
+    if (typeof reserved !== 'number' || !Number.isSafeInteger(reserved) || reserved < 0) {
+      throw new LogCorruptError(`${fencePath} is corrupt (no fence mark in it); refusing to start rather than repeat a fence. ${MOVE_ASIDE}`)
+    }
     if (existsSync(snapshotPath)) {
-      const snapshot = readSnapshot(snapshotPath)
+      const snapshot = readChecked(snapshotPath) as {gen: number; fence: number; locks: {key: string; holder: PersistedHolder}[]}
+      if (!Number.isSafeInteger(snapshot?.gen) || !Number.isSafeInteger(snapshot.fence) || !Array.isArray(snapshot.locks)) {
+        throw new LogCorruptError(`${snapshotPath} is corrupt (not a snapshot); refusing to start rather than forget locks. ${MOVE_ASIDE}`)
+      }
       gen = snapshot.gen
       state.fence = snapshot.fence
       for (const {key, holder} of snapshot.locks) state.holders.set(key, holder)
     }
     const walPath = join(dir, `wal-${gen}.log`)
+    const data = existsSync(walPath) ? readFileSync(walPath) : null
+    const hasSnapshot = existsSync(snapshotPath)
+    // No records yet: empty, or its magic cut short by a crash as the file was made.
+    const unstarted = data !== null && data.length < WAL_MAGIC.length && WAL_MAGIC.subarray(0, data.length).equals(data)
+    const versioned = data !== null && data.subarray(0, WAL_MAGIC.length).equals(WAL_MAGIC)
+    // The unversioned format began with a record's u32 length, always under 64 KiB; anything
+    // else in place of the magic is damage, not an old log.
+    const legacy = data !== null && !unstarted && !versioned && data[0] === 0 && data[1] === 0
+    if (data !== null && !unstarted && !versioned && !legacy) throw corrupt(walPath, 0, 'the file does not start with the log format\'s magic')
+    if (data === null && (hadFenceFile || hasSnapshot)) {
+      // Every start and every snapshot creates the log before anything names it: gone is damage.
+      throw new LogCorruptError(`${walPath} is missing; refusing to start rather than forget grants. ${MOVE_ASIDE}`)
+    }
+    if (!hadFenceFile && versioned && (data.length > WAL_MAGIC.length || hasSnapshot)) {
+      // The mark is written before the first record: without it, a lost tail could repeat fences.
+      throw new LogCorruptError(`${fencePath} is missing; refusing to start rather than repeat a fence. ${MOVE_ASIDE}`)
+    }
     let size = 0
-    if (existsSync(walPath)) {
-      const data = readFileSync(walPath)
-      const intact = replay(data, walPath, state)
+    if (data !== null && !unstarted) {
+      const {intact, torn} = legacy ? replayLegacy(data, walPath, state) : replay(data, walPath, state)
       if (intact < data.length) {
-        state.notes.push(
-          `${walPath}: dropped a torn tail of ${data.length - intact} bytes (a write cut short by a crash; never acknowledged)`,
-        )
+        state.notes.push(`${walPath}: dropped ${data.length - intact} bytes at its end: ${torn}`)
         const fd = openSync(walPath, 'r+')
         try {
           // Truncate and sync before appending, so the repair itself is durable.
@@ -117,27 +158,69 @@ export class DurableLog {
       }
       size = intact
     }
+    // Fences at or under the mark may have been handed out in records that are now lost.
+    if (reserved > state.fence) state.fence = reserved
     // Logs of older generations are leftovers of an interrupted snapshot switch.
     for (const name of readdirSync(dir)) {
       const match = /^wal-(\d+)\.log$/.exec(name)
       if (match && Number(match[1]) !== gen) unlinkSync(join(dir, name))
     }
+    if (size < WAL_MAGIC.length) {
+      // A new (or empty) log starts with the magic, durably, before any record.
+      writeNewLog(walPath)
+      size = WAL_MAGIC.length
+    }
     const fd = openSync(walPath, 'a')
     fsyncDir(dir)
-    const log = new DurableLog(dir, gen, fd, size, snapshotSource, options.snapshotBytes ?? 16 * 1024 * 1024)
+    const log = new DurableLog(dir, gen, fd, size, 0, snapshotSource, options.snapshotBytes ?? 16 * 1024 * 1024)
+    log.reserveFences(state.fence)
+    if (legacy) {
+      // Rewrite the old format as a snapshot at once: every later write is in the new format.
+      state.notes.push(`${walPath}: converted from the unversioned log format`)
+      log.pendingSnapshot = true
+    }
     return {log, state}
   }
 
-  append(records: LogRecord[]): void {
+  /** Set when the state must be rewritten as a snapshot once the caller has restored the table. */
+  private pendingSnapshot = false
+
+  /** Called once the table holds the recovered state: finishes a format conversion. */
+  recovered(): void {
+    if (this.pendingSnapshot) {
+      this.pendingSnapshot = false
+      this.takeSnapshot()
+    }
+  }
+
+  /**
+   * Queue records for the next commit. `fence` is the fencing counter after them: before any
+   * fence above the durable mark can leave the server (acks wait for the commit that follows),
+   * a new mark is written, synchronously, a whole block ahead.
+   */
+  append(records: LogRecord[], fence: number): void {
+    if (fence > this.reservedFence - FENCE_BLOCK / 2) this.reserveFences(fence)
     for (const record of records) {
       const body = packr.pack({k: record.key, h: record.holder, f: record.fence})
       const frame = Buffer.allocUnsafe(RECORD_HEADER + body.length)
       frame.writeUInt32BE(body.length, 0)
       frame.writeUInt32BE(crc32(body), 4)
+      frame.writeUInt32BE(crc32(frame.subarray(0, 8)), 8)
       body.copy(frame, RECORD_HEADER)
       this.pending.push(frame)
       this.pendingBytes += frame.length
     }
+  }
+
+  /** The fence mark on disk: no fence above it has been used. */
+  get reserved(): number {
+    return this.reservedFence
+  }
+
+  private reserveFences(fence: number): void {
+    const reserved = fence + FENCE_BLOCK
+    writeChecked(this.dir, 'fence', {reserved})
+    this.reservedFence = reserved
   }
 
   /**
@@ -196,67 +279,155 @@ export class DurableLog {
   private takeSnapshot(): void {
     const nextGen = this.gen + 1
     const nextPath = join(this.dir, `wal-${nextGen}.log`)
-    closeSync(openSync(nextPath, 'w'))
+    writeNewLog(nextPath)
     const snapshot = this.snapshotSource()
-    const body = packr.pack({gen: nextGen, fence: snapshot.fence, locks: snapshot.locks})
-    const header = Buffer.allocUnsafe(4)
-    header.writeUInt32BE(crc32(body), 0)
-    const tmp = join(this.dir, 'snapshot.tmp')
-    const fd = openSync(tmp, 'w')
-    try {
-      writeSync(fd, header)
-      writeSync(fd, body)
-      fsyncSync(fd)
-    } finally {
-      closeSync(fd)
-    }
-    renameSync(tmp, join(this.dir, 'snapshot'))
-    fsyncDir(this.dir)
+    writeChecked(this.dir, 'snapshot', {gen: nextGen, fence: snapshot.fence, locks: snapshot.locks})
     const oldFd = this.fd
     const oldPath = join(this.dir, `wal-${this.gen}.log`)
     this.gen = nextGen
-    this.size = 0
+    this.size = WAL_MAGIC.length
     this.fd = openSync(nextPath, 'a')
     closeSync(oldFd)
     unlinkSync(oldPath)
   }
 }
 
-function readSnapshot(path: string): {gen: number; fence: number; locks: {key: string; holder: PersistedHolder}[]} {
-  const data = readFileSync(path)
-  if (data.length < 4 || crc32(data.subarray(4)) !== data.readUInt32BE(0)) {
-    throw new LogCorruptError(
-      `${path} is corrupt (checksum mismatch); refusing to start rather than forget locks. ` +
-        `Move the data directory aside to start empty.`,
-    )
+/** Create a log file holding just the magic, durably. */
+function writeNewLog(path: string): void {
+  const fd = openSync(path, 'w')
+  try {
+    writeSync(fd, WAL_MAGIC)
+    fsyncSync(fd)
+  } finally {
+    closeSync(fd)
   }
-  return packr.unpack(data.subarray(4))
 }
 
-/** Apply every intact record; returns the length of the intact prefix. */
-function replay(data: Buffer, path: string, state: RecoveredState): number {
+/** Write crc32 + msgpack(value) to dir/name atomically: a temporary file, fsync, rename, fsync of the directory. */
+function writeChecked(dir: string, name: string, value: unknown): void {
+  const body = packr.pack(value)
+  const header = Buffer.allocUnsafe(4)
+  header.writeUInt32BE(crc32(body), 0)
+  const tmp = join(dir, `${name}.tmp`)
+  const fd = openSync(tmp, 'w')
+  try {
+    writeSync(fd, header)
+    writeSync(fd, body)
+    fsyncSync(fd)
+  } finally {
+    closeSync(fd)
+  }
+  renameSync(tmp, join(dir, name))
+  fsyncDir(dir)
+}
+
+function readChecked(path: string): unknown {
+  const data = readFileSync(path)
+  if (data.length < 5 || crc32(data.subarray(4)) !== data.readUInt32BE(0)) {
+    throw new LogCorruptError(`${path} is corrupt (checksum mismatch); refusing to start rather than forget locks or repeat a fence. ${MOVE_ASIDE}`)
+  }
+  try {
+    return packr.unpack(data.subarray(4))
+  } catch {
+    throw new LogCorruptError(`${path} is corrupt (cannot be decoded); refusing to start. ${MOVE_ASIDE}`)
+  }
+}
+
+interface Replayed {
+  /** Length of the intact prefix. */
+  intact: number
+  /** Why the bytes after it were dropped (when there are any). */
+  torn: string
+}
+
+/**
+ * Apply every intact record. Only a final write cut short is dropped: a record header that ends
+ * past the end of the file, a checksummed record whose body does, or zeros from a record's start
+ * to the end of the file (blocks allocated, never written). Anything else is corruption.
+ */
+function replay(data: Buffer, path: string, state: RecoveredState): Replayed {
+  const torn = 'a final write cut short by a crash (it was never acknowledged)'
+  // A write cut short can leave zeros (allocated, never written) from somewhere inside the
+  // last record to the end of the file; damage elsewhere is refused.
+  const zerosFrom = trailingZerosFrom(data)
+  let offset = WAL_MAGIC.length
+  while (offset < data.length) {
+    const rest = data.length - offset
+    if (zerosFrom <= offset) return {intact: offset, torn: 'zeros after the last record (blocks allocated by a crash, never written)'}
+    if (rest < RECORD_HEADER) return {intact: offset, torn}
+    const length = data.readUInt32BE(offset)
+    const bodyCrc = data.readUInt32BE(offset + 4)
+    if (crc32(data.subarray(offset, offset + 8)) !== data.readUInt32BE(offset + 8)) {
+      if (zerosFrom <= offset + RECORD_HEADER) return {intact: offset, torn}
+      throw corrupt(path, offset, 'its header fails its checksum')
+    }
+    if (RECORD_HEADER + length > rest) return {intact: offset, torn}
+    const body = data.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + length)
+    if (crc32(body) !== bodyCrc) {
+      if (RECORD_HEADER + length === rest && zerosFrom < data.length) return {intact: offset, torn}
+      throw corrupt(path, offset, 'its body fails its checksum')
+    }
+    apply(decode(body, path, offset), state)
+    offset += RECORD_HEADER + length
+  }
+  return {intact: offset, torn}
+}
+
+/**
+ * The unversioned format (u32 length, u32 crc32(body)): its lengths carry no checksum, so a
+ * record that runs past the end of the file is taken for a torn write only as before. Read once,
+ * then rewritten as a snapshot in the current format.
+ */
+function replayLegacy(data: Buffer, path: string, state: RecoveredState): Replayed {
+  const torn = 'a final write cut short by a crash (it was never acknowledged)'
   let offset = 0
   while (offset < data.length) {
     const rest = data.length - offset
-    if (rest < RECORD_HEADER) return offset
+    if (isZero(data, offset)) return {intact: offset, torn}
+    if (rest < LEGACY_RECORD_HEADER) return {intact: offset, torn}
     const length = data.readUInt32BE(offset)
-    const crc = data.readUInt32BE(offset + 4)
-    if (length === 0 && isZero(data, offset)) return offset // preallocated or zero-filled torn tail
-    if (RECORD_HEADER + length > rest) return offset // the last write was cut short
-    const body = data.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + length)
-    if (crc32(body) !== crc) {
-      throw new LogCorruptError(
-        `${path}: record at byte ${offset} is corrupt (checksum mismatch); refusing to start ` +
-          `rather than forget a grant. Inspect the file, or move the data directory aside to start empty.`,
-      )
-    }
-    const record = packr.unpack(body) as {k: string; h: PersistedHolder | null; f: number}
-    if (record.h) state.holders.set(record.k, record.h)
-    else state.holders.delete(record.k)
-    state.fence = Math.max(state.fence, record.f)
-    offset += RECORD_HEADER + length
+    if (LEGACY_RECORD_HEADER + length > rest) return {intact: offset, torn}
+    const body = data.subarray(offset + LEGACY_RECORD_HEADER, offset + LEGACY_RECORD_HEADER + length)
+    if (length === 0 || crc32(body) !== data.readUInt32BE(offset + 4)) throw corrupt(path, offset, 'it fails its checksum')
+    apply(decode(body, path, offset), state)
+    offset += LEGACY_RECORD_HEADER + length
   }
-  return offset
+  return {intact: offset, torn}
+}
+
+interface DecodedRecord {
+  k: string
+  h: PersistedHolder | null
+  f: number
+}
+
+function decode(body: Buffer, path: string, offset: number): DecodedRecord {
+  let record: DecodedRecord
+  try {
+    record = packr.unpack(body) as DecodedRecord
+  } catch {
+    throw corrupt(path, offset, 'it cannot be decoded')
+  }
+  const holderOk = record?.h === null || (typeof record?.h === 'object' && typeof record.h.token === 'string' && Number.isSafeInteger(record.h.fence))
+  if (typeof record?.k !== 'string' || !Number.isSafeInteger(record.f) || !holderOk) throw corrupt(path, offset, 'it is not a lock record')
+  return record
+}
+
+function apply(record: DecodedRecord, state: RecoveredState): void {
+  if (record.h) state.holders.set(record.k, record.h)
+  else state.holders.delete(record.k)
+  state.fence = Math.max(state.fence, record.f)
+}
+
+function corrupt(path: string, offset: number, why: string): LogCorruptError {
+  return new LogCorruptError(`${path}: corrupt at byte ${offset} (${why}); refusing to start rather than forget a grant. ${MOVE_ASIDE}`)
+}
+
+/** Where the run of zero bytes that ends the file starts (data.length when the last byte is not zero). */
+function trailingZerosFrom(data: Buffer): number {
+  let at = data.length
+  while (at > 0 && data[at - 1] === 0) at--
+  return at
 }
 
 function isZero(data: Buffer, from: number): boolean {

@@ -145,6 +145,9 @@ export class LockTable {
       return {kind: 'granted', grant: this.grantInfo(args.key, granted, now), reentrant: false}
     }
     if (args.waitMs === 0) return {kind: 'held', holder: this.holderInfo(holder, now)}
+    // Waiters are named by (session, wid): a second one under the same name could never be
+    // cancelled or dropped with its connection. The server refuses such a request before here.
+    if (this.isWaiting(args.from)) throw new Error(`wid ${args.from.wid} is already waiting in session ${args.from.session}`)
 
     const waiter: Waiter = {
       ...args.from,
@@ -358,6 +361,16 @@ export class LockTable {
   private isLive(item: Deadline, at: number): boolean {
     if (item.kind === 'lease') return this.entries.get(item.key)?.holder === item.holder && item.holder.expiresAt === at
     return this.waitersBySession.get(item.waiter.session)?.get(item.waiter.wid) === item.waiter
+  }
+
+  /** Is this acquire queued now? */
+  isWaiting(ref: WaiterRef): boolean {
+    return this.waitersBySession.get(ref.session)?.has(ref.wid) ?? false
+  }
+
+  /** How many acquires of this connection are queued. */
+  waitingOf(session: string): number {
+    return this.waitersBySession.get(session)?.size ?? 0
   }
 
   /** Queue length of a key now. */

@@ -4,7 +4,7 @@ import {createConnection, createServer, type Server, type Socket} from 'node:net
 import {dirname} from 'node:path'
 import type {Packr} from 'msgpackr/pack'
 import {ErrorCode} from '../protocol/errors.js'
-import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder} from '../protocol/framing.js'
+import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder, MIN_PEER_FRAME} from '../protocol/framing.js'
 import {PROTOCOL_VERSION, type LockEvent, type Push, type Request, type Response, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
 import {attemptProblem, keyProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
 import {DurableLog} from './durable-log.js'
@@ -32,7 +32,14 @@ export interface LockServerOptions {
    * no new one could start.
    */
   exitWhenSocketRemoved?: boolean
+  /** Connections beyond this many are refused with a LIMIT error (default 10,000). */
+  maxConnections?: number
+  /** Waiting acquires one connection may have at once (default 10,000). */
+  maxWaitersPerConnection?: number
 }
+
+export const DEFAULT_MAX_CONNECTIONS = 10_000
+export const DEFAULT_MAX_WAITERS_PER_CONNECTION = 10_000
 
 /** lockd could not start; the message says why in one line. Exit code 1 from the CLI. */
 export class ServerStartError extends Error {
@@ -60,7 +67,17 @@ interface Connection {
   decoder: FrameDecoder
   greeted: boolean
   helloTimer?: NodeJS.Timeout
+  /** Largest frame the peer accepts (its hello says; the default otherwise). */
+  peerMaxFrame: number
 }
+
+/**
+ * Upper bound of one encoded LockInfo: a 512-byte key, a 256-character owner (up to 3 bytes a
+ * UTF-16 unit), numbers and field names. Answers with many locks are cut into parts of
+ * `(frame limit - slack) / this` locks, so no part can exceed the peer's frame limit.
+ */
+const MAX_LOCK_INFO_BYTES = 512 + 256 * 3 + 256
+const PART_SLACK_BYTES = 4096
 
 export class LockServer {
   readonly table: LockTable
@@ -117,6 +134,7 @@ export class LockServer {
         this.log = log
         for (const note of state.notes) this.say(`lockd: ${note}`)
         this.table.recover(state.fence, state.holders)
+        log.recovered()
         if (state.holders.size > 0) {
           this.say(`lockd: recovered ${state.holders.size} held lock(s); each keeps its whole lease from now`)
         }
@@ -225,9 +243,18 @@ export class LockServer {
       decoder: new FrameDecoder(codec, this.options.maxFrame ?? DEFAULT_MAX_FRAME),
       greeted: false,
       subscriptions: new Map(),
+      peerMaxFrame: DEFAULT_MAX_FRAME,
     }
     conn.helloTimer = setTimeout(() => this.fail(conn, ErrorCode.PROTOCOL, 'no hello within 10s'), HELLO_TIMEOUT_MS)
     conn.helloTimer.unref()
+    const maxConnections = this.options.maxConnections ?? DEFAULT_MAX_CONNECTIONS
+    if (this.connections.size >= maxConnections) {
+      // Refused before it costs anything; the client reports the message (exit 4).
+      socket.on('error', () => {})
+      socket.end(encodeFrame(codec, {t: 'error', code: ErrorCode.LIMIT, msg: `lockd has ${maxConnections} connections, its limit (--max-connections); try again later`}))
+      setTimeout(() => socket.destroy(), 1000).unref()
+      return
+    }
     this.connections.set(conn.session, conn)
     this.checkIdle()
     socket.on('data', (chunk) => this.onData(conn, chunk))
@@ -267,11 +294,25 @@ export class LockServer {
       }
       conn.greeted = true
       clearTimeout(conn.helloTimer)
-      this.send(conn, {t: 'hello', v: PROTOCOL_VERSION, server: 'lockd', version: VERSION, serverId: this.serverId})
+      if (typeof m.maxFrame === 'number' && Number.isInteger(m.maxFrame) && m.maxFrame >= MIN_PEER_FRAME) conn.peerMaxFrame = m.maxFrame
+      this.send(conn, {
+        t: 'hello',
+        v: PROTOCOL_VERSION,
+        server: 'lockd',
+        version: VERSION,
+        serverId: this.serverId,
+        maxFrame: this.options.maxFrame ?? DEFAULT_MAX_FRAME,
+      })
       return
     }
     if (m.t !== 'req' || typeof m.id !== 'number' || !Number.isInteger(m.id)) {
       this.fail(conn, ErrorCode.PROTOCOL, 'a request needs t = "req" and an integer id')
+      return
+    }
+    // An id names a waiting acquire (cancel, grant pushes) or a watch (event pushes) for as long
+    // as it lives: a second request reusing it would make one of them unreachable, a ghost.
+    if (this.table.isWaiting({session: conn.session, wid: m.id}) || conn.subscriptions.has(m.id)) {
+      this.fail(conn, ErrorCode.PROTOCOL, `request id ${m.id} is already in use by a waiting acquire or a watch on this connection`)
       return
     }
     let response: Omit<Response, 't' | 'id'>
@@ -283,7 +324,25 @@ export class LockServer {
     // Events of this request go out before the next request runs: a watch that follows in the
     // same batch then sees them in its snapshot, not twice.
     this.dispatchEvents(this.table.drainEvents())
-    this.send(conn, {t: 'res', id: m.id, ...response})
+    this.sendResponse(conn, m.id, response)
+  }
+
+  /**
+   * Send an answer; one with more locks than fit in the peer's frame limit goes as the response
+   * with the first part (`more: true`) and `part` pushes carrying the request id, the last with
+   * `more: false`. They are queued together, so nothing else on the connection comes between.
+   */
+  private sendResponse(conn: Connection, id: number, response: Omit<Response, 't' | 'id'>): void {
+    const locks = response.locks
+    const perPart = Math.max(1, Math.floor((conn.peerMaxFrame - PART_SLACK_BYTES) / MAX_LOCK_INFO_BYTES))
+    if (!locks || locks.length <= perPart) {
+      this.send(conn, {t: 'res', id, ...response})
+      return
+    }
+    this.send(conn, {t: 'res', id, ...response, locks: locks.slice(0, perPart), more: true})
+    for (let from = perPart; from < locks.length; from += perPart) {
+      this.send(conn, {t: 'push', ev: 'part', id, locks: locks.slice(from, from + perPart), more: from + perPart < locks.length})
+    }
   }
 
   private execute(conn: Connection, request: Request): Omit<Response, 't' | 'id'> {
@@ -301,6 +360,10 @@ export class LockServer {
           (request.token === undefined || request.token === null ? null : tokenProblem(request.token)) ??
           (request.attempt === undefined || request.attempt === null ? null : attemptProblem(request.attempt))
         if (problem) return bad(problem)
+        const maxWaiters = this.options.maxWaitersPerConnection ?? DEFAULT_MAX_WAITERS_PER_CONNECTION
+        if (request.waitMs !== 0 && this.table.waitingOf(conn.session) >= maxWaiters && this.table.holderOf(request.key) !== null) {
+          return {code: ErrorCode.LIMIT, msg: `this connection already has ${maxWaiters} waiting acquires, lockd's limit (--max-waiters-per-connection)`}
+        }
         const result = this.table.acquire({
           key: request.key,
           leaseMs: request.leaseMs,
@@ -350,7 +413,7 @@ export class LockServer {
         return {code: 'OK', lock: this.table.inspect(request.key)}
       case 'list': {
         if (typeof request.prefix !== 'string') return bad('list needs a prefix string')
-        const limit = typeof request.limit === 'number' && request.limit > 0 ? request.limit : 10_000
+        const limit = typeof request.limit === 'number' && request.limit > 0 ? request.limit : Number.POSITIVE_INFINITY
         const {locks, total} = this.table.list(request.prefix, limit)
         return {code: 'OK', locks, total}
       }
@@ -373,7 +436,7 @@ export class LockServer {
         subscription.prefix = request.prefix
         this.prefixWatchers.add(subscription)
         conn.subscriptions.set(request.id, subscription)
-        const {locks, total} = this.table.list(request.prefix, 10_000)
+        const {locks, total} = this.table.list(request.prefix)
         return {code: 'OK', sub: request.id, locks, total}
       }
       case 'unwatch': {
@@ -405,7 +468,10 @@ export class LockServer {
     const changes = this.table.drainChanges()
     if (changes.length > 0 && this.log) {
       const fence = this.table.lastFence
-      this.log.append(changes.map((c) => ({key: c.key, holder: c.holder, fence})))
+      this.log.append(
+        changes.map((c) => ({key: c.key, holder: c.holder, fence})),
+        fence,
+      )
       const commit = this.log.commit()
       this.commitsInFlight++
       this.releaseChain = this.releaseChain
@@ -435,12 +501,22 @@ export class LockServer {
         touched.add(conn)
         conn.socket.cork()
       }
-      conn.socket.write(encodeFrame(conn.codec, message, Number.MAX_SAFE_INTEGER))
+      conn.socket.write(this.encode(conn, message))
     }
     for (const conn of touched) {
       conn.socket.uncork()
       // A peer that never reads its pushes must not make the server hold unbounded memory.
       if (conn.socket.writableLength > MAX_OUTPUT_BUFFER) conn.socket.destroy()
+    }
+  }
+
+  /** Encode under the peer's limit; an answer that still does not fit fails alone, not the connection. */
+  private encode(conn: Connection, message: ServerMessage): Buffer {
+    try {
+      return encodeFrame(conn.codec, message, conn.peerMaxFrame)
+    } catch (error) {
+      if (message.t !== 'res') throw error
+      return encodeFrame(conn.codec, {t: 'res', id: message.id, code: ErrorCode.INTERNAL, msg: `the answer is too large for this connection: ${(error as Error).message}`})
     }
   }
 

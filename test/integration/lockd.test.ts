@@ -6,7 +6,7 @@ import {connect} from '../../src/client/index.js'
 import {createCodec, encodeFrame, FrameDecoder} from '../../src/protocol/framing.js'
 import {LockServer} from '../../src/server/lockd.js'
 import {clientFactory} from '../helpers/clients.js'
-import {eventually, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
+import {eventually, runCli, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
 
 const client = clientFactory()
 
@@ -177,7 +177,7 @@ describe('lockd crash and recovery', () => {
     const wal = join(dataDir, readdirSync(dataDir).find((n) => n.startsWith('wal-'))!)
     appendFileSync(wal, Buffer.from([0, 0, 0, 50, 1, 2, 3, 4, 9, 9])) // header of a 50-byte record, 2 bytes of it
     lockd = await startLockd({dataDir})
-    expect(lockd.stderr()).toMatch(/torn tail/)
+    expect(lockd.stderr()).toMatch(/dropped 10 bytes at its end: a final write cut short/)
     const b = await client(lockd.endpoint, 'B')
     expect((await b.check('k', grant.token)).fence).toBe(grant.fence)
     await lockd.stop()
@@ -193,9 +193,28 @@ describe('lockd crash and recovery', () => {
     await lockd.stop()
     const wal = join(dataDir, readdirSync(dataDir).find((n) => n.startsWith('wal-'))!)
     const data = readFileSync(wal)
-    data[12] ^= 0xff // inside the first record's body
+    data[24] ^= 0xff // inside the first record's body (8 bytes of magic, a 12-byte header)
     writeFileSync(wal, data)
-    await expect(startLockd({dataDir})).rejects.toThrow(/corrupt.*refusing to start/)
+    await expect(startLockd({dataDir})).rejects.toThrow(/corrupt at byte 8 \(its body fails its checksum\); refusing to start/)
+  })
+
+  it('lockctl server on a damaged data directory: one line naming the file and byte, exit 1, and the files untouched', async () => {
+    const dataDir = tempDir()
+    const lockd = await startLockd({dataDir})
+    const a = await client(lockd.endpoint, 'A')
+    for (let i = 0; i < 5; i++) await a.createLock(`k${i}`).acquire()
+    await a.close()
+    await lockd.stop()
+    const wal = join(dataDir, 'wal-0.log')
+    const data = readFileSync(wal)
+    data.writeUInt32BE(0x7fffffff, 8) // the first record's length: not a torn tail, whatever it claims
+    writeFileSync(wal, data)
+    const result = await runCli(['server', '--listen', '127.0.0.1:0', '--data-dir', dataDir])
+    expect(result.code).toBe(1)
+    expect(result.stderr.trim().split('\n')).toHaveLength(1)
+    expect(result.stderr).toMatch(/wal-0\.log: corrupt at byte 8 \(its header fails its checksum\)/)
+    expect(result.stderr).not.toMatch(/\n\s+at /)
+    expect(readFileSync(wal).equals(data)).toBe(true) // nothing truncated
   })
 
   it('a second lockd on the same data directory refuses to start', async () => {
@@ -223,7 +242,8 @@ describe('lockd crash and recovery', () => {
     c = await client(`lockd://127.0.0.1:${server.addresses.tcp[0].port}`, 'A')
     for (const grant of kept) expect((await c.check(grant.key, grant.token)).fence).toBe(grant.fence)
     expect((await c.list('key-')).total).toBe(kept.length)
-    expect((await c.createLock('fresh').acquire()).fence).toBe(61)
+    // Fences continue above the durable mark: never at or below one already handed out.
+    expect((await c.createLock('fresh').acquire()).fence).toBeGreaterThan(60)
     await server.close()
   })
 })
@@ -355,6 +375,51 @@ describe('lockd against a misbehaving peer', () => {
     expect((await good.inspect('k2'))).toBeNull()
     await lock.unlock()
     expect(lockd.child.exitCode).toBeNull()
+    await lockd.stop()
+  })
+
+  it('a request id reused while its acquire waits is a protocol error, and no waiter outlives its connection', async () => {
+    const lockd = await startLockd()
+    const a = await client(lockd.endpoint, 'A')
+    await a.createLock('g1').acquire({leaseMs: 60_000})
+    await a.createLock('g2').acquire({leaseMs: 60_000})
+    const ghost = await raw(lockd.port)
+    const codec = createCodec()
+    ghost.socket.write(
+      Buffer.concat([
+        encodeFrame(codec, {t: 'hello', v: 1}),
+        encodeFrame(codec, {t: 'req', id: 7, op: 'acquire', key: 'g1', leaseMs: 60_000, waitMs: -1, owner: 'ghost'}),
+        encodeFrame(codec, {t: 'req', id: 7, op: 'acquire', key: 'g2', leaseMs: 60_000, waitMs: -1, owner: 'ghost'}),
+      ]),
+    )
+    const received = (await ghost.received) as {t: string; code?: string; msg?: string}[]
+    expect(received).toContainEqual(expect.objectContaining({t: 'error', code: 'PROTOCOL', msg: expect.stringMatching(/request id 7 is already in use/)}))
+    // The connection is gone, and with it every waiter it had.
+    await eventually(async () => (await a.inspect('g1'))?.waiters === 0 && (await a.inspect('g2'))?.waiters === 0)
+    await a.release('g1', undefined, {force: true})
+    await a.release('g2', undefined, {force: true})
+    expect(await a.inspect('g1')).toBeNull()
+    expect(await a.inspect('g2')).toBeNull()
+    await lockd.stop()
+  })
+
+  it('limits: connections past --max-connections and waiters past --max-waiters-per-connection are refused with LIMIT', async () => {
+    const lockd = await startLockd({args: ['--max-connections', '2', '--max-waiters-per-connection', '2']})
+    const a = await client(lockd.endpoint, 'A')
+    await a.createLock('busy').acquire({leaseMs: 60_000})
+    const b = await client(lockd.endpoint, 'B')
+    const waits = [b.createLock('busy').acquire({waitMs: 60_000}), b.createLock('busy').acquire({waitMs: 60_000})]
+    for (const wait of waits) wait.catch(() => {})
+    await eventually(async () => (await a.inspect('busy'))?.waiters === 2)
+    await expect(b.createLock('busy').acquire({waitMs: 60_000})).rejects.toMatchObject({code: 'LIMIT', message: expect.stringMatching(/max-waiters-per-connection/)})
+    // A free key is still granted on that connection.
+    expect((await b.createLock('free').acquire()).owner).toBe('B')
+    const c = await client(lockd.endpoint, 'C')
+    await expect(c.inspect('busy')).rejects.toMatchObject({code: 'LIMIT', message: expect.stringMatching(/max-connections/)})
+    const cli = await runCli(['status', 'busy', '--endpoints', lockd.endpoint])
+    expect(cli.code).toBe(4)
+    expect(cli.stderr.trim().split('\n')).toHaveLength(1)
+    expect((await a.inspect('busy'))?.waiters).toBe(2) // the others were untouched
     await lockd.stop()
   })
 

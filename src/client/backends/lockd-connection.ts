@@ -2,7 +2,8 @@ import {createConnection, type Socket} from 'node:net'
 import type {Packr} from 'msgpackr/pack'
 import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder} from '../../protocol/framing.js'
 import {PROTOCOL_VERSION, type HelloReply, type Push, type RequestBody, type Response} from '../../protocol/messages.js'
-import {AbortedError, ProtocolError, UnreachableError} from '../errors.js'
+import {ErrorCode} from '../../protocol/errors.js'
+import {AbortedError, LimitError, ProtocolError, UnreachableError} from '../errors.js'
 
 export type SocketTarget = {path: string} | {host: string; port: number}
 
@@ -20,6 +21,8 @@ interface Pending {
   resolve(response: Response): void
   reject(error: Error): void
   timer: NodeJS.Timeout
+  /** An answer that comes in parts: what arrived so far. */
+  partial?: Response
 }
 
 /**
@@ -101,7 +104,7 @@ export class LockdConnection {
     return new Promise((resolve, reject) => {
       this.helloWaiter = resolve
       this.onClose = reject
-      this.write({t: 'hello', v: PROTOCOL_VERSION, client: 'lockctl'})
+      this.write({t: 'hello', v: PROTOCOL_VERSION, client: 'lockctl', maxFrame: this.options.maxFrame ?? DEFAULT_MAX_FRAME})
     })
   }
 
@@ -115,22 +118,39 @@ export class LockdConnection {
         return
       }
       case 'res': {
-        const pending = this.pending.get(message.id as number)
+        const response = message as unknown as Response
+        const pending = this.pending.get(response.id)
         if (!pending) return // the request already timed out
-        this.pending.delete(message.id as number)
-        clearTimeout(pending.timer)
-        pending.resolve(message as unknown as Response)
+        if (response.more) pending.partial = {...response, locks: [...(response.locks ?? [])]}
+        else this.settle(response.id, pending, response)
         return
       }
-      case 'push':
-        this.onPush(message as unknown as Push)
+      case 'push': {
+        const push = message as unknown as Push
+        if (push.ev === 'part') {
+          const pending = this.pending.get(push.id)
+          if (!pending?.partial) return // timed out meanwhile
+          pending.partial.locks!.push(...push.locks)
+          if (!push.more) this.settle(push.id, pending, {...pending.partial, more: false})
+          return
+        }
+        this.onPush(push)
         return
-      case 'error':
-        this.shutdown(new ProtocolError(`${this.options.label}: server closed the connection: ${String(message.msg)}`))
+      }
+      case 'error': {
+        const why = `${this.options.label}: server closed the connection: ${String(message.msg)}`
+        this.shutdown(message.code === ErrorCode.LIMIT ? new LimitError(why) : new ProtocolError(why))
         return
+      }
       default:
         this.shutdown(new ProtocolError(`${this.options.label}: unexpected message type ${JSON.stringify(message.t)}`))
     }
+  }
+
+  private settle(id: number, pending: Pending, response: Response): void {
+    this.pending.delete(id)
+    clearTimeout(pending.timer)
+    pending.resolve(response)
   }
 
   /** The id the next request will get (a waiter is named by the id of its acquire). */

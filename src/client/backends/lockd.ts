@@ -6,6 +6,7 @@ import {
   BadInputError,
   ClosedError,
   LockError,
+  LimitError,
   LockHeldError,
   NotHolderError,
   ProtocolError,
@@ -99,6 +100,7 @@ export class LockdBackend implements LockBackend {
       this.watchers.get(push.sub)?.onEvent(push.event)
       return
     }
+    if (push.ev === 'part') return // the connection assembles parts of answers
     const slot = this.slots.get(push.wid)
     if (push.ev === 'granted') {
       if (!slot || slot.abandoned) {
@@ -316,6 +318,8 @@ function responseError(key: string, response: Response): LockError {
       return new ProtocolError(msg)
     case ErrorCode.UNREACHABLE:
       return new UnreachableError(msg)
+    case ErrorCode.LIMIT:
+      return new LimitError(`lockd: ${msg}`)
     default:
       return new ServerError(`lockd: ${msg}`)
   }

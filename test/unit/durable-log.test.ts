@@ -1,0 +1,221 @@
+import {cpSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {DurableLog, FENCE_BLOCK, LogCorruptError, WAL_MAGIC, type RecoveredState} from '../../src/server/durable-log.js'
+import type {PersistedHolder} from '../../src/server/lock-table.js'
+import {LockTable} from '../../src/server/lock-table.js'
+import {FakeClock} from '../helpers/fake-clock.js'
+
+/** Deterministic PRNG (mulberry32): a failing case is reproduced from the seed it prints. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+interface Written {
+  /** Byte offset in wal-0.log where each commit's records end, with the state after them. */
+  ends: {offset: number; holders: Map<string, string>; fence: number}[]
+  maxFence: number
+  dir: string
+}
+
+/** A real log, built by a real lock table doing random work; every commit's end offset is kept. */
+async function buildLog(seed: number, commits: number): Promise<Written> {
+  const random = rng(seed)
+  const dir = mkdtempSync(join(tmpdir(), 'lockctl-log-'))
+  const clock = new FakeClock()
+  const table = new LockTable(clock)
+  const {log} = await DurableLog.open(dir, () => table.snapshot(), {snapshotBytes: 1 << 30})
+  const tokens = new Map<string, string>()
+  const ends: Written['ends'] = [{offset: WAL_MAGIC.length, holders: new Map(), fence: 0}]
+  let size = WAL_MAGIC.length
+  for (let i = 0; i < commits; i++) {
+    const key = `k${Math.floor(random() * 12)}`
+    const held = tokens.get(key)
+    if (held && random() < 0.5) {
+      table.release(key, held)
+      tokens.delete(key)
+    } else if (!held) {
+      const result = table.acquire({key, leaseMs: 60_000, waitMs: 0, owner: `o${i}`, from: {session: 's', wid: i}})
+      if (result.kind === 'granted') tokens.set(key, result.grant.token)
+    } else {
+      clock.advance(10)
+      table.renew(key, held, 30_000 + i) // a new lease length is a new record
+    }
+    const changes = table.drainChanges()
+    table.drainEvents()
+    if (changes.length === 0) continue
+    log.append(
+      changes.map((c) => ({key: c.key, holder: c.holder, fence: table.lastFence})),
+      table.lastFence,
+    )
+    await log.commit()
+    size = readFileSync(join(dir, 'wal-0.log')).length
+    ends.push({offset: size, holders: new Map(tokens), fence: table.lastFence})
+  }
+  await log.close()
+  return {ends, maxFence: table.lastFence, dir}
+}
+
+function tokensOf(state: RecoveredState): Map<string, string> {
+  return new Map([...state.holders].map(([key, holder]: [string, PersistedHolder]) => [key, holder.token]))
+}
+
+type Damage = {kind: 'flip' | 'length' | 'zero-header' | 'truncate' | 'zero-tail' | 'garbage-tail'; at: number}
+
+function damage(wal: string, d: Damage, random: () => number): void {
+  const data = readFileSync(wal)
+  switch (d.kind) {
+    case 'flip':
+      data[d.at] ^= 1 + Math.floor(random() * 255)
+      break
+    case 'length':
+      data.writeUInt32BE(random() < 0.5 ? 0x7fffffff : Math.floor(random() * 200), d.at)
+      break
+    case 'zero-header':
+      data.fill(0, d.at, d.at + 12)
+      break
+    case 'zero-tail':
+      data.fill(0, d.at)
+      break
+    case 'garbage-tail':
+      writeFileSync(wal, Buffer.concat([data, Buffer.from([0, 0, 0, 40, 7, 7, 7, 7, 1])]))
+      return
+    case 'truncate':
+      truncateSync(wal, d.at)
+      return
+  }
+  writeFileSync(wal, data)
+}
+
+describe('durable log recovery under damage (seeded, bounded)', () => {
+  const SEED = 20261123
+  let built: Written
+  const scratch: string[] = []
+
+  beforeAll(async () => {
+    built = await buildLog(SEED, 400)
+  })
+  afterAll(() => {
+    rmSync(built.dir, {recursive: true, force: true})
+    for (const dir of scratch) rmSync(dir, {recursive: true, force: true})
+  })
+
+  it('each damage either refuses to start with one line naming the file and byte, or recovers exactly the intact prefix; fences never go back', async () => {
+    const random = rng(SEED + 1)
+    const walSize = built.ends.at(-1)!.offset
+    const recordStarts = built.ends.slice(0, -1).map((e) => e.offset)
+    const outcomes = {refused: 0, recovered: 0}
+    for (let i = 0; i < 300; i++) {
+      const kinds: Damage['kind'][] = ['flip', 'length', 'zero-header', 'truncate', 'zero-tail', 'garbage-tail']
+      const kind = kinds[Math.floor(random() * kinds.length)]
+      const recordStart = recordStarts[Math.floor(random() * recordStarts.length)]
+      const at = kind === 'flip' || kind === 'truncate' ? Math.floor(random() * walSize) : recordStart
+      const d: Damage = {kind, at}
+      const dir = mkdtempSync(join(tmpdir(), 'lockctl-damaged-'))
+      scratch.push(dir)
+      cpSync(built.dir, dir, {recursive: true})
+      const wal = join(dir, 'wal-0.log')
+      damage(wal, d, random)
+      const label = `seed ${SEED}, case ${i}: ${kind} at ${at}`
+      let state: RecoveredState | null = null
+      let log: DurableLog | null = null
+      try {
+        ;({state, log} = await DurableLog.open(dir, () => ({fence: 0, locks: []})))
+      } catch (error) {
+        expect(error, label).toBeInstanceOf(LogCorruptError)
+        const message = (error as Error).message
+        expect(message.split('\n'), label).toHaveLength(1)
+        expect(message, label).toMatch(/refusing to start/)
+        // Name the file, and the byte where the damage is when it is in the log.
+        expect(message, label).toMatch(/wal-0\.log: corrupt at byte \d+|wal-0\.log is missing|fence is|snapshot is/)
+        outcomes.refused++
+        continue
+      } finally {
+        await log?.close()
+      }
+      outcomes.recovered++
+      // What survived is exactly the state after some commit, the last one whose bytes are whole.
+      const damagedFrom = kind === 'garbage-tail' ? walSize : at
+      const intact = [...built.ends].reverse().find((e) => e.offset <= damagedFrom)!
+      expect(tokensOf(state!), label).toEqual(intact.holders)
+      // Damage that recovery accepts can only be at the end of the file.
+      expect(['truncate', 'zero-tail', 'garbage-tail', 'zero-header', 'flip', 'length'], label).toContain(kind)
+      if (kind === 'flip' || kind === 'length') expect.fail(`${label}: a damaged byte inside the log was accepted`)
+      if (kind === 'zero-header' && at + 12 < walSize) expect.fail(`${label}: a zeroed header with records after it was accepted`)
+      // The next fence is above every fence the original log ever handed out.
+      expect(state!.fence, label).toBeGreaterThan(built.maxFence)
+    }
+    // Both outcomes happened, or the test shows nothing.
+    expect(outcomes.refused).toBeGreaterThan(50)
+    expect(outcomes.recovered).toBeGreaterThan(50)
+  })
+
+  it('a lost tail never lets a fence repeat: the mark on disk is above every fence used', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lockctl-fence-'))
+    scratch.push(dir)
+    cpSync(built.dir, dir, {recursive: true})
+    truncateSync(join(dir, 'wal-0.log'), WAL_MAGIC.length) // every record gone
+    const {state, log} = await DurableLog.open(dir, () => ({fence: 0, locks: []}))
+    await log.close()
+    expect(state.holders.size).toBe(0)
+    expect(state.fence).toBeGreaterThan(built.maxFence)
+    expect(state.fence).toBeLessThanOrEqual(built.maxFence + FENCE_BLOCK)
+  })
+
+  it('a missing or damaged fence mark refuses to start', async () => {
+    for (const change of ['remove', 'flip'] as const) {
+      const dir = mkdtempSync(join(tmpdir(), 'lockctl-fence-'))
+      scratch.push(dir)
+      cpSync(built.dir, dir, {recursive: true})
+      const fence = join(dir, 'fence')
+      if (change === 'remove') rmSync(fence)
+      else {
+        const data = readFileSync(fence)
+        data[data.length - 1] ^= 0x40
+        writeFileSync(fence, data)
+      }
+      await expect(DurableLog.open(dir, () => ({fence: 0, locks: []}))).rejects.toThrow(/fence.*refusing to start/)
+    }
+  })
+
+  it('reads a log of the unversioned format and rewrites it as a snapshot', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lockctl-legacy-'))
+    scratch.push(dir)
+    const {Packr} = await import('msgpackr/pack')
+    const {crc32} = await import('node:zlib')
+    const packr = new Packr({useRecords: false, mapsAsObjects: true})
+    const records = [
+      {k: 'a', h: {token: 'ta', fence: 1, owner: 'o', leaseMs: 60_000, since: 0}, f: 1},
+      {k: 'b', h: {token: 'tb', fence: 2, owner: 'o', leaseMs: 60_000, since: 0}, f: 2},
+      {k: 'a', h: null, f: 2},
+    ]
+    const frames = records.map((record) => {
+      const body = packr.pack(record)
+      const header = Buffer.alloc(8)
+      header.writeUInt32BE(body.length, 0)
+      header.writeUInt32BE(crc32(body), 4)
+      return Buffer.concat([header, body])
+    })
+    writeFileSync(join(dir, 'wal-0.log'), Buffer.concat(frames))
+    const table = new LockTable(new FakeClock())
+    const {state, log} = await DurableLog.open(dir, () => table.snapshot())
+    table.recover(state.fence, state.holders)
+    log.recovered()
+    await log.close()
+    expect(tokensOf(state)).toEqual(new Map([['b', 'tb']]))
+    expect(state.notes.join(' ')).toMatch(/converted/)
+    // Opened again: the snapshot and a versioned log, same state.
+    const again = await DurableLog.open(dir, () => ({fence: 0, locks: []}))
+    await again.log.close()
+    expect(tokensOf(again.state)).toEqual(new Map([['b', 'tb']]))
+    expect(readFileSync(join(dir, 'wal-1.log')).subarray(0, 8).equals(WAL_MAGIC)).toBe(true)
+  })
+})
