@@ -35,9 +35,17 @@ export class SupervisedChild {
   private readonly pid: number | undefined
   private killTimer: NodeJS.Timeout | null = null
   private done = false
+  /** When SIGKILL follows the kill signal (set by the first terminate()). */
+  private killAt: number | null = null
+  /**
+   * Sharing our process group (on a terminal): who was in it before the command started, by
+   * pid and start time. Anything else in the group later came from the command.
+   */
+  private readonly groupBefore: Map<number, string> | null
 
   constructor(command: string[], env: NodeJS.ProcessEnv, options: {interactive: boolean}) {
     this.ownGroup = !options.interactive
+    this.groupBefore = this.ownGroup ? null : new Map([...groupOf(ownGroupId())].map((p) => [p.pid, p.start]))
     const child = spawn(command[0], command.slice(1), {stdio: 'inherit', env, detached: this.ownGroup})
     this.pid = child.pid
     this.exited = new Promise((resolve) => {
@@ -56,63 +64,134 @@ export class SupervisedChild {
     return this.pid !== undefined
   }
 
-  /** Send a signal to the child's whole group (or to the child and its descendants). */
+  /** Send a signal to everything the command started (its group, or what it left in ours). */
   signal(signal: NodeJS.Signals): void {
     if (this.pid === undefined) return
-    try {
-      if (this.ownGroup) process.kill(-this.pid, signal)
-      else for (const pid of [this.pid, ...descendants(this.pid)]) process.kill(pid, signal)
-    } catch {
-      // Already gone.
+    if (this.ownGroup) {
+      try {
+        process.kill(-this.pid, signal)
+      } catch {
+        // Already gone.
+      }
+      return
+    }
+    for (const pid of this.leftovers()) {
+      try {
+        process.kill(pid, signal)
+      } catch {}
     }
   }
 
-  /** Are any processes of the child's group left (e.g. background jobs of a finished shell)? */
-  groupAlive(): boolean {
-    if (this.pid === undefined || !this.ownGroup) return false
-    try {
-      process.kill(-this.pid, 0)
+  /**
+   * Live (not zombie) processes the command started: its process group; on a terminal, the
+   * child, its descendants, and processes that joined our group after the command started
+   * and whose parent is gone (background jobs orphaned when the command exited), but not
+   * those of other members of a pipeline.
+   */
+  private leftovers(): number[] {
+    if (this.pid === undefined) return []
+    const processes = listProcesses()
+    if (this.ownGroup && processes.size === 0) return groupExists(this.pid) ? [this.pid] : [] // no /proc: ask the kernel about the group
+    if (this.ownGroup) return [...processes.values()].filter((p) => p.pgrp === this.pid && !p.zombie).map((p) => p.pid)
+    const before = this.groupBefore!
+    const group = ownGroupId()
+    const isOld = (pid: number) => before.get(pid) === processes.get(pid)?.start
+    const fromCommand = (pid: number): boolean => {
+      // Walk up: reaching the command means ours; reaching an older member of the group (a
+      // pipeline's other commands) or ourselves means theirs; leaving the group means orphaned.
+      for (let at = processes.get(pid), hops = 0; at && hops < 64; at = processes.get(at.ppid), hops++) {
+        if (at.pid === this.pid) return true
+        if (at.pid === process.pid || isOld(at.pid)) return false
+        if (at.pgrp !== group) return true
+      }
       return true
-    } catch {
-      return false
     }
+    const found: number[] = []
+    for (const p of processes.values()) {
+      if (p.zombie || p.pid === process.pid || isOld(p.pid)) continue
+      if (p.pid === this.pid || descendsFrom(processes, p.pid, this.pid) || (p.pgrp === group && fromCommand(p.pid))) found.push(p.pid)
+    }
+    return found
   }
 
-  /** `signal` now, SIGKILL after `graceMs` if the child is still running. */
+  /** `signal` now to everything the command started, SIGKILL after `graceMs` (counted once, from the first call). */
   terminate(signal: NodeJS.Signals, graceMs: number): void {
     this.signal(signal)
+    this.killAt ??= Date.now() + graceMs
     if (this.killTimer || this.done) return
     this.killTimer = setTimeout(() => this.signal('SIGKILL'), graceMs)
   }
+
+  /**
+   * After the command exited: whatever it started and left running (background jobs, a
+   * daemonised child) gets `signal`, then SIGKILL once the grace is over; resolves when none
+   * is left. It must be gone before the lock is released: it would run on without it.
+   */
+  async reap(signal: NodeJS.Signals, graceMs: number): Promise<void> {
+    if (this.leftovers().length === 0) return
+    this.terminate(signal, graceMs)
+    let killed = false
+    // Bounded: a process that SIGKILL cannot end (uninterruptible I/O) is not waited for forever.
+    for (let round = 0; round < 2000 && this.leftovers().length > 0; round++) {
+      if (!killed && Date.now() >= this.killAt!) {
+        this.signal('SIGKILL')
+        killed = true
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+  }
 }
 
-/** Descendants of `root` (Linux /proc); empty elsewhere. */
-function descendants(root: number): number[] {
-  const parents = new Map<number, number[]>()
+interface ProcessEntry {
+  pid: number
+  ppid: number
+  pgrp: number
+  zombie: boolean
+  /** Start time in clock ticks since boot: with the pid, names one process across pid reuse. */
+  start: string
+}
+
+/** Every process on the machine (Linux /proc); empty elsewhere. */
+function listProcesses(): Map<number, ProcessEntry> {
+  const processes = new Map<number, ProcessEntry>()
   let entries: string[]
   try {
     entries = readdirSync('/proc')
   } catch {
-    return []
+    return processes
   }
   for (const entry of entries) {
     if (!/^\d+$/.test(entry)) continue
     try {
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
-      // The command name may contain spaces and parentheses: the ppid follows the last ')'.
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
-      const list = parents.get(ppid) ?? []
-      list.push(Number(entry))
-      parents.set(ppid, list)
+      // The command name may contain spaces and parentheses: the fields follow the last ')'.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      processes.set(Number(entry), {pid: Number(entry), ppid: Number(fields[1]), pgrp: Number(fields[2]), zombie: fields[0] === 'Z', start: fields[19]})
     } catch {}
   }
-  const found: number[] = []
-  const queue = [root]
-  while (queue.length > 0) {
-    for (const child of parents.get(queue.shift()!) ?? []) {
-      found.push(child)
-      queue.push(child)
-    }
+  return processes
+}
+
+function ownGroupId(): number {
+  return listProcesses().get(process.pid)?.pgrp ?? process.pid
+}
+
+function groupOf(pgrp: number): ProcessEntry[] {
+  return [...listProcesses().values()].filter((p) => p.pgrp === pgrp)
+}
+
+function descendsFrom(processes: Map<number, ProcessEntry>, pid: number, ancestor: number): boolean {
+  for (let at = processes.get(pid), hops = 0; at && hops < 64; at = processes.get(at.ppid), hops++) {
+    if (at.ppid === ancestor) return true
   }
-  return found
+  return false
+}
+
+function groupExists(pgrp: number): boolean {
+  try {
+    process.kill(-pgrp, 0)
+    return true
+  } catch {
+    return false
+  }
 }

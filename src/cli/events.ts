@@ -1,6 +1,6 @@
 import {formatMs, ordinal} from './output.js'
 
-export type HoldEvent = 'waiting' | 'acquired' | 'lost' | 'released' | 'suspended' | 'connected'
+export type HoldEvent = 'waiting' | 'acquired' | 'lost' | 'released' | 'suspended' | 'connected' | 'error'
 
 /**
  * One line per event: `<ISO time> <event> <key> <details>` for people, or a JSON object per line

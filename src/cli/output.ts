@@ -9,7 +9,12 @@ export function shellQuote(value: string): string {
 }
 
 /** The JSON shape of a grant, as `lock --json` and `renew --json` print it. */
-export function grantJson(grant: GrantInfo, extra: Record<string, unknown> = {}): Record<string, unknown> {
+/**
+ * A grant as JSON. `leaseRestMs`: the lease left as the client counts it, from the send time of
+ * the request, so `expiresAt` is never later than the server's expiry (receive time + the
+ * server's lease left would be, by the answer's travel time).
+ */
+export function grantJson(grant: GrantInfo, leaseRestMs: number, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     key: grant.key,
     token: grant.token,
@@ -17,7 +22,7 @@ export function grantJson(grant: GrantInfo, extra: Record<string, unknown> = {})
     leaseMs: grant.leaseMs,
     owner: grant.owner,
     since: new Date(grant.since).toISOString(),
-    expiresAt: new Date(Date.now() + grant.leaseLeftMs).toISOString(),
+    expiresAt: new Date(Date.now() + Math.max(0, leaseRestMs)).toISOString(),
     ...extra,
   }
 }

@@ -5,6 +5,7 @@ import type {ConnectionState, LockBackend} from './backend.js'
 import {DistributedLock} from './distributed-lock.js'
 import {BadInputError, ErrorCode, LeaseLostError, LockError} from './errors.js'
 import {sleep} from './async.js'
+import {deadlineSignal} from './deadline-signal.js'
 
 export const DEFAULT_RETRY_MILLIS = [1000, 10_000, 30_000, 60_000]
 
@@ -14,10 +15,18 @@ export interface AutoRenewalLockOptions {
   /** Delays between failed renewals (and failed acquires); the last one repeats. */
   retryMillis?: number[]
   /**
-   * How long the *first* acquisition may wait (default forever). When it runs out the lock
-   * gives up: `ready` rejects and the lock closes. After a loss it always waits again, forever.
+   * How long the *first* acquisition may take (default forever), time spent unable to reach
+   * the service included. When it runs out the lock gives up: `ready` rejects (LockHeldError
+   * or WaitTimeoutError if the service answered, else the last error, e.g. UnreachableError)
+   * and the lock closes. After a loss it always waits again, forever.
    */
   waitMs?: number
+  /**
+   * Acquire again after a loss (default true). `hold` with a command turns it off: the
+   * command was started with the lost grant's token and fence, which a new grant would not
+   * change, so the run ends with the loss instead.
+   */
+  reacquire?: boolean
   owner: string
   /** Fires on every new grant, with its fence. Strictly alternates with onLost. */
   onAcquired?: (grant: GrantInfo) => void
@@ -25,8 +34,11 @@ export interface AutoRenewalLockOptions {
   onLost?: (reason: LeaseLostError) => void
   /** Connection state as the backend reports it. */
   onStateChange?: (state: ConnectionState) => void
-  /** An acquisition failed for a reason other than the lock being held; it is retried after the backoff. */
-  onRetry?: (error: Error) => void
+  /**
+   * An acquisition failed for a reason other than the lock being held; it is retried after
+   * `delayMs` (the backoff, cut to what is left of the first acquisition's waitMs).
+   */
+  onRetry?: (error: Error, delayMs: number) => void
   /** Called while waiting in the queue: our place and the holder. */
   onQueued?: (info: {position: number; holder: HolderInfo | null}) => void
   /** Aborting it closes the lock (releasing it if held). */
@@ -101,14 +113,38 @@ export class AutoRenewalLock {
     return this.phase === 'held' && (this.current?.isHeldByCurrentClient() ?? false)
   }
 
+  /**
+   * The check to make right before each protected action: true only while the lease, counted
+   * from the send time of the last successful acquire or renewal, has not run out. Synchronous
+   * and true to the clock at the moment it is called, however late timers are (a paused
+   * process): when the lease has run out it also ends the grant here and now (onLost, signal).
+   */
+  isHeld(): boolean {
+    this.checkDeadline()
+    return this.isHeldByCurrentClient()
+  }
+
+  /** The lease ran out as we count it, and no timer has noticed yet: lose the grant now. */
+  private checkDeadline(): void {
+    const lock = this.current
+    if (this.phase !== 'held' || !lock || lock.isHeldByCurrentClient()) return
+    this.lose(new LeaseLostError(this.key, this.lastError ? `the lease ran out before it could be renewed (${this.lastError.message})` : 'the lease ran out'))
+  }
+
   leaseRestMillis(): number {
     return this.phase === 'held' ? (this.current?.leaseRestMillis() ?? 0) : 0
   }
 
-  /** Aborts when the current grant is lost or the lock is closed. Already aborted when not held. */
+  /**
+   * Aborts when the current grant is lost or the lock is closed; already aborted when not
+   * held. Its `aborted`, `reason` and `throwIfAborted()` check the lease's deadline when read,
+   * so they are true even if no timer has run since the lease ran out (a paused process).
+   */
   get signal(): AbortSignal {
-    return this.grantAbort?.signal ?? AbortSignal.abort(new LeaseLostError(this.key, 'not held'))
+    return this.grantSignal ?? AbortSignal.abort(new LeaseLostError(this.key, 'not held'))
   }
+
+  private grantSignal: AbortSignal | null = null
 
   private get retryMillis(): number[] {
     return this.options.retryMillis ?? DEFAULT_RETRY_MILLIS
@@ -125,11 +161,18 @@ export class AutoRenewalLock {
     // One id for every retry of this acquisition: if a grant was made as a connection dropped,
     // the retry gets it back instead of queueing behind it. A later acquisition gets a new id.
     const attemptId = randomBytes(16).toString('base64url')
+    const first = this.firstAcquisition
+    // The first acquisition's wait bounds everything, retries while unreachable included.
+    const bounded = first && this.options.waitMs !== undefined && this.options.waitMs !== WAIT_FOREVER
+    const deadline = bounded ? performance.now() + this.options.waitMs! : Number.POSITIVE_INFINITY
     while (this.phase === 'acquiring') {
       const generation = ++this.generation
-      const lock = new DistributedLock(this.key, this.backend, this.options.owner)
-      const first = this.firstAcquisition
-      const waitMs = first && this.options.waitMs !== undefined ? this.options.waitMs : WAIT_FOREVER
+      const lock: DistributedLock = new DistributedLock(this.key, this.backend, this.options.owner, {
+        onLost: (reason) => {
+          if (this.current === lock && this.phase === 'held') this.lose(reason)
+        },
+      })
+      const waitMs = bounded ? Math.max(0, Math.floor(deadline - performance.now())) : WAIT_FOREVER
       try {
         const attempt = lock.acquire({
           leaseMs: this.options.leaseMs,
@@ -149,6 +192,7 @@ export class AutoRenewalLock {
         this.current = lock
         this.phase = 'held'
         this.grantAbort = new AbortController()
+        this.grantSignal = deadlineSignal(this.grantAbort, () => this.checkDeadline())
         this.armWatchdog()
         // Half the lease, or sooner when the grant came with less left (a renewal right after
         // a long wait may have failed: the grant is kept, and renewed while it is still valid).
@@ -159,20 +203,19 @@ export class AutoRenewalLock {
       } catch (error) {
         if (this.phase !== 'acquiring') return
         const code = (error as LockError).code
-        if (first && waitMs !== WAIT_FOREVER && (code === ErrorCode.LOCK_HELD || code === ErrorCode.WAIT_TIMEOUT)) {
+        const left = deadline - performance.now()
+        const gaveUp = bounded && (code === ErrorCode.LOCK_HELD || code === ErrorCode.WAIT_TIMEOUT || left <= 0)
+        if (gaveUp || code === ErrorCode.BAD_INPUT) {
           this.readyReject(error as Error)
           await this.close()
           return
         }
-        if (code === ErrorCode.BAD_INPUT) {
-          this.readyReject(error as Error)
-          await this.close()
-          return
-        }
-        // Unreachable, protocol trouble, a server error: try again after the backoff.
+        // Unreachable, protocol trouble, a server error: try again after the backoff (within
+        // the first acquisition's wait, when it has one; a last try comes at its end).
         this.lastError = error as Error
-        this.options.onRetry?.(error as Error)
-        await sleep(this.nextRetryDelay(), this.acquireAbort.signal)
+        const delay = Math.min(this.nextRetryDelay(), left)
+        this.options.onRetry?.(error as Error, delay)
+        await sleep(delay, this.acquireAbort.signal)
       } finally {
         this.inFlight = null
       }
@@ -195,8 +238,7 @@ export class AutoRenewalLock {
         this.armWatchdog() // renewed meanwhile
         return
       }
-      const why = this.lastError ? `the lease ran out before it could be renewed (${this.lastError.message})` : 'the lease ran out'
-      this.lose(new LeaseLostError(this.key, why))
+      this.checkDeadline()
     }, lock.leaseRestMillis() + 1)
   }
 
@@ -219,10 +261,10 @@ export class AutoRenewalLock {
         return
       }
       this.lastError = error as Error
-      this.options.onRetry?.(error as Error)
       const rest = lock.leaseRestMillis()
       // Retry before the lease is gone: a delay longer than what is left would waste the grant.
       const delay = Math.min(this.nextRetryDelay(), Math.max(rest / 2, 50))
+      this.options.onRetry?.(error as Error, delay)
       if (rest > 0) this.scheduleRenewal(delay)
     } finally {
       if (this.inFlight === attempt) this.inFlight = null
@@ -233,9 +275,10 @@ export class AutoRenewalLock {
     const lock = this.current
     this.stopTimers()
     this.current = null
-    this.phase = 'acquiring'
+    this.phase = this.options.reacquire === false ? 'closed' : 'acquiring'
     this.grantAbort?.abort(reason)
     this.grantAbort = null
+    this.grantSignal = null
     // Give back whatever the server may still think we hold (harmless if it is gone).
     if (lock) void lock.close()
     this.options.onLost?.(reason)
@@ -253,19 +296,21 @@ export class AutoRenewalLock {
 
   /**
    * Stop renewing and release if held (`release: false` leaves the grant to run out its lease).
-   * Waits for an in-flight renewal first. Idempotent.
+   * Aborts `signal` first, then waits for an in-flight renewal, then releases. Idempotent.
    */
   close(options: {release?: boolean} = {}): Promise<void> {
     this.closing ??= (async () => {
       const wasHeld = this.phase === 'held'
       this.phase = 'closed'
       this.stopTimers()
+      // Whoever works under the signal stops first: from here on the lock may be released.
+      this.grantAbort?.abort(new LeaseLostError(this.key, 'closed'))
+      this.grantAbort = null
+      this.grantSignal = null
       this.acquireAbort.abort()
       await this.inFlight?.catch(() => {})
       const lock = this.current
       this.current = null
-      this.grantAbort?.abort(new LeaseLostError(this.key, 'closed'))
-      this.grantAbort = null
       this.unsubscribe()
       this.readyReject(new LockError(ErrorCode.CLOSED, `the auto-renewing lock on ${JSON.stringify(this.key)} was closed`))
       if (lock && wasHeld && options.release !== false) await lock.unlock().catch(() => {})

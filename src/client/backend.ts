@@ -64,5 +64,11 @@ export interface LockBackend {
    */
   watch(target: WatchTarget, options?: WatchOptions): AsyncIterable<WatchUpdate>
   onStateChange(listener: (state: ConnectionState) => void): () => void
+  /**
+   * Call `onEnded` as soon as the service says the grant of `token` is over by another hand
+   * (expired, force-released, released from elsewhere). lockd pushes it to the holder's
+   * connection; on etcd the holder watches its own key. Returns the unsubscribe.
+   */
+  watchGrant(key: string, token: string, onEnded: (reason: string) => void): () => void
   close(): Promise<void>
 }

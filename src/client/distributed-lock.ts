@@ -1,7 +1,7 @@
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo} from '../protocol/messages.js'
 import {attemptProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
 import type {LockBackend} from './backend.js'
-import {BadInputError, BusyError, ClosedError, ErrorCode, LockError, NotHolderError} from './errors.js'
+import {BadInputError, BusyError, ClosedError, ErrorCode, LeaseLostError, LockError, NotHolderError} from './errors.js'
 
 export interface TryLockOptions {
   /** Lease length; the lock is ours for this long after the request was sent. Default 60 s. */
@@ -20,6 +20,15 @@ export interface TryLockOptions {
 
 export const DEFAULT_LEASE_MS = 60_000
 
+export interface DistributedLockOptions {
+  /**
+   * Called, once per grant, when the service says the grant ended by another hand: it expired
+   * on the server, was force-released, or released with its token elsewhere. The lock object
+   * already holds nothing when this runs. Not called for our own unlock() or close().
+   */
+  onLost?: (reason: LeaseLostError) => void
+}
+
 type State = 'unlocked' | 'locked' | 'closed'
 
 /**
@@ -33,11 +42,15 @@ export class DistributedLock {
   private deadline = 0
   private grant: GrantInfo | null = null
   private busy = false
+  private stopWatchingGrant: (() => void) | null = null
+  /** Aborted by close(): an acquire in flight gives up its wait at once. */
+  private readonly closeAbort = new AbortController()
 
   constructor(
     readonly key: string,
     private readonly backend: LockBackend,
     private readonly owner: string,
+    private readonly options: DistributedLockOptions = {},
   ) {}
 
   /** The token of the current grant (undefined when not held). */
@@ -85,16 +98,28 @@ export class DistributedLock {
     if (problem) throw new BadInputError(problem)
     return this.exclusive(async () => {
       const sentAt = performance.now()
-      const {grant, queued, leaseFrom} = await this.backend.acquire({
-        key: this.key,
-        leaseMs,
-        waitMs,
-        owner: this.owner,
-        token: this.isHeldByCurrentClient() ? this.grant!.token : undefined,
-        attempt: options.attempt,
-        signal: options.signal,
-        onQueued: options.onQueued,
-      })
+      let result
+      try {
+        result = await this.backend.acquire({
+          key: this.key,
+          leaseMs,
+          waitMs,
+          owner: this.owner,
+          token: this.isHeldByCurrentClient() ? this.grant!.token : undefined,
+          attempt: options.attempt,
+          signal: options.signal ? AbortSignal.any([options.signal, this.closeAbort.signal]) : this.closeAbort.signal,
+          onQueued: options.onQueued,
+        })
+      } catch (error) {
+        if (this.state === 'closed') throw new ClosedError(`the lock object for ${JSON.stringify(this.key)}`)
+        throw error
+      }
+      const {grant, queued, leaseFrom} = result
+      if (this.state === 'closed') {
+        // Closed while the grant was on its way: give it back; a closed lock never holds.
+        await this.backend.release(this.key, grant.token, false).catch(() => {})
+        throw new ClosedError(`the lock object for ${JSON.stringify(this.key)}`)
+      }
       // A pushed grant was made at some unknown moment after we sent: sentAt + lease is the
       // only safe deadline, unless the backend knows a later restart of the lease.
       this.hold(grant, Math.max(sentAt, leaseFrom ?? sentAt) + leaseMs)
@@ -151,23 +176,44 @@ export class DistributedLock {
     })
   }
 
-  /** Release if held (errors ignored) and refuse any further operation. Idempotent. */
+  /**
+   * Release if held (errors ignored) and refuse any further operation; an acquire in flight
+   * gives up, and a grant that still arrives is released. Idempotent.
+   */
   async close(): Promise<void> {
     if (this.state === 'closed') return
     const token = this.state === 'locked' ? this.grant?.token : undefined
     this.state = 'closed'
     this.grant = null
+    this.deadline = 0
+    this.stopWatchingGrant?.()
+    this.stopWatchingGrant = null
+    this.closeAbort.abort()
     if (token) await this.backend.release(this.key, token, false).catch(() => {})
   }
 
   private hold(grant: GrantInfo, deadline: number): void {
+    if (grant.token !== this.grant?.token) {
+      this.stopWatchingGrant?.()
+      const {token} = grant
+      this.stopWatchingGrant = this.backend.watchGrant(this.key, token, (reason) => this.ended(token, reason))
+    }
     this.grant = grant
     this.deadline = deadline
     this.state = 'locked'
   }
 
+  /** The service says the grant ended by another hand: it is over here too, at once. */
+  private ended(token: string, reason: string): void {
+    if (this.state !== 'locked' || this.grant?.token !== token) return
+    this.drop()
+    this.options.onLost?.(new LeaseLostError(this.key, reason))
+  }
+
   private drop(): void {
     if (this.state === 'locked') this.state = 'unlocked'
+    this.stopWatchingGrant?.()
+    this.stopWatchingGrant = null
     this.grant = null
     this.deadline = 0
   }

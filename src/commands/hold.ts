@@ -5,7 +5,7 @@ import {FORWARDED_SIGNALS, shellExitCode, signalNumber, SupervisedChild} from '.
 import {EventPrinter} from '../cli/events.js'
 import {ExitCode} from '../cli/exit-codes.js'
 import {checkKeyArg, conflictExitCodeFlag, durationFlag, keyArg, leaseFlag, missingInput, ownerFlag, parseDuration, UsageError, waitFlag} from '../cli/flags.js'
-import {ordinal} from '../cli/output.js'
+import {formatMs, ordinal} from '../cli/output.js'
 import {createProgress} from '../cli/progress.js'
 import {describeHolder} from '../client/errors.js'
 import {WAIT_FOREVER} from '../protocol/messages.js'
@@ -42,6 +42,9 @@ With a command (after --): start it once the lock is held, without a shell, with
   async run(): Promise<void> {
     const {args, argv, flags} = await this.parse(Hold)
     this.conflictExitCode = flags['conflict-exit-code']
+    const dashes = this.argv.indexOf('--')
+    // `hold -- CMD`: oclif would take CMD's first word for KEY.
+    if (dashes !== -1 && !this.argv.slice(0, dashes).includes(args.key ?? '')) throw new UsageError('missing KEY: lockctl hold KEY [flags] -- COMMAND')
     const key = checkKeyArg(args.key ?? missingInput('KEY'))
     const command = commandAfterDashes(this.argv, argv as string[])
     const retryMillis = parseRetry(flags.retry)
@@ -59,7 +62,7 @@ With a command (after --): start it once the lock is held, without a shell, with
     const events = new EventPrinter((line) => stream.write(line), flags.quiet ? 'quiet' : json ? 'json' : 'human')
     const progress = createProgress(!json && !flags.quiet)
     let child: SupervisedChild | null = null
-    let lostWhileRunning = false
+    let lost = false
     let suspended = false
     let announcedWait = false
 
@@ -76,11 +79,18 @@ With a command (after --): start it once the lock is held, without a shell, with
     }
     const handlers = FORWARDED_SIGNALS.map((signal) => [signal, () => onSignal(signal)] as const)
     for (const [signal, handler] of handlers) process.on(signal, handler)
+    // In the REPL the terminal is in raw mode: Ctrl-C reaches us as the session's interrupt,
+    // not as a signal to the foreground group, so the command would never see it.
+    const replInterrupt = () => (child?.started ? child.signal('SIGINT') : stopRequested('SIGINT'))
+    session?.signal.addEventListener('abort', replInterrupt)
 
+    const bounded = flags.wait !== WAIT_FOREVER
     const lock = client.createAutoRenewalLock(key, {
       leaseMs: flags.lease,
       retryMillis,
       waitMs: flags.wait,
+      // With a command, a loss ends the run: the command has the lost grant's token and fence.
+      reacquire: !command,
       onQueued: ({position, holder}) => {
         progress.show(`waiting for ${key}: held by ${describeHolder(holder)}; ${ordinal(position)} in the queue`)
         // One line per wait; the spinner follows the place in the queue.
@@ -98,16 +108,16 @@ With a command (after --): start it once the lock is held, without a shell, with
       },
       onLost: (reason) => {
         events.print('lost', key, {reason: reason.message})
-        if (child?.started && flags['on-lost'] === 'kill') {
-          lostWhileRunning = true
-          child.terminate(killSignal, flags.grace)
-        }
+        if (!command) return
+        lost = true
+        if (child?.started && flags['on-lost'] === 'kill') child.terminate(killSignal, flags.grace)
       },
-      onRetry: (error) => {
+      onRetry: (error, delayMs) => {
         // Cannot reach the service (or it failed): say so once, instead of waiting in silence.
         if (suspended) return
         suspended = true
-        events.print('suspended', key, {endpoint: client.endpoint, reason: `${error.message}; retrying`})
+        const until = lock.isHeldByCurrentClient() ? 'while the lease lasts' : bounded ? `until --wait runs out (next try in ${formatMs(delayMs)})` : 'until it answers (--wait forever)'
+        events.print('suspended', key, {endpoint: client.endpoint, reason: `${error.message}; retrying ${until}`})
       },
       onStateChange: (state) => {
         if (state === 'suspended' && !suspended) {
@@ -123,6 +133,11 @@ With a command (after --): start it once the lock is held, without a shell, with
 
     try {
       const first = await Promise.race([lock.ready.then(() => null), stop])
+      if (lost) {
+        // Lost before the command could start (a forced release right after the grant).
+        process.exitCode = ExitCode.LOST
+        return
+      }
       if (first) {
         // Interrupted while waiting for the first grant.
         process.exitCode = 128 + signalNumber(first)
@@ -141,14 +156,17 @@ With a command (after --): start it once the lock is held, without a shell, with
       const result = await child.exited
       if (result.spawnError) {
         const why = result.spawnError.code === 'ENOENT' ? 'command not found' : result.spawnError.code === 'EACCES' ? 'permission denied' : result.spawnError.message
-        process.stderr.write(`lockctl: ${command[0]}: ${why}\n`)
+        if (json && !flags.quiet) events.print('error', key, {message: `${command[0]}: ${why}`})
+        else process.stderr.write(`lockctl: ${command[0]}: ${why}\n`)
       }
-      // The lock covers the command's whole process group: background jobs it left behind
-      // must not run on without the lock.
-      if (child.groupAlive()) child.terminate(killSignal, flags.grace)
-      process.exitCode = lostWhileRunning ? ExitCode.LOST : shellExitCode(result)
+      // The lock covers everything the command started: background jobs it left behind must
+      // be gone before the lock is released, or they would run on without it.
+      await child.reap(killSignal, flags.grace)
+      // With --on-lost ignore the command ran on without the lock: the run still failed.
+      process.exitCode = lost ? ExitCode.LOST : shellExitCode(result)
     } finally {
       progress.stop()
+      session?.signal.removeEventListener('abort', replInterrupt)
       const held = lock.isHeldByCurrentClient()
       await lock.close()
       if (held) events.print('released', key)

@@ -55,6 +55,6 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 4 u
     } else {
       this.log(grant.token)
     }
-    return grantJson(grant, {endpoint: client.endpoint})
+    return grantJson(grant, lock.leaseRestMillis(), {endpoint: client.endpoint})
   }
 }

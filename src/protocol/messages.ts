@@ -139,6 +139,11 @@ export type Push =
   | {t: 'push'; ev: 'wait_timeout'; wid: number; key: string}
   | {t: 'push'; ev: 'position'; wid: number; key: string; position: number; holder: HolderInfo | null}
   | {t: 'push'; ev: 'lock'; sub: number; event: LockEvent}
+  /**
+   * To the connection that holds (took or last renewed) a grant: it ended by another hand —
+   * its lease expired, it was force-released, or released with its token from elsewhere.
+   */
+  | {t: 'push'; ev: 'ended'; key: string; token: string; fence: number; reason: 'expired' | 'forced' | 'released'}
   /** More `locks` of the answer to request `id`; `more: false` on the last part. */
   | {t: 'push'; ev: 'part'; id: number; locks: LockInfo[]; more: boolean}
 

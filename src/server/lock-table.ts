@@ -38,6 +38,12 @@ export interface Holder {
   origin?: WaiterRef
   /** The acquire attempt the grant answers (AcquireArgs.attempt): asking again returns it. */
   attempt?: string
+  /**
+   * The connection that took or last renewed this grant: it is told at once when the grant
+   * ends by anything but its own hand (expiry, a forced release, a release from elsewhere).
+   * Not persisted: after a restart it is set again by the holder's next renewal.
+   */
+  session?: string
 }
 
 interface Waiter extends WaiterRef {
@@ -57,7 +63,8 @@ interface Entry {
 /** What the table did, in order; the server turns these into acks, pushes and log records. */
 export type TableEvent =
   | {type: 'granted'; key: string; holder: Holder; to?: WaiterRef}
-  | {type: 'released'; key: string; holder: Holder; force: boolean}
+  /** `by`: the connection that asked (absent for releases the table makes itself). */
+  | {type: 'released'; key: string; holder: Holder; force: boolean; by?: string}
   | {type: 'expired'; key: string; holder: Holder}
   | {type: 'renewed'; key: string; holder: Holder}
   | {type: 'queued'; key: string; waiter: WaiterRef; position: number}
@@ -137,11 +144,12 @@ export class LockTable {
     const holder = entry?.holder
     const sameGrant = (args.token !== undefined && holder?.token === args.token) || (args.attempt !== undefined && holder?.attempt === args.attempt)
     if (holder && sameGrant) {
+      holder.session = args.from.session
       this.extend(args.key, holder, args.leaseMs, now)
       return {kind: 'granted', grant: this.grantInfo(args.key, holder, now), reentrant: true}
     }
     if (!holder) {
-      const granted = this.grant(args.key, args.owner, args.leaseMs, now, undefined, args.attempt)
+      const granted = this.grant(args.key, args.owner, args.leaseMs, now, undefined, args.attempt, args.from.session)
       return {kind: 'granted', grant: this.grantInfo(args.key, granted, now), reentrant: false}
     }
     if (args.waitMs === 0) return {kind: 'held', holder: this.holderInfo(holder, now)}
@@ -188,22 +196,25 @@ export class LockTable {
     }
     const holder = this.entries.get(key)?.holder
     if (holder?.origin && holder.origin.session === ref.session && holder.origin.wid === ref.wid) {
-      this.releaseHolder(key, holder, false)
+      this.releaseHolder(key, holder, false, ref.session)
       return {released: true}
     }
     return {released: false}
   }
 
-  release(key: string, token: string | undefined, force = false): TokenResult {
+  /** `by`: the connection asking, so the holder's own connection is told when it is another. */
+  release(key: string, token: string | undefined, force = false, by?: string): TokenResult {
     const holder = this.entries.get(key)?.holder
     if (!holder || (!force && holder.token !== token)) return {ok: false}
-    this.releaseHolder(key, holder, force)
+    this.releaseHolder(key, holder, force, by)
     return {ok: true, holder}
   }
 
-  renew(key: string, token: string, leaseMs?: number): TokenResult {
+  /** `by`: the connection renewing becomes the one told if the grant ends. */
+  renew(key: string, token: string, leaseMs?: number, by?: string): TokenResult {
     const holder = this.entries.get(key)?.holder
     if (!holder || holder.token !== token) return {ok: false}
+    if (by !== undefined) holder.session = by
     this.extend(key, holder, leaseMs ?? holder.leaseMs, this.clock.now())
     return {ok: true, holder}
   }
@@ -298,8 +309,9 @@ export class LockTable {
     }
   }
 
-  private grant(key: string, owner: string, leaseMs: number, now: number, to?: WaiterRef, attempt?: string): Holder {
+  private grant(key: string, owner: string, leaseMs: number, now: number, to?: WaiterRef, attempt?: string, session = to?.session): Holder {
     const holder: Holder = {
+      session,
       token: this.newToken(),
       fence: ++this.fenceCounter,
       owner,
@@ -326,8 +338,8 @@ export class LockTable {
     this.events.push({type: 'renewed', key, holder})
   }
 
-  private releaseHolder(key: string, holder: Holder, force: boolean): void {
-    this.events.push({type: 'released', key, holder, force})
+  private releaseHolder(key: string, holder: Holder, force: boolean, by?: string): void {
+    this.events.push({type: 'released', key, holder, force, by})
     this.vacate(this.entries.get(key)!, this.clock.now())
   }
 

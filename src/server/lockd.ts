@@ -391,14 +391,14 @@ export class LockServer {
           const problem = tokenProblem(request.token)
           if (problem) return bad(problem)
         }
-        const result = this.table.release(request.key, request.token, request.force === true)
+        const result = this.table.release(request.key, request.token, request.force === true, conn.session)
         if (!result.ok) return {code: ErrorCode.NOT_HOLDER, msg: request.force ? 'the lock is not held' : 'the token does not hold the lock'}
         return {code: 'OK', released: true, holder: this.table.holderInfo(result.holder)}
       }
       case 'renew': {
         const problem = tokenProblem(request.token) ?? (request.leaseMs === undefined ? null : leaseProblem(request.leaseMs))
         if (problem) return bad(problem)
-        const result = this.table.renew(request.key, request.token, request.leaseMs ?? undefined)
+        const result = this.table.renew(request.key, request.token, request.leaseMs ?? undefined, conn.session)
         if (!result.ok) return {code: ErrorCode.NOT_HOLDER, msg: 'the token does not hold the lock'}
         return {code: 'OK', grant: this.table.grantInfo(request.key, result.holder)}
       }
@@ -599,6 +599,11 @@ export class LockServer {
       } else if (event.type === 'wait_timeout') {
         session = event.waiter.session
         push = {t: 'push', ev: 'wait_timeout', wid: event.waiter.wid, key: event.key}
+      } else if ((event.type === 'expired' || (event.type === 'released' && event.by !== event.holder.session)) && event.holder.session) {
+        // The holder's connection learns at once that its grant is over (docs/semantics.md).
+        session = event.holder.session
+        const reason = event.type === 'expired' ? 'expired' : event.force ? 'forced' : 'released'
+        push = {t: 'push', ev: 'ended', key: event.key, token: event.holder.token, fence: event.holder.fence, reason}
       }
       if (push && session) {
         const conn = this.connections.get(session)

@@ -18,10 +18,11 @@ function notExecutable(): string {
   return file
 }
 
+/** Running, not a zombie (a killed orphan stays a zombie where PID 1 does not reap it, as in some containers). */
 function alive(pid: number): boolean {
   try {
-    process.kill(pid, 0)
-    return true
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
   } catch {
     return false
   }
@@ -52,6 +53,14 @@ describe('hold KEY -- CMD: exit codes as a shell would give them', () => {
     expect(Number(fence)).toBeGreaterThan(0)
     expect(result.stderr).toMatch(new RegExp(`acquired envs \\(fence ${fence}, lease 15s\\)`))
     expect(result.stderr).toMatch(/released envs/)
+  })
+
+  it('no KEY before -- is a usage error, not the command taken for the key', async () => {
+    const dir = tempDir()
+    const result = await runCli(['hold', '--', 'touch', join(dir, 'ran')], {env})
+    expect(result.code).toBe(2)
+    expect(result.stderr).toMatch(/^lockctl: missing KEY/)
+    expect(existsSync(join(dir, 'ran'))).toBe(false)
   })
 
   it('a command after KEY without -- is a usage error', async () => {
@@ -104,11 +113,22 @@ describe('hold: signals', () => {
     const run = runCli(['hold', 'nowhere', '--retry', '200ms', '--', 'true'], {env: {LOCKCTL_ENDPOINTS: 'lockd://127.0.0.1:1'}})
     let stderr = ''
     run.child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()))
-    await eventually(() => /suspended nowhere \(.*connection refused.*retrying/.test(stderr))
+    await eventually(() => /suspended nowhere \(.*connection refused.*retrying until it answers \(--wait forever\)/.test(stderr))
     run.child.kill('SIGTERM')
     const result = await run
     expect(result.code).toBe(143)
     expect(result.stderr.match(/suspended/g)).toHaveLength(1) // said once, not per retry
+  })
+
+  it('--wait bounds the time the service is unreachable too: --wait 0 and --wait 1s exit 4, the command never runs', async () => {
+    const dir = tempDir()
+    for (const wait of ['0', '1s']) {
+      const result = await runCli(['hold', 'nightly', '--wait', wait, '--retry', '300ms', '--', 'touch', join(dir, 'ran')], {env: {LOCKCTL_ENDPOINTS: 'lockd://127.0.0.1:1'}})
+      expect(result.code).toBe(4)
+      expect(result.stderr).toMatch(/^lockctl: .*connection refused/m)
+      if (wait === '1s') expect(result.stderr).toMatch(/retrying until --wait runs out/)
+    }
+    expect(existsSync(join(dir, 'ran'))).toBe(false)
   })
 
   it('--wait 0 while held: exit 1 (cron style), the command never runs', async () => {
@@ -140,19 +160,47 @@ describe('hold: mutual exclusion', () => {
   })
 })
 
+describe('hold: nothing the command started outlives the lock', () => {
+  it('a background job that ignores SIGTERM is killed (after the grace) before hold releases and exits', async () => {
+    const dir = tempDir()
+    const pidFile = join(dir, 'pid')
+    const script = `(trap "" TERM; exec sleep 303) & echo $! > ${pidFile}; exit 0`
+    const result = await runCli(['hold', 'jobs', '--grace', '300ms', '--', 'sh', '-c', script], {env})
+    expect(result.code).toBe(0)
+    const pid = Number(readFileSync(pidFile, 'utf8'))
+    expect(alive(pid)).toBe(false) // gone by the time hold exited
+    expect(await holderOf('jobs')).toBeNull()
+  })
+
+  it('on loss: the command and its background job (which ignores SIGTERM) are both gone before exit 3', async () => {
+    const dir = tempDir()
+    const pidFile = join(dir, 'pid')
+    const script = `(trap "" TERM; exec sleep 301) & echo $! > ${pidFile}; exec sleep 302`
+    const run = runCli(['hold', 'jobs-lost', '--lease', '1m', '--grace', '300ms', '--', 'sh', '-c', script], {env})
+    await eventually(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '')
+    expect((await runCli(['unlock', 'jobs-lost', '--force'], {env})).code).toBe(0)
+    const result = await run
+    expect(result.code).toBe(3)
+    expect(alive(Number(readFileSync(pidFile, 'utf8')))).toBe(false)
+  })
+})
+
 describe('hold: lock loss while the child runs', () => {
-  it('force-unlocked by another process: lost, SIGTERM then SIGKILL after the grace, exit 3, grandchild gone', async () => {
+  it('force-unlocked by another process: lost at once (pushed, not found at a renewal), SIGTERM then SIGKILL after the grace, exit 3, grandchild gone', async () => {
     const dir = tempDir()
     const pids = join(dir, 'pids')
     // The shell ignores SIGTERM (so only SIGKILL after the grace ends it) and starts a grandchild.
     const script = `trap '' TERM; sleep 300 & echo "$$ $!" > ${pids}; while :; do sleep 0.05; done`
-    const run = runCli(['hold', 'lose', '--lease', '2s', '--grace', '500ms', '--', 'sh', '-c', script], {env})
+    // A 1-minute lease: the first renewal would come after 30 s, past this run's 20 s limit.
+    const run = runCli(['hold', 'lose', '--lease', '1m', '--grace', '500ms', '--', 'sh', '-c', script], {env})
     await eventually(() => existsSync(pids) && readFileSync(pids, 'utf8').includes(' '))
     const [shellPid, grandchildPid] = readFileSync(pids, 'utf8').trim().split(' ').map(Number)
     expect((await runCli(['unlock', 'lose', '--force'], {env})).code).toBe(0)
     const result = await run
     expect(result.code).toBe(3)
-    expect(result.stderr).toMatch(/lost lose \(.*not the holder/)
+    expect(result.stderr).toMatch(/lost lose \(.*force-released/)
+    // No second grant while (or after) the command is killed.
+    expect(result.stderr.match(/acquired lose/g)).toHaveLength(1)
     expect(alive(shellPid)).toBe(false)
     await eventually(() => !alive(grandchildPid), 3000)
   })
@@ -172,7 +220,7 @@ describe('hold: lock loss while the child runs', () => {
     expect(result.stderr).toMatch(/lost gone \(.*lease ran out/)
   })
 
-  it('--on-lost ignore: reports the loss, keeps the child, exits with its code', async () => {
+  it('--on-lost ignore: reports the loss, keeps the child without taking the lock again, exits 3 when it ends', async () => {
     const dir = tempDir()
     const ready = join(dir, 'ready')
     const done = join(dir, 'done')
@@ -182,10 +230,13 @@ describe('hold: lock loss while the child runs', () => {
     await eventually(() => existsSync(ready))
     await runCli(['unlock', 'ignore', '--force'], {env})
     await eventually(() => /lost ignore/.test(stderr))
-    // Free again, so it is re-acquired while the child still runs.
-    await eventually(() => /acquired ignore[^\n]*\n[^]*acquired ignore/.test(stderr))
+    // The child still runs (it has not seen done), with the lost grant's token: no new grant.
+    expect(existsSync(done)).toBe(false)
     writeFileSync(done, '')
-    expect((await run).code).toBe(4)
+    const result = await run
+    expect(result.code).toBe(3)
+    expect(result.stderr.match(/acquired ignore/g)).toHaveLength(1)
+    expect(result.stderr).not.toMatch(/released ignore/)
   })
 
   it('lockd restarted mid-hold for less than the lease: no lost, renewals resume, same fence', async () => {
@@ -240,6 +291,14 @@ describe('hold as leader election', () => {
 })
 
 describe.skipIf(!hasTmux && !process.env.CI)('hold in a real terminal (tmux)', () => {
+  it('a background job of the command is gone when hold exits, on a terminal too', async () => {
+    const pidFile = join(tempDir(), 'pid')
+    await inTerminal(`hold tty-jobs --grace 300ms -- sh -c 'sleep 200 & echo $! > ${pidFile}; exit 0'`, env, async ({waitScreen}) => {
+      await waitScreen(/exited 0/)
+    })
+    expect(alive(Number(readFileSync(pidFile, 'utf8')))).toBe(false)
+  })
+
   it('a spinner shows the holder and our place while waiting, then gives way to the events and the command', async () => {
     const blocker = await runCli(['lock', 'tty-spin', '--owner', 'blocker'], {env})
     await inTerminal(`hold tty-spin -- sh -c 'echo child ran'`, env, async ({waitScreen, screen}) => {

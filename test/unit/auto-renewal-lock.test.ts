@@ -57,6 +57,17 @@ class FakeBackend implements LockBackend {
   onStateChange(_listener: (state: ConnectionState) => void) {
     return () => {}
   }
+  /** Grants watched for an end pushed by the service, by token. */
+  watched = new Map<string, (reason: string) => void>()
+  watchGrant(_key: string, token: string, onEnded: (reason: string) => void) {
+    this.watched.set(token, onEnded)
+    return () => this.watched.delete(token)
+  }
+  /** The service says the grant ended by another hand (a forced release, say). */
+  end(token: string): void {
+    if (this.token === token) this.token = null
+    this.watched.get(token)?.('it was force-released (unlock --force)')
+  }
   async close() {}
 }
 
@@ -139,7 +150,10 @@ describe('AutoRenewalLock (fake clock, fake backend)', () => {
     const lock = new AutoRenewalLock('k', backend, {leaseMs: 4000, owner: 'me'})
     await vi.advanceTimersByTimeAsync(2000) // renewal starts and hangs
     let closed = false
+    const signal = lock.signal
     const closing = lock.close().then(() => (closed = true))
+    // The work under the lock is told to stop before anything else happens.
+    expect(signal.aborted).toBe(true)
     await vi.advanceTimersByTimeAsync(10)
     expect(closed).toBe(false)
     expect(backend.releases).toEqual([])
@@ -213,5 +227,107 @@ describe('AutoRenewalLock (fake clock, fake backend)', () => {
     }
     const lock = new AutoRenewalLock('k', backend, {leaseMs: 4000, owner: 'me', waitMs: 0})
     await expect(lock.ready).rejects.toMatchObject({code: 'LOCK_HELD'})
+  })
+
+  it('a grant ended by the service (a push) is lost at once: onLost, signal, isHeld — not at the next renewal', async () => {
+    const backend = new FakeBackend()
+    const events: string[] = []
+    const lock = new AutoRenewalLock('k', backend, {leaseMs: 20_000, owner: 'me', onAcquired: (g) => events.push(`acquired:${g.fence}`), onLost: (why) => events.push(`lost:${why.message}`)})
+    await vi.advanceTimersByTimeAsync(0)
+    const signal = lock.signal
+    backend.end('t1')
+    expect(events).toEqual(['acquired:1', 'lost:lost "k": it was force-released (unlock --force)'])
+    expect(signal.aborted).toBe(true)
+    expect(lock.isHeld()).toBe(false)
+    expect(backend.renewCalls).toEqual([])
+    await vi.advanceTimersByTimeAsync(0)
+    expect(events.at(-1)).toBe('acquired:2') // reacquire is the default
+    await lock.close()
+  })
+
+  it('reacquire: false ends with the loss: no second grant', async () => {
+    const backend = new FakeBackend()
+    let acquires = 0
+    const original = backend.acquire.bind(backend)
+    backend.acquire = (request) => {
+      acquires++
+      return original(request)
+    }
+    const lock = new AutoRenewalLock('k', backend, {leaseMs: 20_000, owner: 'me', reacquire: false})
+    await vi.advanceTimersByTimeAsync(0)
+    backend.end('t1')
+    await vi.advanceTimersByTimeAsync(60_000)
+    expect(acquires).toBe(1)
+    expect(lock.isHeld()).toBe(false)
+    await lock.close()
+  })
+
+  it('a bounded first wait counts the time the service is unreachable: ready rejects with UNREACHABLE when it runs out', async () => {
+    const backend = new FakeBackend()
+    backend.acquireFails = true
+    const delays: number[] = []
+    const lock = new AutoRenewalLock('k', backend, {leaseMs: 4000, owner: 'me', waitMs: 2500, onRetry: (_e, delay) => delays.push(delay)})
+    let outcome: unknown = null
+    lock.ready.catch((error) => (outcome = error))
+    await vi.advanceTimersByTimeAsync(2400)
+    expect(outcome).toBeNull()
+    await vi.advanceTimersByTimeAsync(200)
+    expect(outcome).toMatchObject({code: 'UNREACHABLE'})
+    expect(delays).toEqual([1000, 1500]) // the second backoff (10 s) was cut to what was left
+    // With no wait at all: one try.
+    const once = new AutoRenewalLock('k', backend, {leaseMs: 4000, owner: 'me', waitMs: 0})
+    await expect(once.ready).rejects.toMatchObject({code: 'UNREACHABLE'})
+  })
+})
+
+describe('AutoRenewalLock checks that are true when read (real clock, a real pause)', () => {
+  beforeEach(() => {
+    vi.useRealTimers()
+  })
+  /** Block the event loop, as SIGSTOP or a long GC would: no timer runs meanwhile. */
+  const pause = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
+
+  it('after a pause past the lease, signal.aborted, throwIfAborted() and isHeld() say so before any timer has run', async () => {
+    const backend = new FakeBackend()
+    for (const read of ['aborted', 'throwIfAborted', 'isHeld'] as const) {
+      const lost: string[] = []
+      const lock = new AutoRenewalLock('k', backend, {leaseMs: 1000, owner: 'me', onLost: (why) => lost.push(why.message)})
+      await lock.ready
+      const signal = lock.signal
+      expect(signal.aborted).toBe(false)
+      // Renewals are stopped, so the lease runs out; the watchdog timer cannot run while paused.
+      backend.renew = () => new Promise(() => {})
+      pause(1100)
+      if (read === 'aborted') expect(signal.aborted).toBe(true)
+      if (read === 'throwIfAborted') expect(() => signal.throwIfAborted()).toThrow(/the lease ran out/)
+      if (read === 'isHeld') expect(lock.isHeld()).toBe(false)
+      expect(lost).toEqual(['lost "k": the lease ran out'])
+      expect(signal.reason).toMatchObject({code: 'LEASE_LOST'})
+      await lock.close({release: false})
+      backend.renew = FakeBackend.prototype.renew.bind(backend)
+    }
+  })
+})
+
+describe('DistributedLock closed while its acquire is in flight', () => {
+  it('stays closed: the late grant is released, nothing is held, unlock is refused', async () => {
+    const {DistributedLock} = await import('../../src/client/distributed-lock.js')
+    const backend = new FakeBackend()
+    let grantNow!: () => void
+    const original = backend.acquire.bind(backend)
+    backend.acquire = (request) =>
+      new Promise((resolve, reject) => {
+        grantNow = () => void original(request).then(resolve, reject)
+        // The abort of close() does not reach this fake: the grant arrives anyway, as it can on the wire.
+      })
+    const lock = new DistributedLock('k', backend, 'me')
+    const acquiring = lock.acquire({leaseMs: 10_000, waitMs: 60_000})
+    await vi.advanceTimersByTimeAsync(0)
+    await lock.close()
+    grantNow()
+    await expect(acquiring).rejects.toMatchObject({code: 'CLOSED'})
+    expect(lock.isHeldByCurrentClient()).toBe(false)
+    expect(backend.releases).toEqual(['t1'])
+    await expect(lock.unlock()).rejects.toMatchObject({code: 'CLOSED'})
   })
 })

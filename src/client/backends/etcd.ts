@@ -639,6 +639,39 @@ export class EtcdBackend implements LockBackend {
     }
   }
 
+  /** The holder watches its own key: its deletion (by anyone, or its lease expiring) ends the grant. */
+  watchGrant(key: string, token: string, onEnded: (reason: string) => void): () => void {
+    let parsed: Token
+    try {
+      parsed = parseToken(token, key)
+    } catch {
+      return () => {}
+    }
+    let stopped = false
+    let watcher: Watcher | null = null
+    // From the key's creation on: a deletion that came before the watch was set up is replayed.
+    this.client
+      .watch()
+      .key(`${key}/${parsed.suffix}`)
+      .startRevision(parsed.revision)
+      .create()
+      .then(
+        (w) => {
+          watcher = w
+          if (stopped) void w.cancel().catch(() => {})
+          w.on('delete', () => {
+            if (!stopped) onEnded('its key was deleted (released by another client, or its etcd lease expired)')
+          })
+        },
+        () => {}, // no watch: renewals still find out, at half the lease
+      )
+    return () => {
+      stopped = true
+      // Not awaited: a hung member never answers a cancel.
+      void (watcher as Watcher | null)?.cancel().catch(() => {})
+    }
+  }
+
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true

@@ -42,6 +42,8 @@ export class LockdBackend implements LockBackend {
   /** Live watch subscriptions by the id of their watch request. */
   private readonly watchers = new Map<number, {connection: LockdConnection; onEvent(event: LockEvent): void; onLost(reason: string): void}>()
   private readonly listeners = new Set<(state: ConnectionState) => void>()
+  /** Grants this process holds, by token: told when lockd says one ended by another hand. */
+  private readonly grantWatchers = new Map<string, (reason: string) => void>()
   private closed = false
 
   constructor(private readonly options: LockdBackendOptions) {
@@ -101,6 +103,11 @@ export class LockdBackend implements LockBackend {
       return
     }
     if (push.ev === 'part') return // the connection assembles parts of answers
+    if (push.ev === 'ended') {
+      const why = push.reason === 'expired' ? 'its lease expired on the server' : push.reason === 'forced' ? 'it was force-released (unlock --force)' : 'it was released with its token by another client'
+      this.grantWatchers.get(push.token)?.(why)
+      return
+    }
     const slot = this.slots.get(push.wid)
     if (push.ev === 'granted') {
       if (!slot || slot.abandoned) {
@@ -293,6 +300,13 @@ export class LockdBackend implements LockBackend {
       }
     } finally {
       signal?.removeEventListener('abort', onAbort)
+    }
+  }
+
+  watchGrant(_key: string, token: string, onEnded: (reason: string) => void): () => void {
+    this.grantWatchers.set(token, onEnded)
+    return () => {
+      if (this.grantWatchers.get(token) === onEnded) this.grantWatchers.delete(token)
     }
   }
 
