@@ -1,7 +1,9 @@
 import {execFileSync} from 'node:child_process'
 import {existsSync, mkdirSync, rmSync, writeFileSync} from 'node:fs'
+import {createServer, connect as netConnect} from 'node:net'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
+import {connect} from '../../src/client/index.js'
 import {BIN, eventually, runCli, sharedLockd, startLockd, tempDir} from '../helpers/processes.js'
 import {hasTmux, inTerminal} from '../helpers/tmux.js'
 
@@ -247,6 +249,41 @@ describe('the CLI against a lockd server', () => {
     expect(body.locks.map((l: {key: string}) => l.key)).toEqual(['team/a', 'team/b'])
     expect(body.locks[0].holder).toMatchObject({owner: 'lister', fence: expect.any(Number)})
     expect(result.stdout).not.toMatch(/token/)
+  })
+})
+
+describe('lock --json through a slow network', () => {
+  it('expiresAt counts from the send time: never later than the server\'s expiry, however slow the answer', async () => {
+    const lockd = await startLockd()
+    // A proxy that holds every answer from lockd for 400 ms.
+    const proxy = createServer((client) => {
+      const upstream = netConnect({host: '127.0.0.1', port: lockd.port})
+      client.pipe(upstream)
+      upstream.on('data', (chunk) => setTimeout(() => client.write(chunk), 400))
+      const close = () => {
+        client.destroy()
+        upstream.destroy()
+      }
+      client.on('error', close).on('close', close)
+      upstream.on('error', close).on('close', close)
+    })
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+    const port = (proxy.address() as {port: number}).port
+    const sentBefore = Date.now()
+    const result = await runCli(['lock', 'slow', '--lease', '10s', '--json', '--endpoints', `lockd://127.0.0.1:${port}`])
+    proxy.close()
+    expect(result.code).toBe(0)
+    const expiresAt = Date.parse(JSON.parse(result.stdout).expiresAt)
+    // The server's lease started when the request arrived, after sentBefore plus at least the
+    // hello's round trip through the proxy (400 ms): the answer's 400 ms must not be added.
+    const direct = await connect({endpoints: lockd.endpoint})
+    const askedAt = Date.now()
+    const serverLeft = (await direct.inspect('slow'))!.holder!.leaseLeftMs
+    await direct.close()
+    // The server's expiry is at least askedAt + serverLeft.
+    expect(expiresAt).toBeLessThanOrEqual(askedAt + serverLeft + 5)
+    expect(expiresAt).toBeGreaterThanOrEqual(sentBefore + 10_000)
+    await lockd.stop()
   })
 })
 

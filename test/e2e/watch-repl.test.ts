@@ -151,6 +151,13 @@ describe.skipIf(!hasTmux && !process.env.CI)('the REPL in a real terminal (tmux)
       keys('locks', 'Enter')
       await waitScreen(/tty-held {2}fence \d+, \d+s left, renewing \(hold\)/)
 
+      // Ctrl-C reaches a foreground hold's command (the terminal is in raw mode: no signal from it).
+      keys(`hold tty-fg -- sh -c 'trap "echo got-int; exit 5" INT; while :; do sleep 0.1; done'`, 'Enter')
+      await waitScreen(/acquired tty-fg/)
+      keys('C-c')
+      await waitScreen(/got-int\n(.*\n)*.*released tty-fg\nlockctl>$/m)
+      expect(JSON.parse((await runCli(['status', 'tty-fg', '--json'], {env})).stdout).holder).toBeNull()
+
       // Leaving asks what to do with the held lock; release all.
       keys('exit', 'Enter')
       await waitScreen(/This session holds 1 lock\(s\)\. On exit:/)

@@ -21,6 +21,42 @@ export function conformanceSuite(endpoint: () => string, options: {shortLeaseMs:
   let round = 0
   const key = (name: string) => `conf/${name}/${Date.now()}-${round++}`
 
+  it('a holder learns of a forced release at once (onLost, signal), long before its next renewal', async () => {
+    const k = key('pushed-loss')
+    const a = await client('A')
+    const b = await client('B')
+    const lost: string[] = []
+    const lock = a.createAutoRenewalLock(k, {leaseMs: 60_000, onLost: (why) => lost.push(why.code)})
+    await lock.ready
+    const signal = lock.signal
+    await b.release(k, undefined, {force: true})
+    // A renewal would come after 30 s; the test's own timeout is shorter.
+    await eventually(() => lost.length === 1, 15_000)
+    expect(lost).toEqual(['LEASE_LOST'])
+    expect(signal.aborted).toBe(true)
+    await lock.close()
+  })
+
+  it('a lock closed while it waits stays closed: the grant that follows is given back, nothing is held', async () => {
+    const k = key('closed-waiter')
+    const a = await client('A')
+    const b = await client('B')
+    const c = await client('C')
+    const holder = a.createLock(k)
+    await holder.acquire({leaseMs: 30_000})
+    const waiter = b.createLock(k)
+    const waiting = waiter.acquire({leaseMs: 30_000, waitMs: 20_000}).catch((error: Error) => error)
+    await eventually(async () => (await a.inspect(k))?.waiters === 1)
+    await waiter.close()
+    await holder.unlock()
+    expect(await waiting).toMatchObject({code: 'CLOSED'})
+    expect(waiter.isHeldByCurrentClient()).toBe(false)
+    await expect(waiter.unlock()).rejects.toMatchObject({code: 'CLOSED'})
+    // Nobody is left holding it: the next one gets it at once.
+    await eventually(async () => (await c.inspect(k))?.holder == null, 10_000)
+    expect(await c.createLock(k).tryLock({leaseMs: 5000})).toBe(true)
+  })
+
   it('grants in FIFO order', async () => {
     const k = key('fifo')
     const a = await client('A')
