@@ -1,0 +1,71 @@
+/**
+ * The checker of the randomized fault test (docs: ../../../shared/fault-testing.md): reads
+ * protected writes and reports every way a lock failed to protect them.
+ */
+export interface ProtectedWrite {
+  key: string
+  token: string
+  fence: number
+  worker: number
+  /** CLOCK_MONOTONIC nanoseconds, read before the check that said "held". */
+  t: bigint
+}
+
+export interface Verdict {
+  /** Two grants of one key whose write intervals overlap: two holders at once. */
+  overlaps: string[]
+  /** One fence carried by two different grants. */
+  repeatedFences: string[]
+  /** A grant whose fence is not above the previous grant's (in order of first write), per key. */
+  fenceOrder: string[]
+  /** Writes a fencing store would refuse: a fence below the highest already written to the key. */
+  staleWrites: number
+  grants: number
+  writes: number
+}
+
+export function parseWrites(text: string): ProtectedWrite[] {
+  return text
+    .split('\n')
+    .filter((line) => line.trim())
+    .map((line) => {
+      const w = JSON.parse(line) as Omit<ProtectedWrite, 't'> & {t: string}
+      return {...w, t: BigInt(w.t)}
+    })
+}
+
+export function check(writes: ProtectedWrite[]): Verdict {
+  const verdict: Verdict = {overlaps: [], repeatedFences: [], fenceOrder: [], staleWrites: 0, grants: 0, writes: writes.length}
+  const byKey = new Map<string, ProtectedWrite[]>()
+  for (const w of writes) byKey.set(w.key, [...(byKey.get(w.key) ?? []), w])
+  const fenceOwner = new Map<number, string>()
+  for (const [key, list] of byKey) {
+    const grants = new Map<string, {token: string; fence: number; first: bigint; last: bigint}>()
+    for (const w of list) {
+      const g = grants.get(w.token)
+      if (!g) grants.set(w.token, {token: w.token, fence: w.fence, first: w.t, last: w.t})
+      else {
+        if (w.t < g.first) g.first = w.t
+        if (w.t > g.last) g.last = w.t
+      }
+    }
+    const ordered = [...grants.values()].sort((a, b) => (a.first < b.first ? -1 : a.first > b.first ? 1 : 0))
+    verdict.grants += ordered.length
+    for (let i = 0; i < ordered.length; i++) {
+      const a = ordered[i]
+      const owner = fenceOwner.get(a.fence)
+      if (owner !== undefined && owner !== a.token) verdict.repeatedFences.push(`${key}: fence ${a.fence}`)
+      fenceOwner.set(a.fence, a.token)
+      if (i > 0 && a.fence <= ordered[i - 1].fence) verdict.fenceOrder.push(`${key}: fence ${a.fence} after ${ordered[i - 1].fence}`)
+      for (let j = i + 1; j < ordered.length && ordered[j].first <= a.last; j++) {
+        verdict.overlaps.push(`${key}: fence ${a.fence} [${a.first}..${a.last}] overlaps fence ${ordered[j].fence} from ${ordered[j].first}`)
+      }
+    }
+    let highest = -1
+    for (const w of [...list].sort((a, b) => (a.t < b.t ? -1 : a.t > b.t ? 1 : 0))) {
+      if (w.fence < highest) verdict.staleWrites++
+      highest = Math.max(highest, w.fence)
+    }
+  }
+  return verdict
+}
