@@ -1,6 +1,6 @@
 import {ErrorCode} from '../protocol/errors.js'
 
-/** The documented exit codes (README, design.md §4). One table, used by every command. */
+/** The documented exit codes (docs/exit-codes.md). One table, used by every command. */
 export const ExitCode = {
   OK: 0,
   /** Not acquired: held by another, or the wait ran out (`--conflict-exit-code` changes it). */

@@ -49,7 +49,7 @@ type Phase = 'acquiring' | 'held' | 'closed'
 
 /**
  * A lock that keeps itself held: modelled on Dongting's AutoRenewalLock, with the sharp edges
- * filed off (see README):
+ * filed off (docs/semantics.md, "Auto-renewal"):
  *  - acquires through the fair queue (a pushed grant, no polling), renews at half the lease;
  *  - a failed renewal is retried with backoff, each delay clamped to the lease that is left, so
  *    a short lease still gets several tries;

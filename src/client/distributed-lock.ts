@@ -193,7 +193,8 @@ export class DistributedLock {
   }
 
   private hold(grant: GrantInfo, deadline: number): void {
-    if (grant.token !== this.grant?.token) {
+    // Only someone who listens needs the service to say when a grant ends (a watch on etcd).
+    if (grant.token !== this.grant?.token && this.options.onLost) {
       this.stopWatchingGrant?.()
       const {token} = grant
       this.stopWatchingGrant = this.backend.watchGrant(this.key, token, (reason) => this.ended(token, reason))

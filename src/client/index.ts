@@ -8,7 +8,7 @@
  *   await client.close()
  */
 export {connect, defaultOwner, LockClient, type ConnectOptions} from './lock-client.js'
-export {DistributedLock, DEFAULT_LEASE_MS, type TryLockOptions} from './distributed-lock.js'
+export {DistributedLock, DEFAULT_LEASE_MS, type DistributedLockOptions, type TryLockOptions} from './distributed-lock.js'
 export {AutoRenewalLock, DEFAULT_RETRY_MILLIS, type AutoRenewalLockOptions} from './auto-renewal-lock.js'
 export type {ConnectionState, GrantInfo, HolderInfo, LockBackend, LockInfo} from './backend.js'
 export {parseEndpoint, describeEndpoint, type Endpoint} from './endpoint.js'

@@ -4,7 +4,7 @@ import type {ConnectionState, GrantInfo, HolderInfo, LockBackend, LockInfo} from
 import {LockdBackend} from './backends/lockd.js'
 import {LockdConnection} from './backends/lockd-connection.js'
 import {AutoRenewalLock, type AutoRenewalLockOptions} from './auto-renewal-lock.js'
-import {checkOwner, checkToken, DistributedLock} from './distributed-lock.js'
+import {checkOwner, checkToken, DistributedLock, type DistributedLockOptions} from './distributed-lock.js'
 import {connectEmbedded, embeddedPaths, stateDir} from './embedded.js'
 import {describeEndpoint, parseEndpoint, type Endpoint} from './endpoint.js'
 import {BadInputError} from './errors.js'
@@ -54,10 +54,11 @@ export class LockClient {
     return this.backend.label
   }
 
-  createLock(key: string, options: {owner?: string} = {}): DistributedLock {
+  /** `onLost`: called when the service ends a grant of this lock by another hand (docs/semantics.md, "Loss"). */
+  createLock(key: string, options: {owner?: string} & DistributedLockOptions = {}): DistributedLock {
     checkKey(key)
     if (options.owner) checkOwner(options.owner)
-    return new DistributedLock(key, this.backend, options.owner ?? this.owner)
+    return new DistributedLock(key, this.backend, options.owner ?? this.owner, {onLost: options.onLost})
   }
 
   /**

@@ -1,6 +1,9 @@
 import type {ErrorCode} from './errors.js'
 
-/** Bumped on any incompatible change; the server refuses a hello with another version. */
+/**
+ * Bumped only for a change an older peer would misread (docs/protocol.md, "Hello and
+ * versioning"); the server refuses a hello with another version.
+ */
 export const PROTOCOL_VERSION = 1
 
 /** `waitMs` value that means "wait forever". */

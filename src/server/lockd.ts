@@ -67,8 +67,11 @@ interface Connection {
   decoder: FrameDecoder
   greeted: boolean
   helloTimer?: NodeJS.Timeout
-  /** Largest frame the peer accepts (its hello says; the default otherwise). */
-  peerMaxFrame: number
+  /**
+   * Largest frame the peer accepts, as its hello says. A peer whose hello does not say (a client
+   * from before answers came in parts) gets every answer whole, as it always did.
+   */
+  peerMaxFrame: number | null
 }
 
 /**
@@ -243,7 +246,7 @@ export class LockServer {
       decoder: new FrameDecoder(codec, this.options.maxFrame ?? DEFAULT_MAX_FRAME),
       greeted: false,
       subscriptions: new Map(),
-      peerMaxFrame: DEFAULT_MAX_FRAME,
+      peerMaxFrame: null,
     }
     conn.helloTimer = setTimeout(() => this.fail(conn, ErrorCode.PROTOCOL, 'no hello within 10s'), HELLO_TIMEOUT_MS)
     conn.helloTimer.unref()
@@ -277,6 +280,7 @@ export class LockServer {
     this.endBatch()
   }
 
+  /** One message from a peer: the hello, then requests (docs/protocol.md). */
   private handleMessage(conn: Connection, message: unknown): void {
     if (typeof message !== 'object' || message === null || Array.isArray(message)) {
       this.fail(conn, ErrorCode.PROTOCOL, 'a message must be a map')
@@ -294,7 +298,7 @@ export class LockServer {
       }
       conn.greeted = true
       clearTimeout(conn.helloTimer)
-      if (typeof m.maxFrame === 'number' && Number.isInteger(m.maxFrame) && m.maxFrame >= MIN_PEER_FRAME) conn.peerMaxFrame = m.maxFrame
+      if (typeof m.maxFrame === 'number' && Number.isInteger(m.maxFrame)) conn.peerMaxFrame = Math.max(MIN_PEER_FRAME, m.maxFrame)
       this.send(conn, {
         t: 'hello',
         v: PROTOCOL_VERSION,
@@ -334,7 +338,7 @@ export class LockServer {
    */
   private sendResponse(conn: Connection, id: number, response: Omit<Response, 't' | 'id'>): void {
     const locks = response.locks
-    const perPart = Math.max(1, Math.floor((conn.peerMaxFrame - PART_SLACK_BYTES) / MAX_LOCK_INFO_BYTES))
+    const perPart = conn.peerMaxFrame === null ? Number.POSITIVE_INFINITY : Math.floor((conn.peerMaxFrame - PART_SLACK_BYTES) / MAX_LOCK_INFO_BYTES)
     if (!locks || locks.length <= perPart) {
       this.send(conn, {t: 'res', id, ...response})
       return
@@ -513,7 +517,7 @@ export class LockServer {
   /** Encode under the peer's limit; an answer that still does not fit fails alone, not the connection. */
   private encode(conn: Connection, message: ServerMessage): Buffer {
     try {
-      return encodeFrame(conn.codec, message, conn.peerMaxFrame)
+      return encodeFrame(conn.codec, message, conn.peerMaxFrame ?? Number.MAX_SAFE_INTEGER)
     } catch (error) {
       if (message.t !== 'res') throw error
       return encodeFrame(conn.codec, {t: 'res', id: message.id, code: ErrorCode.INTERNAL, msg: `the answer is too large for this connection: ${(error as Error).message}`})

@@ -47,6 +47,10 @@ describeEtcd('etcd over TLS with authentication', () => {
     const viaEnv = {...env, LOCKCTL_ETCD_CACERT: certs.ca, LOCKCTL_ETCD_USER: 'locker'}
     expect((await runCli(['lock', 'tls/k', '--wait', '0'], {env: viaEnv})).code).toBe(1)
     expect((await runCli(['unlock', 'tls/k', '--token', token], {env: viaEnv})).code).toBe(0)
+    // hold watches its own key (to notice a loss at once) and still ends when its command does.
+    const hold = await runCli(['hold', 'tls/h', '--', 'true'], {env: viaEnv})
+    expect(hold.stderr).toMatch(/released tls\/h/)
+    expect(hold.code).toBe(0)
   })
 
   it('a wrong password is a usage error (exit 2), not an outage', async () => {
