@@ -3,6 +3,8 @@
 //
 //   npm run bench            (builds first)
 //   node bench/run.js --quick
+//   node bench/run.js --lockd-only --baseline ../other-checkout
+//        lockd's figures next to those of another built checkout's lockd, in the same run
 import {spawn, spawnSync} from 'node:child_process'
 import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
@@ -13,6 +15,9 @@ import {connect} from '../dist/client/index.js'
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const bin = join(root, 'bin', 'run.js')
 const quick = process.argv.includes('--quick')
+const lockdOnly = process.argv.includes('--lockd-only')
+const baselineAt = process.argv.indexOf('--baseline')
+const baseline = baselineAt === -1 ? null : process.argv[baselineAt + 1]
 const work = mkdtempSync(join(tmpdir(), 'lockctl-bench-'))
 const children = []
 process.on('exit', () => {
@@ -30,8 +35,8 @@ function row(label, value, reference, ratio) {
   console.log(`  ${label.padEnd(46)} ${String(value).padStart(14)}   ${reference ? `ref: ${reference}` : ''}${ratio ? `  (${ratio})` : ''}`)
 }
 
-async function startLockd(args) {
-  const child = spawn(process.execPath, [bin, 'server', '--listen', '127.0.0.1:0', ...args], {stdio: ['ignore', 'ignore', 'pipe']})
+async function startLockd(args, serverBin = bin) {
+  const child = spawn(process.execPath, [serverBin, 'server', '--listen', '127.0.0.1:0', ...args], {stdio: ['ignore', 'ignore', 'pipe']})
   children.push(child)
   let err = ''
   const port = await new Promise((resolve, reject) => {
@@ -98,6 +103,7 @@ async function sequential(endpoint, label) {
   row(`${label}: lock+unlock pair p50`, us(pct(pairs, 50)), `request round trip p50 ${us(pct(pings, 50))}`)
   row(`${label}: lock+unlock pair p99`, us(pct(pairs, 99)), `request round trip p99 ${us(pct(pings, 99))}`)
   await client.close()
+  return {p50: pct(pairs, 50), p99: pct(pairs, 99)}
 }
 
 async function throughput(endpoint, label, concurrency) {
@@ -146,6 +152,7 @@ async function handoff(endpoint, label) {
   row(`${label}: hand-off (unlock → next holds) p50`, us(pct(samples, 50)))
   row(`${label}: hand-off p99`, us(pct(samples, 99)))
   await Promise.all(clients.map((c) => c.close()))
+  return {p50: pct(samples, 50), p99: pct(samples, 99)}
 }
 
 function rssOf(pid) {
@@ -184,22 +191,43 @@ async function memory() {
 }
 
 console.log(`lockctl benchmarks — ${new Date().toISOString()}, node ${process.version}, ${quick ? 'quick' : 'full'} run`)
-await processBench()
+if (!lockdOnly) await processBench()
 
 for (const [label, args] of [
   ['lockd in memory', ['--in-memory']],
-  ['lockd durable (fdatasync, group commit)', ['--data-dir', join(work, 'data')]],
+  ['lockd durable (fdatasync, group commit)', ['--data-dir', 'DATA']],
 ]) {
-  console.log(`\n${label} (separate process, TCP loopback)`)
-  const lockd = await startLockd(args)
-  await sequential(lockd.endpoint, 'sequential')
-  for (const c of [1, 8, 64, 256]) await throughput(lockd.endpoint, 'concurrent', c)
-  await handoff(lockd.endpoint, '4 contenders')
-  lockd.child.kill('SIGTERM')
+  const servers = [['this checkout', bin]]
+  // The client process warms up as it goes: with --baseline-first the baseline runs first.
+  if (baseline) servers[process.argv.includes('--baseline-first') ? 'unshift' : 'push']([`baseline ${baseline}`, join(baseline, 'bin', 'run.js')])
+  const results = []
+  for (const [name, serverBin] of servers) {
+    console.log(`\n${label}, ${name} (separate process, TCP loopback)`)
+    const lockd = await startLockd(
+      args.map((a) => (a === 'DATA' ? mkdtempSync(join(work, 'data-')) : a)),
+      serverBin,
+    )
+    const sequentialFigures = await sequential(lockd.endpoint, 'sequential')
+    const rates = {}
+    for (const c of [1, 8, 64, 256]) rates[c] = await throughput(lockd.endpoint, 'concurrent', c)
+    const handoffFigures = await handoff(lockd.endpoint, '4 contenders')
+    lockd.child.kill('SIGTERM')
+    results.push({sequentialFigures, rates, handoffFigures})
+  }
+  if (baseline) {
+    const [now, before] = servers[0][1] === bin ? results : [results[1], results[0]]
+    console.log(`\n${label}: this checkout next to the baseline (ratio: this / baseline)`)
+    row('pair p50', us(now.sequentialFigures.p50), `baseline ${us(before.sequentialFigures.p50)}`, `${(now.sequentialFigures.p50 / before.sequentialFigures.p50).toFixed(2)}×`)
+    row('pair p99', us(now.sequentialFigures.p99), `baseline ${us(before.sequentialFigures.p99)}`, `${(now.sequentialFigures.p99 / before.sequentialFigures.p99).toFixed(2)}×`)
+    row('pairs/s, 64 connections', Math.round(now.rates[64]).toLocaleString('en'), `baseline ${Math.round(before.rates[64]).toLocaleString('en')}`, `${(now.rates[64] / before.rates[64]).toFixed(2)}×`)
+    row('hand-off p50', us(now.handoffFigures.p50), `baseline ${us(before.handoffFigures.p50)}`, `${(now.handoffFigures.p50 / before.handoffFigures.p50).toFixed(2)}×`)
+  }
 }
 
-console.log('\nmemory')
-await memory()
+if (!lockdOnly) {
+  console.log('\nmemory')
+  await memory()
+}
 
 async function etcdBench() {
   if (spawnSync('etcd', ['--version']).status !== 0) {
@@ -287,5 +315,5 @@ async function etcdBench() {
   raw.close()
   child.kill('SIGKILL')
 }
-await etcdBench()
+if (!lockdOnly) await etcdBench()
 process.exit(0)
