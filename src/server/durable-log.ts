@@ -18,7 +18,6 @@ import {promisify} from 'node:util'
 import {crc32} from 'node:zlib'
 import {Packr} from 'msgpackr/pack'
 import {makeDirectories} from '../util/fs.js'
-import type {PersistedHolder, TableSnapshot} from './lock-table.js'
 
 /**
  * Durable state of lockd: an append-only log of "key K now has holder H (or none)" records,
@@ -39,15 +38,32 @@ import type {PersistedHolder, TableSnapshot} from './lock-table.js'
  * was the last write, cut short.
  */
 
+/** A holder as the log stores it. The log owns this format; the server maps the table's state to it. */
+export interface LoggedHolder {
+  token: string
+  fence: number
+  owner: string
+  leaseMs: number
+  /** Wall-clock ms of the grant (display only). */
+  since: number
+  attempt?: string
+}
+
+/** What a snapshot stores: the fencing counter and every held lock. */
+export interface LoggedSnapshot {
+  fence: number
+  locks: {key: string; holder: LoggedHolder}[]
+}
+
 export interface LogRecord {
   key: string
-  holder: PersistedHolder | null
+  holder: LoggedHolder | null
   fence: number
 }
 
 export interface RecoveredState {
   fence: number
-  holders: Map<string, PersistedHolder>
+  holders: Map<string, LoggedHolder>
   /** What recovery had to do that an operator should know about. */
   notes: string[]
 }
@@ -93,7 +109,7 @@ export class DurableLog {
     private fd: number,
     size: number,
     private reservedFence: number,
-    private readonly snapshotSource: () => TableSnapshot,
+    private readonly snapshotSource: () => LoggedSnapshot,
     private readonly snapshotBytes: number,
   ) {
     this.size = size
@@ -102,7 +118,7 @@ export class DurableLog {
   /** Read the state on disk, repair a torn tail, reserve fences, and open the log for appending. */
   static async open(
     dir: string,
-    snapshotSource: () => TableSnapshot,
+    snapshotSource: () => LoggedSnapshot,
     options: DurableLogOptions = {},
   ): Promise<{log: DurableLog; state: RecoveredState}> {
     makeDirectories(dir)
@@ -116,7 +132,7 @@ export class DurableLog {
       throw new LogCorruptError(`${fencePath} is corrupt (no fence mark in it); refusing to start rather than repeat a fence. ${MOVE_ASIDE}`)
     }
     if (existsSync(snapshotPath)) {
-      const snapshot = readChecked(snapshotPath) as {gen: number; fence: number; locks: {key: string; holder: PersistedHolder}[]}
+      const snapshot = readChecked(snapshotPath) as {gen: number; fence: number; locks: {key: string; holder: LoggedHolder}[]}
       if (!Number.isSafeInteger(snapshot?.gen) || !Number.isSafeInteger(snapshot.fence) || !Array.isArray(snapshot.locks)) {
         throw new LogCorruptError(`${snapshotPath} is corrupt (not a snapshot); refusing to start rather than forget locks. ${MOVE_ASIDE}`)
       }
@@ -397,7 +413,7 @@ function replayLegacy(data: Buffer, path: string, state: RecoveredState): Replay
 
 interface DecodedRecord {
   k: string
-  h: PersistedHolder | null
+  h: LoggedHolder | null
   f: number
 }
 

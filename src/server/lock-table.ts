@@ -1,5 +1,4 @@
 import {randomBytes} from 'node:crypto'
-import type {GrantInfo, HolderInfo, LockInfo} from '../protocol/messages.js'
 import {WAIT_FOREVER} from '../protocol/messages.js'
 import {DeadlineHeap} from './deadline-heap.js'
 
@@ -72,9 +71,16 @@ export type TableEvent =
   | {type: 'wait_timeout'; key: string; waiter: WaiterRef}
 
 export type AcquireResult =
-  | {kind: 'granted'; grant: GrantInfo; reentrant: boolean}
-  | {kind: 'held'; holder: HolderInfo}
-  | {kind: 'queued'; position: number; holder: HolderInfo}
+  | {kind: 'granted'; grant: Holder; reentrant: boolean}
+  | {kind: 'held'; holder: Holder}
+  | {kind: 'queued'; position: number; holder: Holder}
+
+/** One key as `inspect` and `list` show it (the server turns it into the wire's LockInfo). */
+export interface LockView {
+  key: string
+  holder: Holder | null
+  waiters: number
+}
 
 export type TokenResult = {ok: true; holder: Holder} | {ok: false}
 
@@ -146,13 +152,13 @@ export class LockTable {
     if (holder && sameGrant) {
       holder.session = args.from.session
       this.extend(args.key, holder, args.leaseMs, now)
-      return {kind: 'granted', grant: this.grantInfo(args.key, holder, now), reentrant: true}
+      return {kind: 'granted', grant: holder, reentrant: true}
     }
     if (!holder) {
       const granted = this.grant(args.key, args.owner, args.leaseMs, now, undefined, args.attempt, args.from.session)
-      return {kind: 'granted', grant: this.grantInfo(args.key, granted, now), reentrant: false}
+      return {kind: 'granted', grant: granted, reentrant: false}
     }
-    if (args.waitMs === 0) return {kind: 'held', holder: this.holderInfo(holder, now)}
+    if (args.waitMs === 0) return {kind: 'held', holder}
     // Waiters are named by (session, wid): a second one under the same name could never be
     // cancelled or dropped with its connection. The server refuses such a request before here.
     if (this.isWaiting(args.from)) throw new Error(`wid ${args.from.wid} is already waiting in session ${args.from.session}`)
@@ -180,7 +186,7 @@ export class LockTable {
     if (waiter.deadline !== Number.POSITIVE_INFINITY) this.deadlines.push(waiter.deadline, {kind: 'wait', waiter})
     const position = entry!.waiters.indexOf(waiter) + 1
     this.events.push({type: 'queued', key: args.key, waiter: args.from, position})
-    return {kind: 'queued', position, holder: this.holderInfo(holder, now)}
+    return {kind: 'queued', position, holder}
   }
 
   /**
@@ -259,17 +265,16 @@ export class LockTable {
     return this.deadlines.peek()?.at
   }
 
-  inspect(key: string): LockInfo | null {
+  inspect(key: string): LockView | null {
     const entry = this.entries.get(key)
-    return entry ? this.lockInfo(entry, this.clock.now()) : null
+    return entry ? view(entry) : null
   }
 
-  list(prefix: string, limit = Number.POSITIVE_INFINITY): {locks: LockInfo[]; total: number} {
-    const now = this.clock.now()
+  list(prefix: string, limit = Number.POSITIVE_INFINITY): {locks: LockView[]; total: number} {
     const matching: Entry[] = []
     for (const entry of this.entries.values()) if (entry.key.startsWith(prefix)) matching.push(entry)
     matching.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
-    return {locks: matching.slice(0, limit).map((e) => this.lockInfo(e, now)), total: matching.length}
+    return {locks: matching.slice(0, limit).map(view), total: matching.length}
   }
 
   /** Events since the last call, in the order they happened. */
@@ -396,28 +401,13 @@ export class LockTable {
     return waiters.findIndex((w) => w.session === ref.session && w.wid === ref.wid) + 1
   }
 
-  holderOf(key: string): HolderInfo | null {
-    const holder = this.entries.get(key)?.holder
-    return holder ? this.holderInfo(holder, this.clock.now()) : null
+  holderOf(key: string): Holder | null {
+    return this.entries.get(key)?.holder ?? null
   }
+}
 
-  holderInfo(holder: Holder, now = this.clock.now()): HolderInfo {
-    return {
-      owner: holder.owner,
-      fence: holder.fence,
-      leaseMs: holder.leaseMs,
-      leaseLeftMs: Math.max(0, Math.round(holder.expiresAt - now)),
-      since: holder.since,
-    }
-  }
-
-  grantInfo(key: string, holder: Holder, now = this.clock.now()): GrantInfo {
-    return {key, token: holder.token, ...this.holderInfo(holder, now)}
-  }
-
-  private lockInfo(entry: Entry, now: number): LockInfo {
-    return {key: entry.key, holder: entry.holder ? this.holderInfo(entry.holder, now) : null, waiters: entry.waiters.length}
-  }
+function view(entry: Entry): LockView {
+  return {key: entry.key, holder: entry.holder, waiters: entry.waiters.length}
 }
 
 function persisted(holder: Holder): PersistedHolder {

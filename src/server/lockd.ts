@@ -1,16 +1,21 @@
-import {randomBytes, createHash} from 'node:crypto'
-import {chmodSync, existsSync, realpathSync, statSync, unlinkSync} from 'node:fs'
-import {createConnection, createServer, type Server, type Socket} from 'node:net'
-import {dirname} from 'node:path'
-import type {Packr} from 'msgpackr/pack'
+import {randomBytes} from 'node:crypto'
+import type {Server, Socket} from 'node:net'
 import {ErrorCode} from '../protocol/errors.js'
-import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder, MIN_PEER_FRAME} from '../protocol/framing.js'
-import {PROTOCOL_VERSION, type LockEvent, type Push, type Request, type Response, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
-import {attemptProblem, keyProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
-import {DurableLog} from './durable-log.js'
-import {LockTable, systemClock, type Clock, type TableEvent} from './lock-table.js'
+import {DEFAULT_MAX_FRAME, encodeFrame} from '../protocol/framing.js'
+import {PROTOCOL_VERSION, type Request, type ServerInfo} from '../protocol/messages.js'
 import {makeDirectories} from '../util/fs.js'
 import {VERSION} from '../version.js'
+import {newConnection, type Connection} from './connection.js'
+import {DurableLog} from './durable-log.js'
+import {ServerStartError} from './errors.js'
+import {handleRequest, type HandlerContext} from './handlers.js'
+import {greet} from './handshake.js'
+import {claimDataDir, Listeners} from './listeners.js'
+import {LockTable, systemClock, type Clock} from './lock-table.js'
+import {Outbox} from './outbox.js'
+import {Subscriptions} from './subscriptions.js'
+
+export {AlreadyRunningError, ServerStartError} from './errors.js'
 
 export interface LockServerOptions {
   /** TCP addresses to listen on, e.g. {host: '127.0.0.1', port: 7070}; port 0 picks one. */
@@ -41,79 +46,50 @@ export interface LockServerOptions {
 export const DEFAULT_MAX_CONNECTIONS = 10_000
 export const DEFAULT_MAX_WAITERS_PER_CONNECTION = 10_000
 
-/** lockd could not start; the message says why in one line. Exit code 1 from the CLI. */
-export class ServerStartError extends Error {
-  readonly exitCode = 1
-}
-
-/** A listener refused to start because another lockd already owns the resource. */
-export class AlreadyRunningError extends ServerStartError {}
-
 const HELLO_TIMEOUT_MS = 10_000
-const MAX_OUTPUT_BUFFER = 16 * 1024 * 1024
-
-interface Subscription {
-  conn: Connection
-  sub: number
-  key?: string
-  prefix?: string
-}
-
-interface Connection {
-  session: string
-  subscriptions: Map<number, Subscription>
-  socket: Socket
-  codec: Packr
-  decoder: FrameDecoder
-  greeted: boolean
-  helloTimer?: NodeJS.Timeout
-  /**
-   * Largest frame the peer accepts, as its hello says. A peer whose hello does not say (a client
-   * from before answers came in parts) gets every answer whole, as it always did.
-   */
-  peerMaxFrame: number | null
-}
 
 /**
- * Upper bound of one encoded LockInfo: a 512-byte key, a 256-character owner (up to 3 bytes a
- * UTF-16 unit), numbers and field names. Answers with many locks are cut into parts of
- * `(frame limit - slack) / this` locks, so no part can exceed the peer's frame limit.
+ * lockd: wires the lock table to its connections. Listeners accept sockets; each connection is
+ * greeted (handshake), its requests run (handlers) against the table; what the table did
+ * becomes pushes (subscriptions) and log records; the outbox lets answers and pushes leave once
+ * their records are durable. Timers expire leases and waits at the table's next deadline.
  */
-const MAX_LOCK_INFO_BYTES = 512 + 256 * 3 + 256
-const PART_SLACK_BYTES = 4096
-
 export class LockServer {
   readonly table: LockTable
   private readonly clock: Clock
-  private readonly servers: Server[] = []
+  private readonly listeners = new Listeners((socket) => this.accept(socket))
   private readonly connections = new Map<string, Connection>()
-  /** Watchers of one key, and watchers of prefixes (few; scanned per event). */
-  private readonly keyWatchers = new Map<string, Set<Subscription>>()
-  private readonly prefixWatchers = new Set<Subscription>()
-  /** Queued acquires that asked for position updates, by key. */
-  private readonly progressWaiters = new Map<string, Map<string, {conn: Connection; wid: number; position: number}>>()
+  private readonly subscriptions: Subscriptions
+  private readonly handlers: HandlerContext
+  private outbox: Outbox = new Outbox(null, () => {})
   private log: DurableLog | null = null
   private dirMutex: Server | null = null
   private timer: NodeJS.Timeout | null = null
   private timerAt = Number.POSITIVE_INFINITY
   private idleTimer: NodeJS.Timeout | null = null
   private sessionCounter = 0
-  /** Messages produced since the last batch boundary; released once their log records are durable. */
-  private outgoing: {conn: Connection; message: ServerMessage}[] = []
-  private releaseChain: Promise<void> = Promise.resolve()
-  private commitsInFlight = 0
   private readonly serverId = randomBytes(8).toString('hex')
   private readonly startedAt = Date.now()
   private closing: Promise<void> | null = null
-  private socketInode: number | null = null
   private closedResolve!: () => void
   /** Resolves when the server has stopped (close() or idle exit). */
   readonly closed: Promise<void> = new Promise((resolve) => (this.closedResolve = resolve))
-  readonly addresses: {tcp: {host: string; port: number}[]; socket?: string} = {tcp: []}
 
   constructor(private readonly options: LockServerOptions = {}) {
     this.clock = options.clock ?? systemClock
     this.table = new LockTable(this.clock)
+    this.subscriptions = new Subscriptions(this.table, () => this.clock.now(), (session) => this.connections.get(session))
+    this.handlers = {
+      table: this.table,
+      subscriptions: this.subscriptions,
+      now: () => this.clock.now(),
+      info: () => this.info(),
+      maxWaitersPerConnection: options.maxWaitersPerConnection ?? DEFAULT_MAX_WAITERS_PER_CONNECTION,
+    }
+  }
+
+  get addresses(): {tcp: {host: string; port: number}[]; socket?: string} {
+    return this.listeners.addresses
   }
 
   private say(line: string): void {
@@ -123,33 +99,18 @@ export class LockServer {
   async start(): Promise<this> {
     const {dataDir} = this.options
     try {
-      if (dataDir) {
-        try {
-          makeDirectories(dataDir)
-        } catch (error) {
-          const {code, path} = error as NodeJS.ErrnoException
-          throw new ServerStartError(`--data-dir: cannot create ${path ?? dataDir}: ${code ?? (error as Error).message}`)
-        }
-        this.dirMutex = await claimDataDir(dataDir)
-        const {log, state} = await DurableLog.open(dataDir, () => this.table.snapshot(), {
-          snapshotBytes: this.options.snapshotBytes,
-        })
-        this.log = log
-        for (const note of state.notes) this.say(`lockd: ${note}`)
-        this.table.recover(state.fence, state.holders)
-        log.recovered()
-        if (state.holders.size > 0) {
-          this.say(`lockd: recovered ${state.holders.size} held lock(s); each keeps its whole lease from now`)
-        }
-      }
-      for (const address of this.options.listen ?? []) {
-        const server = await listenAs(`--listen ${address.host.includes(':') ? `[${address.host}]` : address.host}:${address.port}`, this.newServer(), {host: address.host, port: address.port})
-        const bound = server.address() as {address: string; port: number}
-        this.addresses.tcp.push({host: bound.address, port: bound.port})
-      }
+      if (dataDir) await this.recover(dataDir)
+      this.outbox = new Outbox(this.log, (error) => this.logFailed(error))
+      for (const address of this.options.listen ?? []) await this.listeners.listenTcp(address)
       if (this.options.socket) {
-        await this.listenUnix(this.options.socket)
-        this.addresses.socket = this.options.socket
+        const onRemoved = this.options.exitWhenSocketRemoved
+          ? () => {
+              if (this.closing) return
+              this.say(`lockd: ${this.options.socket} was removed or replaced; exiting`)
+              void this.close()
+            }
+          : undefined
+        await this.listeners.listenUnix(this.options.socket, {onRemoved})
       }
     } catch (error) {
       await this.close()
@@ -158,6 +119,23 @@ export class LockServer {
     this.scheduleTick()
     this.checkIdle()
     return this
+  }
+
+  /** Claim the data directory and rebuild the table from it (docs/recovery.md). */
+  private async recover(dataDir: string): Promise<void> {
+    try {
+      makeDirectories(dataDir)
+    } catch (error) {
+      const {code, path} = error as NodeJS.ErrnoException
+      throw new ServerStartError(`--data-dir: cannot create ${path ?? dataDir}: ${code ?? (error as Error).message}`)
+    }
+    this.dirMutex = await claimDataDir(dataDir)
+    const {log, state} = await DurableLog.open(dataDir, () => this.table.snapshot(), {snapshotBytes: this.options.snapshotBytes})
+    this.log = log
+    for (const note of state.notes) this.say(`lockd: ${note}`)
+    this.table.recover(state.fence, state.holders)
+    log.recovered()
+    if (state.holders.size > 0) this.say(`lockd: recovered ${state.holders.size} held lock(s); each keeps its whole lease from now`)
   }
 
   info(): ServerInfo {
@@ -182,54 +160,17 @@ export class LockServer {
       if (this.idleTimer) clearTimeout(this.idleTimer)
       // net.Server#close waits for open connections, so stop accepting first, let acks that are
       // waiting for the log go out, then drop the connections, then wait for the listeners.
-      const listenersClosed = Promise.all(this.servers.map((s) => new Promise((resolve) => s.close(resolve))))
-      await this.releaseChain.catch(() => {})
+      const listenersClosed = this.listeners.close()
+      await this.outbox.drained()
       for (const conn of this.connections.values()) conn.socket.destroy()
       this.connections.clear()
       await listenersClosed
       await this.log?.close()
-      // Remove our socket file, but not one that a newer lockd has put in its place.
-      if (this.addresses.socket && this.socketInode !== null) {
-        try {
-          if (statSync(this.addresses.socket).ino === this.socketInode) unlinkSync(this.addresses.socket)
-        } catch {}
-      }
+      this.listeners.removeSocketFile()
       await new Promise((resolve) => (this.dirMutex ? this.dirMutex.close(resolve) : resolve(undefined)))
       this.closedResolve()
     })()
     return this.closing
-  }
-
-  private newServer(): Server {
-    const server = createServer({noDelay: true}, (socket) => this.accept(socket))
-    this.servers.push(server)
-    return server
-  }
-
-  private async listenUnix(path: string): Promise<void> {
-    makeDirectories(dirname(path))
-    if (existsSync(path)) {
-      // Another server answering there owns it; a file nobody answers on is a leftover.
-      if (await answers(path)) throw new AlreadyRunningError(`another server is listening on ${path}`)
-      unlinkSync(path)
-    }
-    await listenAs(`--socket ${path}`, this.newServer(), {path})
-    chmodSync(path, 0o600)
-    const inode = statSync(path).ino
-    this.socketInode = inode
-    if (this.options.exitWhenSocketRemoved) {
-      const check = setInterval(() => {
-        let now: number | null = null
-        try {
-          now = statSync(path).ino
-        } catch {}
-        if (now === inode || this.closing) return
-        clearInterval(check)
-        this.say(`lockd: ${path} was removed or replaced; exiting`)
-        void this.close()
-      }, 1000)
-      check.unref()
-    }
   }
 
   private accept(socket: Socket): void {
@@ -238,30 +179,20 @@ export class LockServer {
       return
     }
     socket.setNoDelay(true)
-    const codec = createCodec()
-    const conn: Connection = {
-      session: `s${++this.sessionCounter}`,
-      socket,
-      codec,
-      decoder: new FrameDecoder(codec, this.options.maxFrame ?? DEFAULT_MAX_FRAME),
-      greeted: false,
-      subscriptions: new Map(),
-      peerMaxFrame: null,
-    }
-    conn.helloTimer = setTimeout(() => this.fail(conn, ErrorCode.PROTOCOL, 'no hello within 10s'), HELLO_TIMEOUT_MS)
-    conn.helloTimer.unref()
+    socket.on('error', () => {})
+    const conn = newConnection(socket, `s${++this.sessionCounter}`, this.options.maxFrame ?? DEFAULT_MAX_FRAME)
     const maxConnections = this.options.maxConnections ?? DEFAULT_MAX_CONNECTIONS
     if (this.connections.size >= maxConnections) {
       // Refused before it costs anything; the client reports the message (exit 4).
-      socket.on('error', () => {})
-      socket.end(encodeFrame(codec, {t: 'error', code: ErrorCode.LIMIT, msg: `lockd has ${maxConnections} connections, its limit (--max-connections); try again later`}))
+      socket.end(encodeFrame(conn.codec, {t: 'error', code: ErrorCode.LIMIT, msg: `lockd has ${maxConnections} connections, its limit (--max-connections); try again later`}))
       setTimeout(() => socket.destroy(), 1000).unref()
       return
     }
+    conn.helloTimer = setTimeout(() => this.fail(conn, ErrorCode.PROTOCOL, 'no hello within 10s'), HELLO_TIMEOUT_MS)
+    conn.helloTimer.unref()
     this.connections.set(conn.session, conn)
     this.checkIdle()
     socket.on('data', (chunk) => this.onData(conn, chunk))
-    socket.on('error', () => {})
     socket.on('close', () => this.onClose(conn))
   }
 
@@ -288,25 +219,9 @@ export class LockServer {
     }
     const m = message as Record<string, unknown>
     if (!conn.greeted) {
-      if (m.t !== 'hello') {
-        this.fail(conn, ErrorCode.PROTOCOL, 'the first message must be hello')
-        return
-      }
-      if (m.v !== PROTOCOL_VERSION) {
-        this.fail(conn, ErrorCode.PROTOCOL, `protocol version ${String(m.v)} is not supported (this lockd speaks ${PROTOCOL_VERSION})`)
-        return
-      }
-      conn.greeted = true
-      clearTimeout(conn.helloTimer)
-      if (typeof m.maxFrame === 'number' && Number.isInteger(m.maxFrame)) conn.peerMaxFrame = Math.max(MIN_PEER_FRAME, m.maxFrame)
-      this.send(conn, {
-        t: 'hello',
-        v: PROTOCOL_VERSION,
-        server: 'lockd',
-        version: VERSION,
-        serverId: this.serverId,
-        maxFrame: this.options.maxFrame ?? DEFAULT_MAX_FRAME,
-      })
+      const greeting = greet(conn, m, {server: 'lockd', version: VERSION, serverId: this.serverId, maxFrame: this.options.maxFrame ?? DEFAULT_MAX_FRAME})
+      if ('refuse' in greeting) this.fail(conn, ErrorCode.PROTOCOL, greeting.refuse)
+      else this.outbox.send(conn, greeting.reply)
       return
     }
     if (m.t !== 'req' || typeof m.id !== 'number' || !Number.isInteger(m.id)) {
@@ -319,209 +234,28 @@ export class LockServer {
       this.fail(conn, ErrorCode.PROTOCOL, `request id ${m.id} is already in use by a waiting acquire or a watch on this connection`)
       return
     }
-    let response: Omit<Response, 't' | 'id'>
+    let answer
     try {
-      response = this.execute(conn, m as unknown as Request)
+      answer = handleRequest(this.handlers, conn, m as unknown as Request)
     } catch (error) {
-      response = {code: ErrorCode.INTERNAL, msg: (error as Error).message}
+      answer = {code: ErrorCode.INTERNAL, msg: (error as Error).message}
     }
     // Events of this request go out before the next request runs: a watch that follows in the
     // same batch then sees them in its snapshot, not twice.
-    this.dispatchEvents(this.table.drainEvents())
-    this.sendResponse(conn, m.id, response)
+    this.outbox.sendAll(this.subscriptions.messagesFor(this.table.drainEvents()))
+    this.outbox.sendResponse(conn, m.id, answer)
   }
 
-  /**
-   * Send an answer; one with more locks than fit in the peer's frame limit goes as the response
-   * with the first part (`more: true`) and `part` pushes carrying the request id, the last with
-   * `more: false`. They are queued together, so nothing else on the connection comes between.
-   */
-  private sendResponse(conn: Connection, id: number, response: Omit<Response, 't' | 'id'>): void {
-    const locks = response.locks
-    const perPart = conn.peerMaxFrame === null ? Number.POSITIVE_INFINITY : Math.floor((conn.peerMaxFrame - PART_SLACK_BYTES) / MAX_LOCK_INFO_BYTES)
-    if (!locks || locks.length <= perPart) {
-      this.send(conn, {t: 'res', id, ...response})
-      return
-    }
-    this.send(conn, {t: 'res', id, ...response, locks: locks.slice(0, perPart), more: true})
-    for (let from = perPart; from < locks.length; from += perPart) {
-      this.send(conn, {t: 'push', ev: 'part', id, locks: locks.slice(from, from + perPart), more: from + perPart < locks.length})
-    }
-  }
-
-  private execute(conn: Connection, request: Request): Omit<Response, 't' | 'id'> {
-    const bad = (msg: string) => ({code: ErrorCode.BAD_INPUT, msg})
-    if (request.op !== 'info' && request.op !== 'ping' && request.op !== 'list' && request.op !== 'watch' && request.op !== 'unwatch') {
-      const problem = keyProblem(request.key)
-      if (problem) return bad(problem)
-    }
-    switch (request.op) {
-      case 'acquire': {
-        const problem =
-          leaseProblem(request.leaseMs) ??
-          waitProblem(request.waitMs) ??
-          ownerProblem(request.owner) ??
-          (request.token === undefined || request.token === null ? null : tokenProblem(request.token)) ??
-          (request.attempt === undefined || request.attempt === null ? null : attemptProblem(request.attempt))
-        if (problem) return bad(problem)
-        const maxWaiters = this.options.maxWaitersPerConnection ?? DEFAULT_MAX_WAITERS_PER_CONNECTION
-        if (request.waitMs !== 0 && this.table.waitingOf(conn.session) >= maxWaiters && this.table.holderOf(request.key) !== null) {
-          return {code: ErrorCode.LIMIT, msg: `this connection already has ${maxWaiters} waiting acquires, lockd's limit (--max-waiters-per-connection)`}
-        }
-        const result = this.table.acquire({
-          key: request.key,
-          leaseMs: request.leaseMs,
-          waitMs: request.waitMs,
-          owner: request.owner,
-          token: request.token ?? undefined,
-          attempt: request.attempt ?? undefined,
-          from: {session: conn.session, wid: request.id},
-        })
-        if (result.kind === 'granted') return {code: 'OK', grant: result.grant}
-        if (result.kind === 'held') return {code: ErrorCode.LOCK_HELD, msg: `held by ${result.holder.owner}`, holder: result.holder}
-        if (request.progress === true) {
-          let waiting = this.progressWaiters.get(request.key)
-          if (!waiting) this.progressWaiters.set(request.key, (waiting = new Map()))
-          waiting.set(`${conn.session}:${request.id}`, {conn, wid: request.id, position: result.position})
-        }
-        return {code: 'QUEUED', position: result.position, holder: result.holder}
-      }
-      case 'cancel': {
-        if (typeof request.wid !== 'number') return bad('cancel needs the wid of the acquire')
-        return {code: 'OK', released: this.table.cancel({session: conn.session, wid: request.wid}, request.key).released}
-      }
-      case 'release': {
-        if (!request.force) {
-          const problem = tokenProblem(request.token)
-          if (problem) return bad(problem)
-        }
-        const result = this.table.release(request.key, request.token, request.force === true, conn.session)
-        if (!result.ok) return {code: ErrorCode.NOT_HOLDER, msg: request.force ? 'the lock is not held' : 'the token does not hold the lock'}
-        return {code: 'OK', released: true, holder: this.table.holderInfo(result.holder)}
-      }
-      case 'renew': {
-        const problem = tokenProblem(request.token) ?? (request.leaseMs === undefined ? null : leaseProblem(request.leaseMs))
-        if (problem) return bad(problem)
-        const result = this.table.renew(request.key, request.token, request.leaseMs ?? undefined, conn.session)
-        if (!result.ok) return {code: ErrorCode.NOT_HOLDER, msg: 'the token does not hold the lock'}
-        return {code: 'OK', grant: this.table.grantInfo(request.key, result.holder)}
-      }
-      case 'check': {
-        const problem = tokenProblem(request.token)
-        if (problem) return bad(problem)
-        const holder = this.table.check(request.key, request.token)
-        if (!holder) return {code: ErrorCode.NOT_HOLDER, msg: 'the token does not hold the lock'}
-        return {code: 'OK', holder: this.table.holderInfo(holder)}
-      }
-      case 'inspect':
-        return {code: 'OK', lock: this.table.inspect(request.key)}
-      case 'list': {
-        if (typeof request.prefix !== 'string') return bad('list needs a prefix string')
-        const limit = typeof request.limit === 'number' && request.limit > 0 ? request.limit : Number.POSITIVE_INFINITY
-        const {locks, total} = this.table.list(request.prefix, limit)
-        return {code: 'OK', locks, total}
-      }
-      case 'info':
-        return {code: 'OK', info: this.info()}
-      case 'watch': {
-        const subscription: Subscription = {conn, sub: request.id}
-        if (typeof request.key === 'string') {
-          const problem = keyProblem(request.key)
-          if (problem) return bad(problem)
-          subscription.key = request.key
-          let set = this.keyWatchers.get(request.key)
-          if (!set) this.keyWatchers.set(request.key, (set = new Set()))
-          set.add(subscription)
-          conn.subscriptions.set(request.id, subscription)
-          const lock = this.table.inspect(request.key)
-          return {code: 'OK', sub: request.id, locks: lock ? [lock] : [], total: lock ? 1 : 0}
-        }
-        if (typeof request.prefix !== 'string') return bad('watch needs a key or a prefix')
-        subscription.prefix = request.prefix
-        this.prefixWatchers.add(subscription)
-        conn.subscriptions.set(request.id, subscription)
-        const {locks, total} = this.table.list(request.prefix)
-        return {code: 'OK', sub: request.id, locks, total}
-      }
-      case 'unwatch': {
-        const subscription = conn.subscriptions.get(request.sub)
-        if (subscription) this.unsubscribe(subscription)
-        return {code: 'OK'}
-      }
-      case 'ping':
-        return {code: 'OK'}
-      default:
-        return bad(`unknown operation ${JSON.stringify((request as {op: unknown}).op)}`)
-    }
-  }
-
-  /** Queue a message; it leaves once every log record written before it is durable. */
-  private send(conn: Connection, message: ServerMessage): void {
-    this.outgoing.push({conn, message})
-  }
-
-  /**
-   * End of a batch of work: turn table events into pushes, log the changed keys, and release
-   * this batch's messages after the commit (or at once when nothing changed and nothing is
-   * in flight, which keeps reads and refusals fast).
-   */
+  /** End of a batch of work: pushes for what happened, log records for what changed, then delivery. */
   private endBatch(): void {
-    this.dispatchEvents(this.table.drainEvents())
-    const outgoing = this.outgoing
-    this.outgoing = []
-    const changes = this.table.drainChanges()
-    if (changes.length > 0 && this.log) {
-      const fence = this.table.lastFence
-      this.log.append(
-        changes.map((c) => ({key: c.key, holder: c.holder, fence})),
-        fence,
-      )
-      const commit = this.log.commit()
-      this.commitsInFlight++
-      this.releaseChain = this.releaseChain
-        .then(() => commit)
-        .then(
-          () => {
-            this.commitsInFlight--
-            this.deliver(outgoing)
-          },
-          (error: Error) => this.logFailed(error),
-        )
-    } else if (this.commitsInFlight > 0) {
-      // Keep per-connection order behind messages still waiting for their commit.
-      this.releaseChain = this.releaseChain.then(() => this.deliver(outgoing))
-    } else {
-      this.deliver(outgoing)
-    }
+    this.outbox.sendAll(this.subscriptions.messagesFor(this.table.drainEvents()))
+    const fence = this.table.lastFence
+    this.outbox.endBatch(
+      this.table.drainChanges().map((c) => ({key: c.key, holder: c.holder, fence})),
+      fence,
+    )
     this.scheduleTick()
     this.checkIdle()
-  }
-
-  private deliver(outgoing: {conn: Connection; message: ServerMessage}[]): void {
-    const touched = new Set<Connection>()
-    for (const {conn, message} of outgoing) {
-      if (conn.socket.destroyed) continue
-      if (!touched.has(conn)) {
-        touched.add(conn)
-        conn.socket.cork()
-      }
-      conn.socket.write(this.encode(conn, message))
-    }
-    for (const conn of touched) {
-      conn.socket.uncork()
-      // A peer that never reads its pushes must not make the server hold unbounded memory.
-      if (conn.socket.writableLength > MAX_OUTPUT_BUFFER) conn.socket.destroy()
-    }
-  }
-
-  /** Encode under the peer's limit; an answer that still does not fit fails alone, not the connection. */
-  private encode(conn: Connection, message: ServerMessage): Buffer {
-    try {
-      return encodeFrame(conn.codec, message, conn.peerMaxFrame ?? Number.MAX_SAFE_INTEGER)
-    } catch (error) {
-      if (message.t !== 'res') throw error
-      return encodeFrame(conn.codec, {t: 'res', id: message.id, code: ErrorCode.INTERNAL, msg: `the answer is too large for this connection: ${(error as Error).message}`})
-    }
   }
 
   private logFailed(error: Error): void {
@@ -532,90 +266,6 @@ export class LockServer {
     void this.close()
   }
 
-  private unsubscribe(subscription: Subscription): void {
-    subscription.conn.subscriptions.delete(subscription.sub)
-    if (subscription.key !== undefined) {
-      const set = this.keyWatchers.get(subscription.key)
-      set?.delete(subscription)
-      if (set?.size === 0) this.keyWatchers.delete(subscription.key)
-    } else {
-      this.prefixWatchers.delete(subscription)
-    }
-  }
-
-  /** The watch event a table event means, if any (renewals and hand-off dequeues are not). */
-  private lockEvent(event: TableEvent): LockEvent | null {
-    const waiters = this.table.waitersOf(event.key)
-    switch (event.type) {
-      case 'granted':
-        return {type: 'acquired', key: event.key, owner: event.holder.owner, fence: event.holder.fence, waiters}
-      case 'released':
-        return {type: 'released', key: event.key, owner: event.holder.owner, fence: event.holder.fence, waiters, force: event.force}
-      case 'expired':
-        return {type: 'expired', key: event.key, owner: event.holder.owner, fence: event.holder.fence, waiters}
-      case 'queued':
-        return {type: 'queued', key: event.key, waiters}
-      case 'dequeued':
-        return event.reason === 'granted' ? null : {type: 'dequeued', key: event.key, waiters, reason: event.reason}
-      default:
-        return null
-    }
-  }
-
-  private publish(event: TableEvent): void {
-    if (this.keyWatchers.size === 0 && this.prefixWatchers.size === 0) return
-    const exact = this.keyWatchers.get(event.key)
-    let lockEvent: LockEvent | null | undefined
-    const targets: Subscription[] = exact ? [...exact] : []
-    for (const subscription of this.prefixWatchers) if (event.key.startsWith(subscription.prefix!)) targets.push(subscription)
-    if (targets.length === 0) return
-    lockEvent ??= this.lockEvent(event)
-    if (!lockEvent) return
-    for (const subscription of targets) this.send(subscription.conn, {t: 'push', ev: 'lock', sub: subscription.sub, event: lockEvent})
-  }
-
-  /** Tell waiters that asked for it their new place in the queue (and the holder). */
-  private updatePositions(key: string): void {
-    const waiting = this.progressWaiters.get(key)
-    if (!waiting) return
-    const holder = this.table.holderOf(key)
-    for (const [id, waiter] of waiting) {
-      const position = this.table.positionOf({session: waiter.conn.session, wid: waiter.wid}, key)
-      if (position === 0) {
-        waiting.delete(id) // granted, gone, or gave up
-      } else if (position !== waiter.position) {
-        waiter.position = position
-        this.send(waiter.conn, {t: 'push', ev: 'position', wid: waiter.wid, key, position, holder})
-      }
-    }
-    if (waiting.size === 0) this.progressWaiters.delete(key)
-  }
-
-  private dispatchEvents(events: TableEvent[]): void {
-    for (const event of events) {
-      if (event.type === 'dequeued') this.updatePositions(event.key)
-      this.publish(event)
-      let push: Push | undefined
-      let session: string | undefined
-      if (event.type === 'granted' && event.to) {
-        session = event.to.session
-        push = {t: 'push', ev: 'granted', wid: event.to.wid, grant: this.table.grantInfo(event.key, event.holder)}
-      } else if (event.type === 'wait_timeout') {
-        session = event.waiter.session
-        push = {t: 'push', ev: 'wait_timeout', wid: event.waiter.wid, key: event.key}
-      } else if ((event.type === 'expired' || (event.type === 'released' && event.by !== event.holder.session)) && event.holder.session) {
-        // The holder's connection learns at once that its grant is over (docs/semantics.md).
-        session = event.holder.session
-        const reason = event.type === 'expired' ? 'expired' : event.force ? 'forced' : 'released'
-        push = {t: 'push', ev: 'ended', key: event.key, token: event.holder.token, fence: event.holder.fence, reason}
-      }
-      if (push && session) {
-        const conn = this.connections.get(session)
-        if (conn) this.send(conn, push)
-      }
-    }
-  }
-
   private scheduleTick(): void {
     const next = this.table.nextDeadline()
     if (next === undefined || this.closing) return
@@ -623,18 +273,21 @@ export class LockServer {
     if (this.timer) clearTimeout(this.timer)
     this.timerAt = next
     // +1 ms: timers may fire a hair early relative to performance.now().
-    this.timer = setTimeout(() => {
-      this.timer = null
-      this.timerAt = Number.POSITIVE_INFINITY
-      this.table.tick()
-      this.endBatch()
-    }, Math.max(0, Math.ceil(next - this.clock.now())) + 1)
+    this.timer = setTimeout(
+      () => {
+        this.timer = null
+        this.timerAt = Number.POSITIVE_INFINITY
+        this.table.tick()
+        this.endBatch()
+      },
+      Math.max(0, Math.ceil(next - this.clock.now())) + 1,
+    )
   }
 
   private onClose(conn: Connection): void {
     clearTimeout(conn.helloTimer)
     if (!this.connections.delete(conn.session)) return
-    for (const subscription of [...conn.subscriptions.values()]) this.unsubscribe(subscription)
+    this.subscriptions.dropConnection(conn)
     this.table.dropSession(conn.session)
     this.endBatch()
   }
@@ -664,56 +317,5 @@ export class LockServer {
       this.say('lockd: idle, exiting')
       void this.close()
     }, idleMs)
-  }
-}
-
-function listen(server: Server, options: {host?: string; port?: number; path?: string}): Promise<Server> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(options, () => {
-      server.off('error', reject)
-      resolve(server)
-    })
-  })
-}
-
-/** listen(), with a failure (address in use, no permission) as a one-line start-up error. */
-async function listenAs(what: string, server: Server, options: {host?: string; port?: number; path?: string}): Promise<Server> {
-  try {
-    return await listen(server, options)
-  } catch (error) {
-    const {code} = error as NodeJS.ErrnoException
-    const why = code === 'EADDRINUSE' ? 'address already in use' : code === 'EACCES' ? 'permission denied' : code === 'EADDRNOTAVAIL' ? 'no such local address' : (error as Error).message
-    throw new ServerStartError(`${what}: ${why}${code ? ` (${code})` : ''}`)
-  }
-}
-
-function answers(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = createConnection({path})
-    socket.once('connect', () => {
-      socket.destroy()
-      resolve(true)
-    })
-    socket.once('error', () => resolve(false))
-  })
-}
-
-/**
- * One lockd per data directory. The claim is a Linux abstract socket named after the directory:
- * the kernel frees it when the process dies, so a crash leaves no stale lock file and two
- * servers racing to start cannot both win.
- */
-async function claimDataDir(dataDir: string): Promise<Server | null> {
-  if (process.platform !== 'linux') return null
-  const id = createHash('sha256').update(realpathSync(dataDir)).digest('hex').slice(0, 32)
-  const server = createServer((s) => s.destroy())
-  try {
-    return await listen(server, {path: `\0lockctl-lockd-${id}`})
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') {
-      throw new AlreadyRunningError(`another lockd is using the data directory ${dataDir}`)
-    }
-    throw error
   }
 }

@@ -3,7 +3,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {DurableLog, FENCE_BLOCK, LogCorruptError, WAL_MAGIC, type RecoveredState} from '../../src/server/durable-log.js'
-import type {PersistedHolder} from '../../src/server/lock-table.js'
+import type {LoggedHolder} from '../../src/server/durable-log.js'
 import {LockTable} from '../../src/server/lock-table.js'
 import {FakeClock} from '../helpers/fake-clock.js'
 
@@ -65,7 +65,7 @@ async function buildLog(seed: number, commits: number): Promise<Written> {
 }
 
 function tokensOf(state: RecoveredState): Map<string, string> {
-  return new Map([...state.holders].map(([key, holder]: [string, PersistedHolder]) => [key, holder.token]))
+  return new Map([...state.holders].map(([key, holder]: [string, LoggedHolder]) => [key, holder.token]))
 }
 
 type Damage = {kind: 'flip' | 'length' | 'zero-header' | 'truncate' | 'zero-tail' | 'garbage-tail'; at: number}

@@ -1,6 +1,7 @@
 import {beforeEach, describe, expect, it} from 'vitest'
 import {LockTable, type TableEvent} from '../../src/server/lock-table.js'
 import {WAIT_FOREVER} from '../../src/protocol/messages.js'
+import {lockInfo} from '../../src/server/wire.js'
 import {FakeClock} from '../helpers/fake-clock.js'
 
 let clock: FakeClock
@@ -73,7 +74,7 @@ describe('LockTable', () => {
     expect(table.inspect('k')?.holder?.owner).toBe('A')
     const events = tick(1)
     expect(events.map((e) => e.type)).toEqual(['expired', 'dequeued', 'granted'])
-    expect(table.inspect('k')?.holder).toMatchObject({owner: 'B', fence: 2, leaseLeftMs: 7000})
+    expect(table.inspect('k')?.holder).toMatchObject({owner: 'B', fence: 2, expiresAt: clock.now() + 7000})
   })
 
   it('never has two holders: at every step of a random schedule at most one, and fences increase', () => {
@@ -120,7 +121,7 @@ describe('LockTable', () => {
     const token = result.kind === 'granted' ? result.grant.token : ''
     clock.advance(4000)
     const again = acquire('k', 'A2', {leaseMs: 5000, token})
-    expect(again.result).toMatchObject({kind: 'granted', reentrant: true, grant: {fence: 1, token, leaseLeftMs: 5000}})
+    expect(again.result).toMatchObject({kind: 'granted', reentrant: true, grant: {fence: 1, token, expiresAt: clock.now() + 5000}})
     table.drainEvents()
     expect(grants(tick(4999))).toHaveLength(0)
     expect(table.check('k', token)).not.toBeNull()
@@ -202,7 +203,7 @@ describe('LockTable', () => {
 
   it('recovery gives every holder its whole lease from now and continues the fence counter', () => {
     table.recover(41, [['k', {token: 't1', fence: 40, owner: 'A', leaseMs: 3000, since: 1}]])
-    expect(table.inspect('k')?.holder).toMatchObject({fence: 40, leaseLeftMs: 3000})
+    expect(table.inspect('k')?.holder).toMatchObject({fence: 40, expiresAt: clock.now() + 3000})
     expect(acquire('k', 'B').result.kind).toBe('held')
     tick(3000)
     const {result} = acquire('k', 'B')
@@ -229,7 +230,7 @@ describe('LockTable', () => {
     clock.advance(4000)
     expect(acquire('k', 'C', {waitMs: 0, attempt: 'attempt-c'}).result.kind).toBe('held')
     const again = acquire('k', 'B2', {waitMs: WAIT_FOREVER, attempt: 'attempt-b', leaseMs: 10_000})
-    expect(again.result).toMatchObject({kind: 'granted', reentrant: true, grant: {token: granted.holder.token, fence: granted.holder.fence, leaseLeftMs: 10_000}})
+    expect(again.result).toMatchObject({kind: 'granted', reentrant: true, grant: {token: granted.holder.token, fence: granted.holder.fence, expiresAt: clock.now() + 10_000}})
     expect(table.waitersOf('k')).toBe(0)
   })
 
@@ -257,11 +258,13 @@ describe('LockTable', () => {
     expect(again).toMatchObject({kind: 'granted', grant: {token: holder!.token, fence: holder!.fence}})
   })
 
-  it('lists by prefix in key order and never shows tokens', () => {
+  it('lists by prefix in key order; the wire form never shows tokens', () => {
     for (const key of ['b/2', 'a/1', 'b/1', 'c']) acquire(key, 'A')
     const {locks, total} = table.list('b/')
     expect(total).toBe(2)
     expect(locks.map((l) => l.key)).toEqual(['b/1', 'b/2'])
-    expect(JSON.stringify(locks)).not.toContain('token')
+    const wire = locks.map((view) => lockInfo(view, clock.now()))
+    expect(wire[0].holder).toMatchObject({owner: 'A', leaseLeftMs: 10_000})
+    expect(JSON.stringify(wire)).not.toContain('token')
   })
 })

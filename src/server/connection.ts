@@ -1,0 +1,33 @@
+import type {Socket} from 'node:net'
+import type {Packr} from 'msgpackr/pack'
+import {createCodec, FrameDecoder} from '../protocol/framing.js'
+
+/** A watch subscription: the id of its watch request, and what it watches. */
+export interface Subscription {
+  conn: Connection
+  sub: number
+  key?: string
+  prefix?: string
+}
+
+/** One client connection, as the server keeps it. */
+export interface Connection {
+  /** Names the connection in the lock table (waiters, holders' connections). */
+  session: string
+  socket: Socket
+  codec: Packr
+  decoder: FrameDecoder
+  greeted: boolean
+  helloTimer?: NodeJS.Timeout
+  /**
+   * Largest frame the peer accepts, as its hello says. A peer whose hello does not say (a client
+   * from before answers came in parts) gets every answer whole, as it always did.
+   */
+  peerMaxFrame: number | null
+  subscriptions: Map<number, Subscription>
+}
+
+export function newConnection(socket: Socket, session: string, maxFrame: number): Connection {
+  const codec = createCodec()
+  return {session, socket, codec, decoder: new FrameDecoder(codec, maxFrame), greeted: false, peerMaxFrame: null, subscriptions: new Map()}
+}

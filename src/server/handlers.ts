@@ -1,0 +1,112 @@
+import {ErrorCode} from '../protocol/errors.js'
+import type {Request, Response, ServerInfo} from '../protocol/messages.js'
+import {attemptProblem, keyProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
+import type {Connection} from './connection.js'
+import type {LockTable} from './lock-table.js'
+import type {Subscriptions} from './subscriptions.js'
+import {grantInfo, holderInfo, lockInfo} from './wire.js'
+
+export type Answer = Omit<Response, 't' | 'id'>
+
+export interface HandlerContext {
+  table: LockTable
+  subscriptions: Subscriptions
+  /** The table clock's reading, for lease-left figures. */
+  now(): number
+  info(): ServerInfo
+  maxWaitersPerConnection: number
+}
+
+type Op = Request['op']
+type RequestOf<O extends Op> = Extract<Request, {op: O}>
+
+const optional = <T>(value: T | undefined | null, problem: (v: T) => string | null): string | null => (value === undefined || value === null ? null : problem(value))
+
+/**
+ * What each operation must carry, checked before it runs: the server cannot trust its peers
+ * (docs/protocol.md, "Requests and responses"). One validator per op, so a new op is not
+ * accepted until it says what it needs.
+ */
+const VALIDATORS: {[O in Op]: (request: RequestOf<O>) => string | null} = {
+  acquire: (r) =>
+    keyProblem(r.key) ?? leaseProblem(r.leaseMs) ?? waitProblem(r.waitMs) ?? ownerProblem(r.owner) ?? optional(r.token, tokenProblem) ?? optional(r.attempt, attemptProblem),
+  cancel: (r) => keyProblem(r.key) ?? (typeof r.wid === 'number' && Number.isInteger(r.wid) ? null : 'cancel needs the wid of the acquire'),
+  release: (r) => keyProblem(r.key) ?? (r.force === true ? null : tokenProblem(r.token)),
+  renew: (r) => keyProblem(r.key) ?? tokenProblem(r.token) ?? optional(r.leaseMs, leaseProblem),
+  check: (r) => keyProblem(r.key) ?? tokenProblem(r.token),
+  inspect: (r) => keyProblem(r.key),
+  list: (r) => (typeof r.prefix === 'string' ? null : 'list needs a prefix string'),
+  watch: (r) => (typeof r.key === 'string' ? keyProblem(r.key) : typeof r.prefix === 'string' ? null : 'watch needs a key or a prefix'),
+  unwatch: (r) => (typeof r.sub === 'number' ? null : 'unwatch needs the sub of the watch'),
+  info: () => null,
+  ping: () => null,
+}
+
+/** Run one request against the table; the answer, never an exception for bad input. */
+export function handleRequest(ctx: HandlerContext, conn: Connection, request: Request): Answer {
+  const validate = VALIDATORS[request.op] as ((r: Request) => string | null) | undefined
+  if (!validate) return {code: ErrorCode.BAD_INPUT, msg: `unknown operation ${JSON.stringify((request as {op: unknown}).op)}`}
+  const problem = validate(request)
+  if (problem) return {code: ErrorCode.BAD_INPUT, msg: problem}
+  const {table} = ctx
+  switch (request.op) {
+    case 'acquire': {
+      if (request.waitMs !== 0 && table.waitingOf(conn.session) >= ctx.maxWaitersPerConnection && table.holderOf(request.key) !== null) {
+        return {code: ErrorCode.LIMIT, msg: `this connection already has ${ctx.maxWaitersPerConnection} waiting acquires, lockd's limit (--max-waiters-per-connection)`}
+      }
+      const result = table.acquire({
+        key: request.key,
+        leaseMs: request.leaseMs,
+        waitMs: request.waitMs,
+        owner: request.owner,
+        token: request.token ?? undefined,
+        attempt: request.attempt ?? undefined,
+        from: {session: conn.session, wid: request.id},
+      })
+      const now = ctx.now()
+      if (result.kind === 'granted') return {code: 'OK', grant: grantInfo(request.key, result.grant, now)}
+      if (result.kind === 'held') return {code: ErrorCode.LOCK_HELD, msg: `held by ${result.holder.owner}`, holder: holderInfo(result.holder, now)}
+      if (request.progress === true) ctx.subscriptions.followPosition(conn, request.key, request.id, result.position)
+      return {code: 'QUEUED', position: result.position, holder: holderInfo(result.holder, now)}
+    }
+    case 'cancel':
+      return {code: 'OK', released: table.cancel({session: conn.session, wid: request.wid}, request.key).released}
+    case 'release': {
+      const result = table.release(request.key, request.token, request.force === true, conn.session)
+      if (!result.ok) return {code: ErrorCode.NOT_HOLDER, msg: request.force ? 'the lock is not held' : 'the token does not hold the lock'}
+      return {code: 'OK', released: true, holder: holderInfo(result.holder, ctx.now())}
+    }
+    case 'renew': {
+      const result = table.renew(request.key, request.token, request.leaseMs ?? undefined, conn.session)
+      if (!result.ok) return {code: ErrorCode.NOT_HOLDER, msg: 'the token does not hold the lock'}
+      return {code: 'OK', grant: grantInfo(request.key, result.holder, ctx.now())}
+    }
+    case 'check': {
+      const holder = table.check(request.key, request.token)
+      if (!holder) return {code: ErrorCode.NOT_HOLDER, msg: 'the token does not hold the lock'}
+      return {code: 'OK', holder: holderInfo(holder, ctx.now())}
+    }
+    case 'inspect': {
+      const view = table.inspect(request.key)
+      return {code: 'OK', lock: view ? lockInfo(view, ctx.now()) : null}
+    }
+    case 'list': {
+      const limit = typeof request.limit === 'number' && request.limit > 0 ? request.limit : Number.POSITIVE_INFINITY
+      const {locks, total} = table.list(request.prefix, limit)
+      const now = ctx.now()
+      return {code: 'OK', locks: locks.map((view) => lockInfo(view, now)), total}
+    }
+    case 'watch': {
+      const target = typeof request.key === 'string' ? {key: request.key} : {prefix: request.prefix!}
+      ctx.subscriptions.watch(conn, request.id, target)
+      return {code: 'OK', sub: request.id, ...ctx.subscriptions.snapshot(target)}
+    }
+    case 'unwatch':
+      ctx.subscriptions.unwatch(conn, request.sub)
+      return {code: 'OK'}
+    case 'info':
+      return {code: 'OK', info: ctx.info()}
+    case 'ping':
+      return {code: 'OK'}
+  }
+}

@@ -1,0 +1,130 @@
+import {createHash} from 'node:crypto'
+import {chmodSync, existsSync, realpathSync, statSync, unlinkSync} from 'node:fs'
+import {createConnection, createServer, type Server, type Socket} from 'node:net'
+import {dirname} from 'node:path'
+import {makeDirectories} from '../util/fs.js'
+import {AlreadyRunningError, ServerStartError} from './errors.js'
+
+/**
+ * lockd's listening sockets: TCP addresses and a unix socket (with its permission bits, and a
+ * watch that notices the socket file being removed). Accepted sockets go to `onSocket`.
+ */
+export class Listeners {
+  private readonly servers: Server[] = []
+  private socketInode: number | null = null
+  private socketWatch: NodeJS.Timeout | null = null
+  readonly addresses: {tcp: {host: string; port: number}[]; socket?: string} = {tcp: []}
+
+  constructor(private readonly onSocket: (socket: Socket) => void) {}
+
+  async listenTcp(address: {host: string; port: number}): Promise<void> {
+    const name = `--listen ${address.host.includes(':') ? `[${address.host}]` : address.host}:${address.port}`
+    const server = await listenAs(name, this.newServer(), {host: address.host, port: address.port})
+    const bound = server.address() as {address: string; port: number}
+    this.addresses.tcp.push({host: bound.address, port: bound.port})
+  }
+
+  /**
+   * Listen on a unix socket. A file there that nobody answers on is a leftover and is replaced;
+   * one that answers belongs to another server. `onRemoved`: called once if the file is later
+   * removed or replaced (the embedded lockd then exits: nobody could find it any more).
+   */
+  async listenUnix(path: string, options: {mode?: number; onRemoved?: () => void} = {}): Promise<void> {
+    makeDirectories(dirname(path))
+    if (existsSync(path)) {
+      if (await answers(path)) throw new AlreadyRunningError(`another server is listening on ${path}`)
+      unlinkSync(path)
+    }
+    await listenAs(`--socket ${path}`, this.newServer(), {path})
+    chmodSync(path, options.mode ?? 0o600)
+    const inode = statSync(path).ino
+    this.socketInode = inode
+    this.addresses.socket = path
+    const onRemoved = options.onRemoved
+    if (onRemoved) {
+      this.socketWatch = setInterval(() => {
+        let now: number | null = null
+        try {
+          now = statSync(path).ino
+        } catch {}
+        if (now === inode) return
+        if (this.socketWatch) clearInterval(this.socketWatch)
+        this.socketWatch = null
+        onRemoved()
+      }, 1000)
+      this.socketWatch.unref()
+    }
+  }
+
+  /** Stop accepting; resolves once every listener has closed (after its connections are gone). */
+  close(): Promise<void> {
+    if (this.socketWatch) clearInterval(this.socketWatch)
+    return Promise.all(this.servers.map((s) => new Promise((resolve) => s.close(resolve)))).then(() => {})
+  }
+
+  /** Remove our socket file, but not one that a newer lockd has put in its place. */
+  removeSocketFile(): void {
+    const path = this.addresses.socket
+    if (!path || this.socketInode === null) return
+    try {
+      if (statSync(path).ino === this.socketInode) unlinkSync(path)
+    } catch {}
+  }
+
+  private newServer(): Server {
+    const server = createServer({noDelay: true}, (socket) => this.onSocket(socket))
+    this.servers.push(server)
+    return server
+  }
+}
+
+function listen(server: Server, options: {host?: string; port?: number; path?: string}): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(options, () => {
+      server.off('error', reject)
+      resolve(server)
+    })
+  })
+}
+
+/** listen(), with a failure (address in use, no permission) as a one-line start-up error. */
+async function listenAs(what: string, server: Server, options: {host?: string; port?: number; path?: string}): Promise<Server> {
+  try {
+    return await listen(server, options)
+  } catch (error) {
+    const {code} = error as NodeJS.ErrnoException
+    const why = code === 'EADDRINUSE' ? 'address already in use' : code === 'EACCES' ? 'permission denied' : code === 'EADDRNOTAVAIL' ? 'no such local address' : (error as Error).message
+    throw new ServerStartError(`${what}: ${why}${code ? ` (${code})` : ''}`)
+  }
+}
+
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection({path})
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once('error', () => resolve(false))
+  })
+}
+
+/**
+ * One lockd per data directory. The claim is a Linux abstract socket named after the directory:
+ * the kernel frees it when the process dies, so a crash leaves no stale lock file and two
+ * servers racing to start cannot both win. Close the returned server to give the claim up.
+ */
+export async function claimDataDir(dataDir: string): Promise<Server | null> {
+  if (process.platform !== 'linux') return null
+  const id = createHash('sha256').update(realpathSync(dataDir)).digest('hex').slice(0, 32)
+  const server = createServer((s) => s.destroy())
+  try {
+    return await listen(server, {path: `\0lockctl-lockd-${id}`})
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new AlreadyRunningError(`another lockd is using the data directory ${dataDir}`)
+    }
+    throw error
+  }
+}

@@ -1,0 +1,23 @@
+import type {GrantInfo, HolderInfo, LockInfo} from '../protocol/messages.js'
+import type {Holder, LockView} from './lock-table.js'
+
+/** The lock table's own types as the wire shows them. `now`: the table clock's reading. */
+
+export function holderInfo(holder: Holder, now: number): HolderInfo {
+  return {
+    owner: holder.owner,
+    fence: holder.fence,
+    leaseMs: holder.leaseMs,
+    leaseLeftMs: Math.max(0, Math.round(holder.expiresAt - now)),
+    since: holder.since,
+  }
+}
+
+/** A grant as handed to its new owner: with the token. */
+export function grantInfo(key: string, holder: Holder, now: number): GrantInfo {
+  return {key, token: holder.token, ...holderInfo(holder, now)}
+}
+
+export function lockInfo(view: LockView, now: number): LockInfo {
+  return {key: view.key, holder: view.holder ? holderInfo(view.holder, now) : null, waiters: view.waiters}
+}
