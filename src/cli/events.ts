@@ -1,5 +1,17 @@
 import {formatMs, ordinal} from './output.js'
 
+/** What an event line may say, beyond its event and key. */
+export interface EventFields {
+  holder?: string | null
+  position?: number
+  fence?: number
+  leaseMs?: number
+  token?: string
+  reason?: string
+  message?: string
+  endpoint?: string
+}
+
 export type HoldEvent = 'waiting' | 'acquired' | 'lost' | 'released' | 'suspended' | 'connected' | 'error'
 
 /**
@@ -13,7 +25,7 @@ export class EventPrinter {
     private readonly mode: 'human' | 'json' | 'quiet',
   ) {}
 
-  print(event: HoldEvent, key: string, fields: Record<string, unknown> = {}): void {
+  print(event: HoldEvent, key: string, fields: EventFields = {}): void {
     if (this.mode === 'quiet') return
     const time = new Date().toISOString()
     if (this.mode === 'json') {
@@ -25,10 +37,11 @@ export class EventPrinter {
       if (typeof fields.holder === 'string') details.push(`held by ${fields.holder}`)
       if (typeof fields.position === 'number' && fields.position > 0) details.push(`${ordinal(fields.position)} in the queue`)
     }
-    if (fields.fence !== undefined) details.push(`fence ${String(fields.fence)}`)
+    if (fields.fence !== undefined) details.push(`fence ${fields.fence}`)
     if (typeof fields.leaseMs === 'number') details.push(`lease ${formatMs(fields.leaseMs)}`)
-    if (fields.reason) details.push(String(fields.reason))
-    if (fields.endpoint && (event === 'suspended' || event === 'connected')) details.push(String(fields.endpoint))
+    if (fields.reason) details.push(fields.reason)
+    if (fields.message) details.push(fields.message)
+    if (fields.endpoint && (event === 'suspended' || event === 'connected')) details.push(fields.endpoint)
     this.write(`${time} ${event} ${key}${details.length ? ` (${details.join(', ')})` : ''}\n`)
   }
 }

@@ -1,19 +1,9 @@
 import {Args, Flags} from '@oclif/core'
-import {BadInputError} from '../client/errors.js'
 import {WAIT_FOREVER} from '../protocol/messages.js'
 import {keyProblem, MAX_LEASE_MS, MAX_WAIT_MS, MIN_LEASE_MS, tokenProblem, ownerProblem} from '../protocol/validate.js'
+import {UsageError} from './usage-error.js'
 
-/**
- * A usage error whose text is one line naming the flag and the accepted form. oclif rewrites
- * the message of errors thrown while parsing, so the line is kept apart in `oneLine`.
- */
-export class UsageError extends BadInputError {
-  readonly oneLine: string
-  constructor(message: string) {
-    super(message)
-    this.oneLine = message
-  }
-}
+export {UsageError}
 
 const UNITS: Record<string, number> = {ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000}
 const DURATION_FORMS = 'a number with a unit, e.g. 500ms, 30s, 1m30s, 2h'

@@ -1,7 +1,7 @@
 import {readFileSync} from 'node:fs'
 import {homedir} from 'node:os'
 import {join} from 'node:path'
-import {UsageError} from './flags.js'
+import {UsageError} from './usage-error.js'
 
 /** What a profile may set: the endpoint and etcd's TLS/auth settings. */
 export interface Profile {

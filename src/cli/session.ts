@@ -1,7 +1,7 @@
 import type {AutoRenewalLock} from '../client/auto-renewal-lock.js'
 import type {LockClient} from '../client/lock-client.js'
 import type {GrantInfo} from '../protocol/messages.js'
-import {UsageError} from './flags.js'
+import {UsageError} from './usage-error.js'
 
 /** A grant the REPL session took with `lock`, remembered so unlock/renew need no token. */
 export interface SessionLock {

@@ -1,4 +1,4 @@
-import {UsageError} from './flags.js'
+import {UsageError} from './usage-error.js'
 
 /**
  * Split a line as a POSIX shell would for words: whitespace separates, 'single quotes' are

@@ -8,9 +8,12 @@
  * check right before a protected action tells the truth (docs/semantics.md, "Checking a lease").
  */
 
+// The prototype's own accessors, called with the signal as `this` below.
+/* eslint-disable @typescript-eslint/unbound-method */
 const abortedOf = Object.getOwnPropertyDescriptor(AbortSignal.prototype, 'aborted')!.get!
 const reasonOf = Object.getOwnPropertyDescriptor(AbortSignal.prototype, 'reason')!.get!
 const throwIfAbortedOf = AbortSignal.prototype.throwIfAborted
+/* eslint-enable @typescript-eslint/unbound-method */
 
 /**
  * The controller's signal, with reads that first call `check`: `check` aborts the controller

@@ -174,17 +174,17 @@ export class LockTable {
     // The same attempt still queued from a connection that has not been seen to drop: take over
     // its place, so a reconnect keeps the queue order and never leaves two waiters for one grant.
     const earlier = args.attempt === undefined ? undefined : this.waitersByAttempt.get(args.attempt)
-    const place = earlier && earlier.key === args.key ? entry!.waiters.indexOf(earlier) : -1
+    const place = earlier && earlier.key === args.key ? entry.waiters.indexOf(earlier) : -1
     if (earlier) this.removeWaiter(earlier, 'disconnected')
-    if (place >= 0) entry!.waiters.splice(place, 0, waiter)
-    else entry!.waiters.push(waiter)
+    if (place >= 0) entry.waiters.splice(place, 0, waiter)
+    else entry.waiters.push(waiter)
     if (waiter.attempt !== undefined) this.waitersByAttempt.set(waiter.attempt, waiter)
     this.waiterCount++
     let bySession = this.waitersBySession.get(waiter.session)
     if (!bySession) this.waitersBySession.set(waiter.session, (bySession = new Map()))
     bySession.set(waiter.wid, waiter)
     if (waiter.deadline !== Number.POSITIVE_INFINITY) this.deadlines.push(waiter.deadline, {kind: 'wait', waiter})
-    const position = entry!.waiters.indexOf(waiter) + 1
+    const position = entry.waiters.indexOf(waiter) + 1
     this.events.push({type: 'queued', key: args.key, waiter: args.from, position})
     return {kind: 'queued', position, holder}
   }

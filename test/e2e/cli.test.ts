@@ -190,7 +190,7 @@ describe('the CLI against a lockd server', () => {
     [['lokc', 'k'], /^lockctl: unknown command "lokc"; did you mean lock\?$/m],
     [['frobnicate'], /unknown command "frobnicate"; commands: hold, lock, renew, repl, server, status, unlock, watch/],
   ])('bad input %j exits 2 with one line', async (args, message) => {
-    const result = await runCli(args as string[], {env})
+    const result = await runCli(args, {env})
     expect(result.code).toBe(2)
     expect(result.stderr).toMatch(message)
     expect(result.stderr.trim().split('\n')).toHaveLength(1)

@@ -36,7 +36,7 @@ describe('hold KEY -- CMD: exit codes as a shell would give them', () => {
     [['definitely-not-a-program-xyz'], 127],
     [['NOT-EXECUTABLE'], 126],
   ])('%j exits %d and releases the lock', async (command, code) => {
-    const args = (command as string[]).map((a) => (a === 'NOT-EXECUTABLE' ? notExecutable() : a))
+    const args = (command).map((a) => (a === 'NOT-EXECUTABLE' ? notExecutable() : a))
     const result = await runCli(['hold', 'codes', '--', ...args], {env})
     expect(result.code).toBe(code)
     expect(await holderOf('codes')).toBeNull()

@@ -48,7 +48,7 @@ export async function startLockd(options: {dataDir?: string; port?: number; args
     }),
   )
   const port = await new Promise<number>((resolve, reject) => {
-    child.stderr!.on('data', (chunk: Buffer) => {
+    child.stderr.on('data', (chunk: Buffer) => {
       stderr += chunk.toString()
       const match = /listening on lockd:\/\/127\.0\.0\.1:(\d+)/.exec(stderr)
       if (match) resolve(Number(match[1]))
@@ -96,8 +96,8 @@ export function runCli(args: string[], options: {env?: NodeJS.ProcessEnv; timeou
   children.add(child)
   let stdout = ''
   let stderr = ''
-  child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()))
-  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()))
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()))
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()))
   const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 20_000)
   const promise = new Promise<CliResult>((resolve) =>
     child.on('close', (code, signal) => {
@@ -121,7 +121,7 @@ export async function eventually<T>(check: () => Promise<T> | T, timeoutMs = 10_
     } catch (error) {
       lastError = error
     }
-    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs}ms${lastError ? `: ${String(lastError)}` : ''}`)
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs}ms${lastError ? `: ${(lastError as Error).message ?? JSON.stringify(lastError)}` : ''}`)
     await new Promise((r) => setTimeout(r, 25))
   }
 }

@@ -145,13 +145,13 @@ describe('durable log recovery under damage (seeded, bounded)', () => {
       // What survived is exactly the state after some commit, the last one whose bytes are whole.
       const damagedFrom = kind === 'garbage-tail' ? walSize : at
       const intact = [...built.ends].reverse().find((e) => e.offset <= damagedFrom)!
-      expect(tokensOf(state!), label).toEqual(intact.holders)
+      expect(tokensOf(state), label).toEqual(intact.holders)
       // Damage that recovery accepts can only be at the end of the file.
       expect(['truncate', 'zero-tail', 'garbage-tail', 'zero-header', 'flip', 'length'], label).toContain(kind)
       if (kind === 'flip' || kind === 'length') expect.fail(`${label}: a damaged byte inside the log was accepted`)
       if (kind === 'zero-header' && at + 12 < walSize) expect.fail(`${label}: a zeroed header with records after it was accepted`)
       // The next fence is above every fence the original log ever handed out.
-      expect(state!.fence, label).toBeGreaterThan(built.maxFence)
+      expect(state.fence, label).toBeGreaterThan(built.maxFence)
     }
     // Both outcomes happened, or the test shows nothing.
     expect(outcomes.refused).toBeGreaterThan(50)

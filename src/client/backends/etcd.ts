@@ -409,7 +409,7 @@ export class EtcdBackend implements LockBackend {
             // place in the queue (a spinner) watches every waiter of the lock instead.
             const builder = this.client.watch()
             // From just after the read above: nothing is missed and nothing seen is replayed.
-            ;(onQueued ? builder.prefix(`${key}/`) : builder.key(predecessor!.key))
+            ;(onQueued ? builder.prefix(`${key}/`) : builder.key(predecessor.key))
               .startRevision(String(BigInt(readAt) + 1n))
               .create()
               .then((w) => {
@@ -668,7 +668,7 @@ export class EtcdBackend implements LockBackend {
     return () => {
       stopped = true
       // Not awaited: a hung member never answers a cancel.
-      void (watcher as Watcher | null)?.cancel().catch(() => {})
+      void (watcher)?.cancel().catch(() => {})
     }
   }
 

@@ -66,7 +66,7 @@ export class LockdConnection {
             connection.server = hello
             resolve(connection)
           },
-          (error) => {
+          (error: Error) => {
             clearTimeout(timer)
             socket.destroy()
             reject(error)
@@ -153,17 +153,21 @@ export class LockdConnection {
     pending.resolve(response)
   }
 
-  /** The id the next request will get (a waiter is named by the id of its acquire). */
-  peekNextId(): number {
-    return this.nextId
+  request(body: RequestBody, options: {timeoutMs?: number; signal?: AbortSignal} = {}): Promise<Response> {
+    return this.start(body, options).response
   }
 
-  request(body: RequestBody, options: {timeoutMs?: number; signal?: AbortSignal} = {}): Promise<Response> {
-    if (this.closedError) return Promise.reject(this.closedError)
-    if (options.signal?.aborted) return Promise.reject(new AbortedError())
+  /**
+   * Send a request and say its id at once: a waiter is named by the id of its acquire, and a
+   * watch by the id of its watch request, in the pushes that follow. The caller registers the
+   * id before it awaits: answers and pushes are read in later I/O callbacks, never before.
+   */
+  start(body: RequestBody, options: {timeoutMs?: number; signal?: AbortSignal} = {}): {id: number; response: Promise<Response>} {
     const id = this.nextId++
+    if (this.closedError) return {id, response: Promise.reject(this.closedError)}
+    if (options.signal?.aborted) return {id, response: Promise.reject(new AbortedError())}
     const timeoutMs = options.timeoutMs ?? this.options.requestTimeoutMs
-    return new Promise<Response>((resolve, reject) => {
+    const response = new Promise<Response>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id)
         reject(new UnreachableError(`${this.options.label}: no answer to ${body.op} within ${timeoutMs}ms`))
@@ -174,9 +178,10 @@ export class LockdConnection {
       } catch (error) {
         this.pending.delete(id)
         clearTimeout(timer)
-        reject(error)
+        reject(error instanceof Error ? error : new ProtocolError(String(error)))
       }
     })
+    return {id, response}
   }
 
   private write(message: unknown): void {

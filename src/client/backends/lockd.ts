@@ -126,16 +126,11 @@ export class LockdBackend implements LockBackend {
   async acquire(request: AcquireRequest): Promise<AcquireResult> {
     const sentAt = performance.now()
     const connection = await this.connect()
-    const wid = connection.peekNextId()
     let settle!: WaitSlot['settle']
     const outcome = new Promise<Parameters<WaitSlot['settle']>[0]>((resolve) => (settle = resolve))
     const slot: WaitSlot = {key: request.key, settle, abandoned: false, onPosition: request.onQueued}
-    // Registered before sending: a grant push can never find no slot.
-    this.slots.set(wid, slot)
-    let response: Response
-    try {
-      response = await connection.request(
-        {
+    const sent = connection.start(
+      {
           op: 'acquire',
           key: request.key,
           leaseMs: request.leaseMs,
@@ -144,9 +139,15 @@ export class LockdBackend implements LockBackend {
           ...(request.token ? {token: request.token} : {}),
           ...(request.attempt ? {attempt: request.attempt} : {}),
           ...(request.onQueued ? {progress: true} : {}),
-        },
-        {signal: request.signal},
-      )
+      },
+      {signal: request.signal},
+    )
+    const wid = sent.id
+    // Registered before any answer or push can be read: a grant push never finds no slot.
+    this.slots.set(wid, slot)
+    let response: Response
+    try {
+      response = await sent.response
     } catch (error) {
       this.slots.delete(wid)
       throw error
@@ -262,13 +263,15 @@ export class LockdBackend implements LockBackend {
         let sub: number
         try {
           connection = await this.connect()
-          sub = connection.peekNextId()
+          const sent = connection.start({op: 'watch', ...(target.key !== undefined ? {key: target.key} : {prefix: target.prefix})})
+          sub = sent.id
+          // Registered before the answer (and the events after it) can be read.
           this.watchers.set(sub, {
             connection,
             onEvent: (event) => queue.push({type: 'event', event}),
             onLost: (reason) => queue.push({type: 'lost', reason}),
           })
-          const response = await connection.request({op: 'watch', ...(target.key !== undefined ? {key: target.key} : {prefix: target.prefix})})
+          const response = await sent.response
           if (response.code !== 'OK') {
             this.watchers.delete(sub)
             throw responseError(target.key ?? target.prefix ?? '', response)
