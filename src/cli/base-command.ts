@@ -3,7 +3,7 @@ import type {ConnectOptions, LockClient} from '../client/lock-client.js'
 import {ErrorCode} from '../protocol/errors.js'
 import {ExitCode, exitCodeFor} from './exit-codes.js'
 import {durationFlag} from './flags.js'
-import {activeSession} from './session.js'
+import type {ReplSession} from './session.js'
 
 /** The global flags every command gets (see BaseCommand.baseFlags). */
 export interface GlobalFlags {
@@ -48,6 +48,23 @@ export abstract class BaseCommand extends Command {
     }),
   }
 
+  /**
+   * The REPL session this command runs in (the REPL sets it before the command runs), or null
+   * for a one-shot CLI command.
+   */
+  session: ReplSession | null = null
+  private status: number | undefined
+
+  /** The exit code this run ends with; outside the REPL it is the process's. */
+  get exitStatus(): number | undefined {
+    return this.status
+  }
+
+  set exitStatus(code: number | undefined) {
+    this.status = code
+    if (!this.session) process.exitCode = code
+  }
+
   /** Exit code used when the lock is not acquired (`--conflict-exit-code`). */
   protected conflictExitCode: number = ExitCode.NOT_ACQUIRED
   private clientPromise: Promise<LockClient> | null = null
@@ -56,7 +73,7 @@ export abstract class BaseCommand extends Command {
   /** The client, connected on first use (commands that never need one never pay for it). */
   protected async client(flags: GlobalFlags, options: Partial<ConnectOptions> = {}): Promise<LockClient> {
     // In the REPL every command shares the session's client (and its locks).
-    const session = activeSession()
+    const session = this.session
     if (session) return session.client
     this.clientPromise ??= (async () => {
       const [{connect}, {loadProfile}] = await Promise.all([import('../client/lock-client.js'), import('./profiles.js')])
@@ -71,6 +88,8 @@ export abstract class BaseCommand extends Command {
       }
       return connect({
         endpoints,
+        // The CLI's default with no endpoint: the per-user lockd, started when not running.
+        embedded: true,
         requestTimeoutMs: flags.timeout,
         etcd: {cacert: flags.cacert ?? profile.cacert, cert: flags.cert ?? profile.cert, key: flags.key ?? profile.key, user, password},
         ...options,
@@ -81,7 +100,7 @@ export abstract class BaseCommand extends Command {
 
   /** Aborts on the first SIGINT/SIGTERM, so a wait can leave the queue cleanly. */
   protected get interruptSignal(): AbortSignal {
-    const session = activeSession()
+    const session = this.session
     if (session) return session.signal
     if (!this.interruptController) {
       const controller = new AbortController()
@@ -103,9 +122,9 @@ export abstract class BaseCommand extends Command {
     // A parse that failed still counts as parsed: otherwise oclif adds a developer warning
     // ("did not parse its arguments") under NODE_ENV=development/test, and errors stay one line.
     ;(this as unknown as {parsed: boolean}).parsed = true
-    process.exitCode = exitCode
+    this.exitStatus = exitCode
     if (this.jsonEnabled()) this.logJson({error: {code, message, exitCode}})
-    else process.stderr.write(`${activeSession()?.errorPrefix ?? ''}lockctl: ${message}\n`)
+    else process.stderr.write(`${this.session?.errorPrefix ?? ''}lockctl: ${message}\n`)
   }
 
   async finally(error: Error | undefined): Promise<void> {

@@ -5,10 +5,10 @@ import {createInterface} from 'node:readline/promises'
 import type {Config} from '@oclif/core'
 import {AbortedError} from '../client/errors.js'
 import type {LockClient} from '../client/lock-client.js'
-import {describeError} from './base-command.js'
+import {describeError, type BaseCommand} from './base-command.js'
 import {ExitCode} from './exit-codes.js'
 import {formatMs} from './output.js'
-import {setActiveSession, type ReplSession, type SessionLock} from './session.js'
+import type {ReplSession, SessionLock} from './session.js'
 import {tokenize} from './tokenize.js'
 import {makeDirectories} from '../util/fs.js'
 
@@ -132,9 +132,9 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
     if (key) seenKeys.add(key)
     controller = new AbortController()
     running = true
-    process.exitCode = undefined
+    let code = 0
     try {
-      await config.runCommand(id, argv)
+      code = await runInSession(config, id, argv, session)
     } catch (error) {
       // Errors the command did not handle itself (oclif's own, before the command ran).
       const {message, exitCode} = describeError(error as Error)
@@ -142,8 +142,6 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
     } finally {
       running = false
     }
-    const code = Number(process.exitCode ?? 0)
-    process.exitCode = undefined
     if (code !== 0) firstFailure ??= code
   }
 
@@ -194,24 +192,19 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
     return true
   }
 
-  setActiveSession(session)
-  try {
-    if (!interactive) {
-      for await (const line of rl) {
-        if ((await runLine(line)) === 'exit') break
-      }
-      await leave()
-      return firstFailure ?? 0
+  if (!interactive) {
+    for await (const line of rl) {
+      if ((await runLine(line)) === 'exit') break
     }
+    await leave()
+    return firstFailure ?? 0
+  }
 
-    options.output.write(`lockctl REPL on ${client.endpoint}: "help" for commands, Ctrl-D to leave\n`)
-    // One readline per round: Ctrl-D closes it, and "cancel" at the exit question starts another.
-    for (;;) {
-      if ((await interactiveRound()) === 'exit') return 0
-      rl = newInterface()
-    }
-  } finally {
-    setActiveSession(null)
+  options.output.write(`lockctl REPL on ${client.endpoint}: "help" for commands, Ctrl-D to leave\n`)
+  // One readline per round: Ctrl-D closes it, and "cancel" at the exit question starts another.
+  for (;;) {
+    if ((await interactiveRound()) === 'exit') return 0
+    rl = newInterface()
   }
 
   function interactiveRound(): Promise<'exit' | 'again'> {
@@ -276,3 +269,27 @@ function appendHistory(file: string, line: string): void {
     // History is a convenience: never fail a command over it.
   }
 }
+
+/**
+ * Run one command with the session handed to it (never through module state): a subclass made
+ * for this run sets `session` as the command object is built, before oclif runs it. Answers
+ * the command's exit code.
+ */
+async function runInSession(config: Config, id: string, argv: string[], session: ReplSession): Promise<number> {
+  const CommandClass = (await config.findCommand(id)!.load()) as unknown as BaseCommandClass
+  let command: SessionCommand | undefined
+  const InSession = class extends CommandClass {
+    constructor(...args: ConstructorParameters<BaseCommandClass>) {
+      super(...args)
+      this.session = session
+      // eslint-disable-next-line @typescript-eslint/no-this-alias -- the run's object, to read its exit code after
+      command = this
+    }
+  }
+  await InSession.run(argv, config)
+  return command?.exitStatus ?? 0
+}
+
+/** What the REPL needs of a command (BaseCommand): its session in, its exit code out. */
+type SessionCommand = Pick<BaseCommand, 'session' | 'exitStatus'>
+type BaseCommandClass = (new (argv: string[], config: Config) => SessionCommand) & {run(argv: string[], config: Config): Promise<unknown>}

@@ -15,8 +15,8 @@ export interface SessionLock {
 
 /**
  * State shared by the commands of one REPL: one client, the locks taken, the background holds,
- * and the signal that Ctrl-C aborts. Commands see it through `activeSession()`; outside the
- * REPL there is none and they behave as one-shot CLI commands.
+ * and the signal that Ctrl-C aborts. The REPL hands it to each command it runs (BaseCommand's
+ * `session`); outside the REPL there is none and commands behave as one-shot CLI commands.
  */
 export interface ReplSession {
   readonly client: LockClient
@@ -36,16 +36,6 @@ export interface ReplSession {
    * also sees, and leave it in cooked mode when they finish. Rejects on Ctrl-C.
    */
   ask(query: string): Promise<string>
-}
-
-let current: ReplSession | null = null
-
-export function activeSession(): ReplSession | null {
-  return current
-}
-
-export function setActiveSession(session: ReplSession | null): void {
-  current = session
 }
 
 export function rememberGrant(session: ReplSession, grant: GrantInfo, sentAt: number): void {

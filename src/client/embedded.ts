@@ -33,14 +33,14 @@ const START_TIMEOUT_MS = 5000
  * racing here both spawn a server; lockd's data-directory claim lets exactly one of them run and
  * the other exits, and both CLIs connect to the winner.
  */
-export async function connectEmbedded(paths: EmbeddedPaths, options: ConnectionOptions): Promise<LockdConnection> {
+export async function connectEmbedded(paths: EmbeddedPaths, options: ConnectionOptions, daemonEntry = defaultDaemonEntry()): Promise<LockdConnection> {
   try {
     return await LockdConnection.connect({path: paths.socket}, options)
   } catch (error) {
     if (!(error instanceof UnreachableError)) throw error
   }
   const deadline = performance.now() + START_TIMEOUT_MS
-  let exited: number | null = startDaemon(paths, (code) => (exited = code))
+  let exited: number | null = startDaemon(paths, daemonEntry, (code) => (exited = code))
   for (let delay = 10; ; delay = Math.min(delay * 2, 200)) {
     await new Promise((resolve) => setTimeout(resolve, delay))
     try {
@@ -52,13 +52,18 @@ export async function connectEmbedded(paths: EmbeddedPaths, options: ConnectionO
       }
       // Exit code 0: our lockd lost the start race to another one. Usually that one is about
       // to answer; if it was on its way out (its socket removed), start ours again.
-      if (exited === 0) exited = startDaemon(paths, (code) => (exited = code))
+      if (exited === 0) exited = startDaemon(paths, daemonEntry, (code) => (exited = code))
     }
   }
 }
 
+/** The daemon script of this package, next to this module's directory (unbundled layout). */
+function defaultDaemonEntry(): string {
+  return fileURLToPath(new URL('../server/daemon.js', import.meta.url))
+}
+
 /** Start lockd in the background; `onExit` gets its exit code. Answers null (still running). */
-function startDaemon(paths: EmbeddedPaths, onExit: (code: number) => void): null {
+function startDaemon(paths: EmbeddedPaths, daemon: string, onExit: (code: number) => void): null {
   let log: number
   try {
     makeDirectories(paths.dir)
@@ -70,7 +75,6 @@ function startDaemon(paths: EmbeddedPaths, onExit: (code: number) => void): null
     )
   }
   try {
-    const daemon = fileURLToPath(new URL('../server/daemon.js', import.meta.url))
     const child = spawn(
       process.execPath,
       [daemon, '--socket', paths.socket, '--data-dir', paths.dataDir, '--idle-exit-ms', String(EMBEDDED_IDLE_EXIT_MS)],

@@ -13,9 +13,16 @@ import type {WatchOptions, WatchTarget, WatchUpdate} from './watch.js'
 export interface ConnectOptions {
   /**
    * Where the lock service is: `unix:///path`, `lockd://host:port`, `etcd://h1:2379,h2:2379`.
-   * Omitted: the per-user local lockd, started in the background if it is not running.
+   * Omitted: the per-user local lockd, if `embedded` asks for it.
    */
   endpoints?: string
+  /**
+   * With no `endpoints`: use the per-user local lockd, and start it in the background when it
+   * is not running (the CLI's default). A library never spawns a server unless asked to.
+   * `daemonEntry`: the script that runs it (default: this package's `server/daemon.js`; a
+   * bundled CLI passes its own).
+   */
+  embedded?: boolean | {daemonEntry?: string}
   /** Owner recorded with grants, shown by status. Default `user@host:pid`. */
   owner?: string
   /** Deadline of each request. Default 5000 ms. */
@@ -150,9 +157,11 @@ export async function connect(options: ConnectOptions = {}): Promise<LockClient>
   }
   const endpoints = options.endpoints?.trim()
   if (!endpoints) {
+    if (!options.embedded) throw new BadInputError('no endpoint: pass endpoints (lockd://, unix://, etcd://), or embedded: true for the per-user local lockd')
     const paths = embeddedPaths(options.stateDir ?? stateDir())
     const label = `local lockd (unix://${paths.socket})`
-    return new LockClient(new LockdBackend({label, open: () => connectEmbedded(paths, {...connection, label})}), owner)
+    const daemonEntry = typeof options.embedded === 'object' ? options.embedded.daemonEntry : undefined
+    return new LockClient(new LockdBackend({label, open: () => connectEmbedded(paths, {...connection, label}, daemonEntry)}), owner)
   }
   const endpoint: Endpoint = parseEndpoint(endpoints)
   const label = describeEndpoint(endpoint)

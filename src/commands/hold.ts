@@ -9,7 +9,7 @@ import {formatMs, ordinal} from '../cli/output.js'
 import {createProgress} from '../cli/progress.js'
 import {describeHolder} from '../client/errors.js'
 import {WAIT_FOREVER} from '../protocol/messages.js'
-import {activeSession, type ReplSession} from '../cli/session.js'
+import {type ReplSession} from '../cli/session.js'
 
 export default class Hold extends BaseCommand {
   static summary = 'Hold a lock, renewing it, until interrupted; or run a command while it is held.'
@@ -54,7 +54,7 @@ With a command (after --): start it once the lock is held, without a shell, with
     const json = this.jsonEnabled()
 
     const client = await this.client(flags, {owner: flags.owner})
-    const session = activeSession()
+    const session = this.session
     if (session && !command) {
       this.holdInBackground(session, key, {...flags, retryMillis, json})
       return
@@ -137,17 +137,17 @@ With a command (after --): start it once the lock is held, without a shell, with
       const first = await Promise.race([lock.ready.then(() => null), stop])
       if (lost) {
         // Lost before the command could start (a forced release right after the grant).
-        process.exitCode = ExitCode.LOST
+        this.exitStatus = ExitCode.LOST
         return
       }
       if (first) {
         // Interrupted while waiting for the first grant.
-        process.exitCode = 128 + signalNumber(first)
+        this.exitStatus = 128 + signalNumber(first)
         return
       }
       if (!command) {
         await stop
-        process.exitCode = ExitCode.OK
+        this.exitStatus = ExitCode.OK
         return
       }
       child = new SupervisedChild(
@@ -165,7 +165,7 @@ With a command (after --): start it once the lock is held, without a shell, with
       // be gone before the lock is released, or they would run on without it.
       await child.reap(killSignal, flags.grace)
       // With --on-lost ignore the command ran on without the lock: the run still failed.
-      process.exitCode = lost ? ExitCode.LOST : shellExitCode(result)
+      this.exitStatus = lost ? ExitCode.LOST : shellExitCode(result)
     } finally {
       progress.stop()
       session?.signal.removeEventListener('abort', replInterrupt)

@@ -4,7 +4,7 @@ import {checkKeyArg, conflictExitCodeFlag, keyArg, leaseFlag, missingInput, owne
 import {grantJson, ordinal, shellQuote} from '../cli/output.js'
 import {createProgress} from '../cli/progress.js'
 import {describeHolder} from '../client/errors.js'
-import {activeSession, rememberGrant} from '../cli/session.js'
+import {rememberGrant} from '../cli/session.js'
 
 export default class Lock extends BaseCommand {
   static summary = 'Acquire a lock and print its token.'
@@ -46,7 +46,7 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 4 u
     } finally {
       progress.stop()
     }
-    const session = activeSession()
+    const session = this.session
     if (session) rememberGrant(session, grant, sentAt)
     if (flags.export) {
       this.log(`export LOCKCTL_KEY=${shellQuote(key)}`)

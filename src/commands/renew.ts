@@ -1,7 +1,7 @@
 import {BaseCommand} from '../cli/base-command.js'
 import {checkKeyArg, defaultToken, keyArg, leaseFlag, missingInput, tokenFlag} from '../cli/flags.js'
 import {formatMs, grantJson} from '../cli/output.js'
-import {activeSession, pickSessionKey, rememberGrant} from '../cli/session.js'
+import {pickSessionKey, rememberGrant} from '../cli/session.js'
 
 export default class Renew extends BaseCommand {
   static summary = 'Extend the lease of a held lock, optionally to a new length.'
@@ -19,7 +19,7 @@ Exit codes: 0 renewed, 2 usage, 4 unreachable, 5 the token does not hold the loc
 
   async run(): Promise<Record<string, unknown>> {
     const {args, flags} = await this.parse(Renew)
-    const session = activeSession()
+    const session = this.session
     const key = checkKeyArg(args.key ?? (session ? await pickSessionKey(session, 'Renew which lock?', {locksOnly: true}) : undefined) ?? process.env.LOCKCTL_KEY ?? missingInput('KEY (or $LOCKCTL_KEY)'))
     const token = flags.token ?? defaultToken(session?.locks.get(key)?.token)
     const client = await this.client(flags)

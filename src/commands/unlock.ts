@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import {checkKeyArg, defaultToken, keyArg, missingInput, tokenFlag, UsageError} from '../cli/flags.js'
 import {holderJson} from '../cli/output.js'
-import {activeSession, confirmInSession, pickSessionKey} from '../cli/session.js'
+import {confirmInSession, pickSessionKey} from '../cli/session.js'
 import {describeHolder} from '../client/errors.js'
 
 export default class Unlock extends BaseCommand {
@@ -22,7 +22,7 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
 
   async run(): Promise<Record<string, unknown>> {
     const {args, flags} = await this.parse(Unlock)
-    const session = activeSession()
+    const session = this.session
     const key = checkKeyArg(args.key ?? (session ? await pickSessionKey(session, 'Release which lock?') : undefined) ?? process.env.LOCKCTL_KEY ?? missingInput('KEY (or $LOCKCTL_KEY)'))
     const client = await this.client(flags)
     const hold = session?.holds.get(key)
