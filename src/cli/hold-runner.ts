@@ -1,0 +1,137 @@
+import type {LockClient} from '../client/lock-client.js'
+import {describeHolder} from '../client/errors.js'
+import {WAIT_FOREVER} from '../protocol/messages.js'
+import {FORWARDED_SIGNALS, shellExitCode, signalNumber, SupervisedChild} from './child.js'
+import {EventPrinter} from './events.js'
+import {ExitCode} from './exit-codes.js'
+import {formatMs, ordinal} from './output.js'
+import {createProgress} from './progress.js'
+
+export interface HoldOptions {
+  key: string
+  /** The command to run under the lock, or null to hold until a signal (leader election). */
+  command: string[] | null
+  leaseMs: number
+  waitMs: number
+  retryMillis: number[]
+  owner?: string
+  onLost: 'kill' | 'ignore'
+  killSignal: NodeJS.Signals
+  graceMs: number
+  json: boolean
+  quiet: boolean
+  /** Aborted for Ctrl-C where it does not arrive as a signal (the REPL's raw-mode terminal). */
+  interrupt?: AbortSignal
+}
+
+/**
+ * `hold` in the foreground, for the CLI and the REPL alike: take the lock, report its events,
+ * run the command under it and supervise it, and make sure nothing the command started
+ * outlives the lock (docs/semantics.md, "hold KEY -- COMMAND"). Answers the exit code.
+ */
+export async function runHold(client: LockClient, options: HoldOptions): Promise<number> {
+  const {key, command, json} = options
+  // With a command, the command owns stdout: events go to stderr.
+  const stream = command ? process.stderr : process.stdout
+  const events = new EventPrinter((line) => stream.write(line), options.quiet ? 'quiet' : json ? 'json' : 'human')
+  const progress = createProgress(!json && !options.quiet)
+  let child: SupervisedChild | null = null
+  let lost = false
+  let suspended = false
+  let announcedWait = false
+
+  let stopRequested!: (signal: NodeJS.Signals) => void
+  const stop = new Promise<NodeJS.Signals>((resolve) => (stopRequested = resolve))
+  const interactive = Boolean(command && process.stdin.isTTY)
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (child?.started) {
+      // In a terminal, SIGINT/SIGQUIT from the keyboard already reached the child's group.
+      if (!(interactive && (signal === 'SIGINT' || signal === 'SIGQUIT'))) child.signal(signal)
+    } else {
+      stopRequested(signal)
+    }
+  }
+  const handlers = FORWARDED_SIGNALS.map((signal) => [signal, () => onSignal(signal)] as const)
+  for (const [signal, handler] of handlers) process.on(signal, handler)
+  const onInterrupt = () => (child?.started ? child.signal('SIGINT') : stopRequested('SIGINT'))
+  options.interrupt?.addEventListener('abort', onInterrupt)
+
+  const bounded = options.waitMs !== WAIT_FOREVER
+  const lock = client.createAutoRenewalLock(key, {
+    leaseMs: options.leaseMs,
+    retryMillis: options.retryMillis,
+    waitMs: options.waitMs,
+    owner: options.owner,
+    // With a command, a loss ends the run: the command has the lost grant's token and fence.
+    reacquire: !command,
+    onQueued: ({position, holder}) => {
+      progress.show(`waiting for ${key}: held by ${describeHolder(holder)}; ${ordinal(position)} in the queue`)
+      // One line per wait; the spinner follows the place in the queue.
+      if (!announcedWait) events.print('waiting', key, {position, holder: holder?.owner ?? null})
+      announcedWait = true
+    },
+    onAcquired: (grant) => {
+      announcedWait = false
+      progress.stop()
+      if (suspended) {
+        suspended = false
+        events.print('connected', key, {endpoint: client.endpoint})
+      }
+      events.print('acquired', key, {fence: grant.fence, leaseMs: grant.leaseMs, token: json ? grant.token : undefined})
+    },
+    onLost: (reason) => {
+      events.print('lost', key, {reason: reason.message})
+      if (!command) return
+      lost = true
+      if (child?.started && options.onLost === 'kill') child.terminate(options.killSignal, options.graceMs)
+    },
+    onRetry: (error, delayMs) => {
+      // Cannot reach the service (or it failed): say so once, instead of waiting in silence.
+      if (suspended) return
+      suspended = true
+      const until = lock.isHeldByCurrentClient() ? 'while the lease lasts' : bounded ? `until --wait runs out (next try in ${formatMs(delayMs)})` : 'until it answers (--wait forever)'
+      events.print('suspended', key, {endpoint: client.endpoint, reason: `${error.message}; retrying ${until}`})
+    },
+    onStateChange: (state) => {
+      if (state === 'suspended' && !suspended) {
+        suspended = true
+        const doing = lock.isHeldByCurrentClient() ? 'renewals are being retried' : 'still waiting'
+        events.print('suspended', key, {endpoint: client.endpoint, reason: `cannot reach the lock service; ${doing}`})
+      } else if (state === 'connected' && suspended) {
+        suspended = false
+        events.print('connected', key, {endpoint: client.endpoint})
+      }
+    },
+  })
+
+  try {
+    const first = await Promise.race([lock.ready.then(() => null), stop])
+    // Lost before the command could start (a forced release right after the grant).
+    if (lost) return ExitCode.LOST
+    // Interrupted while waiting for the first grant.
+    if (first) return 128 + signalNumber(first)
+    if (!command) {
+      await stop
+      return ExitCode.OK
+    }
+    child = new SupervisedChild(command, {...process.env, LOCKCTL_KEY: key, LOCKCTL_TOKEN: lock.token, LOCKCTL_FENCE: String(lock.fence)}, {interactive})
+    const result = await child.exited
+    if (result.spawnError) {
+      const why = result.spawnError.code === 'ENOENT' ? 'command not found' : result.spawnError.code === 'EACCES' ? 'permission denied' : result.spawnError.message
+      if (json && !options.quiet) events.print('error', key, {message: `${command[0]}: ${why}`})
+      else process.stderr.write(`lockctl: ${command[0]}: ${why}\n`)
+    }
+    // The lock covers everything the command started: background jobs it left behind must
+    // be gone before the lock is released, or they would run on without it.
+    await child.reap(options.killSignal, options.graceMs)
+    // With --on-lost ignore the command ran on without the lock: the run still failed.
+    return lost ? ExitCode.LOST : shellExitCode(result)
+  } finally {
+    progress.stop()
+    options.interrupt?.removeEventListener('abort', onInterrupt)
+    const held = lock.isHeldByCurrentClient()
+    await lock.close()
+    if (held) events.print('released', key)
+    for (const [signal, handler] of handlers) process.off(signal, handler)
+  }
+}
