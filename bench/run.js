@@ -16,6 +16,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const bin = join(root, 'bin', 'run.js')
 const quick = process.argv.includes('--quick')
 const lockdOnly = process.argv.includes('--lockd-only')
+const etcdOnly = process.argv.includes('--etcd-only')
 const baselineAt = process.argv.indexOf('--baseline')
 const baseline = baselineAt === -1 ? null : process.argv[baselineAt + 1]
 const work = mkdtempSync(join(tmpdir(), 'lockctl-bench-'))
@@ -191,9 +192,9 @@ async function memory() {
 }
 
 console.log(`lockctl benchmarks — ${new Date().toISOString()}, node ${process.version}, ${quick ? 'quick' : 'full'} run`)
-if (!lockdOnly) await processBench()
+if (!lockdOnly && !etcdOnly) await processBench()
 
-for (const [label, args] of [
+for (const [label, args] of etcdOnly ? [] : [
   ['lockd in memory', ['--in-memory']],
   ['lockd durable (fdatasync, group commit)', ['--data-dir', 'DATA']],
 ]) {
@@ -224,7 +225,7 @@ for (const [label, args] of [
   }
 }
 
-if (!lockdOnly) {
+if (!lockdOnly && !etcdOnly) {
   console.log('\nmemory')
   await memory()
 }
@@ -281,37 +282,38 @@ async function etcdBench() {
   row('sequential pair p99, lockctl', us(pct(ours, 99)), `etcd3 Lock ${us(pct(theirs, 99))}`)
   await client.close()
 
-  const concurrency = 64
-  const durationMs = quick ? 2000 : 5000
-  const clients = await Promise.all(Array.from({length: concurrency}, (_, i) => connect({endpoints: endpoint, owner: `c${i}`})))
-  let done = 0
-  let deadline = performance.now() + durationMs
-  let start = performance.now()
-  await Promise.all(clients.map(async (c, i) => {
-    while (performance.now() < deadline) {
-      const lock = c.createLock(`bench/tp${i}`)
-      await lock.acquire({leaseMs: 10_000})
-      await lock.unlock()
-      done++
-    }
-  }))
-  const oursTp = done / ((performance.now() - start) / 1000)
-  await Promise.all(clients.map((c) => c.close()))
-  const raws = Array.from({length: concurrency}, () => new Etcd3({hosts: `http://127.0.0.1:${port}`}))
-  done = 0
-  deadline = performance.now() + durationMs
-  start = performance.now()
-  await Promise.all(raws.map(async (r, i) => {
-    while (performance.now() < deadline) {
-      const lock = r.lock(`bench/tp3-${i}`).ttl(10)
-      await lock.acquire()
-      await lock.release()
-      done++
-    }
-  }))
-  const theirsTp = done / ((performance.now() - start) / 1000)
-  for (const r of raws) r.close()
-  row(`pairs/s, ${concurrency} clients, lockctl`, Math.round(oursTp).toLocaleString('en'), `etcd3 Lock ${Math.round(theirsTp).toLocaleString('en')}`, `${(oursTp / theirsTp).toFixed(2)}×`)
+  for (const concurrency of [1, 64]) {
+    const durationMs = quick ? 2000 : 5000
+    const clients = await Promise.all(Array.from({length: concurrency}, (_, i) => connect({endpoints: endpoint, owner: `c${i}`})))
+    let done = 0
+    let deadline = performance.now() + durationMs
+    let start = performance.now()
+    await Promise.all(clients.map(async (c, i) => {
+      while (performance.now() < deadline) {
+        const lock = c.createLock(`bench/tp${concurrency}-${i}`)
+        await lock.acquire({leaseMs: 10_000})
+        await lock.unlock()
+        done++
+      }
+    }))
+    const oursTp = done / ((performance.now() - start) / 1000)
+    await Promise.all(clients.map((c) => c.close()))
+    const raws = Array.from({length: concurrency}, () => new Etcd3({hosts: `http://127.0.0.1:${port}`}))
+    done = 0
+    deadline = performance.now() + durationMs
+    start = performance.now()
+    await Promise.all(raws.map(async (r, i) => {
+      while (performance.now() < deadline) {
+        const lock = r.lock(`bench/tp3-${concurrency}-${i}`).ttl(10)
+        await lock.acquire()
+        await lock.release()
+        done++
+      }
+    }))
+    const theirsTp = done / ((performance.now() - start) / 1000)
+    for (const r of raws) r.close()
+    row(`pairs/s, ${concurrency} client(s), lockctl`, Math.round(oursTp).toLocaleString('en'), `etcd3 Lock ${Math.round(theirsTp).toLocaleString('en')}`, `${(oursTp / theirsTp).toFixed(2)}×`)
+  }
   raw.close()
   child.kill('SIGKILL')
 }

@@ -33,8 +33,9 @@ export interface AcquireResult {
   queued: boolean
   /**
    * A `performance.now()` moment no later than the last (re)start of the server's lease, when
-   * the backend knows one later than the acquire's send time (etcd keeps a waiter's lease
-   * alive itself, so it knows when it last did). The grant is safe until then + leaseMs.
+   * the backend knows it (etcd keeps its session leases alive itself, so it knows when it last
+   * did: later than the send for a waiter, possibly earlier for a shared lease it could not
+   * renew). The grant is safe until then + leaseMs; without it, until the send + leaseMs.
    */
   leaseFrom?: number
 }

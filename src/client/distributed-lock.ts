@@ -121,8 +121,9 @@ export class DistributedLock {
         throw new ClosedError(`the lock object for ${JSON.stringify(this.key)}`)
       }
       // A pushed grant was made at some unknown moment after we sent: sentAt + lease is the
-      // only safe deadline, unless the backend knows a later restart of the lease.
-      this.hold(grant, Math.max(sentAt, leaseFrom ?? sentAt) + leaseMs)
+      // only safe deadline, unless the backend knows when the server's lease last (re)started
+      // (later: a waiter's lease kept alive; earlier: a shared session lease it could not renew).
+      this.hold(grant, (leaseFrom ?? sentAt) + leaseMs)
       if (queued && this.leaseRestMillis() < leaseMs / 2) {
         // The wait ate half of it: renew now to start a full lease. If that fails the grant is
         // still ours until the deadline; throwing it away would leave it held on the server

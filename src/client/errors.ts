@@ -92,8 +92,8 @@ export class LimitError extends LockError {
 }
 
 export class ServerError extends LockError {
-  constructor(message: string) {
-    super(ErrorCode.INTERNAL, message)
+  constructor(message: string, options?: {cause?: unknown}) {
+    super(ErrorCode.INTERNAL, message, options)
   }
 }
 

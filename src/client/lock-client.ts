@@ -174,7 +174,7 @@ export async function connect(options: ConnectOptions = {}): Promise<LockClient>
     case 'etcd': {
       const etcd = options.etcd ?? {}
       if (etcd.user !== undefined && etcd.password === undefined) throw new BadInputError(`${label}: --user needs a password (LOCKCTL_ETCD_PASSWORD)`)
-      const {createEtcdBackend} = await import('./backends/etcd.js')
+      const {createEtcdBackend} = await import('./backends/etcd/backend.js')
       const backend = await createEtcdBackend({
         hosts: endpoint.hosts,
         secure: endpoint.tls,

@@ -57,6 +57,22 @@ export function conformanceSuite(endpoint: () => string, options: {shortLeaseMs:
     expect(await c.createLock(k).tryLock({leaseMs: 5000})).toBe(true)
   })
 
+  it('a holder that waited shows since = when it was granted, not when it queued', async () => {
+    const k = key('since')
+    const a = await client('A')
+    const b = await client('B')
+    const holder = a.createLock(k)
+    await holder.acquire({leaseMs: 30_000})
+    const waiting = b.createLock(k).acquire({leaseMs: 30_000, waitMs: 20_000})
+    await eventually(async () => (await a.inspect(k))?.waiters === 1)
+    await new Promise((resolve) => setTimeout(resolve, 1500))
+    const releasedAt = Date.now()
+    await holder.unlock()
+    await waiting
+    const since = (await a.inspect(k))!.holder!.since
+    expect(since).toBeGreaterThanOrEqual(releasedAt - 50)
+  })
+
   it('grants in FIFO order', async () => {
     const k = key('fifo')
     const a = await client('A')

@@ -49,9 +49,12 @@ describeEtcd('etcd: a 3-member cluster losing its leader', () => {
 
     const leader = await etcd.leader()
     await etcd.kill(leader)
-    // A new leader is elected; the lease (10 s) outlives the failover.
+    // A new leader is elected. Stay past the whole lease (10 s): the waiters' keys must be kept
+    // alive through the surviving members, not expire while their processes still wait.
     await etcd.leader()
-    await new Promise((r) => setTimeout(r, 3000))
+    await new Promise((r) => setTimeout(r, 12_000))
+    const during = JSON.parse((await runCli(['status', 'failover', '--json'], {env})).stdout)
+    expect(during.waiters).toBe(2)
     writeFileSync(done, '')
 
     const results = await Promise.all([holder, b, c])
@@ -59,6 +62,49 @@ describeEtcd('etcd: a 3-member cluster losing its leader', () => {
     expect(results.map((r) => r.code), stderrs).toEqual([0, 0, 0])
     expect(results[0].stderr).not.toMatch(/\blost\b/)
     expect(checkNoOverlap(log), stderrs).toEqual(['A', 'B', 'C'])
+    expect(stderrs).not.toMatch(/lost our place/)
+  }, 90_000)
+})
+
+/** Range and Txn calls etcd has served, from its metrics. */
+async function rangeAndTxnCalls(clientPort: number): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${clientPort}/metrics`)).text()
+  let total = 0
+  for (const line of text.split('\n')) {
+    if (/^grpc_server_handled_total\{.*grpc_method="(Range|Txn)"/.test(line)) total += Number(line.split(' ').at(-1))
+  }
+  return total
+}
+
+describeEtcd('etcd: no herd on release', () => {
+  it('one release costs etcd the same few Range/Txn calls with 8 queued CLI waiters as with 2', async () => {
+    const etcd = await startEtcd(1)
+    const env = {LOCKCTL_ENDPOINTS: etcd.endpoint}
+    const port = etcd.members[0].clientPort
+    const perRelease: number[] = []
+    for (const waiters of [2, 8]) {
+      const key = `herd-${waiters}`
+      const holder = await connect({endpoints: etcd.endpoint, owner: 'holder'})
+      const lock = holder.createLock(key)
+      await lock.acquire({leaseMs: 60_000})
+      // `lockctl lock --wait` follows its place in the queue (for its spinner).
+      const runs = Array.from({length: waiters}, () => runCli(['lock', key, '--wait', '1m', '--lease', '60s'], {env, timeoutMs: 60_000}))
+      await eventually(async () => (await holder.inspect(key))?.waiters === waiters, 20_000)
+      await new Promise((r) => setTimeout(r, 500)) // every waiter is watching by now
+      const before = await rangeAndTxnCalls(port)
+      await lock.unlock()
+      // The first waiter gets it (and exits); the others only learn their new place.
+      await eventually(async () => (await holder.inspect(key))?.waiters === waiters - 1, 20_000)
+      await new Promise((r) => setTimeout(r, 500))
+      perRelease.push((await rangeAndTxnCalls(port)) - before)
+      await holder.close()
+      for (const run of runs) run.child.kill('SIGTERM')
+      await Promise.all(runs)
+    }
+    // Not one read per waiter: the count does not grow with the queue (2 reads and 2 writes of
+    // the releaser and the next holder, and our own inspect calls above).
+    expect(perRelease[1], `calls per release with 2 and 8 waiters: ${perRelease.join(', ')}`).toBeLessThanOrEqual(perRelease[0] + 1)
+    expect(perRelease[1]).toBeLessThan(10)
   }, 90_000)
 })
 

@@ -1,0 +1,577 @@
+import {readFileSync} from 'node:fs'
+// Types only: etcd3 itself is imported lazily (it costs ~200 ms to load).
+import type {Etcd3, IKeyValue, IRequestOp, Watcher} from 'etcd3'
+import {WAIT_FOREVER, type GrantInfo, type HolderInfo, type LockInfo} from '../../../protocol/messages.js'
+import {sleep} from '../../async.js'
+import type {AcquireRequest, AcquireResult, ConnectionState, LockBackend} from '../../backend.js'
+import {AbortedError, BadInputError, ErrorCode, LockError, LockHeldError, NotHolderError, UnreachableError, WaitTimeoutError} from '../../errors.js'
+import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
+import {isLeaseGone, mapEtcdError, type EtcdErrorTypes} from './errors.js'
+import {buf, byCreateRevision, describeKey, lockNameOf, makeToken, parseLockValue, parseToken, prefixEnd, type LockValue} from './keys.js'
+import {SessionPool, type Session} from './sessions.js'
+import {watchLocks} from './watch.js'
+
+/**
+ * Locks on an etcd v3 cluster, laid out exactly like etcd's own recipe (keys.ts), so lockctl,
+ * `etcdctl lock` and Go programs exclude each other on the same name; keys live on this
+ * client's session leases (sessions.ts). docs/semantics.md ("etcd") says what differs from lockd.
+ *
+ * Round trips: acquiring a free lock is one txn (put our key, read the head of the queue), a
+ * release one guarded delete, a renewal one keepalive (with a read of our key beside it).
+ * A waiter watches only the key just ahead of it, or — when it follows its place in the queue —
+ * the deletions under the lock's name, counting its place from the events without reading.
+ */
+
+export interface EtcdTlsOptions {
+  /** Paths to PEM files. */
+  cacert?: string
+  cert?: string
+  key?: string
+}
+
+export interface EtcdBackendOptions {
+  hosts: {host: string; port: number}[]
+  secure: boolean
+  label: string
+  tls?: EtcdTlsOptions
+  auth?: {username: string; password: string}
+  requestTimeoutMs: number
+  connectTimeoutMs: number
+}
+
+/** Our key is gone while we waited: its lease ran out while no member could keep it alive. */
+export class QueuePlaceLostError extends UnreachableError {}
+
+/** A connection is reported suspended only when no etcd call succeeded for this long. */
+const SUSPEND_AFTER_MS = 2000
+/** list(): lease look-ups in flight at once. */
+const LIST_CONCURRENCY = 16
+
+export async function createEtcdBackend(options: EtcdBackendOptions): Promise<EtcdBackend> {
+  const [etcd3, {isBrokenCircuitError}] = await Promise.all([import('etcd3'), import('cockatiel')])
+  const read = (path: string | undefined, what: string) => {
+    if (!path) return undefined
+    try {
+      return readFileSync(path)
+    } catch (error) {
+      throw new BadInputError(`--${what}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
+    }
+  }
+  const rootCertificate = read(options.tls?.cacert, 'cacert')
+  const certChain = read(options.tls?.cert, 'cert')
+  const privateKey = read(options.tls?.key, 'key')
+  const secure = options.secure || Boolean(rootCertificate)
+  const client = new etcd3.Etcd3({
+    hosts: options.hosts.map((h) => `${secure ? 'https' : 'http'}://${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`),
+    credentials: secure ? {rootCertificate: rootCertificate ?? Buffer.alloc(0), certChain, privateKey} : undefined,
+    auth: options.auth,
+    dialTimeout: options.connectTimeoutMs,
+    defaultCallOptions: (context) => (context.isStream ? {} : {deadline: Date.now() + options.requestTimeoutMs}),
+  })
+  return new EtcdBackend(client, options, {etcd3, isBrokenCircuitError})
+}
+
+export class EtcdBackend implements LockBackend {
+  readonly kind = 'etcd'
+  readonly label: string
+  private readonly listeners = new Set<(state: ConnectionState) => void>()
+  private state: ConnectionState | null = null
+  private suspendTimer: NodeJS.Timeout | null = null
+  private closed = false
+  private readonly sessions: SessionPool
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly options: EtcdBackendOptions,
+    private readonly types: EtcdErrorTypes,
+  ) {
+    this.label = options.label
+    this.sessions = new SessionPool(client, (what, operation) => this.call(what, operation), this.label, options.requestTimeoutMs)
+  }
+
+  onStateChange(listener: (state: ConnectionState) => void): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
+  }
+
+  private setState(state: ConnectionState): void {
+    if (this.state === state) return
+    this.state = state
+    for (const listener of this.listeners) listener(state)
+  }
+
+  /**
+   * Run one etcd call, turning its errors into lockctl's typed errors. One member failing while
+   * others answer is not an outage: the state turns suspended only when no call has succeeded
+   * for a while.
+   */
+  private async call<T>(what: string, operation: () => Promise<T>): Promise<T> {
+    try {
+      const result = await operation()
+      if (this.suspendTimer) clearTimeout(this.suspendTimer)
+      this.suspendTimer = null
+      this.setState('connected')
+      return result
+    } catch (error) {
+      const mapped = mapEtcdError(this.types, this.label, what, error as Error)
+      if (mapped.code === ErrorCode.UNREACHABLE && !this.suspendTimer && this.state !== 'suspended' && !this.closed) {
+        this.suspendTimer = setTimeout(() => {
+          this.suspendTimer = null
+          if (!this.closed) this.setState('suspended')
+        }, SUSPEND_AFTER_MS)
+        this.suspendTimer.unref()
+      }
+      throw mapped
+    }
+  }
+
+  private async leaseLeft(lease: string): Promise<{leftMs: number; grantedMs: number}> {
+    if (lease === '0') return {leftMs: 0, grantedMs: 0}
+    const response = await this.call('lease ttl', () => this.client.leaseClient.leaseTimeToLive({ID: lease}))
+    return {leftMs: Math.max(0, Number(response.TTL) * 1000), grantedMs: Number(response.grantedTTL) * 1000}
+  }
+
+  private async holderInfo(kv: IKeyValue, leases?: Map<string, Promise<{leftMs: number; grantedMs: number}>>): Promise<HolderInfo> {
+    let left = leases?.get(kv.lease)
+    if (!left) {
+      left = this.leaseLeft(kv.lease)
+      leases?.set(kv.lease, left)
+    }
+    const {leftMs, grantedMs} = await left
+    const info = describeKey(kv)
+    return {...info, leaseMs: info.leaseMs || grantedMs, leaseLeftMs: leftMs}
+  }
+
+  /** Waiter keys of one lock, oldest (the holder) first, with the store revision the read saw. */
+  private async readWaiters(key: string, options: {maxCreateRevision?: string; newestFirst?: boolean; limit?: number} = {}): Promise<{kvs: IKeyValue[]; revision: string}> {
+    const prefix = `${key}/`
+    const response = await this.call('range', () =>
+      this.client.kv.range({
+        key: buf(prefix),
+        range_end: prefixEnd(prefix),
+        sort_target: 'Create',
+        sort_order: options.newestFirst ? 'Descend' : 'Ascend',
+        max_create_revision: options.maxCreateRevision,
+      }),
+    )
+    // Keys of locks whose names extend this one ("deploy/x/...") are not waiters of "deploy".
+    const kvs = response.kvs.filter((kv) => lockNameOf(kv.key.toString('utf8')) === key)
+    return {kvs: options.limit ? kvs.slice(0, options.limit) : kvs, revision: response.header.revision}
+  }
+
+  async acquire(request: AcquireRequest): Promise<AcquireResult> {
+    const {key, leaseMs} = request
+    if (request.token) {
+      // Reentrant: the current grant's token renews and succeeds at once.
+      const grant = await this.renew(key, request.token, leaseMs).catch((error: LockError) => {
+        if (error.code === ErrorCode.NOT_HOLDER) return null
+        throw error
+      })
+      if (grant) return {grant, queued: false}
+    }
+    if (request.signal?.aborted) throw new AbortedError()
+    const startedAt = performance.now()
+    for (let attempt = 0; ; attempt++) {
+      const {session, fresh} = await this.sessions.take(key, Math.ceil(leaseMs / 1000))
+      try {
+        return await this.acquireOn(session, fresh, request, startedAt)
+      } catch (error) {
+        // The session's lease ran out just before our put: forget it, and try on a new one.
+        if (attempt < 2 && isLeaseGone(this.types, error)) {
+          this.sessions.forget(session)
+          continue
+        }
+        throw error
+      }
+    }
+  }
+
+  private async acquireOn(session: Session, fresh: boolean, request: AcquireRequest, startedAt: number): Promise<AcquireResult> {
+    const {key, leaseMs, waitMs, owner} = request
+    const myKey = `${key}/${session.hex}`
+    const since = Date.now()
+    const value: LockValue = {owner, leaseMs, since}
+    // A reused session is kept alive in the same round trip as the put, unless etcd confirmed
+    // it a moment ago; the grant counts from the send of whichever keepalive (or grant) etcd
+    // last confirmed, so a skipped one costs the grant at most that moment of its lease.
+    const recentlyAlive = performance.now() - session.aliveFrom < Math.min(1000, leaseMs / 10)
+    const keptAlive = fresh || recentlyAlive ? Promise.resolve() : this.sessions.keepalive(session.id).then(() => {}, () => {})
+    let revision: string | undefined
+    try {
+      const head: IRequestOp = {request_range: {key: buf(`${key}/`), range_end: prefixEnd(`${key}/`), sort_target: 'Create', sort_order: 'Ascend', limit: 1}}
+      const txn = await this.call('txn', () =>
+        this.client.kv.txn({
+          compare: [{key: buf(myKey), result: 'Equal', target: 'Create', create_revision: 0}],
+          success: [{request_put: {key: buf(myKey), value: buf(JSON.stringify(value)), lease: session.id}}, head],
+          // Our key is there already: a put retried after its answer was lost. It is our place.
+          failure: [{request_range: {key: buf(myKey)}}, head],
+        }),
+      )
+      revision = txn.succeeded ? txn.header.revision : txn.responses[0].response_range.kvs[0].create_revision
+      await keptAlive
+      const grant: GrantInfo = {key, token: makeToken(session.hex, revision), owner, fence: Number(revision), leaseMs, leaseLeftMs: leaseMs, since}
+      // The transaction also read the oldest key under KEY/: if it is ours, we hold the lock.
+      // (A key of a longer lock name, "KEY/x/...", sorts by its own revision: check then.)
+      if (txn.responses[1].response_range.kvs[0]?.create_revision === revision) return {grant, queued: false, leaseFrom: session.aliveFrom}
+      const ahead = (await this.readWaiters(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: 1})).kvs
+      if (ahead.length === 0) return {grant, queued: false, leaseFrom: session.aliveFrom}
+      if (waitMs === 0) {
+        const holder = await this.holderInfo((await this.readWaiters(key, {limit: 1})).kvs[0] ?? ahead[0]).catch(() => null)
+        await this.giveUp(session, key, revision)
+        throw new LockHeldError(key, holder)
+      }
+      // From here on our key is our place in the queue: waitForTurn keeps it through etcd
+      // trouble until the wait's end.
+      const leaseFrom = await this.waitForTurn(session, key, revision, waitMs, startedAt, request)
+      // Granted now: the value says so (status shows when the holder got the lock, not when it queued).
+      const grantedAt = Date.now()
+      await this.call('txn', () =>
+        this.client.kv.txn({
+          compare: [{key: buf(myKey), result: 'Equal', target: 'Create', create_revision: revision!}],
+          success: [{request_put: {key: buf(myKey), value: buf(JSON.stringify({...value, since: grantedAt})), lease: session.id}}],
+          failure: [],
+        }),
+      ).catch(() => {}) // only the display of `since` depends on it
+      return {grant: {...grant, since: grantedAt}, queued: true, leaseFrom}
+    } catch (error) {
+      // Any failure after our key may exist: leave no key behind (a LockHeldError already gave up).
+      if (!(error instanceof LockHeldError)) await this.giveUp(session, key, revision)
+      throw error
+    }
+  }
+
+  /**
+   * Wait until no key with a lower create revision is left. The session is kept alive
+   * meanwhile (a member failing costs no place while another answers). Answers the moment the
+   * grant's lease counts from: the send of the last keepalive etcd confirmed.
+   */
+  private async waitForTurn(session: Session, key: string, revision: string, waitMs: number, startedAt: number, request: AcquireRequest): Promise<number> {
+    const {signal, onQueued} = request
+    const myKey = `${key}/${session.hex}`
+    const deadline = waitMs === WAIT_FOREVER ? Number.POSITIVE_INFINITY : startedAt + waitMs
+    const stopKeepalive = this.sessions.keepAliveWhileWaiting(session)
+    let lastPosition = -1
+    try {
+      for (;;) {
+        let ahead: IKeyValue[]
+        let readAt: string
+        try {
+          // Following our place needs every key ahead (read once per wake-up); otherwise the one just ahead.
+          const read = await this.readWaiters(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: onQueued ? undefined : 1})
+          ahead = read.kvs
+          readAt = read.revision
+          if (ahead.length === 0) {
+            // Nobody ahead: ours, but only if our key survived (an outage longer than the lease
+            // would have expired it, and then "nobody ahead" means nothing).
+            const mine = await this.call('range', () => this.client.kv.range({key: buf(myKey)}))
+            if (mine.kvs[0]?.create_revision !== revision) {
+              throw new QueuePlaceLostError(`${this.label}: lost our place in the queue for ${JSON.stringify(key)} (its lease expired while no etcd member could keep it alive)`)
+            }
+            // Start the grant on a fresh keepalive where we can; else the last one etcd confirmed counts.
+            await this.sessions.keepalive(session.id).catch(() => {})
+            return session.aliveFrom
+          }
+        } catch (error) {
+          // A member going away mid-wait (unreachable, or a stream reset mid-call): keep our place
+          // and ask the others, until the wait's end. Refused credentials will not get better.
+          const retryable = error instanceof LockError && (error.code === ErrorCode.UNREACHABLE || error.code === ErrorCode.INTERNAL)
+          if (signal?.aborted) throw new AbortedError(`stopped waiting for ${JSON.stringify(key)}`)
+          if (!retryable || error instanceof QueuePlaceLostError || performance.now() >= deadline) throw error
+          await sleep(200, signal)
+          continue
+        }
+        const onPosition = onQueued
+          ? (position: number, holder: HolderInfo | null) => {
+              if (position === lastPosition) return
+              lastPosition = position
+              onQueued({position, holder})
+            }
+          : undefined
+        const outcome = await this.waitForChange(key, ahead, readAt, deadline, signal, onPosition)
+        if (outcome === 'changed') continue
+        if (outcome === 'no watch') {
+          await sleep(200, signal)
+          continue
+        }
+        const holder = (await this.readWaiters(key, {limit: 1}).catch(() => ({kvs: []}))).kvs[0]
+        if (outcome === 'aborted') throw new AbortedError(`stopped waiting for ${JSON.stringify(key)}`)
+        throw new WaitTimeoutError(key, performance.now() - startedAt, holder ? await this.holderInfo(holder).catch(() => null) : null)
+      }
+    } finally {
+      stopKeepalive()
+    }
+  }
+
+  /**
+   * Sleep until the keys ahead (`ahead`, newest first, as read at `readAt`) may all be gone: a
+   * watch on the key just ahead, or — to report our place — on the deletions under the name,
+   * counted locally (no read per release, so no herd).
+   */
+  private async waitForChange(
+    key: string,
+    ahead: IKeyValue[],
+    readAt: string,
+    deadline: number,
+    signal: AbortSignal | undefined,
+    onPosition?: (position: number, holder: HolderInfo | null) => void,
+  ): Promise<'changed' | 'timeout' | 'aborted' | 'no watch'> {
+    const following = onPosition !== undefined
+    const remaining = new Map(ahead.map((kv) => [kv.key.toString('utf8'), kv]))
+    const report = async (fetchHolder: boolean) => {
+      if (!onPosition) return
+      const oldest = [...remaining.values()].sort(byCreateRevision)[0]
+      // The first report reads the holder's lease; later ones name the new holder without a
+      // read (it has just been granted: its lease is whole).
+      const holder = oldest ? (fetchHolder ? await this.holderInfo(oldest).catch(() => null) : {...describeKey(oldest), leaseLeftMs: parseLockValue(oldest).leaseMs ?? 0}) : null
+      onPosition(remaining.size, holder) // 1 = next: the holder is one of the keys ahead
+    }
+    await report(true)
+    let watcher: Watcher | null = null
+    let timer: NodeJS.Timeout | null = null
+    let onAbort: (() => void) | null = null
+    try {
+      return await new Promise<'changed' | 'timeout' | 'aborted' | 'no watch'>((resolve) => {
+        if (signal) {
+          onAbort = () => resolve('aborted')
+          if (signal.aborted) return resolve('aborted')
+          signal.addEventListener('abort', onAbort, {once: true})
+        }
+        if (deadline !== Number.POSITIVE_INFINITY) timer = setTimeout(() => resolve('timeout'), Math.max(0, deadline - performance.now()))
+        const builder = this.client.watch()
+        // From just after the read: nothing is missed and nothing seen is replayed.
+        const justAhead = ahead[0].key.toString('utf8')
+        ;(following ? builder.prefix(`${key}/`) : builder.key(justAhead))
+          .startRevision(String(BigInt(readAt) + 1n))
+          .create()
+          .then(
+            (w) => {
+              watcher = w
+              w.on('delete', (kv: IKeyValue) => {
+                if (!remaining.delete(kv.key.toString('utf8'))) return
+                if (remaining.size === 0) resolve('changed')
+                else void report(false)
+              })
+              // The watcher reconnects by itself after a member fails; on a hard error look again.
+              w.on('error', () => resolve('changed'))
+            },
+            // No watch now (the member went away as it was set up): our key stays, look again.
+            () => resolve('no watch'),
+          )
+      })
+    } finally {
+      if (timer) clearTimeout(timer)
+      if (onAbort) signal?.removeEventListener('abort', onAbort)
+      // Not awaited: cancelling waits for the member's answer, which a hung member never sends.
+      void (watcher as Watcher | null)?.cancel().catch(() => {})
+    }
+  }
+
+  /**
+   * Leave the queue (or give the lock back): delete our key — guarded by its create revision
+   * when known, else by its lease. When etcd does not answer, keep trying in the background
+   * until it does: other waits of this client may keep the session lease alive, and the key
+   * would then sit in the queue. The session serves the name again once the key is gone.
+   */
+  private async giveUp(session: Session, key: string, revision: string | undefined): Promise<void> {
+    const myKey = buf(`${key}/${session.hex}`)
+    const compare = revision ? {key: myKey, result: 'Equal' as const, target: 'Create' as const, create_revision: revision} : {key: myKey, result: 'Equal' as const, target: 'Lease' as const, lease: session.id}
+    const attempt = async (): Promise<boolean> => {
+      try {
+        await this.client.kv.txn({compare: [compare], success: [{request_delete_range: {key: myKey}}], failure: []})
+        this.sessions.free(session, key)
+        return true
+      } catch (error) {
+        if (isLeaseGone(this.types, error)) return true
+        return false
+      }
+    }
+    if (await attempt()) return
+    const retry = () => {
+      if (this.closed) return
+      setTimeout(() => void attempt().then((done) => done || retry()), 500).unref()
+    }
+    retry()
+  }
+
+  /** Our key, if the token still holds the lock (its key exists with its create revision). */
+  private async ownKey(key: string, token: string): Promise<IKeyValue> {
+    const parsed = parseToken(token, key)
+    const response = await this.call('range', () => this.client.kv.range({key: buf(`${key}/${parsed.suffix}`)}))
+    const kv = response.kvs[0]
+    if (!kv || kv.create_revision !== parsed.revision) throw new NotHolderError(key)
+    return kv
+  }
+
+  /**
+   * A keepalive of the key's lease (sent beside the read of our key, so one round trip), or,
+   * with a new length, a new lease attached to the same key in a transaction guarded by its
+   * create revision: the fence, the place and the token stay. The old lease is left to run
+   * out — it may be a session carrying other keys.
+   */
+  async renew(key: string, token: string, leaseMs?: number): Promise<GrantInfo> {
+    const parsed = parseToken(token, key)
+    const namedLease = BigInt(`0x${parsed.suffix}`).toString()
+    const keepalive = this.sessions.keepalive(namedLease).catch((error: Error) => error)
+    const kv = await this.ownKey(key, token)
+    let ttl = kv.lease === namedLease ? await keepalive : await this.sessions.keepalive(kv.lease).catch((error: Error) => error)
+    if (ttl instanceof Error) throw ttl
+    if (ttl <= 0) throw new NotHolderError(key, `the lease of the token has expired (${JSON.stringify(key)})`)
+    const info = describeKey(kv)
+    const wantedTtl = leaseMs === undefined ? ttl : Math.ceil(leaseMs / 1000)
+    if (wantedTtl !== ttl) {
+      const response = await this.call('lease grant', () => this.client.leaseClient.leaseGrant({TTL: wantedTtl}))
+      const value = JSON.stringify({...parseLockValue(kv), leaseMs} satisfies LockValue)
+      const txn = await this.call('txn', () =>
+        this.client.kv.txn({
+          compare: [{key: kv.key, result: 'Equal', target: 'Create', create_revision: parsed.revision}],
+          success: [{request_put: {key: kv.key, value: buf(value), lease: response.ID}}],
+          failure: [],
+        }),
+      )
+      if (!txn.succeeded) {
+        void this.client.leaseClient.leaseRevoke({ID: response.ID}).catch(() => {})
+        throw new NotHolderError(key)
+      }
+      ttl = wantedTtl
+    }
+    const length = leaseMs ?? (info.leaseMs || ttl * 1000)
+    return {key, token, owner: info.owner, fence: info.fence, leaseMs: length, leaseLeftMs: length, since: info.since}
+  }
+
+  /** One guarded delete: the key goes only if it is still the grant the token names. */
+  async release(key: string, token: string | undefined, force: boolean): Promise<HolderInfo> {
+    let target: {key: Buffer; revision: string}
+    if (force) {
+      const holder = (await this.readWaiters(key, {limit: 1})).kvs[0]
+      if (!holder) throw new NotHolderError(key, `${JSON.stringify(key)} is not held`)
+      target = {key: holder.key, revision: holder.create_revision}
+    } else {
+      const parsed = parseToken(token ?? '', key)
+      target = {key: buf(`${key}/${parsed.suffix}`), revision: parsed.revision}
+    }
+    const txn = await this.call('txn', () =>
+      this.client.kv.txn({
+        compare: [{key: target.key, result: 'Equal', target: 'Create', create_revision: target.revision}],
+        success: [{request_delete_range: {key: target.key, prev_kv: true}}],
+        failure: [],
+      }),
+    )
+    const previous = txn.succeeded ? txn.responses[0].response_delete_range.prev_kvs[0] : undefined
+    if (!previous) throw new NotHolderError(key)
+    const session = this.sessions.byId(previous.lease)
+    if (session) this.sessions.free(session, key)
+    return {...describeKey(previous), leaseLeftMs: 0}
+  }
+
+  async check(key: string, token: string): Promise<HolderInfo> {
+    const info = await this.holderInfo(await this.ownKey(key, token))
+    if (info.leaseLeftMs <= 0) throw new NotHolderError(key)
+    return info
+  }
+
+  async inspect(key: string): Promise<LockInfo | null> {
+    const {kvs} = await this.readWaiters(key)
+    if (kvs.length === 0) return null
+    return {key, holder: await this.holderInfo(kvs[0]), waiters: kvs.length - 1}
+  }
+
+  async list(prefix: string, limit = Number.POSITIVE_INFINITY): Promise<{locks: LockInfo[]; total: number}> {
+    const response = await this.call('range', () =>
+      this.client.kv.range(prefix ? {key: buf(prefix), range_end: prefixEnd(prefix)} : {key: Buffer.from([0]), range_end: Buffer.from([0])}),
+    )
+    const byLock = new Map<string, IKeyValue[]>()
+    for (const kv of response.kvs) {
+      const name = lockNameOf(kv.key.toString('utf8'))
+      if (name === null || !name.startsWith(prefix)) continue
+      const list = byLock.get(name) ?? []
+      list.push(kv)
+      byLock.set(name, list)
+    }
+    const names = [...byLock.keys()].sort().slice(0, limit)
+    // One look-up per lease, not per lock (a client's locks share its session lease), a few at a time.
+    const leases = new Map<string, Promise<{leftMs: number; grantedMs: number}>>()
+    const locks: LockInfo[] = []
+    for (let from = 0; from < names.length; from += LIST_CONCURRENCY) {
+      const batch = names.slice(from, from + LIST_CONCURRENCY)
+      locks.push(
+        ...(await Promise.all(
+          batch.map(async (name) => {
+            const kvs = byLock.get(name)!.sort(byCreateRevision)
+            return {key: name, holder: await this.holderInfo(kvs[0], leases), waiters: kvs.length - 1}
+          }),
+        )),
+      )
+    }
+    return {locks, total: byLock.size}
+  }
+
+  async info(): Promise<Record<string, unknown>> {
+    const [status, members] = await Promise.all([
+      this.call('status', () => this.client.maintenance.status()),
+      this.call('member list', () => this.client.cluster.memberList({})),
+    ])
+    const leader = members.members.find((m) => m.ID === status.leader)
+    return {
+      server: 'etcd',
+      version: status.version,
+      endpoint: this.label,
+      leader: leader?.name ?? status.leader,
+      members: members.members.map((m) => ({name: m.name, id: m.ID, clientURLs: m.clientURLs})),
+      raftTerm: Number(status.raftTerm),
+    }
+  }
+
+  /** The holder watches its own key: its deletion (by anyone, or its lease expiring) ends the grant. */
+  watchGrant(key: string, token: string, onEnded: (reason: string) => void): () => void {
+    let parsed
+    try {
+      parsed = parseToken(token, key)
+    } catch {
+      return () => {}
+    }
+    let stopped = false
+    let watcher: Watcher | null = null
+    // From the key's creation on: a deletion that came before the watch was set up is replayed.
+    this.client
+      .watch()
+      .key(`${key}/${parsed.suffix}`)
+      .startRevision(parsed.revision)
+      .create()
+      .then(
+        (w) => {
+          watcher = w
+          if (stopped) void w.cancel().catch(() => {})
+          w.on('delete', () => {
+            if (!stopped) onEnded('its key was deleted (released by another client, or its etcd lease expired)')
+          })
+        },
+        () => {}, // no watch: renewals still find out, at half the lease
+      )
+    return () => {
+      stopped = true
+      // Not awaited: a hung member never answers a cancel.
+      void (watcher)?.cancel().catch(() => {})
+    }
+  }
+
+  watch(target: WatchTarget, options: WatchOptions = {}): AsyncGenerator<WatchUpdate> {
+    return watchLocks(
+      {
+        watchPrefix: (prefix) => this.call('watch', () => this.client.watch().prefix(prefix).create()),
+        inspect: (key) => this.inspect(key),
+        list: (prefix) => this.list(prefix),
+      },
+      target,
+      options,
+    )
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (this.suspendTimer) clearTimeout(this.suspendTimer)
+    await this.sessions.close()
+    this.client.close()
+    this.setState('closed')
+  }
+}

@@ -1,0 +1,38 @@
+import type * as Etcd3Module from 'etcd3'
+import type {isBrokenCircuitError as IsBrokenCircuit} from 'cockatiel'
+import {BadInputError, LockError, ServerError, UnreachableError} from '../../errors.js'
+
+/** etcd3's and cockatiel's error types, loaded with etcd3 (lazily: never on lockd's path). */
+export interface EtcdErrorTypes {
+  etcd3: typeof Etcd3Module
+  isBrokenCircuitError: typeof IsBrokenCircuit
+}
+
+/**
+ * Turn an error of the etcd3 client into lockctl's typed errors, by its type (etcd3 marks the
+ * transient ones: network trouble, an unavailable member, a deadline), never by its message.
+ */
+export function mapEtcdError(types: EtcdErrorTypes, label: string, what: string, error: Error): LockError {
+  if (error instanceof LockError) return error
+  const {etcd3} = types
+  // gRPC messages carry a status prefix and resolver notes nobody needs to read.
+  const detail = error.message.split('\n')[0].replace(/^\d+ [A-Z_]+: /, '').replace(/\.? ?Resolution note:.*$/, '')
+  if (etcd3.isRecoverableError(error) || types.isBrokenCircuitError(error) || error instanceof etcd3.ClientClosedError) {
+    return new UnreachableError(`${label}: ${what}: no etcd member answered (${detail})`, {cause: error})
+  }
+  if (
+    error instanceof etcd3.EtcdAuthenticationFailedError ||
+    error instanceof etcd3.EtcdPermissionDeniedError ||
+    error instanceof etcd3.EtcdInvalidAuthTokenError ||
+    error instanceof etcd3.GRPCUnauthenticatedError
+  ) {
+    return new BadInputError(`${label}: ${what}: etcd refused the credentials (${detail})`)
+  }
+  return new ServerError(`${label}: ${what}: ${detail}`, {cause: error})
+}
+
+/** The lease named in a request no longer exists (expired or revoked). */
+export function isLeaseGone(types: EtcdErrorTypes, error: unknown): boolean {
+  const cause = error instanceof LockError ? error.cause : error
+  return cause instanceof types.etcd3.EtcdLeaseInvalidError
+}

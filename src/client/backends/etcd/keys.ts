@@ -1,0 +1,84 @@
+import type {IKeyValue} from 'etcd3'
+import type {HolderInfo} from '../../../protocol/messages.js'
+import {NotHolderError} from '../../errors.js'
+
+/**
+ * The key layout of etcd's own lock recipe (Go's `concurrency.Mutex`, `etcdctl lock`): a lock
+ * NAME is the keys `NAME/<lease id in hex>`, each attached to that lease; the holder is the key
+ * with the lowest create revision. lockctl's tokens name one such key and its create revision.
+ */
+
+export interface Token {
+  /** The key's suffix: the hex id of the lease it was created with. */
+  suffix: string
+  revision: string
+}
+
+/** What lockctl stores in a key's value (etcd's recipe leaves it empty). */
+export interface LockValue {
+  owner?: string
+  leaseMs?: number
+  /** Wall-clock ms of the grant (of the queueing, until the waiter updates it when granted). */
+  since?: number
+}
+
+const TOKEN = /^e1\.([0-9a-f]{1,16})\.(\d{1,19})$/
+
+export function parseToken(token: string, key: string): Token {
+  const match = TOKEN.exec(token)
+  if (!match) throw new NotHolderError(key, `the token is not an etcd lock token of lockctl (${JSON.stringify(key)})`)
+  return {suffix: match[1], revision: match[2]}
+}
+
+export function makeToken(suffix: string, revision: string): string {
+  return `e1.${suffix}.${revision}`
+}
+
+export const hex = (id: string): string => BigInt(id).toString(16)
+export const buf = (s: string): Buffer => Buffer.from(s, 'utf8')
+
+/** The end of the range of keys that start with `prefix` (etcd's "prefix" range). */
+export function prefixEnd(prefix: string): Buffer {
+  const end = Buffer.from(prefix, 'utf8')
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i] < 0xff) {
+      end[i]++
+      return end.subarray(0, i + 1)
+    }
+  }
+  return Buffer.from([0])
+}
+
+/** The lock name a waiter key belongs to, if it is one (`NAME/<hex>`). */
+export function lockNameOf(waiterKey: string): string | null {
+  const slash = waiterKey.lastIndexOf('/')
+  if (slash <= 0 || !/^[0-9a-f]{1,16}$/.test(waiterKey.slice(slash + 1))) return null
+  return waiterKey.slice(0, slash)
+}
+
+export function parseLockValue(kv: IKeyValue): LockValue {
+  try {
+    return kv.value.length ? (JSON.parse(kv.value.toString('utf8')) as LockValue) : {}
+  } catch {
+    return {}
+  }
+}
+
+/** What a waiter key's value says about its owner (lease left is not in it). */
+export function describeKey(kv: IKeyValue): Omit<HolderInfo, 'leaseLeftMs'> {
+  const value = parseLockValue(kv)
+  return {
+    // etcdctl lock and Go's Mutex leave the value empty: name the holder by its lease.
+    owner: value.owner ?? `etcd lease ${hex(kv.lease)}`,
+    fence: Number(kv.create_revision),
+    leaseMs: value.leaseMs ?? 0,
+    since: value.since ?? 0,
+  }
+}
+
+/** Sort waiter keys by create revision, oldest (the holder) first. */
+export function byCreateRevision(a: IKeyValue, b: IKeyValue): number {
+  const x = BigInt(a.create_revision)
+  const y = BigInt(b.create_revision)
+  return x < y ? -1 : x > y ? 1 : 0
+}

@@ -1,0 +1,91 @@
+import type {IKeyValue, Watcher} from 'etcd3'
+import type {LockEvent, LockInfo} from '../../../protocol/messages.js'
+import {AsyncQueue} from '../../async.js'
+import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
+import {lockNameOf} from './keys.js'
+
+export interface WatchSource {
+  watchPrefix(prefix: string): Promise<Watcher>
+  inspect(key: string): Promise<LockInfo | null>
+  list(prefix: string): Promise<{locks: LockInfo[]}>
+}
+
+/** Events that take a lock from `before` to `after`. */
+export function diffLocks(key: string, before: LockInfo | null, after: LockInfo | null): LockEvent[] {
+  const events: LockEvent[] = []
+  const oldHolder = before?.holder ?? null
+  const newHolder = after?.holder ?? null
+  const waiters = after?.waiters ?? 0
+  const sameHolder = oldHolder && newHolder && oldHolder.fence === newHolder.fence
+  if (oldHolder && !sameHolder) events.push({type: 'released', key, owner: oldHolder.owner, fence: oldHolder.fence, waiters})
+  if (newHolder && !sameHolder) events.push({type: 'acquired', key, owner: newHolder.owner, fence: newHolder.fence, waiters})
+  if (sameHolder) {
+    const was = before?.waiters ?? 0
+    if (waiters > was) events.push({type: 'queued', key, waiters})
+    if (waiters < was) events.push({type: 'dequeued', key, waiters})
+  }
+  return events
+}
+
+/**
+ * etcd's watch on the waiter keys, translated to lockd's events: after each change the lock is
+ * read again and compared with what was last reported (holder gone: released; new holder:
+ * acquired; queue longer or shorter: queued / dequeued). etcd cannot tell an expiry from a
+ * release, so both are reported as released. After a reconnect a fresh snapshot is yielded
+ * with resync = true.
+ */
+export async function* watchLocks(source: WatchSource, target: WatchTarget, options: WatchOptions = {}): AsyncGenerator<WatchUpdate> {
+  const {signal} = options
+  const names = (waiterKey: string) => {
+    const name = lockNameOf(waiterKey)
+    if (name === null) return null
+    if (target.key !== undefined) return name === target.key ? name : null
+    return name.startsWith(target.prefix) ? name : null
+  }
+  const queue = new AsyncQueue<{kind: 'changed'; name: string} | {kind: 'disconnected'} | {kind: 'connected'}>()
+  const watcher = await source.watchPrefix(target.key !== undefined ? `${target.key}/` : target.prefix)
+  const onAbort = () => queue.close()
+  signal?.addEventListener('abort', onAbort, {once: true})
+  const onChange = (kv: IKeyValue) => {
+    const name = names(kv.key.toString('utf8'))
+    if (name !== null) queue.push({kind: 'changed', name})
+  }
+  watcher.on('put', onChange)
+  watcher.on('delete', onChange)
+  watcher.on('disconnected', () => queue.push({kind: 'disconnected'}))
+  watcher.on('connected', () => queue.push({kind: 'connected'}))
+  const known = new Map<string, LockInfo>()
+  const snapshot = async (): Promise<LockInfo[]> => {
+    const locks = target.key !== undefined ? [await source.inspect(target.key)].filter((l): l is LockInfo => l !== null) : (await source.list(target.prefix)).locks
+    known.clear()
+    for (const lock of locks) known.set(lock.key, lock)
+    return locks
+  }
+  try {
+    yield {type: 'snapshot', locks: await snapshot(), resync: false}
+    let disconnected = false
+    for (;;) {
+      const item = await queue.take()
+      if (item === undefined) return
+      if (item.kind === 'disconnected') {
+        if (!disconnected) yield {type: 'disconnected', reason: 'the etcd watch stream was interrupted'}
+        disconnected = true
+        if (options.reconnect === false) return
+        continue
+      }
+      if (item.kind === 'connected') {
+        if (disconnected) yield {type: 'snapshot', locks: await snapshot(), resync: true}
+        disconnected = false
+        continue
+      }
+      const before = known.get(item.name) ?? null
+      const after = await source.inspect(item.name).catch(() => before)
+      if (after) known.set(item.name, after)
+      else known.delete(item.name)
+      for (const event of diffLocks(item.name, before, after)) yield {type: 'event', event}
+    }
+  } finally {
+    signal?.removeEventListener('abort', onAbort)
+    void watcher.cancel().catch(() => {}) // not awaited: a hung member never answers it
+  }
+}
