@@ -6,7 +6,7 @@
 //   node bench/run.js --lockd-only --baseline ../other-checkout
 //        lockd's figures next to those of another built checkout's lockd, in the same run
 import {spawn, spawnSync} from 'node:child_process'
-import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
+import {mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {dirname, join} from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -43,7 +43,7 @@ async function startLockd(args, serverBin = bin) {
   const port = await new Promise((resolve, reject) => {
     child.stderr.on('data', (c) => {
       err += c
-      const m = /lockd:\/\/127\.0\.0\.1:(\d+)/.exec(err)
+      const m = /lockds?:\/\/127\.0\.0\.1:(\d+)/.exec(err)
       if (m) resolve(Number(m[1]))
     })
     child.on('exit', () => reject(new Error(err)))
@@ -82,8 +82,8 @@ async function processBench() {
   process.kill(st.server.pid, 'SIGTERM')
 }
 
-async function sequential(endpoint, label) {
-  const client = await connect({endpoints: endpoint, owner: 'bench'})
+async function sequential(endpoint, label, extra = {}) {
+  const client = await connect({endpoints: endpoint, owner: 'bench', ...extra})
   const lock = client.createLock('seq')
   const n = quick ? 300 : 2000
   const pairs = []
@@ -107,8 +107,8 @@ async function sequential(endpoint, label) {
   return {p50: pct(pairs, 50), p99: pct(pairs, 99)}
 }
 
-async function throughput(endpoint, label, concurrency) {
-  const clients = await Promise.all(Array.from({length: concurrency}, (_, i) => connect({endpoints: endpoint, owner: `c${i}`})))
+async function throughput(endpoint, label, concurrency, extra = {}) {
+  const clients = await Promise.all(Array.from({length: concurrency}, (_, i) => connect({endpoints: endpoint, owner: `c${i}`, ...extra})))
   const durationMs = quick ? 1000 : 3000
   const maxPairs = 2_000_000
   let done = 0
@@ -224,6 +224,35 @@ for (const [label, args] of etcdOnly ? [] : [
     row('hand-off p50', us(now.handoffFigures.p50), `baseline ${us(before.handoffFigures.p50)}`, `${(now.handoffFigures.p50 / before.handoffFigures.p50).toFixed(2)}×`)
   }
 }
+
+async function tlsBench() {
+  if (spawnSync('openssl', ['version']).status !== 0) {
+    console.log('\nlockd over TLS: skipped (openssl is not installed)')
+    return
+  }
+  const dir = mkdtempSync(join(work, 'tls-'))
+  const file = (name) => join(dir, name)
+  const openssl = (...args) => spawnSync('openssl', args, {stdio: 'ignore'})
+  openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=bench CA', '-keyout', file('ca-key.pem'), '-out', file('ca.pem'))
+  openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', file('key.pem'), '-out', file('csr.pem'))
+  writeFileSync(file('san.cnf'), 'subjectAltName=IP:127.0.0.1\n')
+  openssl('x509', '-req', '-in', file('csr.pem'), '-CA', file('ca.pem'), '-CAkey', file('ca-key.pem'), '-CAcreateserial', '-days', '1', '-extfile', file('san.cnf'), '-out', file('cert.pem'))
+  console.log('\nlockd over TLS next to plain TCP (in memory, separate process, loopback)')
+  const plain = await startLockd(['--in-memory'])
+  const secure = await startLockd(['--in-memory', '--tls-cert', file('cert.pem'), '--tls-key', file('key.pem')])
+  const secureEndpoint = secure.endpoint.replace('lockd://', 'lockds://')
+  const tls = {credentials: {cacert: file('ca.pem')}}
+  const plainPair = await sequential(plain.endpoint, 'plain TCP')
+  const tlsPair = await sequential(secureEndpoint, 'TLS', tls)
+  const plainRate = await throughput(plain.endpoint, 'plain TCP', 64)
+  const tlsRate = await throughput(secureEndpoint, 'TLS', 64, tls)
+  row('TLS / plain: pair p50', `${(tlsPair.p50 / plainPair.p50).toFixed(2)}×`)
+  row('TLS / plain: pairs/s, 64 connections', `${(tlsRate / plainRate).toFixed(2)}×`)
+  plain.child.kill('SIGTERM')
+  secure.child.kill('SIGTERM')
+}
+
+if (!lockdOnly && !etcdOnly) await tlsBench()
 
 if (!lockdOnly && !etcdOnly) {
   console.log('\nmemory')

@@ -36,10 +36,10 @@ export abstract class BaseCommand extends Command {
       helpGroup: 'GLOBAL',
       helpValue: 'NAME',
     }),
-    cacert: Flags.string({description: 'etcd: CA certificate (PEM) to verify the servers', env: 'LOCKCTL_ETCD_CACERT', helpGroup: 'ETCD', helpValue: 'FILE'}),
-    cert: Flags.string({description: 'etcd: client certificate (PEM)', env: 'LOCKCTL_ETCD_CERT', helpGroup: 'ETCD', helpValue: 'FILE'}),
-    key: Flags.string({description: 'etcd: client private key (PEM)', env: 'LOCKCTL_ETCD_KEY', helpGroup: 'ETCD', helpValue: 'FILE'}),
-    user: Flags.string({description: 'etcd: user name (password from LOCKCTL_ETCD_PASSWORD, or asked on a terminal)', env: 'LOCKCTL_ETCD_USER', helpGroup: 'ETCD', helpValue: 'NAME'}),
+    cacert: Flags.string({description: 'CA certificate (PEM) to verify the lock service (lockds:// or etcd; switches to TLS)', env: 'LOCKCTL_ETCD_CACERT', helpGroup: 'TLS AND AUTH', helpValue: 'FILE'}),
+    cert: Flags.string({description: 'client certificate (PEM)', env: 'LOCKCTL_ETCD_CERT', helpGroup: 'TLS AND AUTH', helpValue: 'FILE'}),
+    key: Flags.string({description: 'client private key (PEM)', env: 'LOCKCTL_ETCD_KEY', helpGroup: 'TLS AND AUTH', helpValue: 'FILE'}),
+    user: Flags.string({description: 'user name (password from $LOCKCTL_PASSWORD, or asked on a terminal)', env: 'LOCKCTL_ETCD_USER', helpGroup: 'TLS AND AUTH', helpValue: 'NAME'}),
     timeout: durationFlag({
       description: 'deadline of each request to the lock service',
       defaultMs: 5000,
@@ -81,17 +81,17 @@ export abstract class BaseCommand extends Command {
       const profile = loadProfile(flags.profile) ?? {}
       const endpoints = flags.endpoints || (flags.endpoints === undefined ? profile.endpoints : undefined)
       const user = flags.user ?? profile.user
-      let password = process.env.LOCKCTL_ETCD_PASSWORD
+      let password = process.env.LOCKCTL_PASSWORD ?? process.env.LOCKCTL_ETCD_PASSWORD
       if (user !== undefined && password === undefined && process.stdin.isTTY && process.stderr.isTTY) {
         const {password: ask} = await import('@inquirer/prompts')
-        password = await ask({message: `etcd password for ${user}:`, mask: true}, {output: process.stderr})
+        password = await ask({message: `password for ${user}:`, mask: true}, {output: process.stderr})
       }
       return connect({
         endpoints,
         // The CLI's default with no endpoint: the per-user lockd, started when not running.
         embedded: true,
         requestTimeoutMs: flags.timeout,
-        etcd: {cacert: flags.cacert ?? profile.cacert, cert: flags.cert ?? profile.cert, key: flags.key ?? profile.key, user, password},
+        credentials: {cacert: flags.cacert ?? profile.cacert, cert: flags.cert ?? profile.cert, key: flags.key ?? profile.key, user, password},
         ...options,
       })
     })()

@@ -13,6 +13,8 @@ export const ExitCode = {
   UNREACHABLE: 4,
   /** The token does not hold the lock. */
   NOT_HOLDER: 5,
+  /** Not permitted: authentication failed, or the user may not do that. */
+  NOT_PERMITTED: 6,
   /** Interrupted (Ctrl-C) while waiting, as a shell reports SIGINT. */
   INTERRUPTED: 130,
   /** A bug in lockctl: an error nobody classified. */
@@ -36,6 +38,8 @@ export function exitCodeFor(code: string | undefined): number {
       return ExitCode.UNREACHABLE
     case ErrorCode.NOT_HOLDER:
       return ExitCode.NOT_HOLDER
+    case ErrorCode.NOT_PERMITTED:
+      return ExitCode.NOT_PERMITTED
     case ErrorCode.ABORTED:
       return ExitCode.INTERRUPTED
     default:

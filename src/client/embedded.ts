@@ -1,10 +1,10 @@
 import {spawn} from 'node:child_process'
-import {openSync, closeSync, readFileSync, existsSync} from 'node:fs'
+import {openSync, closeSync, readFileSync, existsSync, statSync} from 'node:fs'
 import {homedir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {makeDirectories} from '../util/fs.js'
-import {UnreachableError} from './errors.js'
+import {NotPermittedError, UnreachableError} from './errors.js'
 import {LockdConnection, type ConnectionOptions} from './backends/lockd-connection.js'
 
 /** Where the per-user lockd keeps its socket, data and log: $XDG_STATE_HOME/lockctl. */
@@ -34,6 +34,7 @@ const START_TIMEOUT_MS = 5000
  * the other exits, and both CLIs connect to the winner.
  */
 export async function connectEmbedded(paths: EmbeddedPaths, options: ConnectionOptions, daemonEntry = defaultDaemonEntry()): Promise<LockdConnection> {
+  checkPrivateDirectory(paths.dir)
   try {
     return await LockdConnection.connect({path: paths.socket}, options)
   } catch (error) {
@@ -54,6 +55,27 @@ export async function connectEmbedded(paths: EmbeddedPaths, options: ConnectionO
       // to answer; if it was on its way out (its socket removed), start ours again.
       if (exited === 0) exited = startDaemon(paths, daemonEntry, (code) => (exited = code))
     }
+  }
+}
+
+/**
+ * The per-user lockd's directory must be the user's alone: a socket in a directory that others
+ * can write to could be replaced by theirs, and every lock of this user handed to a stranger.
+ * (lockd makes it 0700 and its socket 0600.)
+ */
+function checkPrivateDirectory(dir: string): void {
+  let stat
+  try {
+    stat = statSync(dir)
+  } catch {
+    return // made 0700 when lockd starts
+  }
+  const uid = process.getuid?.()
+  if (uid !== undefined && stat.uid !== uid) {
+    throw new NotPermittedError(`refusing the local lockd in ${dir}: it belongs to uid ${stat.uid}, not to you (set XDG_STATE_HOME, or use --endpoints)`)
+  }
+  if ((stat.mode & 0o022) !== 0) {
+    throw new NotPermittedError(`refusing the local lockd in ${dir}: others can write to it (mode ${(stat.mode & 0o777).toString(8)}); run chmod 700 ${dir}`)
   }
 }
 

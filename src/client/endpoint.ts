@@ -3,10 +3,10 @@ import {BadInputError} from './errors.js'
 
 export type Endpoint =
   | {kind: 'unix'; path: string}
-  | {kind: 'tcp'; host: string; port: number}
+  | {kind: 'tcp'; host: string; port: number; tls: boolean}
   | {kind: 'etcd'; hosts: {host: string; port: number}[]; tls: boolean}
 
-export const ENDPOINT_FORMS = 'unix:///path/lockd.sock, lockd://host:port, or etcd://host1:2379,host2:2379'
+export const ENDPOINT_FORMS = 'unix:///path/lockd.sock, lockd://host:port (lockds:// for TLS), or etcd://host1:2379,host2:2379'
 
 /** Parse one endpoint string; every problem is a BadInputError naming the accepted forms. */
 export function parseEndpoint(value: string): Endpoint {
@@ -22,10 +22,11 @@ export function parseEndpoint(value: string): Endpoint {
       return {kind: 'unix', path}
     }
     case 'lockd':
+    case 'lockds':
     case 'tcp': {
       const hosts = parseHosts(rest, 7070, bad)
       if (hosts.length !== 1) throw bad('lockd takes exactly one host:port')
-      return {kind: 'tcp', ...hosts[0]}
+      return {kind: 'tcp', ...hosts[0], tls: name.toLowerCase() === 'lockds'}
     }
     case 'etcd':
     case 'etcds':
@@ -53,8 +54,8 @@ export function describeEndpoint(endpoint: Endpoint): string {
     case 'unix':
       return `unix://${endpoint.path}`
     case 'tcp':
-      return `lockd://${endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host}:${endpoint.port}`
+      return `${endpoint.tls ? 'lockds' : 'lockd'}://${endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host}:${endpoint.port}`
     case 'etcd':
-      return `etcd://${endpoint.hosts.map((h) => `${h.host}:${h.port}`).join(',')}`
+      return `${endpoint.tls ? 'etcds' : 'etcd'}://${endpoint.hosts.map((h) => `${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`).join(',')}`
   }
 }

@@ -84,6 +84,13 @@ export class ClosedError extends LockError {
   }
 }
 
+/** Authentication failed, or the user may not do that (a force release by a non-admin). */
+export class NotPermittedError extends LockError {
+  constructor(message: string) {
+    super(ErrorCode.NOT_PERMITTED, message)
+  }
+}
+
 /** The server refused because one of its limits was reached (connections, waiters per connection). */
 export class LimitError extends LockError {
   constructor(message: string) {

@@ -1,3 +1,4 @@
+import {readFileSync} from 'node:fs'
 import {hostname, userInfo} from 'node:os'
 import {keyProblem, leaseProblem} from '../protocol/validate.js'
 import type {ConnectionState, GrantInfo, HolderInfo, LockBackend, LockInfo} from './backend.js'
@@ -31,8 +32,21 @@ export interface ConnectOptions {
   connectTimeoutMs?: number
   /** State directory of the embedded lockd. Default $XDG_STATE_HOME/lockctl. */
   stateDir?: string
-  /** TLS and auth for etcd endpoints (paths to PEM files; user and password). */
-  etcd?: {cacert?: string; cert?: string; key?: string; user?: string; password?: string}
+  /**
+   * TLS and authentication, for lockd and etcd alike: PEM files (`cacert` verifies the server and
+   * switches to TLS; `cert` and `key` are a client certificate), a user and its password.
+   */
+  credentials?: Credentials
+  /** The former name of `credentials`. */
+  etcd?: Credentials
+}
+
+export interface Credentials {
+  cacert?: string
+  cert?: string
+  key?: string
+  user?: string
+  password?: string
 }
 
 export function defaultOwner(): string {
@@ -168,12 +182,15 @@ export async function connect(options: ConnectOptions = {}): Promise<LockClient>
   switch (endpoint.kind) {
     case 'unix':
     case 'tcp': {
-      const target = endpoint.kind === 'unix' ? {path: endpoint.path} : {host: endpoint.host, port: endpoint.port}
-      return new LockClient(new LockdBackend({label, open: () => LockdConnection.connect(target, {...connection, label})}), owner)
+      const credentials = options.credentials ?? options.etcd ?? {}
+      const auth = lockdAuth(label, credentials)
+      const tls = endpoint.kind === 'tcp' && (endpoint.tls || credentials.cacert !== undefined) ? readTlsFiles(credentials) : undefined
+      const target = endpoint.kind === 'unix' ? {path: endpoint.path} : {host: endpoint.host, port: endpoint.port, tls}
+      return new LockClient(new LockdBackend({label, open: () => LockdConnection.connect(target, {...connection, label, auth})}), owner)
     }
     case 'etcd': {
-      const etcd = options.etcd ?? {}
-      if (etcd.user !== undefined && etcd.password === undefined) throw new BadInputError(`${label}: --user needs a password (LOCKCTL_ETCD_PASSWORD)`)
+      const etcd = options.credentials ?? options.etcd ?? {}
+      if (etcd.user !== undefined && etcd.password === undefined) throw new BadInputError(`${label}: --user needs a password ($LOCKCTL_PASSWORD)`)
       const {createEtcdBackend} = await import('./backends/etcd/backend.js')
       const backend = await createEtcdBackend({
         hosts: endpoint.hosts,
@@ -187,4 +204,24 @@ export async function connect(options: ConnectOptions = {}): Promise<LockClient>
       return new LockClient(backend, owner)
     }
   }
+}
+
+function lockdAuth(label: string, credentials: Credentials): {user: string; password: string} | undefined {
+  if (credentials.user === undefined) return undefined
+  if (credentials.password === undefined) throw new BadInputError(`${label}: --user needs a password ($LOCKCTL_PASSWORD)`)
+  return {user: credentials.user, password: credentials.password}
+}
+
+/** The PEM files of a TLS connection to lockd, read now (a missing file is a usage error). */
+function readTlsFiles(credentials: Credentials): {ca?: Buffer; cert?: Buffer; key?: Buffer} {
+  const read = (path: string | undefined, flag: string) => {
+    if (path === undefined) return undefined
+    try {
+      return readFileSync(path)
+    } catch (error) {
+      throw new BadInputError(`--${flag}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
+    }
+  }
+  const files = {ca: read(credentials.cacert, 'cacert'), cert: read(credentials.cert, 'cert'), key: read(credentials.key, 'key')}
+  return Object.fromEntries(Object.entries(files).filter(([, value]) => value !== undefined))
 }

@@ -18,11 +18,26 @@ Without --listen or --socket it listens on 127.0.0.1:7070.`
     'max-frame': Flags.integer({description: 'largest accepted frame in bytes', default: 1024 * 1024, min: 64 * 1024, max: 64 * 1024 * 1024}),
     'max-connections': Flags.integer({description: 'connections beyond this many are refused (the client exits 4 and says why)', default: 10_000, min: 1}),
     'max-waiters-per-connection': Flags.integer({description: 'waiting acquires one connection may have at once', default: 10_000, min: 1}),
+    'tls-cert': Flags.string({description: 'TLS on every --listen address: this certificate (PEM; re-read on SIGHUP)', helpValue: 'FILE', dependsOn: ['tls-key']}),
+    'tls-key': Flags.string({description: 'the private key of --tls-cert (PEM)', helpValue: 'FILE', dependsOn: ['tls-cert']}),
+    'tls-client-ca': Flags.string({description: 'require client certificates signed by this CA (PEM); a certificate\'s CN is its user', helpValue: 'FILE', dependsOn: ['tls-cert']}),
+    'auth-file': Flags.string({description: 'clients must log in as a user of this file: NAME:HASH lines (see --hash-password; re-read on SIGHUP)', helpValue: 'FILE'}),
+    admin: Flags.string({description: 'a user who may unlock --force a lock it does not hold (repeatable); with --auth-file and no --admin, nobody may', multiple: true, helpValue: 'NAME'}),
+    'socket-mode': Flags.string({description: 'permission bits of the --socket (e.g. 0660 to share it with a group)', default: '0600', helpValue: 'MODE'}),
+    metrics: Flags.string({description: 'serve /metrics (Prometheus) and /healthz on this address', helpValue: 'HOST:PORT'}),
+    'hash-password': Flags.boolean({description: 'read a password on stdin, print its hash for --auth-file, and exit'}),
   }
 
   async run(): Promise<void> {
     const {flags} = await this.parse(Server)
-    const listen = (flags.listen ?? (flags.socket ? [] : ['127.0.0.1:7070'])).map(parseListen)
+    if (flags['hash-password']) {
+      const [{hashPassword}, {readPassword}] = await Promise.all([import('../server/auth.js'), import('../cli/read-password.js')])
+      this.log(await hashPassword(await readPassword()))
+      return
+    }
+    const socketMode = /^0?[0-7]{3}$/.test(flags['socket-mode']) ? Number.parseInt(flags['socket-mode'], 8) : Number.NaN
+    if (Number.isNaN(socketMode)) throw new UsageError(`--socket-mode: ${JSON.stringify(flags['socket-mode'])} is not octal permission bits (e.g. 0600, 0660)`)
+    const listen = (flags.listen ?? (flags.socket ? [] : ['127.0.0.1:7070'])).map((value) => parseListen(value))
     const [{runServer}, {stateDir}] = await Promise.all([import('../server/run.js'), import('../client/embedded.js')])
     const dataDir = flags['in-memory'] ? undefined : (flags['data-dir'] ?? join(stateDir(), 'server'))
     await runServer({
@@ -32,13 +47,18 @@ Without --listen or --socket it listens on 127.0.0.1:7070.`
       maxFrame: flags['max-frame'],
       maxConnections: flags['max-connections'],
       maxWaitersPerConnection: flags['max-waiters-per-connection'],
+      tls: flags['tls-cert'] ? {cert: flags['tls-cert'], key: flags['tls-key']!, clientCa: flags['tls-client-ca']} : undefined,
+      authFile: flags['auth-file'],
+      admins: flags.admin,
+      socketMode,
+      metrics: flags.metrics ? parseListen(flags.metrics, '--metrics') : undefined,
     })
   }
 }
 
-function parseListen(value: string): {host: string; port: number} {
+function parseListen(value: string, flag = '--listen'): {host: string; port: number} {
   const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d+)$/.exec(value.trim())
   const port = match ? Number(match[3]) : Number.NaN
-  if (!match || port > 65535) throw new UsageError(`--listen: ${JSON.stringify(value)} is not HOST:PORT (e.g. 127.0.0.1:7070, [::1]:7070)`)
+  if (!match || port > 65535) throw new UsageError(`${flag}: ${JSON.stringify(value)} is not HOST:PORT (e.g. 127.0.0.1:7070, [::1]:7070)`)
   return {host: match[1] ?? match[2], port}
 }

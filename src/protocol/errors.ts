@@ -23,6 +23,8 @@ export const ErrorCode = {
   ABORTED: 'ABORTED',
   /** The client or lock object was closed. */
   CLOSED: 'CLOSED',
+  /** Authentication failed, or the user may not do that (e.g. a force release by a non-admin). */
+  NOT_PERMITTED: 'NOT_PERMITTED',
   /** The server refused because one of its limits was reached (connections, waiters per connection). */
   LIMIT: 'LIMIT',
   /** The server failed to do what it was asked (for example it could not write its log). */

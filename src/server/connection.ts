@@ -25,9 +25,13 @@ export interface Connection {
    */
   peerMaxFrame: number | null
   subscriptions: Map<number, Subscription>
+  /** Who is on the other end: the user of its password, or its client certificate's CN. */
+  user: string | null
+  /** Messages that came while the hello's password was being checked, in order. */
+  held: Record<string, unknown>[] | null
 }
 
 export function newConnection(socket: Socket, session: string, maxFrame: number): Connection {
   const codec = createCodec()
-  return {session, socket, codec, decoder: new FrameDecoder(codec, maxFrame), greeted: false, peerMaxFrame: null, subscriptions: new Map()}
+  return {session, socket, codec, decoder: new FrameDecoder(codec, maxFrame), greeted: false, peerMaxFrame: null, subscriptions: new Map(), user: null, held: null}
 }

@@ -15,6 +15,8 @@ export interface HandlerContext {
   now(): number
   info(): ServerInfo
   maxWaitersPerConnection: number
+  /** May this connection force-release a lock it does not hold? */
+  mayForce(conn: Connection): boolean
 }
 
 type Op = Request['op']
@@ -72,6 +74,9 @@ export function handleRequest(ctx: HandlerContext, conn: Connection, request: Re
     case 'cancel':
       return {code: 'OK', released: table.cancel({session: conn.session, wid: request.wid}, request.key).released}
     case 'release': {
+      if (request.force === true && !ctx.mayForce(conn)) {
+        return {code: ErrorCode.NOT_PERMITTED, msg: `${conn.user === null ? 'an anonymous client' : `user ${JSON.stringify(conn.user)}`} may not force-release a lock it does not hold (lockd --admin)`}
+      }
       const result = table.release(request.key, request.token, request.force === true, conn.session)
       if (!result.ok) return {code: ErrorCode.NOT_HOLDER, msg: request.force ? 'the lock is not held' : 'the token does not hold the lock'}
       return {code: 'OK', released: true, holder: holderInfo(result.holder, ctx.now())}

@@ -4,14 +4,14 @@ import type {Connection} from './connection.js'
 
 /**
  * The first message of a connection (docs/protocol.md, "Hello and versioning"): check it, note
- * what the peer announces, and say what to answer. Nothing else is accepted before it.
+ * what the peer announces, and say what to answer. Nothing else is accepted before it; the
+ * caller marks the connection greeted once any password in it is checked.
  */
 export function greet(conn: Connection, message: Record<string, unknown>, server: Omit<HelloReply, 't' | 'v'>): {reply: HelloReply} | {refuse: string} {
   if (message.t !== 'hello') return {refuse: 'the first message must be hello'}
   if (message.v !== PROTOCOL_VERSION) {
     return {refuse: `protocol version ${String(message.v)} is not supported (this lockd speaks ${PROTOCOL_VERSION})`}
   }
-  conn.greeted = true
   clearTimeout(conn.helloTimer)
   if (typeof message.maxFrame === 'number' && Number.isInteger(message.maxFrame)) conn.peerMaxFrame = Math.max(MIN_PEER_FRAME, message.maxFrame)
   return {reply: {t: 'hello', v: PROTOCOL_VERSION, ...server}}

@@ -1,6 +1,7 @@
 import {createHash} from 'node:crypto'
 import {chmodSync, existsSync, realpathSync, statSync, unlinkSync} from 'node:fs'
 import {createConnection, createServer, type Server, type Socket} from 'node:net'
+import {createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer} from 'node:tls'
 import {dirname} from 'node:path'
 import {makeDirectories} from '../util/fs.js'
 import {AlreadyRunningError, ServerStartError} from './errors.js'
@@ -11,15 +12,20 @@ import {AlreadyRunningError, ServerStartError} from './errors.js'
  */
 export class Listeners {
   private readonly servers: Server[] = []
+  private readonly secureServers: TlsServer[] = []
   private socketInode: number | null = null
   private socketWatch: NodeJS.Timeout | null = null
   readonly addresses: {tcp: {host: string; port: number}[]; socket?: string} = {tcp: []}
 
   constructor(private readonly onSocket: (socket: Socket) => void) {}
 
-  async listenTcp(address: {host: string; port: number}): Promise<void> {
+  /**
+   * Listen on a TCP address; with `tls`, TLS on it (`requestCert`: client certificates signed
+   * by `ca` are required; the handshake refuses any other).
+   */
+  async listenTcp(address: {host: string; port: number}, tls?: SecureContextOptions & {requestCert: boolean}): Promise<void> {
     const name = `--listen ${address.host.includes(':') ? `[${address.host}]` : address.host}:${address.port}`
-    const server = await listenAs(name, this.newServer(), {host: address.host, port: address.port})
+    const server = await listenAs(name, tls ? this.newSecureServer(tls) : this.newServer(), {host: address.host, port: address.port})
     const bound = server.address() as {address: string; port: number}
     this.addresses.tcp.push({host: bound.address, port: bound.port})
   }
@@ -30,12 +36,18 @@ export class Listeners {
    * removed or replaced (the embedded lockd then exits: nobody could find it any more).
    */
   async listenUnix(path: string, options: {mode?: number; onRemoved?: () => void} = {}): Promise<void> {
+    // Permission bits at creation: no moment in which the socket is more open than asked.
+    const umask = process.umask(0o777 & ~(options.mode ?? 0o600))
     makeDirectories(dirname(path))
     if (existsSync(path)) {
       if (await answers(path)) throw new AlreadyRunningError(`another server is listening on ${path}`)
       unlinkSync(path)
     }
-    await listenAs(`--socket ${path}`, this.newServer(), {path})
+    try {
+      await listenAs(`--socket ${path}`, this.newServer(), {path})
+    } finally {
+      process.umask(umask)
+    }
     chmodSync(path, options.mode ?? 0o600)
     const inode = statSync(path).ino
     this.socketInode = inode
@@ -71,9 +83,23 @@ export class Listeners {
     } catch {}
   }
 
+  /** New certificates (SIGHUP) for every TLS listener; connections made from now on use them. */
+  setSecureContext(tls: SecureContextOptions): void {
+    for (const server of this.secureServers) server.setSecureContext(tls)
+  }
+
   private newServer(): Server {
     const server = createServer({noDelay: true}, (socket) => this.onSocket(socket))
     this.servers.push(server)
+    return server
+  }
+
+  private newSecureServer(tls: SecureContextOptions & {requestCert: boolean}): Server {
+    const server = createTlsServer({...tls, rejectUnauthorized: tls.requestCert, noDelay: true}, (socket) => this.onSocket(socket))
+    // A client that fails the handshake (wrong CA, no certificate, not TLS at all) is dropped.
+    server.on('tlsClientError', (_error, socket) => socket.destroy())
+    this.servers.push(server)
+    this.secureServers.push(server)
     return server
   }
 }

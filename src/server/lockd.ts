@@ -1,17 +1,21 @@
 import {randomBytes} from 'node:crypto'
+import {readFileSync} from 'node:fs'
 import type {Server, Socket} from 'node:net'
+import type {SecureContextOptions, TLSSocket} from 'node:tls'
 import {ErrorCode} from '../protocol/errors.js'
 import {DEFAULT_MAX_FRAME, encodeFrame} from '../protocol/framing.js'
-import {PROTOCOL_VERSION, type Request, type ServerInfo} from '../protocol/messages.js'
+import {PROTOCOL_VERSION, type Request, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
 import {makeDirectories} from '../util/fs.js'
 import {VERSION} from '../version.js'
+import {PasswordCheck} from './auth.js'
 import {newConnection, type Connection} from './connection.js'
 import {DurableLog} from './durable-log.js'
 import {ServerStartError} from './errors.js'
 import {handleRequest, type HandlerContext} from './handlers.js'
 import {greet} from './handshake.js'
 import {claimDataDir, Listeners} from './listeners.js'
-import {LockTable, systemClock, type Clock} from './lock-table.js'
+import {LockTable, systemClock, type Clock, type TableEvent} from './lock-table.js'
+import type {ServerMetrics} from './metrics.js'
 import {Outbox} from './outbox.js'
 import {Subscriptions} from './subscriptions.js'
 
@@ -41,6 +45,16 @@ export interface LockServerOptions {
   maxConnections?: number
   /** Waiting acquires one connection may have at once (default 10,000). */
   maxWaitersPerConnection?: number
+  /** TLS on every TCP listener (PEM files); `clientCa`: require client certificates it signed. */
+  tls?: {cert: string; key: string; clientCa?: string}
+  /** Clients must authenticate with a user of this file (NAME:HASH lines; docs/protocol.md). */
+  authFile?: string
+  /** Users who may force-release a lock they do not hold (docs/protocol.md, "Authentication"). */
+  admins?: string[]
+  /** Permission bits of the unix socket (default 0600). */
+  socketMode?: number
+  /** Serve /metrics and /healthz here. */
+  metrics?: {host: string; port: number}
 }
 
 export const DEFAULT_MAX_CONNECTIONS = 10_000
@@ -71,6 +85,8 @@ export class LockServer {
   private readonly serverId = randomBytes(8).toString('hex')
   private readonly startedAt = Date.now()
   private closing: Promise<void> | null = null
+  private passwords: PasswordCheck | null = null
+  private metrics: ServerMetrics | null = null
   private closedResolve!: () => void
   /** Resolves when the server has stopped (close() or idle exit). */
   readonly closed: Promise<void> = new Promise((resolve) => (this.closedResolve = resolve))
@@ -85,7 +101,23 @@ export class LockServer {
       now: () => this.clock.now(),
       info: () => this.info(),
       maxWaitersPerConnection: options.maxWaitersPerConnection ?? DEFAULT_MAX_WAITERS_PER_CONNECTION,
+      mayForce: (conn) => this.mayForce(conn),
     }
+  }
+
+  /**
+   * Who may force-release a lock it does not hold: with --admin, only those users (by password
+   * or client certificate); without, anyone, unless clients must log in (then nobody).
+   */
+  private mayForce(conn: Connection): boolean {
+    const admins = this.options.admins ?? []
+    if (admins.length === 0) return !this.passwords
+    return conn.user !== null && admins.includes(conn.user)
+  }
+
+  /** The listen address of --metrics (port 0 picks one). */
+  get metricsPort(): number | undefined {
+    return this.metrics?.port
   }
 
   get addresses(): {tcp: {host: string; port: number}[]; socket?: string} {
@@ -99,9 +131,23 @@ export class LockServer {
   async start(): Promise<this> {
     const {dataDir} = this.options
     try {
+      if (this.options.authFile) this.passwords = new PasswordCheck(this.options.authFile)
+      if (this.options.metrics) {
+        const {ServerMetrics} = await import('./metrics.js')
+        this.metrics = await ServerMetrics.start(this.options.metrics, {
+          locks: () => this.table.size,
+          waiters: () => this.table.waiters,
+          connections: () => this.connections.size,
+          logBytes: () => this.log?.bytes ?? 0,
+          healthy: () => !this.closing,
+        }).catch((error: NodeJS.ErrnoException) => {
+          throw new ServerStartError(`--metrics ${this.options.metrics!.host}:${this.options.metrics!.port}: ${error.code ?? error.message}`)
+        })
+      }
       if (dataDir) await this.recover(dataDir)
       this.outbox = new Outbox(this.log, (error) => this.logFailed(error))
-      for (const address of this.options.listen ?? []) await this.listeners.listenTcp(address)
+      const tls = this.options.tls ? {...this.secureContext(), requestCert: Boolean(this.options.tls.clientCa)} : undefined
+      for (const address of this.options.listen ?? []) await this.listeners.listenTcp(address, tls)
       if (this.options.socket) {
         const onRemoved = this.options.exitWhenSocketRemoved
           ? () => {
@@ -110,7 +156,7 @@ export class LockServer {
               void this.close()
             }
           : undefined
-        await this.listeners.listenUnix(this.options.socket, {onRemoved})
+        await this.listeners.listenUnix(this.options.socket, {onRemoved, mode: this.options.socketMode})
       }
     } catch (error) {
       await this.close()
@@ -130,12 +176,45 @@ export class LockServer {
       throw new ServerStartError(`--data-dir: cannot create ${path ?? dataDir}: ${code ?? (error as Error).message}`)
     }
     this.dirMutex = await claimDataDir(dataDir)
-    const {log, state} = await DurableLog.open(dataDir, () => this.table.snapshot(), {snapshotBytes: this.options.snapshotBytes})
+    const {log, state} = await DurableLog.open(dataDir, () => this.table.snapshot(), {
+      snapshotBytes: this.options.snapshotBytes,
+      onFlush: this.metrics ? (seconds) => this.metrics?.observeFsync(seconds) : undefined,
+    })
     this.log = log
     for (const note of state.notes) this.say(`lockd: ${note}`)
     this.table.recover(state.fence, state.holders)
     log.recovered()
     if (state.holders.size > 0) this.say(`lockd: recovered ${state.holders.size} held lock(s); each keeps its whole lease from now`)
+  }
+
+  /** The TLS files, read now (at start, and again on SIGHUP). */
+  private secureContext(): SecureContextOptions {
+    const {tls} = this.options
+    if (!tls) return {}
+    const read = (path: string, flag: string) => {
+      try {
+        return readFileSync(path)
+      } catch (error) {
+        throw new ServerStartError(`${flag}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
+      }
+    }
+    return {cert: read(tls.cert, '--tls-cert'), key: read(tls.key, '--tls-key'), ...(tls.clientCa ? {ca: read(tls.clientCa, '--tls-client-ca')} : {})}
+  }
+
+  /**
+   * SIGHUP: read the auth file and the TLS files again. A file that cannot be read leaves the
+   * old one in force; what happened is said in one line.
+   */
+  reload(): void {
+    try {
+      if (this.passwords) this.say(`lockd: reloaded ${this.options.authFile}: ${this.passwords.reload()} user(s)`)
+      if (this.options.tls) {
+        this.listeners.setSecureContext(this.secureContext())
+        this.say(`lockd: reloaded the TLS certificate and key`)
+      }
+    } catch (error) {
+      this.say(`lockd: reload failed, keeping the previous configuration: ${(error as Error).message}`)
+    }
   }
 
   info(): ServerInfo {
@@ -166,6 +245,7 @@ export class LockServer {
       this.connections.clear()
       await listenersClosed
       await this.log?.close()
+      await this.metrics?.close()
       this.listeners.removeSocketFile()
       await new Promise((resolve) => (this.dirMutex ? this.dirMutex.close(resolve) : resolve(undefined)))
       this.closedResolve()
@@ -188,6 +268,10 @@ export class LockServer {
       setTimeout(() => socket.destroy(), 1000).unref()
       return
     }
+    // A client certificate (required with --tls-client-ca) names its user by its CN.
+    const peer = (socket as TLSSocket).authorized ? (socket as TLSSocket).getPeerCertificate() : null
+    const cn: unknown = peer?.subject?.CN
+    if (typeof cn === 'string') conn.user = cn
     conn.helloTimer = setTimeout(() => this.fail(conn, ErrorCode.PROTOCOL, 'no hello within 10s'), HELLO_TIMEOUT_MS)
     conn.helloTimer.unref()
     this.connections.set(conn.session, conn)
@@ -211,6 +295,33 @@ export class LockServer {
     this.endBatch()
   }
 
+  /**
+   * The hello of a server with users: check the password (scrypt, off the event loop) while
+   * the connection's later messages wait; then run them in order.
+   */
+  private authenticate(conn: Connection, hello: Record<string, unknown>, reply: ServerMessage): void {
+    conn.held = []
+    const user = hello.user
+    void this.passwords!.check(user, hello.password).then((ok) => {
+      if (conn.socket.destroyed) return
+      if (!ok) {
+        const why = typeof user === 'string' && typeof hello.password === 'string' ? `authentication failed for user ${JSON.stringify(user)}` : 'lockd requires a user and a password (--user, and $LOCKCTL_PASSWORD or the prompt)'
+        this.fail(conn, ErrorCode.NOT_PERMITTED, why)
+        return
+      }
+      conn.user = user as string
+      conn.greeted = true
+      this.outbox.send(conn, reply)
+      const held = conn.held ?? []
+      conn.held = null
+      for (const message of held) {
+        if (conn.socket.destroyed) break
+        this.handleMessage(conn, message)
+      }
+      this.endBatch()
+    })
+  }
+
   /** One message from a peer: the hello, then requests (docs/protocol.md). */
   private handleMessage(conn: Connection, message: unknown): void {
     if (typeof message !== 'object' || message === null || Array.isArray(message)) {
@@ -218,10 +329,20 @@ export class LockServer {
       return
     }
     const m = message as Record<string, unknown>
+    if (conn.held) {
+      conn.held.push(m) // the hello's password is being checked
+      return
+    }
     if (!conn.greeted) {
       const greeting = greet(conn, m, {server: 'lockd', version: VERSION, serverId: this.serverId, maxFrame: this.options.maxFrame ?? DEFAULT_MAX_FRAME})
-      if ('refuse' in greeting) this.fail(conn, ErrorCode.PROTOCOL, greeting.refuse)
-      else this.outbox.send(conn, greeting.reply)
+      if ('refuse' in greeting) {
+        this.fail(conn, ErrorCode.PROTOCOL, greeting.refuse)
+      } else if (this.passwords) {
+        this.authenticate(conn, m, greeting.reply)
+      } else {
+        conn.greeted = true
+        this.outbox.send(conn, greeting.reply)
+      }
       return
     }
     if (m.t !== 'req' || typeof m.id !== 'number' || !Number.isInteger(m.id)) {
@@ -234,6 +355,7 @@ export class LockServer {
       this.fail(conn, ErrorCode.PROTOCOL, `request id ${m.id} is already in use by a waiting acquire or a watch on this connection`)
       return
     }
+    const receivedAt = performance.now()
     let answer
     try {
       answer = handleRequest(this.handlers, conn, m as unknown as Request)
@@ -242,13 +364,22 @@ export class LockServer {
     }
     // Events of this request go out before the next request runs: a watch that follows in the
     // same batch then sees them in its snapshot, not twice.
-    this.outbox.sendAll(this.subscriptions.messagesFor(this.table.drainEvents()))
-    this.outbox.sendResponse(conn, m.id, answer)
+    this.outbox.sendAll(this.subscriptions.messagesFor(this.drainEvents()))
+    const metrics = this.metrics
+    const op = typeof m.op === 'string' ? m.op : 'unknown'
+    this.outbox.sendResponse(conn, m.id, answer, metrics ? () => metrics.observeRequest(op, (performance.now() - receivedAt) / 1000) : undefined)
+  }
+
+  /** The table's events since the last call, counted for the metrics. */
+  private drainEvents(): TableEvent[] {
+    const events = this.table.drainEvents()
+    this.metrics?.countEvents(events)
+    return events
   }
 
   /** End of a batch of work: pushes for what happened, log records for what changed, then delivery. */
   private endBatch(): void {
-    this.outbox.sendAll(this.subscriptions.messagesFor(this.table.drainEvents()))
+    this.outbox.sendAll(this.subscriptions.messagesFor(this.drainEvents()))
     const fence = this.table.lastFence
     this.outbox.endBatch(
       this.table.drainChanges().map((c) => ({key: c.key, holder: c.holder, fence})),

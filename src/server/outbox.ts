@@ -45,11 +45,11 @@ export class Outbox {
    * `more: false` (docs/protocol.md, "Answers in parts"). Queued together: nothing else on the
    * connection comes between them.
    */
-  sendResponse(conn: Connection, id: number, response: Omit<Response, 't' | 'id'>): void {
+  sendResponse(conn: Connection, id: number, response: Omit<Response, 't' | 'id'>, sent?: () => void): void {
     const locks = response.locks
     const perPart = conn.peerMaxFrame === null ? Number.POSITIVE_INFINITY : Math.floor((conn.peerMaxFrame - PART_SLACK_BYTES) / MAX_LOCK_INFO_BYTES)
     if (!locks || locks.length <= perPart) {
-      this.send(conn, {t: 'res', id, ...response})
+      this.outgoing.push({conn, message: {t: 'res', id, ...response}, sent})
       return
     }
     this.send(conn, {t: 'res', id, ...response, locks: locks.slice(0, perPart), more: true})
@@ -93,13 +93,14 @@ export class Outbox {
 
   private deliver(outgoing: Outgoing[]): void {
     const touched = new Set<Connection>()
-    for (const {conn, message} of outgoing) {
+    for (const {conn, message, sent} of outgoing) {
       if (conn.socket.destroyed) continue
       if (!touched.has(conn)) {
         touched.add(conn)
         conn.socket.cork()
       }
       conn.socket.write(encode(conn, message))
+      sent?.()
     }
     for (const conn of touched) {
       conn.socket.uncork()

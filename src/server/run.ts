@@ -12,12 +12,14 @@ export async function runServer(options: LockServerOptions, announce = true): Pr
   await server.start()
   if (announce) {
     const where = [
-      ...server.addresses.tcp.map((a) => `lockd://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`),
+      ...server.addresses.tcp.map((a) => `${options.tls ? 'lockds' : 'lockd'}://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`),
       ...(server.addresses.socket ? [`unix://${server.addresses.socket}`] : []),
     ]
     log(
       `lockd ${process.pid} listening on ${where.join(', ')}; ` +
-        (options.dataDir ? `state in ${options.dataDir}` : 'state in memory only (no --data-dir)'),
+        (options.dataDir ? `state in ${options.dataDir}` : 'state in memory only (no --data-dir)') +
+        (server.metricsPort !== undefined ? `; metrics on http://${options.metrics!.host}:${server.metricsPort}/metrics` : '') +
+        (options.authFile ? `; users from ${options.authFile}` : ''),
     )
   }
   const stop = (signal: string) => {
@@ -28,11 +30,15 @@ export async function runServer(options: LockServerOptions, announce = true): Pr
   const onInt = () => stop('SIGINT')
   process.on('SIGTERM', onTerm)
   process.on('SIGINT', onInt)
-  process.on('SIGHUP', () => {}) // a closed terminal must not take the server down
+  // A closed terminal must not take the server down; an operator's SIGHUP re-reads the auth
+  // file and the TLS files.
+  const onHup = () => server.reload()
+  process.on('SIGHUP', onHup)
   try {
     await server.closed
   } finally {
     process.off('SIGTERM', onTerm)
     process.off('SIGINT', onInt)
+    process.off('SIGHUP', onHup)
   }
 }

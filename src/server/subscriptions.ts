@@ -3,7 +3,8 @@ import type {Connection, Subscription} from './connection.js'
 import type {LockTable, TableEvent} from './lock-table.js'
 import {grantInfo, holderInfo, lockInfo} from './wire.js'
 
-export type Outgoing = {conn: Connection; message: ServerMessage}
+/** A message for a connection; `sent` is called once it has been written. */
+export type Outgoing = {conn: Connection; message: ServerMessage; sent?: () => void}
 
 /**
  * Who wants to hear about what: watchers of a key or a prefix, and waiters that asked for their

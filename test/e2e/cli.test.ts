@@ -1,5 +1,5 @@
 import {execFileSync} from 'node:child_process'
-import {existsSync, mkdirSync, rmSync, writeFileSync} from 'node:fs'
+import {chmodSync, existsSync, mkdirSync, rmSync, writeFileSync} from 'node:fs'
 import {createServer, connect as netConnect} from 'node:net'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
@@ -31,6 +31,17 @@ async function embeddedPid(env: NodeJS.ProcessEnv): Promise<number> {
 }
 
 describe('the embedded default (no endpoint configured)', () => {
+  it('refuses a state directory that others can write to (exit 6, one line), and starts nothing there', async () => {
+    const env = freshUser()
+    const dir = join(env.XDG_STATE_HOME!, 'lockctl')
+    mkdirSync(dir, {recursive: true, mode: 0o777})
+    chmodSync(dir, 0o777)
+    const result = await runCli(['status'], {env})
+    expect(result.code).toBe(6)
+    expect(result.stderr.trim()).toMatch(/^lockctl: refusing the local lockd in .*: others can write to it \(mode 777\); run chmod 700/)
+    expect(existsSync(join(dir, 'lockd.sock'))).toBe(false)
+  })
+
   it('runs the issue script end to end, starting lockd on first use and reusing it after', async () => {
     const env = freshUser()
     const lock = await runCli(['lock', 'deploy', '--lease', '2m', '--wait', '30s'], {env})

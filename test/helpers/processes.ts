@@ -50,7 +50,7 @@ export async function startLockd(options: {dataDir?: string; port?: number; args
   const port = await new Promise<number>((resolve, reject) => {
     child.stderr.on('data', (chunk: Buffer) => {
       stderr += chunk.toString()
-      const match = /listening on lockd:\/\/127\.0\.0\.1:(\d+)/.exec(stderr)
+      const match = /listening on lockds?:\/\/127\.0\.0\.1:(\d+)/.exec(stderr)
       if (match) resolve(Number(match[1]))
     })
     void exited.then((code) => reject(new Error(`lockd exited with ${code} before listening: ${stderr}`)))

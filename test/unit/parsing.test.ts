@@ -2,7 +2,7 @@ import {describe, expect, it} from 'vitest'
 import {Packr} from 'msgpackr'
 import {createCodec, encodeFrame, FrameDecoder} from '../../src/protocol/framing.js'
 import {parseDuration} from '../../src/cli/flags.js'
-import {parseEndpoint} from '../../src/client/endpoint.js'
+import {describeEndpoint, parseEndpoint} from '../../src/client/endpoint.js'
 import {keyProblem, tokenProblem} from '../../src/protocol/validate.js'
 
 describe('durations', () => {
@@ -22,8 +22,10 @@ describe('durations', () => {
 describe('endpoints', () => {
   it('parses the three forms', () => {
     expect(parseEndpoint('unix:///run/lockd.sock')).toEqual({kind: 'unix', path: '/run/lockd.sock'})
-    expect(parseEndpoint('lockd://127.0.0.1:7070')).toEqual({kind: 'tcp', host: '127.0.0.1', port: 7070})
-    expect(parseEndpoint('lockd://[::1]:9')).toEqual({kind: 'tcp', host: '::1', port: 9})
+    expect(parseEndpoint('lockd://127.0.0.1:7070')).toEqual({kind: 'tcp', host: '127.0.0.1', port: 7070, tls: false})
+    expect(parseEndpoint('lockd://[::1]:9')).toEqual({kind: 'tcp', host: '::1', port: 9, tls: false})
+    expect(parseEndpoint('lockds://lockd.example:7443')).toEqual({kind: 'tcp', host: 'lockd.example', port: 7443, tls: true})
+    expect(describeEndpoint(parseEndpoint('lockds://[::1]:7443'))).toBe('lockds://[::1]:7443')
     expect(parseEndpoint('etcd://a:2379,b:2380')).toMatchObject({kind: 'etcd', hosts: [{host: 'a', port: 2379}, {host: 'b', port: 2380}]})
   })
 

@@ -1,11 +1,13 @@
-import {createConnection, type Socket} from 'node:net'
+import {createConnection, isIP, type Socket} from 'node:net'
+import {connect as connectTls, type ConnectionOptions as TlsOptions} from 'node:tls'
 import type {Packr} from 'msgpackr/pack'
 import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder} from '../../protocol/framing.js'
 import {PROTOCOL_VERSION, type HelloReply, type Push, type RequestBody, type Response} from '../../protocol/messages.js'
 import {ErrorCode} from '../../protocol/errors.js'
-import {AbortedError, LimitError, ProtocolError, UnreachableError} from '../errors.js'
+import {AbortedError, LimitError, NotPermittedError, ProtocolError, UnreachableError} from '../errors.js'
 
-export type SocketTarget = {path: string} | {host: string; port: number}
+/** A unix socket, or TCP (with `tls`: TLS, verified against `ca`, or the system's CAs). */
+export type SocketTarget = {path: string} | {host: string; port: number; tls?: Pick<TlsOptions, 'ca' | 'cert' | 'key'>}
 
 export interface ConnectionOptions {
   /** Give up connecting (and the hello) after this long. */
@@ -15,6 +17,8 @@ export interface ConnectionOptions {
   maxFrame?: number
   /** How the target is named in error messages. */
   label: string
+  /** Sent in the hello to a lockd that requires users (docs/protocol.md, "Authentication"). */
+  auth?: {user: string; password: string}
 }
 
 interface Pending {
@@ -45,7 +49,10 @@ export class LockdConnection {
 
   static connect(target: SocketTarget, options: ConnectionOptions): Promise<LockdConnection> {
     return new Promise((resolve, reject) => {
-      const socket = createConnection(target as never)
+      const socket =
+        'host' in target && target.tls
+          ? connectTls({host: target.host, port: target.port, ...target.tls, ...(isIP(target.host) ? {} : {servername: target.host})})
+          : createConnection(target as never)
       socket.setNoDelay(true)
       const connection = new LockdConnection(socket, options)
       const timer = setTimeout(() => {
@@ -57,7 +64,7 @@ export class LockdConnection {
         reject(new UnreachableError(`${options.label}: ${describeSocketError(error)}`, {cause: error}))
       }
       socket.once('error', onError)
-      socket.once('connect', () => {
+      socket.once('host' in target && target.tls ? 'secureConnect' : 'connect', () => {
         connection.attach()
         connection.hello().then(
           (hello) => {
@@ -104,7 +111,8 @@ export class LockdConnection {
     return new Promise((resolve, reject) => {
       this.helloWaiter = resolve
       this.onClose = reject
-      this.write({t: 'hello', v: PROTOCOL_VERSION, client: 'lockctl', maxFrame: this.options.maxFrame ?? DEFAULT_MAX_FRAME})
+      const auth = this.options.auth
+      this.write({t: 'hello', v: PROTOCOL_VERSION, client: 'lockctl', maxFrame: this.options.maxFrame ?? DEFAULT_MAX_FRAME, ...(auth ? {user: auth.user, password: auth.password} : {})})
     })
   }
 
@@ -139,7 +147,7 @@ export class LockdConnection {
       }
       case 'error': {
         const why = `${this.options.label}: server closed the connection: ${String(message.msg)}`
-        this.shutdown(message.code === ErrorCode.LIMIT ? new LimitError(why) : new ProtocolError(why))
+        this.shutdown(message.code === ErrorCode.LIMIT ? new LimitError(why) : message.code === ErrorCode.NOT_PERMITTED ? new NotPermittedError(why) : new ProtocolError(why))
         return
       }
       default:

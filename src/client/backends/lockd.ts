@@ -8,6 +8,7 @@ import {
   LockError,
   LimitError,
   LockHeldError,
+  NotPermittedError,
   NotHolderError,
   ProtocolError,
   ServerError,
@@ -337,6 +338,8 @@ function responseError(key: string, response: Response): LockError {
       return new UnreachableError(msg)
     case ErrorCode.LIMIT:
       return new LimitError(`lockd: ${msg}`)
+    case ErrorCode.NOT_PERMITTED:
+      return new NotPermittedError(`lockd refused: ${msg}`)
     default:
       return new ServerError(`lockd: ${msg}`)
   }

@@ -1,0 +1,88 @@
+import {createHash, randomBytes, scrypt, timingSafeEqual} from 'node:crypto'
+import {readFileSync} from 'node:fs'
+import {promisify} from 'node:util'
+import {ServerStartError} from './errors.js'
+
+/**
+ * Users of a team lockd (docs/protocol.md, "Authentication"): an auth file of `NAME:HASH`
+ * lines, HASH made by `lockctl server --hash-password` (scrypt from node:crypto; never the
+ * password itself), and the admins who may force-release a lock they do not hold.
+ */
+
+const scryptAsync = promisify(scrypt) as (password: string, salt: Buffer, keylen: number, options: {N: number; r: number; p: number; maxmem: number}) => Promise<Buffer>
+const N = 2 ** 15
+const R = 8
+const P = 1
+const KEY_BYTES = 32
+const MAXMEM = 128 * N * R * 2
+
+/** `scrypt$N$r$p$salt$hash`, base64 salt and hash. */
+export async function hashPassword(password: string): Promise<string> {
+  const salt = randomBytes(16)
+  const hash = await scryptAsync(password, salt, KEY_BYTES, {N, r: R, p: P, maxmem: MAXMEM})
+  return `scrypt$${N}$${R}$${P}$${salt.toString('base64')}$${hash.toString('base64')}`
+}
+
+const HASH = /^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$/
+
+export async function verifyPassword(password: string, stored: string): Promise<boolean> {
+  const match = HASH.exec(stored)
+  if (!match) return false
+  const [, n, r, p, salt, hash] = match
+  const expected = Buffer.from(hash, 'base64')
+  const got = await scryptAsync(password, Buffer.from(salt, 'base64'), expected.length, {N: Number(n), r: Number(r), p: Number(p), maxmem: 128 * Number(n) * Number(r) * 2})
+  return got.length === expected.length && timingSafeEqual(got, expected)
+}
+
+/** Read an auth file: one `NAME:HASH` per line; blank lines and `#` comments are skipped. */
+export function readAuthFile(path: string): Map<string, string> {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (error) {
+    throw new ServerStartError(`--auth-file: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
+  }
+  const users = new Map<string, string>()
+  for (const [index, raw] of text.split('\n').entries()) {
+    const line = raw.trim()
+    if (line === '' || line.startsWith('#')) continue
+    const colon = line.indexOf(':')
+    const name = line.slice(0, colon)
+    const hash = line.slice(colon + 1)
+    if (colon <= 0 || !HASH.test(hash)) throw new ServerStartError(`--auth-file: ${path} line ${index + 1} is not NAME:HASH (make HASH with lockctl server --hash-password)`)
+    users.set(name, hash)
+  }
+  return users
+}
+
+/**
+ * Checks a user's password against the auth file. A successful check is remembered (by a
+ * digest of the name and password, for as long as the file says the same), so a CLI that
+ * connects once per command does not pay scrypt's cost, nor make the server pay it, each time.
+ */
+export class PasswordCheck {
+  private users: Map<string, string>
+  private readonly verified = new Map<string, string>()
+
+  constructor(private readonly path: string) {
+    this.users = readAuthFile(path)
+  }
+
+  /** Read the file again (SIGHUP); on a bad file the old users stay, and the error is thrown. */
+  reload(): number {
+    this.users = readAuthFile(this.path)
+    this.verified.clear()
+    return this.users.size
+  }
+
+  async check(user: unknown, password: unknown): Promise<boolean> {
+    if (typeof user !== 'string' || typeof password !== 'string') return false
+    const stored = this.users.get(user)
+    if (!stored) return false
+    const digest = createHash('sha256').update(user).update('\0').update(password).digest('hex')
+    if (this.verified.get(digest) === stored) return true
+    const ok = await verifyPassword(password, stored)
+    if (ok) this.verified.set(digest, stored)
+    return ok
+  }
+}

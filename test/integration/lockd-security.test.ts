@@ -1,0 +1,183 @@
+import {execFileSync, spawnSync} from 'node:child_process'
+import {chmodSync, chownSync, mkdirSync, readFileSync, statSync, writeFileSync} from 'node:fs'
+import {join} from 'node:path'
+import {beforeAll, describe, expect, it} from 'vitest'
+import {BIN, eventually, runCli, startLockd, tempDir, type CliResult} from '../helpers/processes.js'
+
+/** A CA, a server certificate for 127.0.0.1, client certificates, and a second (wrong) CA. */
+function makeCertificates(dir: string) {
+  const file = (name: string) => join(dir, name)
+  const openssl = (...args: string[]) => execFileSync('openssl', args, {stdio: 'pipe'})
+  const ca = (name: string) => openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', `/CN=${name}`, '-keyout', file(`${name}-key.pem`), '-out', file(`${name}.pem`))
+  const signed = (name: string, cn: string, extensions: string) => {
+    openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=${cn}`, '-keyout', file(`${name}-key.pem`), '-out', file(`${name}.csr`))
+    writeFileSync(file(`${name}.cnf`), extensions)
+    openssl('x509', '-req', '-in', file(`${name}.csr`), '-CA', file('ca.pem'), '-CAkey', file('ca-key.pem'), '-CAcreateserial', '-days', '1', '-extfile', file(`${name}.cnf`), '-out', file(`${name}.pem`))
+  }
+  ca('ca')
+  ca('other-ca')
+  signed('server', '127.0.0.1', 'subjectAltName=IP:127.0.0.1\n')
+  signed('alice', 'alice', 'extendedKeyUsage=clientAuth\n')
+  return {ca: file('ca.pem'), otherCa: file('other-ca.pem'), cert: file('server.pem'), key: file('server-key.pem'), aliceCert: file('alice.pem'), aliceKey: file('alice-key.pem')}
+}
+
+/** `lockctl server --hash-password`, the password piped on stdin. */
+function hash(password: string): string {
+  const result = spawnSync(process.execPath, [BIN, 'server', '--hash-password'], {input: `${password}\n`, encoding: 'utf8'})
+  expect(result.status, result.stderr).toBe(0)
+  return result.stdout.trim()
+}
+
+function oneLine(result: CliResult): string {
+  const lines = result.stderr.trim().split('\n')
+  expect(lines, result.stderr).toHaveLength(1)
+  expect(result.stderr).not.toMatch(/\n\s+at /)
+  return lines[0]
+}
+
+let certs: ReturnType<typeof makeCertificates>
+beforeAll(() => {
+  certs = makeCertificates(tempDir())
+})
+
+describe('lockd over TLS', () => {
+  it('the right CA works; the wrong CA, a plain client on a TLS port and a TLS client on a plain port each fail in one line, exit 4, within the deadline', async () => {
+    const secure = await startLockd({args: ['--tls-cert', certs.cert, '--tls-key', certs.key]})
+    const plain = await startLockd()
+    const tlsUrl = `lockds://127.0.0.1:${secure.port}`
+    const ok = await runCli(['lock', 'tls/k', '--endpoints', tlsUrl, '--cacert', certs.ca])
+    expect(ok.code, ok.stderr).toBe(0)
+    // --cacert alone switches lockd:// to TLS too.
+    expect((await runCli(['status', 'tls/k', '--endpoints', `lockd://127.0.0.1:${secure.port}`, '--cacert', certs.ca])).code).toBe(0)
+    const started = Date.now()
+    const failures = await Promise.all([
+      runCli(['lock', 'tls/k2', '--endpoints', tlsUrl, '--cacert', certs.otherCa, '--timeout', '2s']),
+      runCli(['lock', 'tls/k2', '--endpoints', tlsUrl, '--timeout', '2s']), // system CAs do not know ours
+      runCli(['lock', 'tls/k2', '--endpoints', `lockd://127.0.0.1:${secure.port}`, '--timeout', '2s']),
+      runCli(['lock', 'tls/k2', '--endpoints', `lockds://127.0.0.1:${plain.port}`, '--cacert', certs.ca, '--timeout', '2s']),
+    ])
+    for (const failure of failures) {
+      expect(failure.code, failure.stderr).toBe(4)
+      expect(oneLine(failure)).toMatch(/^lockctl: /)
+    }
+    expect(Date.now() - started).toBeLessThan(15_000) // never a hang
+    await secure.stop()
+    await plain.stop()
+  })
+
+  it('--tls-client-ca: a client without a certificate signed by it is refused; with one it works', async () => {
+    const lockd = await startLockd({args: ['--tls-cert', certs.cert, '--tls-key', certs.key, '--tls-client-ca', certs.ca]})
+    const url = `lockds://127.0.0.1:${lockd.port}`
+    const without = await runCli(['lock', 'mtls/k', '--endpoints', url, '--cacert', certs.ca, '--timeout', '2s'])
+    expect(without.code).toBe(4)
+    oneLine(without)
+    const withCert = await runCli(['lock', 'mtls/k', '--endpoints', url, '--cacert', certs.ca, '--cert', certs.aliceCert, '--key', certs.aliceKey])
+    expect(withCert.code, withCert.stderr).toBe(0)
+    await lockd.stop()
+  })
+})
+
+describe('lockd with users', () => {
+  it('no password or a wrong one: exit 6; a non-admin\'s unlock --force: exit 6 and the lock untouched; an admin\'s works; SIGHUP reads new users', async () => {
+    const dir = tempDir()
+    const authFile = join(dir, 'users')
+    writeFileSync(authFile, `# team lockd\nalice:${hash('alice-secret')}\nbob:${hash('bob-secret')}\n`)
+    expect(readFileSync(authFile, 'utf8')).not.toMatch(/secret/)
+    const lockd = await startLockd({args: ['--auth-file', authFile, '--admin', 'alice']})
+    const endpoints = ['--endpoints', lockd.endpoint]
+    const as = (user: string, password: string) => ({env: {LOCKCTL_PASSWORD: password}, user: ['--user', user]})
+
+    const anonymous = await runCli(['lock', 'team/k', ...endpoints])
+    expect(anonymous.code).toBe(6)
+    expect(oneLine(anonymous)).toMatch(/requires a user and a password/)
+    const wrong = await runCli(['lock', 'team/k', ...endpoints, '--user', 'bob'], {env: {LOCKCTL_PASSWORD: 'nope'}})
+    expect(wrong.code).toBe(6)
+    expect(oneLine(wrong)).toMatch(/authentication failed for user "bob"/)
+
+    const bob = as('bob', 'bob-secret')
+    const taken = await runCli(['lock', 'team/k', '--json', ...endpoints, ...bob.user], {env: bob.env})
+    expect(taken.code, taken.stderr).toBe(0)
+    const {token, fence} = JSON.parse(taken.stdout)
+
+    const carol = await runCli(['lock', 'team/other', ...endpoints, '--user', 'carol'], {env: {LOCKCTL_PASSWORD: 'carol-secret'}})
+    expect(carol.code).toBe(6)
+    const forcedByBob = await runCli(['unlock', 'team/k', '--force', '--yes', ...endpoints, ...bob.user], {env: bob.env})
+    expect(forcedByBob.code).toBe(6)
+    expect(oneLine(forcedByBob)).toMatch(/user "bob" may not force-release/)
+    const stillHeld = await runCli(['status', 'team/k', '--token', token, '--json', ...endpoints, ...bob.user], {env: bob.env})
+    expect(stillHeld.code).toBe(0)
+    expect(JSON.parse(stillHeld.stdout).holder.fence).toBe(fence)
+
+    const alice = as('alice', 'alice-secret')
+    const forcedByAlice = await runCli(['unlock', 'team/k', '--force', '--yes', ...endpoints, ...alice.user], {env: alice.env})
+    expect(forcedByAlice.code, forcedByAlice.stderr).toBe(0)
+
+    // A new user, read on SIGHUP.
+    writeFileSync(authFile, `${readFileSync(authFile, 'utf8')}carol:${hash('carol-secret')}\n`)
+    lockd.child.kill('SIGHUP')
+    await eventually(() => /reloaded .*users: 3 user\(s\)/.test(lockd.stderr()))
+    const carolAgain = await runCli(['lock', 'team/other', ...endpoints, '--user', 'carol'], {env: {LOCKCTL_PASSWORD: 'carol-secret'}})
+    expect(carolAgain.code, carolAgain.stderr).toBe(0)
+    await lockd.stop()
+  })
+})
+
+describe('a machine-wide lockd shared by two users', () => {
+  const asRoot = process.getuid?.() === 0
+  it.skipIf(!asRoot && !process.env.CI)('root and nobody share a 0660 socket (group nogroup) and exclude each other; a 0600 socket keeps nobody out', async () => {
+    const dir = tempDir()
+    chmodSync(dir, 0o755) // nobody must reach the socket
+    const shared = join(dir, 'shared.sock')
+    const privateSocket = join(dir, 'private.sock')
+    const home = join(dir, 'nobody-home')
+    mkdirSync(home)
+    chownSync(home, 65534, 65534)
+    const lockd = await startLockd({args: ['--socket', shared, '--socket-mode', '0660']})
+    expect(statSync(shared).mode & 0o777).toBe(0o660)
+    chownSync(shared, 0, 65534)
+    const asNobody = (args: string[]) =>
+      spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, BIN, ...args], {encoding: 'utf8', env: {...process.env, HOME: home, XDG_STATE_HOME: join(home, 'state'), XDG_CONFIG_HOME: join(home, 'config')}})
+    const nobodyLock = asNobody(['lock', 'machine/k', '--endpoints', `unix://${shared}`, '--owner', 'nobody-job'])
+    expect(nobodyLock.status, nobodyLock.stderr).toBe(0)
+    const rootTry = await runCli(['lock', 'machine/k', '--endpoints', `unix://${shared}`])
+    expect(rootTry.code).toBe(1)
+    expect(rootTry.stderr).toMatch(/held by nobody-job/)
+
+    const other = await startLockd({args: ['--socket', privateSocket]})
+    expect(statSync(privateSocket).mode & 0o777).toBe(0o600)
+    const refused = asNobody(['lock', 'machine/k', '--endpoints', `unix://${privateSocket}`])
+    expect(refused.status).toBe(4)
+    expect(refused.stderr).toMatch(/permission denied/)
+    await lockd.stop()
+    await other.stop()
+  })
+})
+
+describe('lockd metrics', () => {
+  it('/metrics moves as locks are taken and released; /healthz answers', async () => {
+    const lockd = await startLockd({dataDir: tempDir(), args: ['--metrics', '127.0.0.1:0']})
+    const port = Number(/metrics on http:\/\/127\.0\.0\.1:(\d+)/.exec(lockd.stderr())?.[1])
+    expect(port).toBeGreaterThan(0)
+    const scrape = async () => {
+      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()
+      const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? Number.NaN)
+      return {text, value}
+    }
+    const before = await scrape()
+    expect(before.value('lockd_locks_held')).toBe(0)
+    const taken = await runCli(['lock', 'm/k', '--endpoints', lockd.endpoint])
+    const after = await scrape()
+    expect(after.value('lockd_locks_held')).toBe(1)
+    expect(after.value('lockd_lock_events_total{event="granted"}')).toBe(1)
+    expect(after.text).toMatch(/lockd_request_duration_seconds_count\{op="acquire"\} [1-9]/)
+    expect(after.text).toMatch(/lockd_fsync_duration_seconds_count [1-9]/)
+    expect(after.value('lockd_log_bytes')).toBeGreaterThan(8)
+    await runCli(['unlock', 'm/k', '--token', taken.stdout.trim(), '--endpoints', lockd.endpoint])
+    const released = await scrape()
+    expect(released.value('lockd_locks_held')).toBe(0)
+    expect(released.value('lockd_lock_events_total{event="released"}')).toBe(1)
+    const health = await fetch(`http://127.0.0.1:${port}/healthz`)
+    expect(health.status).toBe(200)
+    await lockd.stop()
+  })
+})
