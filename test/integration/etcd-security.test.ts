@@ -62,7 +62,7 @@ describeEtcd('etcd over TLS with authentication', () => {
   it('--user without a password and no terminal: a clear usage error', async () => {
     const result = await runCli(['lock', 'tls/k', '--cacert', certs.ca, '--user', 'locker'], {env: {LOCKCTL_ENDPOINTS: endpoint}})
     expect(result.code).toBe(2)
-    expect(result.stderr).toMatch(/--user needs a password \(LOCKCTL_ETCD_PASSWORD\)/)
+    expect(result.stderr).toMatch(/--user needs a password \(\$LOCKCTL_PASSWORD\)/)
   })
 
   it('a CA file that cannot be read is named in the error', async () => {
