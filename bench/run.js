@@ -60,26 +60,37 @@ function timeProcess(args, env) {
 }
 
 async function processBench() {
-  console.log('\nCLI process wall time (median of runs; embedded lockd already running)')
   const runs = quick ? 5 : 15
-  const env = {HOME: work, XDG_STATE_HOME: join(work, 'state'), LOCKCTL_ENDPOINTS: ''}
-  timeProcess([bin, 'status'], env) // starts the embedded lockd
-  const floor = []
-  const version = []
-  const pair = []
-  for (let i = 0; i < runs; i++) {
-    floor.push(timeProcess(['-e', '0']).elapsed)
-    version.push(timeProcess([bin, '--version']).elapsed)
-    const lock = timeProcess([bin, 'lock', `bench-${i}`], env)
-    const unlock = timeProcess([bin, 'unlock', `bench-${i}`, '--token', lock.stdout.trim()], env)
-    pair.push((lock.elapsed + unlock.elapsed) / 2)
+  const ca = process.env.NODE_EXTRA_CA_CERTS
+  // Every process is started without the machine's extra CA bundle (it costs every Node start
+  // ~30 ms here, and users' machines mostly do not set it); then the same with it, if set.
+  for (const withCa of ca ? [false, true] : [false]) {
+    const base = {HOME: work, XDG_STATE_HOME: join(work, 'state'), LOCKCTL_ENDPOINTS: '', NODE_EXTRA_CA_CERTS: withCa ? ca : undefined}
+    const env = Object.fromEntries(Object.entries({...process.env, ...base}).filter(([, v]) => v !== undefined))
+    console.log(`\nCLI process wall time, median of ${runs} interleaved runs, embedded lockd running; NODE_EXTRA_CA_CERTS ${withCa ? 'set' : 'unset'}`)
+    const run = (args) => {
+      const start = performance.now()
+      const r = spawnSync(process.execPath, args, {env, encoding: 'utf8'})
+      if (r.status !== 0) throw new Error(`${args.join(' ')} exited ${r.status}: ${r.stderr}`)
+      return {elapsed: performance.now() - start, stdout: r.stdout}
+    }
+    run([bin, 'status']) // starts the embedded lockd
+    const times = {'node -e 0': [], 'lockctl --version': [], 'lockctl lock K': [], 'lockctl unlock K --token T': [], 'lockctl status K': [], 'lockctl hold K -- true': []}
+    for (let i = 0; i < runs; i++) {
+      times['node -e 0'].push(run(['-e', '0']).elapsed)
+      times['lockctl --version'].push(run([bin, '--version']).elapsed)
+      const lock = run([bin, 'lock', `bench-${i}`])
+      times['lockctl lock K'].push(lock.elapsed)
+      times['lockctl status K'].push(run([bin, 'status', `bench-${i}`]).elapsed)
+      times['lockctl unlock K --token T'].push(run([bin, 'unlock', `bench-${i}`, '--token', lock.stdout.trim()]).elapsed)
+      times['lockctl hold K -- true'].push(run([bin, 'hold', `bench-h-${i}`, '--quiet', '--', 'true']).elapsed)
+    }
+    const floor = pct(times['node -e 0'], 50)
+    for (const [label, values] of Object.entries(times)) row(label, msf(pct(values, 50)), label === 'node -e 0' ? '' : `node -e 0 ${msf(floor)}`, label === 'node -e 0' ? '' : `${(pct(values, 50) / floor).toFixed(2)}× node -e 0`)
+    const st = JSON.parse(run([bin, 'status', '--json']).stdout)
+    process.kill(st.server.pid, 'SIGTERM')
+    await new Promise((resolve) => setTimeout(resolve, 300))
   }
-  const f = pct(floor, 50)
-  row('node -e 0', msf(f))
-  row('lockctl --version', msf(pct(version, 50)), msf(f), `${(pct(version, 50) / f).toFixed(2)}× node -e 0`)
-  row('lockctl lock / unlock (per process)', msf(pct(pair, 50)), msf(f), `${(pct(pair, 50) / f).toFixed(2)}× node -e 0`)
-  const st = JSON.parse(timeProcess([bin, 'status', '--json'], env).stdout)
-  process.kill(st.server.pid, 'SIGTERM')
 }
 
 async function sequential(endpoint, label, extra = {}) {

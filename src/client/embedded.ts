@@ -79,7 +79,10 @@ function checkPrivateDirectory(dir: string): void {
   }
 }
 
-/** The daemon script of this package, next to this module's directory (unbundled layout). */
+/**
+ * The daemon script of this package: dist/server/daemon.js, beside this module's directory —
+ * dist/client/ as compiled, dist/bundle/ as bundled (both one level under dist/).
+ */
 function defaultDaemonEntry(): string {
   return fileURLToPath(new URL('../server/daemon.js', import.meta.url))
 }
