@@ -15,15 +15,32 @@ const MAX_LOCK_INFO_BYTES = 512 + 256 * 3 + 256
 const PART_SLACK_BYTES = 4096
 
 /**
- * Commit-gated delivery: answers and pushes produced by a batch of work leave only once every
- * log record written before them is durable (docs/recovery.md, "What is durable when"), in
- * order per connection. Without a log they leave at the end of the batch.
+ * Whether a message tells of a state that must be on disk first (docs/recovery.md, "What is
+ * durable when"): a grant (an acquire's or a renewal's answer, a grant pushed to a waiter), and
+ * the watch and `ended` pushes. Anything else — a release's answer, refusals, reads, queue
+ * places — leaves at once: a release lost in a crash only brings the lock back held by the
+ * grant that released it, until its lease runs out.
+ */
+function needsDurability(message: ServerMessage): boolean {
+  if (message.t === 'res') return message.grant !== undefined
+  if (message.t === 'push') return message.ev === 'granted' || message.ev === 'lock' || message.ev === 'ended'
+  return false
+}
+
+/**
+ * Commit-gated delivery: a message that needs durability leaves once every log record written
+ * before it is durable; any other leaves at once, unless its connection still has messages
+ * waiting (order per connection is kept). Without a log everything leaves at the end of the batch.
  */
 export class Outbox {
   /** Messages produced since the last batch boundary. */
   private outgoing: Outgoing[] = []
   private releaseChain: Promise<void> = Promise.resolve()
   private commitsInFlight = 0
+  /** Messages per connection waiting for a commit. */
+  private readonly waiting = new Map<Connection, number>()
+  /** The log could not be written: nothing gated is ever delivered. */
+  private failed = false
 
   constructor(
     private readonly log: DurableLog | null,
@@ -72,23 +89,41 @@ export class Outbox {
       this.releaseChain = this.releaseChain
         .then(() => commit)
         .then(
-          () => {
-            this.commitsInFlight--
-            this.deliver(outgoing)
+          () => void this.commitsInFlight--,
+          (error: Error) => {
+            // Nothing that waits for the log may leave any more; say so once.
+            if (!this.failed) this.onLogFailed(error)
+            this.failed = true
           },
-          (error: Error) => this.onLogFailed(error),
         )
-    } else if (this.commitsInFlight > 0) {
-      // Keep per-connection order behind messages still waiting for their commit.
-      this.releaseChain = this.releaseChain.then(() => this.deliver(outgoing))
-    } else {
-      this.deliver(outgoing)
     }
+    const now: Outgoing[] = []
+    const gated: Outgoing[] = []
+    for (const item of outgoing) {
+      if (this.commitsInFlight > 0 && (needsDurability(item.message) || (this.waiting.get(item.conn) ?? 0) > 0)) {
+        gated.push(item)
+        this.waiting.set(item.conn, (this.waiting.get(item.conn) ?? 0) + 1)
+      } else {
+        now.push(item)
+      }
+    }
+    this.deliver(now)
+    if (gated.length === 0) return
+    // After every commit queued so far: this batch's own, and any earlier one still in flight.
+    this.releaseChain = this.releaseChain.then(() => {
+      if (this.failed) return
+      for (const {conn} of gated) {
+        const left = (this.waiting.get(conn) ?? 1) - 1
+        if (left === 0) this.waiting.delete(conn)
+        else this.waiting.set(conn, left)
+      }
+      this.deliver(gated)
+    })
   }
 
   /** Resolves once everything queued so far has been delivered (or the log failed). */
   drained(): Promise<void> {
-    return this.releaseChain.catch(() => {})
+    return this.releaseChain
   }
 
   private deliver(outgoing: Outgoing[]): void {

@@ -217,6 +217,39 @@ describe('lockd crash and recovery', () => {
     expect(readFileSync(wal).equals(data)).toBe(true) // nothing truncated
   })
 
+  it('a release is answered before it is durable: kill -9 right after, the lock is free or still held by that same grant, never by two', async () => {
+    const dataDir = tempDir()
+    let lockd = await startLockd({dataDir})
+    const outcomes = {free: 0, heldBySameGrant: 0}
+    for (let round = 0; round < 6; round++) {
+      const a = await client(lockd.endpoint, 'A')
+      const grant = await a.createLock('r').acquire({leaseMs: 30_000})
+      await a.release('r', grant.token) // answered
+      lockd.child.kill('SIGKILL')
+      await lockd.exited
+      lockd = await startLockd({dataDir, port: lockd.port})
+      const b = await client(lockd.endpoint, 'B')
+      const holder = (await b.inspect('r'))?.holder ?? null
+      // Either the release reached the disk, or the lock is back with the grant that released
+      // it (its owner believes nothing: it released), until its lease ends. Never anyone else.
+      if (holder) {
+        expect(holder.fence).toBe(grant.fence)
+        expect(holder.owner).toBe('A')
+        outcomes.heldBySameGrant++
+        expect(await b.createLock('r').tryLock({leaseMs: 5000})).toBe(false)
+        await b.release('r', grant.token) // tidy up for the next round (the token still holds it)
+      } else {
+        outcomes.free++
+        const next = await b.createLock('r').acquire({leaseMs: 5000})
+        expect(next.fence).toBeGreaterThan(grant.fence)
+        await b.release('r', next.token)
+      }
+    }
+    // Which outcome a round gets depends on the disk's timing: every round checked its own.
+    expect(outcomes.free + outcomes.heldBySameGrant).toBe(6)
+    await lockd.stop()
+  })
+
   it('a second lockd on the same data directory refuses to start', async () => {
     const dataDir = tempDir()
     const first = await startLockd({dataDir})
