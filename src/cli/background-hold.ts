@@ -34,7 +34,7 @@ export function startBackgroundHold(session: ReplSession, options: BackgroundHol
       announcedWait = false
       events.print('acquired', key, {fence: grant.fence, leaseMs: grant.leaseMs})
     },
-    onLost: (reason) => events.print('lost', key, {reason: reason.message}),
+    onLost: (reason) => events.print('lost', key, {reason: reason.reason}),
   })
   session.holds.set(key, lock)
   lock.ready.catch((error: Error) => {

@@ -67,6 +67,8 @@ export abstract class BaseCommand extends Command {
 
   /** Exit code used when the lock is not acquired (`--conflict-exit-code`). */
   protected conflictExitCode: number = ExitCode.NOT_ACQUIRED
+  /** `--quiet`: a lock held by another (or a wait that ran out) ends without a line, as cron wants. */
+  protected quietConflicts = false
   private clientPromise: Promise<LockClient> | null = null
   private interruptController: AbortController | null = null
 
@@ -77,8 +79,15 @@ export abstract class BaseCommand extends Command {
     if (session) return session.client
     this.clientPromise ??= (async () => {
       const [{connect}, {loadProfile}] = await Promise.all([import('../client/lock-client.js'), import('./profiles.js')])
-      // Flags and environment variables win over the profile, field by field.
-      const profile = loadProfile(flags.profile) ?? {}
+      // Flags and environment variables win over the profile, field by field. With an explicit
+      // endpoint and no --profile, a broken config file is only a warning: it is not needed.
+      let profile: Awaited<ReturnType<typeof loadProfile>> = {}
+      try {
+        profile = loadProfile(flags.profile) ?? {}
+      } catch (error) {
+        if (flags.profile !== undefined || !flags.endpoints) throw error
+        process.stderr.write(`lockctl: warning: ${(error as Error).message} (ignored: --endpoints / $LOCKCTL_ENDPOINTS is given)\n`)
+      }
       const endpoints = flags.endpoints || (flags.endpoints === undefined ? profile.endpoints : undefined)
       const user = flags.user ?? profile.user
       let password = process.env.LOCKCTL_PASSWORD ?? process.env.LOCKCTL_ETCD_PASSWORD
@@ -123,6 +132,7 @@ export abstract class BaseCommand extends Command {
     // ("did not parse its arguments") under NODE_ENV=development/test, and errors stay one line.
     ;(this as unknown as {parsed: boolean}).parsed = true
     this.exitStatus = exitCode
+    if (this.quietConflicts && (code === ErrorCode.LOCK_HELD || code === ErrorCode.WAIT_TIMEOUT)) return
     if (this.jsonEnabled()) this.logJson({error: {code, message, exitCode}})
     else process.stderr.write(`${this.session?.errorPrefix ?? ''}lockctl: ${message}\n`)
   }

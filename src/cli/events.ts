@@ -41,7 +41,8 @@ export class EventPrinter {
     if (typeof fields.leaseMs === 'number') details.push(`lease ${formatMs(fields.leaseMs)}`)
     if (fields.reason) details.push(fields.reason)
     if (fields.message) details.push(fields.message)
-    if (fields.endpoint && (event === 'suspended' || event === 'connected')) details.push(fields.endpoint)
+    // The endpoint once: an error's reason often names it already.
+    if (fields.endpoint && (event === 'suspended' || event === 'connected') && !details.some((d) => d.includes(fields.endpoint!))) details.push(fields.endpoint)
     this.write(`${time} ${event} ${key}${details.length ? ` (${details.join(', ')})` : ''}\n`)
   }
 }

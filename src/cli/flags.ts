@@ -83,13 +83,17 @@ export const ownerFlag = Flags.custom<string>({
   helpValue: 'NAME',
   parse: async (input) => {
     const problem = ownerProblem(input)
-    if (problem) throw new UsageError(`--owner: ${problem}`)
+    // oclif fills the flag from $LOCKCTL_OWNER too: name whichever the value came from.
+    const source = input === process.env.LOCKCTL_OWNER && !process.argv.some((a) => a === '--owner' || a.startsWith('--owner=')) ? '$LOCKCTL_OWNER' : '--owner'
+    if (problem) throw new UsageError(`${source}: ${problem}`)
     return input
   },
 })
 
 export function checkKeyArg(key: string): string {
-  const problem = keyProblem(key)
+  // Node decodes the command line as UTF-8 and puts U+FFFD where a byte is not: two different
+  // invalid keys would become one. Refuse it here (a library caller can pass U+FFFD on purpose).
+  const problem = keyProblem(key) ?? (key.includes('\uFFFD') ? 'a key must be valid UTF-8 (this one has a byte that is not, or U+FFFD)' : null)
   if (problem) {
     // A long key is shown by its start: the error stays one readable line.
     const shown = key.length > 60 ? `${JSON.stringify(key.slice(0, 40)).slice(0, -1)}…"` : JSON.stringify(key)

@@ -80,7 +80,7 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
       events.print('acquired', key, {fence: grant.fence, leaseMs: grant.leaseMs, token: json ? grant.token : undefined})
     },
     onLost: (reason) => {
-      events.print('lost', key, {reason: reason.message})
+      events.print('lost', key, {reason: reason.reason})
       if (!command) return
       lost = true
       if (child?.started && options.onLost === 'kill') child.terminate(options.killSignal, options.graceMs)

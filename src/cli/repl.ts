@@ -2,7 +2,7 @@ import {appendFileSync, readFileSync} from 'node:fs'
 import {dirname} from 'node:path'
 import {clearLine, cursorTo} from 'node:readline'
 import {createInterface} from 'node:readline/promises'
-import type {Config} from '@oclif/core'
+import {loadHelpClass, type Config} from '@oclif/core'
 import {AbortedError} from '../client/errors.js'
 import type {LockClient} from '../client/lock-client.js'
 import {describeError, type BaseCommand} from './base-command.js'
@@ -116,8 +116,19 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
     if (interactive) appendHistory(options.historyFile, line)
     const [id, ...argv] = words
     if (id === 'exit' || id === 'quit') return 'exit'
-    if (id === 'help') {
-      options.output.write(`commands: ${commandIds.join(', ')}\nREPL: locks (what this session holds), exit (or Ctrl-D)\n"COMMAND --help" for a command's flags.\n`)
+    const wantsHelp = id === 'help' || argv.includes('--help') || argv.includes('-h')
+    if (wantsHelp) {
+      const topic = id === 'help' ? argv[0] : id
+      if (topic !== undefined && config.findCommand(topic) && !NOT_IN_REPL.has(topic)) {
+        // The command's own help, as outside the REPL (oclif handles --help before a command runs).
+        const HelpClass = await loadHelpClass(config)
+        await new HelpClass(config).showHelp([topic])
+        return
+      }
+      const width = Math.max(...commandIds.map((c) => c.length), 6)
+      const lines = commandIds.map((c) => `  ${c.padEnd(width)}  ${config.findCommand(c)?.summary ?? ''}`)
+      lines.push(`  ${'locks'.padEnd(width)}  what this session holds`, `  ${'exit'.padEnd(width)}  leave (or Ctrl-D)`)
+      options.output.write(`commands:\n${lines.join('\n')}\n"help COMMAND" or "COMMAND --help" for a command's flags.\n`)
       return
     }
     if (id === 'locks') {

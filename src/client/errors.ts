@@ -43,7 +43,11 @@ export class NotHolderError extends LockError {
 }
 
 export class LeaseLostError extends LockError {
-  constructor(readonly key: string, reason: string) {
+  constructor(
+    readonly key: string,
+    /** Why, without the key (for lines that name the key already). */
+    readonly reason: string,
+  ) {
     super(ErrorCode.LEASE_LOST, `lost ${JSON.stringify(key)}: ${reason}`)
   }
 }
@@ -111,6 +115,8 @@ export function describeHolder(holder: HolderInfo | null | undefined): string {
 
 export function formatMs(ms: number): string {
   if (ms < 1000) return `${Math.round(ms)}ms`
+  // Under 10 s a tenth counts: a --wait of 1.5s is not "2s".
+  if (ms < 10_000 && Math.round(ms / 100) % 10 !== 0) return `${(Math.round(ms / 100) / 10).toFixed(1)}s`
   const totalSeconds = Math.round(ms / 1000)
   const h = Math.floor(totalSeconds / 3600)
   const m = Math.floor((totalSeconds % 3600) / 60)

@@ -39,6 +39,7 @@ With a command (after --): start it once the lock is held, without a shell, with
   async run(): Promise<void> {
     const {args, argv, flags} = await this.parse(Hold)
     this.conflictExitCode = flags['conflict-exit-code']
+    this.quietConflicts = flags.quiet
     const dashes = this.argv.indexOf('--')
     // `hold -- CMD`: oclif would take CMD's first word for KEY.
     if (dashes !== -1 && !this.argv.slice(0, dashes).includes(args.key ?? '')) throw new UsageError('missing KEY: lockctl hold KEY [flags] -- COMMAND')

@@ -18,7 +18,8 @@ export default class Status extends BaseCommand {
     prefix: Flags.string({description: 'only keys that start with this (not with KEY)', helpValue: 'PREFIX'}),
     token: tokenFlag('check whether this token holds KEY (exit 0) or not (exit 5)'),
     limit: Flags.integer({description: 'show at most this many locks (default: 1000 in the table, all with --json)', min: 1}),
-    watch: Flags.boolean({char: 'w', description: 'redraw the table as locks change, until Ctrl-C', exclusive: ['token', 'json']}),
+    watch: Flags.boolean({char: 'w', description: 'redraw the table as locks change (and every second), until Ctrl-C', exclusive: ['token', 'json']}),
+    'no-headers': Flags.boolean({description: 'no header line in the plain (piped) output'}),
   }
 
   async run(): Promise<Record<string, unknown>> {
@@ -45,7 +46,8 @@ export default class Status extends BaseCommand {
       return {key, holder: holderJson(lock?.holder ?? null), waiters: lock?.waiters ?? 0}
     }
     const [info, {locks, total}] = await Promise.all([client.info(), client.list(flags.prefix ?? '', limit)])
-    this.log(
+    // The summary line is for people; piped, the output is the columns alone (like ps).
+    if (process.stdout.isTTY) this.log(
       info.server === 'etcd'
         ? `etcd ${String(info.version)} at ${client.endpoint}: ${(info.members as unknown[]).length} member(s), leader ${String(info.leader)}, raft term ${String(info.raftTerm)}`
         : `${String(info.server)} ${String(info.version)} at ${client.endpoint}: ${String(info.locks)} lock(s), ${String(info.waiters)} waiter(s)`,
@@ -68,36 +70,73 @@ export default class Status extends BaseCommand {
       this.log(`${client.endpoint} — ${new Date().toLocaleTimeString()} (Ctrl-C to stop)`)
       await this.render(locks, total)
     }
-    for await (const update of client.watch(target, {signal: this.interruptSignal})) {
-      if (update.type === 'disconnected') {
-        this.log(`disconnected: ${update.reason}; reconnecting…`)
-        continue
-      }
+    const redraw = () => {
       // Bursts of events are drawn once.
       pending ??= setTimeout(() => void draw().catch((error: Error) => this.log(`lockctl: ${error.message}`)), 50)
     }
-    if (pending) clearTimeout(pending)
+    // On a terminal LEASE LEFT and SINCE move on their own: redraw every second too.
+    const ticker = process.stdout.isTTY ? setInterval(redraw, 1000) : null
+    try {
+      for await (const update of client.watch(target, {signal: this.interruptSignal})) {
+        if (update.type === 'disconnected') {
+          this.log(`disconnected: ${update.reason}; reconnecting…`)
+          continue
+        }
+        redraw()
+      }
+    } finally {
+      if (ticker) clearInterval(ticker)
+      if (pending) clearTimeout(pending)
+    }
   }
 
+  /**
+   * A box table on a terminal (one rule under the header, long keys shortened in the middle to
+   * fit its width); plain columns with one header line when piped, like `ps` (`--no-headers`).
+   */
   private async render(locks: LockInfo[], total: number): Promise<void> {
     if (this.jsonEnabled()) return
+    const {flags} = await this.parse(Status)
     if (locks.length === 0) {
       this.log('no locks')
       return
     }
+    const head = ['KEY', 'HOLDER', 'FENCE', 'LEASE LEFT', 'WAITERS', 'SINCE']
+    const rows = locks.map((lock) =>
+      lock.holder
+        ? [lock.key, lock.holder.owner, String(lock.holder.fence), formatMs(lock.holder.leaseLeftMs), String(lock.waiters), age(lock.holder.since)]
+        : [lock.key, '(free)', '', '', String(lock.waiters), ''],
+    )
+    const more = total > locks.length ? `… and ${total - locks.length} more (--limit)` : null
+    if (!process.stdout.isTTY) {
+      const lines = flags['no-headers'] ? rows : [head, ...rows]
+      const widths = head.map((_, column) => Math.max(...lines.map((row) => row[column].length)))
+      for (const row of lines) this.log(row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]))).join('  ').trimEnd())
+      if (more) process.stderr.write(`${more}\n`)
+      return
+    }
+    // Fit the terminal: the other columns as they are, the key column what is left.
+    const columns = process.stdout.columns || 120
+    const others = head.slice(1).map((title, i) => Math.max(title.length, ...rows.map((row) => row[i + 1].length)))
+    const keyRoom = Math.max(12, columns - others.reduce((sum, width) => sum + width + 3, 0) - 4)
+    let shortened = false
+    for (const row of rows) {
+      if (row[0].length > keyRoom) {
+        const keep = keyRoom - 1
+        row[0] = `${row[0].slice(0, Math.ceil(keep / 2))}…${row[0].slice(row[0].length - Math.floor(keep / 2))}`
+        shortened = true
+      }
+    }
     const {default: Table} = await import('cli-table3')
     const table = new Table({
-      head: ['KEY', 'HOLDER', 'FENCE', 'LEASE LEFT', 'WAITERS', 'SINCE'],
+      head,
       style: {head: [], border: []},
+      // One rule under the header, none between rows.
+      chars: {mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': ''},
     })
-    for (const lock of locks) {
-      table.push(
-        lock.holder
-          ? [lock.key, lock.holder.owner, lock.holder.fence, formatMs(lock.holder.leaseLeftMs), lock.waiters, age(lock.holder.since)]
-          : [lock.key, '(free)', '', '', lock.waiters, ''],
-      )
-    }
+    for (const row of rows) table.push(row)
     this.log(table.toString())
-    if (total > locks.length) this.log(`… and ${total - locks.length} more (--limit)`)
+    if (shortened) this.log('(long keys are shortened in the middle; --json shows them whole)')
+    if (more) this.log(more)
   }
 }

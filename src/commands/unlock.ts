@@ -1,6 +1,7 @@
 import {Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
-import {checkKeyArg, defaultToken, keyArg, missingInput, tokenFlag, UsageError} from '../cli/flags.js'
+import {checkKeyArg, defaultToken, keyArg, missingInput, tokenFlag} from '../cli/flags.js'
+import {ExitCode} from '../cli/exit-codes.js'
 import {holderJson} from '../cli/output.js'
 import {confirmInSession, pickSessionKey} from '../cli/session.js'
 import {describeHolder} from '../client/errors.js'
@@ -42,7 +43,12 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
       const ok = session
         ? await confirmInSession(session, question)
         : await import('@inquirer/prompts').then(({confirm}) => confirm({message: question, default: false}, {output: process.stderr}))
-      if (!ok) throw new UsageError('not released: cancelled at the prompt')
+      if (!ok) {
+        // A decision, not a mistake: say what was kept, exit 1 (docs/exit-codes.md).
+        process.stderr.write(`${session?.errorPrefix ?? ''}lockctl: kept ${JSON.stringify(key)}, held by ${describeHolder(lock?.holder)}: not released\n`)
+        this.exitStatus = ExitCode.NOT_ACQUIRED
+        return {key, released: false, forced: false, holder: holderJson(lock?.holder ?? null)}
+      }
     }
     try {
       const holder = await client.release(key, flags.force ? undefined : token, {force: flags.force})

@@ -47,6 +47,8 @@ Exit codes: 0 after Ctrl-C, 4 if the lock service is unreachable at the start.`
       if (update.type === 'snapshot') {
         if (update.resync) line('resynced', {reason: 'events while disconnected may have been missed'})
         if (update.locks.length === 0 && target.key !== undefined) line('state', {key: target.key, holder: null, fence: null, waiters: 0})
+        // A prefix with no lock under it yet: say so, rather than print nothing until the first event.
+        if (update.locks.length === 0 && target.key === undefined) line('state', {reason: `no locks under ${JSON.stringify(target.prefix)}`})
         for (const lock of update.locks) state(lock)
       } else if (update.type === 'event') {
         event(update.event)

@@ -1,4 +1,4 @@
-import {execFileSync} from 'node:child_process'
+import {execFileSync, spawnSync} from 'node:child_process'
 import {chmodSync, existsSync, mkdirSync, rmSync, writeFileSync} from 'node:fs'
 import {createServer, connect as netConnect} from 'node:net'
 import {join} from 'node:path'
@@ -331,18 +331,94 @@ describe('lockctl server', () => {
 
 describe.skipIf(!hasTmux && !process.env.CI)('unlock --force in a real terminal (tmux)', () => {
   const {env} = sharedLockd()
-  it('asks first: "n" (the default) keeps the lock and exits 2, "y" releases it', async () => {
+  it('asks first: "n" (the default) keeps the lock, says so and exits 1 (a decision, not a mistake), "y" releases it', async () => {
     const held = await runCli(['lock', 'tty-force', '--owner', 'someone'], {env})
     expect(held.code).toBe(0)
-    for (const [answer, code] of [['n', 2], ['y', 0]] as const) {
+    for (const [answer, code] of [['n', 1], ['y', 0]] as const) {
       await inTerminal('unlock tty-force --force', env, async ({keys, waitScreen}) => {
         await waitScreen(/Force-release "tty-force", held by someone \(fence \d+, [^)]* left\)\? \(y\/N\)/)
         keys(answer, 'Enter')
+        if (answer === 'n') await waitScreen(/lockctl: kept "tty-force", held by someone \(fence \d+, [^)]* left\): not released/)
         await waitScreen(new RegExp(`exited ${code}`))
       })
       const holder = JSON.parse((await runCli(['status', 'tty-force', '--json'], {env})).stdout).holder
       if (answer === 'n') expect(holder).toMatchObject({owner: 'someone'})
       else expect(holder).toBeNull()
     }
+  })
+})
+
+describe('the shell and terminal: help, output where it goes, input and messages', () => {
+  const {env} = sharedLockd()
+
+  it('help: `lockctl help`, `help lock`, `-h` and `lock -h` all show help, exit 0', async () => {
+    for (const args of [['help'], ['-h'], ['help', 'lock'], ['lock', '-h']]) {
+      const result = await runCli(args, {env})
+      expect(result.code, args.join(' ')).toBe(0)
+      expect(result.stdout, args.join(' ')).toMatch(args.includes('lock') ? /Acquire a lock and print its token/ : /COMMANDS/)
+    }
+    // In the REPL (piped: a script), help lists each command with its summary, and COMMAND --help works.
+    const repl = spawnSync(process.execPath, [BIN, 'repl'], {input: 'help\nlock --help\n', env: {...process.env, ...env}, encoding: 'utf8'})
+    expect(repl.status, repl.stderr).toBe(0)
+    expect(repl.stdout).toMatch(/ {2}lock {4}Acquire a lock and print its token\./)
+    expect(repl.stdout).toMatch(/USAGE\n {2}\$ lockctl lock KEY/)
+  })
+
+  it('status piped: plain columns with one header line (--no-headers drops it), no box lines', async () => {
+    const taken = await runCli(['lock', 'plain/k', '--owner', 'plain-owner'], {env})
+    const piped = await runCli(['status', '--prefix', 'plain/'], {env})
+    expect(piped.code).toBe(0)
+    const lines = piped.stdout.trimEnd().split('\n')
+    expect(lines[0]).toMatch(/^KEY +HOLDER +FENCE +LEASE LEFT +WAITERS +SINCE$/)
+    expect(lines[1]).toMatch(/^plain\/k +plain-owner +\d+ +\S+ +0 +\S+ ago$/)
+    expect(piped.stdout).not.toMatch(/[│┌─]/)
+    const bare = await runCli(['status', '--prefix', 'plain/', '--no-headers'], {env})
+    expect(bare.stdout.trimEnd().split('\n')).toHaveLength(1)
+    await runCli(['unlock', 'plain/k', '--token', taken.stdout.trim()], {env})
+  })
+
+  it('input: a key that is not valid UTF-8 is refused (exit 2) instead of stored as U+FFFD', async () => {
+    const result = spawnSync('sh', ['-c', `"${process.execPath}" "${BIN}" lock "$(printf 'a\\377b')"`], {env: {...process.env, ...env}, encoding: 'utf8'})
+    expect(result.status).toBe(2)
+    expect(result.stderr.trim()).toMatch(/^lockctl: KEY .*must be valid UTF-8/)
+  })
+
+  it('a bad $LOCKCTL_OWNER is named as such, not as --owner', async () => {
+    const result = await runCli(['lock', 'owner/k'], {env: {...env, LOCKCTL_OWNER: 'x'.repeat(300)}})
+    expect(result.code).toBe(2)
+    expect(result.stderr).toMatch(/^lockctl: \$LOCKCTL_OWNER: /)
+  })
+
+  it('config.json that is null, an array, or has a profile that is a string: one line, exit 2; with --endpoints only a warning', async () => {
+    for (const content of ['null', '[]', '{"profiles": {"a": "lockd://x"}, "defaultProfile": "a"}']) {
+      const home = tempDir('lockctl-config-')
+      mkdirSync(join(home, 'lockctl'))
+      writeFileSync(join(home, 'lockctl', 'config.json'), content)
+      const broken = await runCli(['status', 'cfg/k'], {env: {XDG_CONFIG_HOME: home, XDG_STATE_HOME: join(home, 'state')}})
+      expect(broken.code, content).toBe(2)
+      expect(broken.stderr.trim().split('\n'), content).toHaveLength(1)
+      expect(broken.stderr).not.toMatch(/\n\s+at /)
+      const explicit = await runCli(['status', 'cfg/k', '--endpoints', env.LOCKCTL_ENDPOINTS!], {env: {XDG_CONFIG_HOME: home}})
+      expect(explicit.code, content).toBe(0)
+      expect(explicit.stderr, content).toMatch(/^lockctl: warning: .*ignored: --endpoints/)
+    }
+  })
+
+  it('hold --wait 0 --conflict-exit-code 0 --quiet skips in silence, as cron wants', async () => {
+    const held = await runCli(['lock', 'quiet/k'], {env})
+    const skipped = await runCli(['hold', 'quiet/k', '--wait', '0', '--conflict-exit-code', '0', '--quiet', '--', 'true'], {env})
+    expect(skipped.code).toBe(0)
+    expect(skipped.stderr).toBe('')
+    await runCli(['unlock', 'quiet/k', '--token', held.stdout.trim()], {env})
+  })
+
+  it('watch --prefix with nothing under it says so at once (a state line), in JSON too', async () => {
+    const run = runCli(['watch', '--prefix', 'nothing-here/', '--json'], {env})
+    let out = ''
+    run.child.stdout!.on('data', (c: Buffer) => (out += c.toString()))
+    await eventually(() => out.includes('\n'))
+    expect(JSON.parse(out.split('\n')[0])).toMatchObject({event: 'state', reason: 'no locks under "nothing-here/"'})
+    run.child.kill('SIGINT')
+    await run
   })
 })

@@ -199,6 +199,7 @@ describe('hold: lock loss while the child runs', () => {
     const result = await run
     expect(result.code).toBe(3)
     expect(result.stderr).toMatch(/lost lose \(.*force-released/)
+    expect(result.stderr).not.toMatch(/lost lose \(lost/) // says lost once
     // No second grant while (or after) the command is killed.
     expect(result.stderr.match(/acquired lose/g)).toHaveLength(1)
     expect(alive(shellPid)).toBe(false)
