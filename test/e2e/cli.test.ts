@@ -199,7 +199,7 @@ describe('the CLI against a lockd server', () => {
     [['status', 'k', '--prefix', 'p/'], /give KEY or --prefix, not both/],
     [['status', '--token', 'abcdefghijkl'], /--token needs KEY/],
     [['lokc', 'k'], /^lockctl: unknown command "lokc"; did you mean lock\?$/m],
-    [['frobnicate'], /unknown command "frobnicate"; commands: hold, lock, renew, repl, server, status, unlock, watch/],
+    [['frobnicate'], /unknown command "frobnicate"; commands: help, hold, lock, renew, repl, server, status, unlock, watch/],
   ])('bad input %j exits 2 with one line', async (args, message) => {
     const result = await runCli(args, {env})
     expect(result.code).toBe(2)
