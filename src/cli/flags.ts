@@ -47,6 +47,14 @@ export const leaseFlag = (options: {defaultMs: number; description?: string}) =>
     parse: async (input, _ctx, flag) => durationFlagValue(flag.name, input, MIN_LEASE_MS, MAX_LEASE_MS, false),
   })()
 
+/** A lease flag with no default (renew keeps the current length; help shows no default). */
+export const optionalLeaseFlag = (description: string) =>
+  Flags.custom<number>({
+    description,
+    helpValue: 'DURATION',
+    parse: async (input, _ctx, flag) => durationFlagValue(flag.name, input, MIN_LEASE_MS, MAX_LEASE_MS, false),
+  })()
+
 export const waitFlag = (options: {defaultMs: number; description?: string}) =>
   Flags.custom<number>({
     description: options.description ?? 'how long to wait in the queue: 0 = try once, a duration, or forever',

@@ -82,24 +82,31 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
     },
   }
 
+  /**
+   * Tab: commands, then a command's flags after "-", else keys — inserted quoted as a shell word
+   * when they need it ("release train"), replacing the word as typed (an open quote included).
+   */
   function complete(line: string): [string[], string] {
+    const start = lastWordStart(line)
+    const raw = line.slice(start)
     let words: string[]
     try {
-      words = tokenize(line)
+      words = tokenize(line.slice(0, start))
     } catch {
-      return [[], line]
+      return [[], raw]
     }
-    const current = /\s$/.test(line) ? '' : (words.pop() ?? '')
+    const partial = raw.replace(/^["']/, '')
     let candidates: string[]
     if (words.length === 0) {
       candidates = [...commandIds, ...BUILTINS]
-    } else if (current.startsWith('-')) {
+    } else if (partial.startsWith('-')) {
       const command = config.findCommand(words[0])
       candidates = command ? Object.keys(command.flags).map((f) => `--${f}`) : []
     } else {
-      candidates = [...new Set([...session.locks.keys(), ...session.holds.keys(), ...seenKeys])]
+      candidates = [...new Set([...session.locks.keys(), ...session.holds.keys(), ...seenKeys])].map(shellWord)
+      return [candidates.filter((c) => c.replace(/^'/, '').startsWith(partial)).sort(), raw]
     }
-    return [candidates.filter((c) => c.startsWith(current)).sort(), current]
+    return [candidates.filter((c) => c.startsWith(partial)).sort(), raw]
   }
 
   async function runLine(line: string): Promise<'exit' | void> {
@@ -304,3 +311,29 @@ async function runInSession(config: Config, id: string, argv: string[], session:
 /** What the REPL needs of a command (BaseCommand): its session in, its exit code out. */
 type SessionCommand = Pick<BaseCommand, 'session' | 'exitStatus'>
 type BaseCommandClass = (new (argv: string[], config: Config) => SessionCommand) & {run(argv: string[], config: Config): Promise<unknown>}
+
+/** Where the last word of a line starts (after the last space outside quotes). */
+function lastWordStart(line: string): number {
+  let start = 0
+  let quote: string | null = null
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i]
+    if (quote) {
+      if (c === quote) quote = null
+      else if (c === '\\' && quote === '"') i++
+    } else if (c === '"' || c === "'") {
+      quote = c
+    } else if (c === '\\') {
+      i++
+    } else if (/\s/.test(c)) {
+      start = i + 1
+    }
+  }
+  return start
+}
+
+/** A key as one shell word: bare when it can be, else in single quotes. */
+function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", "'\\''")}'`
+}
+

@@ -1,5 +1,5 @@
 import {BaseCommand} from '../cli/base-command.js'
-import {checkKeyArg, defaultToken, keyArg, leaseFlag, missingInput, tokenFlag} from '../cli/flags.js'
+import {checkKeyArg, defaultToken, keyArg, missingInput, optionalLeaseFlag, tokenFlag} from '../cli/flags.js'
 import {formatMs, grantJson} from '../cli/output.js'
 import {pickSessionKey, rememberGrant} from '../cli/session.js'
 
@@ -14,7 +14,7 @@ Exit codes: 0 renewed, 2 usage, 4 unreachable, 5 the token does not hold the loc
 
   static flags = {
     token: tokenFlag('token printed by `lockctl lock` (default: $LOCKCTL_TOKEN)'),
-    lease: leaseFlag({defaultMs: 0, description: 'new lease length, counted from now (default: the current length)'}),
+    lease: optionalLeaseFlag('new lease length, counted from now (default: the current length)'),
   }
 
   async run(): Promise<Record<string, unknown>> {

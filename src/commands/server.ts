@@ -4,6 +4,10 @@ import {BaseCommand} from '../cli/base-command.js'
 import {UsageError} from '../cli/flags.js'
 
 export default class Server extends BaseCommand {
+  // A server has no lock service to reach and prints no JSON: none of the clients' flags.
+  static baseFlags = {} as unknown as typeof BaseCommand.baseFlags
+  static enableJsonFlag = false
+
   static summary = 'Run lockd, the lock server, in the foreground.'
   static description = `Stops cleanly on SIGTERM or SIGINT. State is kept in --data-dir (a durable log with group commit and snapshots): after a crash every lock still held comes back with its whole lease, and fencing tokens never repeat.
 Without --listen or --socket it listens on 127.0.0.1:7070.`

@@ -17,7 +17,7 @@ export default class Status extends BaseCommand {
   static flags = {
     prefix: Flags.string({description: 'only keys that start with this (not with KEY)', helpValue: 'PREFIX'}),
     token: tokenFlag('check whether this token holds KEY (exit 0) or not (exit 5)'),
-    limit: Flags.integer({description: 'show at most this many locks (default: 1000 in the table, all with --json)', min: 1}),
+    limit: Flags.integer({description: 'show at most this many locks (default: 1000 in the table, all with --json)', min: 1, helpValue: 'N'}),
     watch: Flags.boolean({char: 'w', description: 'redraw the table as locks change (and every second), until Ctrl-C', exclusive: ['token', 'json']}),
     'no-headers': Flags.boolean({description: 'no header line in the plain (piped) output'}),
   }

@@ -81,7 +81,7 @@ export interface AcquireArgs {
 export type RequestBody =
   | ({op: 'acquire'} & AcquireArgs)
   /** Give up the wait started by request `wid`; releases the grant if it was already made. */
-  | {op: 'cancel'; key: string; wid: number}
+  | {op: 'cancel'; key: string; wid: number; reason?: 'cancelled' | 'timeout'}
   | {op: 'release'; key: string; token?: string; force?: boolean}
   | {op: 'renew'; key: string; token: string; leaseMs?: number}
   /** Does this token hold the lock now? No side effect (unlike renew). */

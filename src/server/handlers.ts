@@ -72,7 +72,8 @@ export function handleRequest(ctx: HandlerContext, conn: Connection, request: Re
       return {code: 'QUEUED', position: result.position, holder: holderInfo(result.holder, now)}
     }
     case 'cancel':
-      return {code: 'OK', released: table.cancel({session: conn.session, wid: request.wid}, request.key).released}
+      // A wait the client gave up because its time ran out shows in watch as a timeout.
+      return {code: 'OK', released: table.cancel({session: conn.session, wid: request.wid}, request.key, request.reason === 'timeout' ? 'timeout' : 'cancelled').released}
     case 'release': {
       if (request.force === true && !ctx.mayForce(conn)) {
         return {code: ErrorCode.NOT_PERMITTED, msg: `${conn.user === null ? 'an anonymous client' : `user ${JSON.stringify(conn.user)}`} may not force-release a lock it does not hold (lockd --admin)`}

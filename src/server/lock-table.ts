@@ -194,10 +194,10 @@ export class LockTable {
    * to it (the push is on its way) the grant is released, so nobody sits on a lock it does not
    * know it holds.
    */
-  cancel(ref: WaiterRef, key: string): {released: boolean} {
+  cancel(ref: WaiterRef, key: string, reason: 'cancelled' | 'timeout' = 'cancelled'): {released: boolean} {
     const waiter = this.waitersBySession.get(ref.session)?.get(ref.wid)
     if (waiter) {
-      this.removeWaiter(waiter, 'cancelled')
+      this.removeWaiter(waiter, reason)
       return {released: false}
     }
     const holder = this.entries.get(key)?.holder

@@ -18,6 +18,29 @@ const brief = (u: WatchUpdate) =>
   u.type === 'event' ? `${u.event.type} ${u.event.key}${u.event.owner ? ` ${u.event.owner}` : ''} w=${u.event.waiters}` : u.type === 'snapshot' ? `snapshot(${u.locks.map((l) => l.key).join(',')})${u.resync ? ' resync' : ''}` : u.type
 
 describe('watching locks on lockd', () => {
+  it('a wait that runs out shows as dequeued with reason timeout; one given up, as cancelled', async () => {
+    const lockd = await startLockd()
+    const a = await client(lockd.endpoint, 'A')
+    const b = await client(lockd.endpoint, 'B')
+    const watcher = await client(lockd.endpoint, 'W')
+    await a.createLock('t').acquire({leaseMs: 30_000})
+    const controller = new AbortController()
+    const {updates, done} = collect(watcher.watch({key: 't'}, {signal: controller.signal}))
+    await eventually(() => updates.length === 1)
+    await b.createLock('t').acquire({waitMs: 300}).catch(() => null)
+    const giveUp = new AbortController()
+    const aborted = b.createLock('t').acquire({waitMs: 30_000, signal: giveUp.signal}).catch(() => null)
+    await eventually(async () => (await a.inspect('t'))?.waiters === 1)
+    giveUp.abort()
+    await aborted
+    const reasons = () => updates.flatMap((u) => (u.type === 'event' && u.event.type === 'dequeued' ? [u.event.reason] : []))
+    await eventually(() => reasons().length === 2)
+    expect(reasons()).toEqual(['timeout', 'cancelled'])
+    controller.abort()
+    await done
+    await lockd.stop()
+  })
+
   it('yields the current state, then events in order for a scripted sequence', async () => {
     const lockd = await startLockd()
     const a = await client(lockd.endpoint, 'A')

@@ -191,7 +191,7 @@ export class LockdBackend implements LockBackend {
       slot.abandoned = true
       settle({timeout: true})
       try {
-        const cancelled = await connection.request({op: 'cancel', key: request.key, wid})
+        const cancelled = await connection.request({op: 'cancel', key: request.key, wid, reason: first.giveUp === 'timeout' ? 'timeout' : 'cancelled'})
         if (cancelled.code === 'OK' && !cancelled.released) {
           holder = (await this.inspect(request.key).catch(() => null))?.holder ?? holder
         }
