@@ -5,6 +5,7 @@
  * the command-not-found hook through commandNotFound; heavy modules stay lazy (separate chunks,
  * or left to node_modules: etcd3, prom-client, prompts, spinners, tables).
  */
+import Completion from '../commands/completion.js'
 import Help from '../commands/help.js'
 import Hold from '../commands/hold.js'
 import Lock from '../commands/lock.js'
@@ -18,4 +19,4 @@ import Watch from '../commands/watch.js'
 export {execute} from '@oclif/core'
 export {default as commandNotFound} from '../hooks/command-not-found.js'
 
-export const COMMANDS = {help: Help, hold: Hold, lock: Lock, renew: Renew, repl: Repl, server: Server, status: Status, unlock: Unlock, watch: Watch}
+export const COMMANDS = {completion: Completion, help: Help, hold: Hold, lock: Lock, renew: Renew, repl: Repl, server: Server, status: Status, unlock: Unlock, watch: Watch}

@@ -199,7 +199,7 @@ describe('the CLI against a lockd server', () => {
     [['status', 'k', '--prefix', 'p/'], /give KEY or --prefix, not both/],
     [['status', '--token', 'abcdefghijkl'], /--token needs KEY/],
     [['lokc', 'k'], /^lockctl: unknown command "lokc"; did you mean lock\?$/m],
-    [['frobnicate'], /unknown command "frobnicate"; commands: help, hold, lock, renew, repl, server, status, unlock, watch/],
+    [['frobnicate'], /unknown command "frobnicate"; commands: completion, help, hold, lock, renew, repl, server, status, unlock, watch/],
   ])('bad input %j exits 2 with one line', async (args, message) => {
     const result = await runCli(args, {env})
     expect(result.code).toBe(2)
@@ -420,5 +420,25 @@ describe('the shell and terminal: help, output where it goes, input and messages
     expect(JSON.parse(out.split('\n')[0])).toMatchObject({event: 'state', reason: 'no locks under "nothing-here/"'})
     run.child.kill('SIGINT')
     await run
+  })
+})
+
+describe('shell completion', () => {
+  const {env} = sharedLockd()
+  it('bash: commands, a command\'s flags, and key names from the lock service', async () => {
+    const bin = tempDir('lockctl-path-')
+    writeFileSync(join(bin, 'lockctl'), `#!/bin/sh\nexec "${process.execPath}" "${BIN}" "$@"\n`, {mode: 0o755})
+    const held = await runCli(['lock', 'complete/me'], {env})
+    const complete = (words: string[]) => {
+      const script = `source <(lockctl completion bash); COMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _lockctl; printf '%s\\n' "\${COMPREPLY[@]}"`
+      const result = spawnSync('bash', ['-c', script], {env: {...process.env, ...env, PATH: `${bin}:${process.env.PATH}`}, encoding: 'utf8'})
+      expect(result.status, result.stderr).toBe(0)
+      return result.stdout.trim().split('\n')
+    }
+    expect(complete(['lockctl', 'un'])).toEqual(['unlock'])
+    expect(complete(['lockctl', 'lock', 'k', '--le'])).toEqual(['--lease'])
+    expect(complete(['lockctl', 'unlock', 'complete/'])).toEqual(['complete/me'])
+    for (const shell of ['zsh', 'fish']) expect((await runCli(['completion', shell], {env})).stdout).toMatch(/lockctl/)
+    await runCli(['unlock', 'complete/me', '--token', held.stdout.trim()], {env})
   })
 })
