@@ -360,7 +360,7 @@ describe('the shell and terminal: help, output where it goes, input and messages
     // In the REPL (piped: a script), help lists each command with its summary, and COMMAND --help works.
     const repl = spawnSync(process.execPath, [BIN, 'repl'], {input: 'help\nlock --help\n', env: {...process.env, ...env}, encoding: 'utf8'})
     expect(repl.status, repl.stderr).toBe(0)
-    expect(repl.stdout).toMatch(/ {2}lock {4}Acquire a lock and print its token\./)
+    expect(repl.stdout).toMatch(/^ {2}lock +Acquire a lock and print its token\.$/m)
     expect(repl.stdout).toMatch(/USAGE\n {2}\$ lockctl lock KEY/)
   })
 

@@ -150,7 +150,9 @@ describe('lockd crash and recovery', () => {
       const lockd = await startLockd({dataDir})
       const c = await client(lockd.endpoint, 'A')
       for (let i = 0; i < 3; i++) {
-        const lock = c.createLock(`k${i}`)
+        // A key per run: a release answered just before the kill -9 may come back held until
+        // its lease ends (docs/recovery.md); fences must still never repeat.
+        const lock = c.createLock(`k${run}-${i}`)
         fences.push((await lock.acquire()).fence)
         await lock.unlock()
       }
