@@ -3,6 +3,7 @@ import {existsSync, readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {afterEach, describe, expect, it} from 'vitest'
 import {check, parseWrites, type ProtectedWrite} from '../fault/check.js'
+import {connect} from '../../src/client/index.js'
 import {ROOT, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
 
 /**
@@ -39,7 +40,14 @@ interface Run {
   faults: string[]
 }
 
-async function faultRun(options: {seed: number; modes: string[]; durationMs: number; stopWhen?: (writes: ProtectedWrite[]) => boolean}): Promise<Run> {
+async function faultRun(options: {
+  seed: number
+  modes: string[]
+  durationMs: number
+  stopWhen?: (writes: ProtectedWrite[]) => boolean
+  /** One key, and only its current holder paused (the sabotage check): a certain overlap, not a likely one. */
+  pauseHolderOnly?: boolean
+}): Promise<Run> {
   const random = rng(options.seed)
   const dir = tempDir('lockctl-fault-')
   const dataDir = join(dir, 'data')
@@ -47,7 +55,9 @@ async function faultRun(options: {seed: number; modes: string[]; durationMs: num
   const port = lockd.port
   const logs = options.modes.map((_, i) => join(dir, `worker-${i}.log`))
   const workers = options.modes.map((mode, i) => {
-    const child = spawn(process.execPath, [WORKER, lockd.endpoint, logs[i], mode, 'f/a,f/b', String(options.seed * 100 + i)], {stdio: ['ignore', 'ignore', 'inherit']})
+    const child = spawn(process.execPath, [WORKER, lockd.endpoint, logs[i], mode, options.pauseHolderOnly ? 'f/a' : 'f/a,f/b', String(options.seed * 100 + i)], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    })
     running.add(child)
     return child
   })
@@ -57,6 +67,20 @@ async function faultRun(options: {seed: number; modes: string[]; durationMs: num
   try {
     while (Date.now() < end) {
       await sleep(300 + random() * 700)
+      if (options.pauseHolderOnly) {
+        // The worker that holds f/a now (its owner names its pid), paused past its 1 s lease.
+        const watcher = await connect({endpoints: lockd.endpoint, owner: 'driver'})
+        const owner = (await watcher.inspect('f/a').catch(() => null))?.holder?.owner
+        await watcher.close()
+        const index = workers.findIndex((w) => owner === `sabotage-${w.pid}`)
+        if (index === -1) continue
+        faults.push(`SIGSTOP holder ${index} for 2000ms`)
+        workers[index].kill('SIGSTOP')
+        await sleep(2000)
+        workers[index].kill('SIGCONT')
+        if (options.stopWhen?.(writes())) break
+        continue
+      }
       const choice = random()
       if (choice < 0.6) {
         // A holder (most workers hold most of the time) paused past its 1 s lease.
@@ -126,7 +150,7 @@ describe('randomized faults against real processes (seeded)', () => {
   })
 
   it('sabotage: workers that ignore their lease after a pause are caught by the checker', {timeout: 60_000}, async () => {
-    const run = await faultRun({seed: 5, modes: ['sabotage', 'sabotage', 'sabotage'], durationMs: 25_000, stopWhen: (writes) => check(writes).overlaps.length > 0})
+    const run = await faultRun({seed: 5, modes: ['sabotage', 'sabotage', 'sabotage'], durationMs: 25_000, pauseHolderOnly: true, stopWhen: (writes) => check(writes).overlaps.length > 0})
     const verdict = check(run.writes())
     expect(verdict.overlaps.length, `faults: ${run.faults.join('; ')}`).toBeGreaterThan(0)
   })
