@@ -1,0 +1,77 @@
+import {mkdirSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {describe, expect, it} from 'vitest'
+import {describeError} from '../../src/cli/base-command.js'
+import {loadProfile} from '../../src/cli/profiles.js'
+import {byCreateRevision, lockNameOf, makeToken, parseToken, prefixEnd} from '../../src/client/backends/etcd/keys.js'
+import {LockHeldError, NotPermittedError, UnreachableError} from '../../src/client/errors.js'
+import {DeadlineHeap} from '../../src/server/deadline-heap.js'
+
+describe('DeadlineHeap', () => {
+  it('pops in deadline order for a seeded random mix of pushes, and compacts away dead entries', () => {
+    let seed = 7
+    const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31)
+    const heap = new DeadlineHeap<number>()
+    const pushed: number[] = []
+    for (let i = 0; i < 500; i++) {
+      const at = Math.floor(random() * 10_000)
+      heap.push(at, i)
+      pushed.push(at)
+    }
+    const popped: number[] = []
+    while (heap.peek()) popped.push(heap.pop()!.at)
+    expect(popped).toEqual([...pushed].sort((a, b) => a - b))
+    for (let i = 0; i < 100; i++) heap.push(i, i)
+    heap.compact((item) => item % 2 === 0)
+    expect(heap.size).toBe(50)
+    expect(heap.pop()!.item).toBe(0)
+    expect(heap.pop()!.item).toBe(2)
+  })
+})
+
+describe('etcd key and token layout (the recipe of etcdctl lock)', () => {
+  it('tokens round-trip; a foreign token is NOT_HOLDER; waiter keys name their lock; prefixes end right', () => {
+    const token = makeToken('694d7a1b2c3d4e5f', '123456')
+    expect(parseToken(token, 'k')).toEqual({suffix: '694d7a1b2c3d4e5f', revision: '123456'})
+    expect(() => parseToken('not-a-token', 'k')).toThrow(expect.objectContaining({code: 'NOT_HOLDER'}))
+    expect(lockNameOf('deploy/694d7a1b2c3d4e5f')).toBe('deploy')
+    expect(lockNameOf('deploy/x/694d')).toBe('deploy/x')
+    expect(lockNameOf('deploy/not-hex')).toBeNull()
+    expect(lockNameOf('/694d')).toBeNull()
+    expect(prefixEnd('a/').toString()).toBe('a0')
+    expect([...prefixEnd('a\xff')]).toEqual([0x61, 0xc3, 0xc0]) // ÿ is c3 bf in UTF-8: the last byte goes up
+    const kv = (revision: string) => ({create_revision: revision}) as Parameters<typeof byCreateRevision>[0]
+    expect(['10', '9', '100'].map(kv).sort(byCreateRevision).map((k) => k.create_revision)).toEqual(['9', '10', '100'])
+  })
+})
+
+describe('profiles', () => {
+  const file = (content: string) => {
+    const dir = join(tmpdir(), `lockctl-profile-${process.pid}-${Math.random().toString(36).slice(2)}`)
+    mkdirSync(dir, {recursive: true})
+    writeFileSync(join(dir, 'config.json'), content)
+    return join(dir, 'config.json')
+  }
+  it('picks the named profile, else the default, else none; refuses what is not a profile', () => {
+    const config = file(JSON.stringify({profiles: {team: {endpoints: 'lockd://h:1', user: 'ci'}, prod: {endpoints: 'etcd://e:2379'}}, defaultProfile: 'team'}))
+    expect(loadProfile(undefined, config)).toEqual({endpoints: 'lockd://h:1', user: 'ci'})
+    expect(loadProfile('prod', config)).toEqual({endpoints: 'etcd://e:2379'})
+    expect(() => loadProfile('nope', config)).toThrow(/profile "nope" is not in .* \(known: team, prod\)/)
+    expect(loadProfile(undefined, file('{}'))).toBeUndefined()
+    expect(() => loadProfile(undefined, file('null'))).toThrow(/must hold a JSON object .* not null/)
+    expect(() => loadProfile(undefined, file('{"profiles": {"a": {"endpoint": "x"}}, "defaultProfile": "a"}'))).toThrow(/"endpoint" must be one of/)
+    expect(loadProfile(undefined, join(tmpdir(), 'no-such-dir-lockctl', 'config.json'))).toBeUndefined()
+  })
+})
+
+describe('describeError: one place from an error to its exit code and line', () => {
+  it('maps by code, never by message', () => {
+    expect(describeError(new LockHeldError('k', null))).toMatchObject({code: 'LOCK_HELD', exitCode: 1})
+    expect(describeError(new LockHeldError('k', null), 0)).toMatchObject({exitCode: 0}) // --conflict-exit-code 0
+    expect(describeError(new UnreachableError('not permitted, says the message'))).toMatchObject({code: 'UNREACHABLE', exitCode: 4})
+    expect(describeError(new NotPermittedError('unreachable, says the message'))).toMatchObject({code: 'NOT_PERMITTED', exitCode: 6})
+    const bug = describeError(new TypeError('x is undefined'))
+    expect(bug).toMatchObject({code: 'INTERNAL', exitCode: 70})
+  })
+})
