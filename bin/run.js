@@ -10,6 +10,16 @@ if (args.length === 2 && args.includes('--version') && args.includes('--json')) 
   process.stdout.write(`${JSON.stringify({version, node: process.version, platform: `${process.platform}-${process.arch}`})}\n`)
   process.exit(0)
 }
+// `--help --json` (or -h): the command's description from the manifest, as JSON.
+if (args.includes('--json') && (args.includes('--help') || args.includes('-h'))) {
+  const {readFileSync} = await import('node:fs')
+  const {commands} = JSON.parse(readFileSync(new URL('../oclif.manifest.json', import.meta.url), 'utf8'))
+  const id = args.find((a) => !a.startsWith('-'))
+  const pick = ({id, summary, description, usage, args, flags, examples}) => ({id, summary, description, usage, args, flags, examples})
+  const answer = id && commands[id] ? pick(commands[id]) : {commands: Object.values(commands).map(({id, summary}) => ({id, summary}))}
+  process.stdout.write(`${JSON.stringify(answer)}\n`)
+  process.exit(id && !commands[id] ? 2 : 0)
+}
 // The bundled CLI (npm run build): oclif and every command in one module.
 const {execute} = await import('../dist/bundle/lockctl.js')
 

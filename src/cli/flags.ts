@@ -2,6 +2,7 @@ import {Args, Flags} from '@oclif/core'
 import {WAIT_FOREVER} from '../protocol/messages.js'
 import {keyProblem, MAX_LEASE_MS, MAX_WAIT_MS, MIN_LEASE_MS, tokenProblem, ownerProblem} from '../protocol/validate.js'
 import {UsageError} from './usage-error.js'
+import {quoteKey} from '../client/errors.js'
 
 export {UsageError}
 
@@ -104,7 +105,7 @@ export function checkKeyArg(key: string): string {
   const problem = keyProblem(key) ?? (key.includes('\uFFFD') ? 'a key must be valid UTF-8 (this one has a byte that is not, or U+FFFD)' : null)
   if (problem) {
     // A long key is shown by its start: the error stays one readable line.
-    const shown = key.length > 60 ? `${JSON.stringify(key.slice(0, 40)).slice(0, -1)}…"` : JSON.stringify(key)
+    const shown = key.length > 60 ? `${JSON.stringify(key.slice(0, 40)).slice(0, -1)}…"` : quoteKey(key)
     throw new UsageError(`KEY ${shown}: ${problem}`)
   }
   return key

@@ -21,6 +21,8 @@ export interface ReplOptions {
   input: NodeJS.ReadStream
   output: NodeJS.WriteStream
   historyFile: string
+  /** Every command at the prompt answers in JSON (`repl --json`). */
+  json?: boolean
 }
 
 /**
@@ -145,6 +147,11 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
     if (NOT_IN_REPL.has(id) || !config.findCommand(id)) {
       fail(NOT_IN_REPL.has(id) ? `${id} cannot run inside the REPL` : `unknown command ${JSON.stringify(id)} (try help)`, ExitCode.USAGE)
       return
+    }
+    if (options.json && !argv.includes('--json')) {
+      // `repl --json`: every command answers in JSON (before `--`: after it is hold's command).
+      const dashes = argv.indexOf('--')
+      argv.splice(dashes === -1 ? argv.length : dashes, 0, '--json')
     }
     const key = argv.find((a) => !a.startsWith('-'))
     if (key) seenKeys.add(key)

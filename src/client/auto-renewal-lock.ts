@@ -3,7 +3,7 @@ import {WAIT_FOREVER, type GrantInfo, type HolderInfo} from '../protocol/message
 import {leaseProblem, waitProblem} from '../protocol/validate.js'
 import type {ConnectionState, LockBackend} from './backend.js'
 import {DistributedLock} from './distributed-lock.js'
-import {BadInputError, ErrorCode, LeaseLostError, LockError} from './errors.js'
+import {BadInputError, ErrorCode, LeaseLostError, LockError, quoteKey} from './errors.js'
 import {sleep} from './async.js'
 import {deadlineSignal} from './deadline-signal.js'
 
@@ -312,7 +312,7 @@ export class AutoRenewalLock {
       const lock = this.current
       this.current = null
       this.unsubscribe()
-      this.readyReject(new LockError(ErrorCode.CLOSED, `the auto-renewing lock on ${JSON.stringify(this.key)} was closed`))
+      this.readyReject(new LockError(ErrorCode.CLOSED, `the auto-renewing lock on ${quoteKey(this.key)} was closed`))
       if (lock && wasHeld && options.release !== false) await lock.unlock().catch(() => {})
     })()
     return this.closing

@@ -1,7 +1,7 @@
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo} from '../protocol/messages.js'
 import {attemptProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
 import type {LockBackend} from './backend.js'
-import {BadInputError, BusyError, ClosedError, ErrorCode, LeaseLostError, LockError, NotHolderError} from './errors.js'
+import {BadInputError, BusyError, ClosedError, ErrorCode, LeaseLostError, LockError, NotHolderError, quoteKey} from './errors.js'
 
 export interface TryLockOptions {
   /** Lease length; the lock is ours for this long after the request was sent. Default 60 s. */
@@ -111,14 +111,14 @@ export class DistributedLock {
           onQueued: options.onQueued,
         })
       } catch (error) {
-        if (this.state === 'closed') throw new ClosedError(`the lock object for ${JSON.stringify(this.key)}`)
+        if (this.state === 'closed') throw new ClosedError(`the lock object for ${quoteKey(this.key)}`)
         throw error
       }
       const {grant, queued, leaseFrom} = result
       if (this.state === 'closed') {
         // Closed while the grant was on its way: give it back; a closed lock never holds.
         await this.backend.release(this.key, grant.token, false).catch(() => {})
-        throw new ClosedError(`the lock object for ${JSON.stringify(this.key)}`)
+        throw new ClosedError(`the lock object for ${quoteKey(this.key)}`)
       }
       // A pushed grant was made at some unknown moment after we sent: sentAt + lease is the
       // only safe deadline, unless the backend knows when the server's lease last (re)started
@@ -154,7 +154,7 @@ export class DistributedLock {
   }
 
   private async renewNow(leaseMs: number): Promise<GrantInfo> {
-    if (this.state !== 'locked' || !this.grant) throw new NotHolderError(this.key, `${JSON.stringify(this.key)} is not held by this lock object`)
+    if (this.state !== 'locked' || !this.grant) throw new NotHolderError(this.key, `${quoteKey(this.key)} is not held by this lock object`)
     const sentAt = performance.now()
     try {
       const grant = await this.backend.renew(this.key, this.grant.token, leaseMs)
@@ -170,7 +170,7 @@ export class DistributedLock {
   /** Release the lock. Throws NotHolderError if the server says we no longer held it. */
   async unlock(): Promise<void> {
     return this.exclusive(async () => {
-      if (this.state !== 'locked' || !this.grant) throw new NotHolderError(this.key, `${JSON.stringify(this.key)} is not held by this lock object`)
+      if (this.state !== 'locked' || !this.grant) throw new NotHolderError(this.key, `${quoteKey(this.key)} is not held by this lock object`)
       const {token} = this.grant
       this.drop()
       await this.backend.release(this.key, token, false)
@@ -221,7 +221,7 @@ export class DistributedLock {
   }
 
   private async exclusive<T>(operation: () => Promise<T>): Promise<T> {
-    if (this.state === 'closed') throw new ClosedError(`the lock object for ${JSON.stringify(this.key)}`)
+    if (this.state === 'closed') throw new ClosedError(`the lock object for ${quoteKey(this.key)}`)
     if (this.busy) throw new BusyError(this.key)
     this.busy = true
     try {

@@ -3,6 +3,14 @@ import type {HolderInfo} from '../protocol/messages.js'
 
 export {ErrorCode}
 
+/**
+ * A key as messages show it: quoted, with invisible characters (format controls, odd spaces,
+ * bidi overrides) escaped as \uXXXX, so that two keys that look alike never read alike.
+ */
+export function quoteKey(key: string): string {
+  return JSON.stringify(key).replace(/[\p{Cf}\p{Zl}\p{Zp}\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]/gu, (c) => `\\u${c.codePointAt(0)!.toString(16).padStart(4, '0')}`)
+}
+
 /** Base of every error the client throws; `code` is stable and safe to switch on. */
 export class LockError extends Error {
   constructor(
@@ -21,7 +29,7 @@ export class LockHeldError extends LockError {
     readonly key: string,
     readonly holder: HolderInfo | null,
   ) {
-    super(ErrorCode.LOCK_HELD, `${JSON.stringify(key)} is held by ${describeHolder(holder)}`)
+    super(ErrorCode.LOCK_HELD, `${quoteKey(key)} is held by ${describeHolder(holder)}`)
   }
 }
 
@@ -32,13 +40,13 @@ export class WaitTimeoutError extends LockError {
     readonly waitedMs: number,
     readonly holder: HolderInfo | null,
   ) {
-    super(ErrorCode.WAIT_TIMEOUT, `gave up waiting for ${JSON.stringify(key)} after ${formatMs(waitedMs)}; held by ${describeHolder(holder)}`)
+    super(ErrorCode.WAIT_TIMEOUT, `gave up waiting for ${quoteKey(key)} after ${formatMs(waitedMs)}; held by ${describeHolder(holder)}`)
   }
 }
 
 export class NotHolderError extends LockError {
   constructor(readonly key: string, message?: string) {
-    super(ErrorCode.NOT_HOLDER, message ?? `the token does not hold ${JSON.stringify(key)} (released, expired, or never held)`)
+    super(ErrorCode.NOT_HOLDER, message ?? `the token does not hold ${quoteKey(key)} (released, expired, or never held)`)
   }
 }
 
@@ -48,7 +56,7 @@ export class LeaseLostError extends LockError {
     /** Why, without the key (for lines that name the key already). */
     readonly reason: string,
   ) {
-    super(ErrorCode.LEASE_LOST, `lost ${JSON.stringify(key)}: ${reason}`)
+    super(ErrorCode.LEASE_LOST, `lost ${quoteKey(key)}: ${reason}`)
   }
 }
 
@@ -72,7 +80,7 @@ export class BadInputError extends LockError {
 
 export class BusyError extends LockError {
   constructor(key: string) {
-    super(ErrorCode.BUSY, `an operation on ${JSON.stringify(key)} is already in flight on this lock object`)
+    super(ErrorCode.BUSY, `an operation on ${quoteKey(key)} is already in flight on this lock object`)
   }
 }
 

@@ -8,7 +8,7 @@ import {AutoRenewalLock, type AutoRenewalLockOptions} from './auto-renewal-lock.
 import {checkOwner, checkToken, DistributedLock, type DistributedLockOptions} from './distributed-lock.js'
 import {connectEmbedded, embeddedPaths, stateDir} from './embedded.js'
 import {describeEndpoint, parseEndpoint, type Endpoint} from './endpoint.js'
-import {BadInputError} from './errors.js'
+import {BadInputError, quoteKey} from './errors.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from './watch.js'
 
 export interface ConnectOptions {
@@ -154,7 +154,7 @@ export class LockClient {
 
 export function checkKey(key: string): void {
   const problem = keyProblem(key)
-  if (problem) throw new BadInputError(`key ${JSON.stringify(key)}: ${problem}`)
+  if (problem) throw new BadInputError(`key ${quoteKey(key)}: ${problem}`)
 }
 
 /**

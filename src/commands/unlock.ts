@@ -4,7 +4,7 @@ import {checkKeyArg, defaultToken, keyArg, missingInput, tokenFlag} from '../cli
 import {ExitCode} from '../cli/exit-codes.js'
 import {holderJson} from '../cli/output.js'
 import {confirmInSession, pickSessionKey} from '../cli/session.js'
-import {describeHolder} from '../client/errors.js'
+import {describeHolder, quoteKey} from '../client/errors.js'
 
 export default class Unlock extends BaseCommand {
   static summary = 'Release a lock with its token (or --force as an admin).'
@@ -39,13 +39,13 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
     const token = flags.force ? undefined : (flags.token ?? defaultToken(session?.locks.get(key)?.token, '; use --force to release a lock you do not hold'))
     if (flags.force && !flags.yes && process.stdin.isTTY && process.stderr.isTTY && !this.jsonEnabled() && (session?.interactive ?? true)) {
       const lock = await client.inspect(key)
-      const question = `Force-release ${JSON.stringify(key)}, held by ${describeHolder(lock?.holder)}?`
+      const question = `Force-release ${quoteKey(key)}, held by ${describeHolder(lock?.holder)}?`
       const ok = session
         ? await confirmInSession(session, question)
         : await import('@inquirer/prompts').then(({confirm}) => confirm({message: question, default: false}, {output: process.stderr}))
       if (!ok) {
         // A decision, not a mistake: say what was kept, exit 1 (docs/exit-codes.md).
-        process.stderr.write(`${session?.errorPrefix ?? ''}lockctl: kept ${JSON.stringify(key)}, held by ${describeHolder(lock?.holder)}: not released\n`)
+        process.stderr.write(`${session?.errorPrefix ?? ''}lockctl: kept ${quoteKey(key)}, held by ${describeHolder(lock?.holder)}: not released\n`)
         this.exitStatus = ExitCode.NOT_ACQUIRED
         return {key, released: false, forced: false, holder: holderJson(lock?.holder ?? null)}
       }

@@ -364,6 +364,28 @@ describe('the shell and terminal: help, output where it goes, input and messages
     expect(repl.stdout).toMatch(/USAGE\n {2}\$ lockctl lock KEY/)
   })
 
+  it('--json everywhere: --help --json, --version --json, and repl --json answers every line in JSON', async () => {
+    const help = await runCli(['lock', '--help', '--json'], {env})
+    expect(help.code).toBe(0)
+    expect(JSON.parse(help.stdout)).toMatchObject({id: 'lock', summary: 'Acquire a lock and print its token.', flags: expect.objectContaining({lease: expect.any(Object)})})
+    expect(JSON.parse((await runCli(['--version', '--json'], {env})).stdout)).toMatchObject({version: expect.stringMatching(/^\d+\.\d+\.\d+/)})
+    const repl = spawnSync(process.execPath, [BIN, 'repl', '--json'], {input: 'lock repl-json/k\nunlock repl-json/k\nrenew repl-json/k\n', env: {...process.env, ...env}, encoding: 'utf8'})
+    const lines = repl.stdout.trim().split('\n').map((line) => JSON.parse(line))
+    expect(lines[0]).toMatchObject({key: 'repl-json/k', fence: expect.any(Number)})
+    expect(lines[1]).toMatchObject({key: 'repl-json/k', released: true})
+    expect(lines[2]).toMatchObject({error: {code: 'BAD_INPUT', exitCode: 2}}) // no token to renew with
+    expect(repl.status).toBe(2)
+  })
+
+  it('a key with an invisible character is shown escaped in messages', async () => {
+    const key = 'dep\u200bloy'
+    const held = await runCli(['lock', key], {env})
+    const refused = await runCli(['lock', key, '--wait', '0'], {env})
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toContain('"dep\\u200bloy" is held by')
+    await runCli(['unlock', key, '--token', held.stdout.trim()], {env})
+  })
+
   it('status piped: plain columns with one header line (--no-headers drops it), no box lines', async () => {
     const taken = await runCli(['lock', 'plain/k', '--owner', 'plain-owner'], {env})
     const piped = await runCli(['status', '--prefix', 'plain/'], {env})

@@ -26,6 +26,8 @@ describe('endpoints', () => {
     expect(parseEndpoint('lockd://[::1]:9')).toEqual({kind: 'tcp', host: '::1', port: 9, tls: false})
     expect(parseEndpoint('lockds://lockd.example:7443')).toEqual({kind: 'tcp', host: 'lockd.example', port: 7443, tls: true})
     expect(describeEndpoint(parseEndpoint('lockds://[::1]:7443'))).toBe('lockds://[::1]:7443')
+    // Echoed back as given: brackets for IPv6, and the TLS scheme.
+    expect(describeEndpoint(parseEndpoint('etcds://[::1]:2379,h2'))).toBe('etcds://[::1]:2379,h2:2379')
     expect(parseEndpoint('etcd://a:2379,b:2380')).toMatchObject({kind: 'etcd', hosts: [{host: 'a', port: 2379}, {host: 'b', port: 2380}]})
   })
 

@@ -11,6 +11,7 @@ import {
   NotPermittedError,
   NotHolderError,
   ProtocolError,
+  quoteKey,
   ServerError,
   UnreachableError,
   WaitTimeoutError,
@@ -200,7 +201,7 @@ export class LockdBackend implements LockBackend {
       } finally {
         this.slots.delete(wid)
       }
-      if (first.giveUp === 'abort') throw new AbortedError(`stopped waiting for ${JSON.stringify(request.key)}`)
+      if (first.giveUp === 'abort') throw new AbortedError(`stopped waiting for ${quoteKey(request.key)}`)
     } else {
       this.slots.delete(wid)
     }
@@ -211,7 +212,7 @@ export class LockdBackend implements LockBackend {
     const connection = await this.connect()
     const response = await connection.request({op: 'release', key, ...(token ? {token} : {}), force})
     // A forced release of a free lock: say that, not "the token does not hold it".
-    if (force && response.code === ErrorCode.NOT_HOLDER) throw new NotHolderError(key, `${JSON.stringify(key)} is not held`)
+    if (force && response.code === ErrorCode.NOT_HOLDER) throw new NotHolderError(key, `${quoteKey(key)} is not held`)
     if (response.code !== 'OK') throw responseError(key, response)
     return response.holder as HolderInfo
   }

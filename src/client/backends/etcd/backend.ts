@@ -4,7 +4,7 @@ import type {Etcd3, IKeyValue, IRequestOp, Watcher} from 'etcd3'
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo, type LockInfo} from '../../../protocol/messages.js'
 import {sleep} from '../../async.js'
 import type {AcquireRequest, AcquireResult, ConnectionState, LockBackend} from '../../backend.js'
-import {AbortedError, BadInputError, ErrorCode, LockError, LockHeldError, NotHolderError, UnreachableError, WaitTimeoutError} from '../../errors.js'
+import {AbortedError, BadInputError, ErrorCode, LockError, LockHeldError, NotHolderError, quoteKey, UnreachableError, WaitTimeoutError} from '../../errors.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
 import {isLeaseGone, mapEtcdError, type EtcdErrorTypes} from './errors.js'
 import {buf, byCreateRevision, describeKey, lockNameOf, makeToken, parseLockValue, parseToken, prefixEnd, type LockValue} from './keys.js'
@@ -265,7 +265,7 @@ export class EtcdBackend implements LockBackend {
             // would have expired it, and then "nobody ahead" means nothing).
             const mine = await this.call('range', () => this.client.kv.range({key: buf(myKey)}))
             if (mine.kvs[0]?.create_revision !== revision) {
-              throw new QueuePlaceLostError(`${this.label}: lost our place in the queue for ${JSON.stringify(key)} (its lease expired while no etcd member could keep it alive)`)
+              throw new QueuePlaceLostError(`${this.label}: lost our place in the queue for ${quoteKey(key)} (its lease expired while no etcd member could keep it alive)`)
             }
             // Start the grant on a fresh keepalive where we can; else the last one etcd confirmed counts.
             await this.sessions.keepalive(session.id).catch(() => {})
@@ -275,7 +275,7 @@ export class EtcdBackend implements LockBackend {
           // A member going away mid-wait (unreachable, or a stream reset mid-call): keep our place
           // and ask the others, until the wait's end. Refused credentials will not get better.
           const retryable = error instanceof LockError && (error.code === ErrorCode.UNREACHABLE || error.code === ErrorCode.INTERNAL)
-          if (signal?.aborted) throw new AbortedError(`stopped waiting for ${JSON.stringify(key)}`)
+          if (signal?.aborted) throw new AbortedError(`stopped waiting for ${quoteKey(key)}`)
           if (!retryable || error instanceof QueuePlaceLostError || performance.now() >= deadline) throw error
           await sleep(200, signal)
           continue
@@ -294,7 +294,7 @@ export class EtcdBackend implements LockBackend {
           continue
         }
         const holder = (await this.readWaiters(key, {limit: 1}).catch(() => ({kvs: []}))).kvs[0]
-        if (outcome === 'aborted') throw new AbortedError(`stopped waiting for ${JSON.stringify(key)}`)
+        if (outcome === 'aborted') throw new AbortedError(`stopped waiting for ${quoteKey(key)}`)
         throw new WaitTimeoutError(key, performance.now() - startedAt, holder ? await this.holderInfo(holder).catch(() => null) : null)
       }
     } finally {
@@ -415,7 +415,7 @@ export class EtcdBackend implements LockBackend {
     const kv = await this.ownKey(key, token)
     let ttl = kv.lease === namedLease ? await keepalive : await this.sessions.keepalive(kv.lease).catch((error: Error) => error)
     if (ttl instanceof Error) throw ttl
-    if (ttl <= 0) throw new NotHolderError(key, `the lease of the token has expired (${JSON.stringify(key)})`)
+    if (ttl <= 0) throw new NotHolderError(key, `the lease of the token has expired (${quoteKey(key)})`)
     const info = describeKey(kv)
     const wantedTtl = leaseMs === undefined ? ttl : Math.ceil(leaseMs / 1000)
     if (wantedTtl !== ttl) {
@@ -443,7 +443,7 @@ export class EtcdBackend implements LockBackend {
     let target: {key: Buffer; revision: string}
     if (force) {
       const holder = (await this.readWaiters(key, {limit: 1})).kvs[0]
-      if (!holder) throw new NotHolderError(key, `${JSON.stringify(key)} is not held`)
+      if (!holder) throw new NotHolderError(key, `${quoteKey(key)} is not held`)
       target = {key: holder.key, revision: holder.create_revision}
     } else {
       const parsed = parseToken(token ?? '', key)

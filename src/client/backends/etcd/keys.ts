@@ -1,6 +1,6 @@
 import type {IKeyValue} from 'etcd3'
 import type {HolderInfo} from '../../../protocol/messages.js'
-import {NotHolderError} from '../../errors.js'
+import {NotHolderError, quoteKey} from '../../errors.js'
 
 /**
  * The key layout of etcd's own lock recipe (Go's `concurrency.Mutex`, `etcdctl lock`): a lock
@@ -26,7 +26,7 @@ const TOKEN = /^e1\.([0-9a-f]{1,16})\.(\d{1,19})$/
 
 export function parseToken(token: string, key: string): Token {
   const match = TOKEN.exec(token)
-  if (!match) throw new NotHolderError(key, `the token is not an etcd lock token of lockctl (${JSON.stringify(key)})`)
+  if (!match) throw new NotHolderError(key, `the token is not an etcd lock token of lockctl (${quoteKey(key)})`)
   return {suffix: match[1], revision: match[2]}
 }
 
