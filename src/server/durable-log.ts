@@ -318,15 +318,20 @@ export class DurableLog {
   }
 }
 
-/** Create a log file holding just the magic, durably. */
-function writeNewLog(path: string): void {
+/** Write these bytes as the whole file, and fsync it. */
+function writeFileDurably(path: string, ...parts: Uint8Array[]): void {
   const fd = openSync(path, 'w')
   try {
-    writeSync(fd, WAL_MAGIC)
+    for (const part of parts) writeSync(fd, part)
     fsyncSync(fd)
   } finally {
     closeSync(fd)
   }
+}
+
+/** Create a log file holding just the magic, durably. */
+function writeNewLog(path: string): void {
+  writeFileDurably(path, WAL_MAGIC)
 }
 
 /** Write crc32 + msgpack(value) to dir/name atomically: a temporary file, fsync, rename, fsync of the directory. */
@@ -335,14 +340,7 @@ function writeChecked(dir: string, name: string, value: unknown): void {
   const header = Buffer.allocUnsafe(4)
   header.writeUInt32BE(crc32(body), 0)
   const tmp = join(dir, `${name}.tmp`)
-  const fd = openSync(tmp, 'w')
-  try {
-    writeSync(fd, header)
-    writeSync(fd, body)
-    fsyncSync(fd)
-  } finally {
-    closeSync(fd)
-  }
+  writeFileDurably(tmp, header, body)
   renameSync(tmp, join(dir, name))
   fsyncDir(dir)
 }

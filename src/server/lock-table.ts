@@ -84,7 +84,11 @@ export interface LockView {
 
 export type TokenResult = {ok: true; holder: Holder} | {ok: false}
 
-/** Durable form of one key's state; a log record says "key K now looks like this". */
+/**
+ * What the table hands to persistence for one key ("key K now looks like this"). The log's
+ * LoggedHolder has the same shape on purpose: the log owns its on-disk format, the table its
+ * state, and the server passes one to the other.
+ */
 export interface PersistedHolder {
   token: string
   fence: number

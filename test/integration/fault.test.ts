@@ -5,6 +5,7 @@ import {afterEach, describe, expect, it} from 'vitest'
 import {check, parseWrites, type ProtectedWrite} from '../fault/check.js'
 import {connect} from '../../src/client/index.js'
 import {ROOT, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
+import {rng} from '../helpers/random.js'
 
 /**
  * Randomized fault test (shared/fault-testing.md): real worker processes take locks and write
@@ -23,16 +24,6 @@ afterEach(() => {
   running.clear()
 })
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 interface Run {

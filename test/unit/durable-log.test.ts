@@ -6,18 +6,8 @@ import {DurableLog, FENCE_BLOCK, LogCorruptError, WAL_MAGIC, type RecoveredState
 import type {LoggedHolder} from '../../src/server/durable-log.js'
 import {LockTable} from '../../src/server/lock-table.js'
 import {FakeClock} from '../helpers/fake-clock.js'
+import {rng} from '../helpers/random.js'
 
-/** Deterministic PRNG (mulberry32): a failing case is reproduced from the seed it prints. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 interface Written {
   /** Byte offset in wal-0.log where each commit's records end, with the state after them. */
