@@ -21,6 +21,9 @@ if (args.includes('--json') && (args.includes('--help') || args.includes('-h')))
   process.exit(id && !commands[id] ? 2 : 0)
 }
 // The bundled CLI (npm run build): oclif and every command in one module.
-const {execute} = await import('../dist/bundle/lockctl.js')
+const {execute, settings} = await import('../dist/bundle/lockctl.js')
+// The built CLI never looks for TypeScript sources, whatever NODE_ENV says (oclif would under
+// NODE_ENV=development or test, and fail on src/*.ts): bin/dev.js is for that.
+settings.enableAutoTranspile = false
 
 await execute({dir: import.meta.url})

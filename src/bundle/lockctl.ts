@@ -16,7 +16,8 @@ import Status from '../commands/status.js'
 import Unlock from '../commands/unlock.js'
 import Watch from '../commands/watch.js'
 
-export {execute} from '@oclif/core'
+export {execute, settings} from '@oclif/core'
 export {default as commandNotFound} from '../hooks/command-not-found.js'
+export {LockctlHelp} from '../cli/help.js'
 
 export const COMMANDS = {completion: Completion, help: Help, hold: Hold, lock: Lock, renew: Renew, repl: Repl, server: Server, status: Status, unlock: Unlock, watch: Watch}

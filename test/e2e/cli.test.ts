@@ -354,9 +354,13 @@ describe('the shell and terminal: help, output where it goes, input and messages
   it('help: `lockctl help`, `help lock`, `-h` and `lock -h` all show help, exit 0', async () => {
     for (const args of [['help'], ['-h'], ['help', 'lock'], ['lock', '-h']]) {
       const result = await runCli(args, {env})
-      expect(result.code, args.join(' ')).toBe(0)
+      expect(result.code, `${args.join(' ')}: ${result.stderr}`).toBe(0)
       expect(result.stdout, args.join(' ')).toMatch(args.includes('lock') ? /Acquire a lock and print its token/ : /COMMANDS/)
     }
+    // hold takes a command after --, but its KEY is one word, not "KEY...".
+    const hold = await runCli(['hold', '--help'], {env})
+    expect(hold.stdout).toMatch(/^ {2}KEY {2}/m)
+    expect(hold.stdout).not.toMatch(/KEY\.\.\./)
     // In the REPL (piped: a script), help lists each command with its summary, and COMMAND --help works.
     const repl = spawnSync(process.execPath, [BIN, 'repl'], {input: 'help\nlock --help\n', env: {...process.env, ...env}, encoding: 'utf8'})
     expect(repl.status, repl.stderr).toBe(0)
