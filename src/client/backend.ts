@@ -65,6 +65,8 @@ export interface LockBackend {
    */
   watch(target: WatchTarget, options?: WatchOptions): AsyncIterable<WatchUpdate>
   onStateChange(listener: (state: ConnectionState) => void): () => void
+  /** The same changes as an async iterable; ends at `closed` or when the signal aborts. */
+  stateChanges(signal?: AbortSignal): AsyncGenerator<ConnectionState>
   /**
    * Call `onEnded` as soon as the service says the grant of `token` is over by another hand
    * (expired, force-released, released from elsewhere). lockd pushes it to the holder's

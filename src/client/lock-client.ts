@@ -143,6 +143,15 @@ export class LockClient {
     return this.backend.onStateChange(listener)
   }
 
+  /**
+   * The connection's state as it changes (connected, suspended, closed), as nats.js's
+   * `status()`: `for await (const state of client.status({signal}))`. Ends when the client
+   * closes or the signal aborts; the listener goes away with the loop.
+   */
+  status(options: {signal?: AbortSignal} = {}): AsyncIterable<ConnectionState> {
+    return this.backend.stateChanges(options.signal)
+  }
+
   close(): Promise<void> {
     return this.backend.close()
   }

@@ -261,7 +261,7 @@ describe('hold: lock loss while the child runs', () => {
       lowest = Math.min(lowest, holder.leaseLeftMs)
       return holder.leaseLeftMs > lowest + 500 ? holder : null
     }, 20_000)
-    expect(renewed.fence).toBe(fence)
+    expect(renewed!.fence).toBe(fence)
     writeFileSync(done, '')
     const result = await run
     expect(result.code).toBe(0)

@@ -464,6 +464,28 @@ describe('lockd against a misbehaving peer', () => {
   })
 })
 
+describe('lockd: connection state', () => {
+  it('client.status() yields connected, suspended when lockd dies, connected again, then closed, once each, and ends', async () => {
+    let lockd = await startLockd({dataDir: tempDir()})
+    const c = await connect({endpoints: lockd.endpoint, owner: 'A', requestTimeoutMs: 2000})
+    const seen: string[] = []
+    const listening = (async () => {
+      for await (const state of c.status()) seen.push(state)
+    })()
+    await c.inspect('s')
+    await eventually(() => seen.includes('connected'))
+    lockd.child.kill('SIGKILL')
+    await lockd.exited
+    await eventually(() => seen.includes('suspended'))
+    lockd = await startLockd({dataDir: tempDir(), port: lockd.port})
+    await eventually(async () => (await c.inspect('s').then(() => true, () => false)) && seen.length === 3)
+    await c.close()
+    await listening // ends at closed
+    expect(seen).toEqual(['connected', 'suspended', 'connected', 'closed'])
+    await lockd.stop()
+  })
+})
+
 describe('lockd: aborting a wait', () => {
   it('an abort that lands while the acquire is in flight still leaves the queue', async () => {
     const lockd = await startLockd()

@@ -57,6 +57,10 @@ class FakeBackend implements LockBackend {
   onStateChange(_listener: (state: ConnectionState) => void) {
     return () => {}
   }
+  // eslint-disable-next-line require-yield
+  async *stateChanges(): AsyncGenerator<ConnectionState> {
+    return
+  }
   /** Grants watched for an end pushed by the service, by token. */
   watched = new Map<string, (reason: string) => void>()
   watchGrant(_key: string, token: string, onEnded: (reason: string) => void) {

@@ -16,6 +16,7 @@ import {
   UnreachableError,
   WaitTimeoutError,
 } from '../errors.js'
+import {ConnectionStateEmitter} from '../connection-state.js'
 import {LockdConnection} from './lockd-connection.js'
 import {AsyncQueue, backoffDelay, sleep} from '../async.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../watch.js'
@@ -43,7 +44,7 @@ export class LockdBackend implements LockBackend {
   private readonly slots = new Map<number, WaitSlot>()
   /** Live watch subscriptions by the id of their watch request. */
   private readonly watchers = new Map<number, {connection: LockdConnection; onEvent(event: LockEvent): void; onLost(reason: string): void}>()
-  private readonly listeners = new Set<(state: ConnectionState) => void>()
+  private readonly states = new ConnectionStateEmitter()
   /** Grants this process holds, by token: told when lockd says one ended by another hand. */
   private readonly grantWatchers = new Map<string, (reason: string) => void>()
   private closed = false
@@ -53,12 +54,15 @@ export class LockdBackend implements LockBackend {
   }
 
   onStateChange(listener: (state: ConnectionState) => void): () => void {
-    this.listeners.add(listener)
-    return () => this.listeners.delete(listener)
+    return this.states.on(listener)
+  }
+
+  stateChanges(signal?: AbortSignal): AsyncGenerator<ConnectionState> {
+    return this.states.changes(signal)
   }
 
   private emit(state: ConnectionState): void {
-    for (const listener of this.listeners) listener(state)
+    this.states.set(state)
   }
 
   /** The live connection, opened on first use and again after it was lost. */

@@ -6,6 +6,7 @@ import {sleep} from '../../async.js'
 import type {AcquireRequest, AcquireResult, ConnectionState, LockBackend} from '../../backend.js'
 import {AbortedError, BadInputError, ErrorCode, LockError, LockHeldError, NotHolderError, quoteKey, UnreachableError, WaitTimeoutError} from '../../errors.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
+import {ConnectionStateEmitter} from '../../connection-state.js'
 import {isLeaseGone, mapEtcdError, type EtcdErrorTypes} from './errors.js'
 import {buf, byCreateRevision, describeKey, lockNameOf, makeToken, parseLockValue, parseToken, prefixEnd, type LockValue} from './keys.js'
 import {SessionPool, type Session} from './sessions.js'
@@ -74,8 +75,7 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
 export class EtcdBackend implements LockBackend {
   readonly kind = 'etcd'
   readonly label: string
-  private readonly listeners = new Set<(state: ConnectionState) => void>()
-  private state: ConnectionState | null = null
+  private readonly states = new ConnectionStateEmitter()
   private suspendTimer: NodeJS.Timeout | null = null
   private closed = false
   private readonly sessions: SessionPool
@@ -90,14 +90,15 @@ export class EtcdBackend implements LockBackend {
   }
 
   onStateChange(listener: (state: ConnectionState) => void): () => void {
-    this.listeners.add(listener)
-    return () => this.listeners.delete(listener)
+    return this.states.on(listener)
+  }
+
+  stateChanges(signal?: AbortSignal): AsyncGenerator<ConnectionState> {
+    return this.states.changes(signal)
   }
 
   private setState(state: ConnectionState): void {
-    if (this.state === state) return
-    this.state = state
-    for (const listener of this.listeners) listener(state)
+    this.states.set(state)
   }
 
   /**
@@ -114,7 +115,7 @@ export class EtcdBackend implements LockBackend {
       return result
     } catch (error) {
       const mapped = mapEtcdError(this.types, this.label, what, error as Error)
-      if (mapped.code === ErrorCode.UNREACHABLE && !this.suspendTimer && this.state !== 'suspended' && !this.closed) {
+      if (mapped.code === ErrorCode.UNREACHABLE && !this.suspendTimer && this.states.state !== 'suspended' && !this.closed) {
         this.suspendTimer = setTimeout(() => {
           this.suspendTimer = null
           if (!this.closed) this.setState('suspended')
