@@ -1,4 +1,4 @@
-import type {GrantInfo, HolderInfo, LockInfo} from '../protocol/messages.js'
+import type {AcquireArgs, GrantInfo, HolderInfo, LockInfo} from '../protocol/messages.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from './watch.js'
 
 export type {GrantInfo, HolderInfo, LockInfo}
@@ -6,19 +6,11 @@ export type {GrantInfo, HolderInfo, LockInfo}
 /** Atomix's connection states: suspended = cannot reach the service long enough that a lease may have run out. */
 export type ConnectionState = 'connected' | 'suspended' | 'closed'
 
-export interface AcquireRequest {
-  key: string
-  leaseMs: number
-  /** 0 = try once, N ms, or WAIT_FOREVER (-1). Counted from the moment the request is sent. */
-  waitMs: number
-  owner: string
-  /** Token of the current grant, for a reentrant acquire. */
-  token?: string
-  /**
-   * Id of one acquisition retried over reconnects: a grant already made to it (its answer lost
-   * with the old connection) is answered again instead of queueing behind it. lockd only.
-   */
-  attempt?: string
+/**
+ * One acquire, as the client asks a backend for it: the wire's acquire (key, lease, wait, owner,
+ * token, attempt — declared once, in protocol/messages.ts) plus what stays in the client.
+ */
+export interface AcquireRequest extends Omit<AcquireArgs, 'progress'> {
   signal?: AbortSignal
   /**
    * Called when the request had to queue, and again whenever our place changes: our place

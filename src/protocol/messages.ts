@@ -116,25 +116,46 @@ export interface HelloReply {
 
 export type ResultCode = 'OK' | 'QUEUED' | ErrorCode
 
-export interface Response {
-  t: 'res'
-  id: number
-  code: ResultCode
-  msg?: string
-  grant?: GrantInfo
-  /** QUEUED: our place in the queue (1 = next) and who holds the lock now. */
-  position?: number
-  holder?: HolderInfo | null
-  lock?: LockInfo | null
-  locks?: LockInfo[]
-  total?: number
-  info?: ServerInfo
-  released?: boolean
-  /** watch: the id that event pushes carry (the id of the watch request). */
-  sub?: number
-  /** The answer's `locks` continue in `part` pushes with this request's id. */
-  more?: boolean
+export type Op = RequestBody['op']
+/** The request body of one operation. */
+export type RequestOf<O extends Op> = Extract<RequestBody, {op: O}>
+
+/** A refusal: any operation can get one (bad input, not the holder, not permitted, a limit...). */
+export interface Refusal {
+  code: Exclude<ErrorCode, 'LOCK_HELD'>
+  msg: string
 }
+
+/** What each operation answers when it does not fail (docs/protocol.md, "Requests and responses"). */
+export interface Answers {
+  acquire:
+    | {code: 'OK'; grant: GrantInfo}
+    /** Our place in the queue (1 = next) and who holds the lock now. */
+    | {code: 'QUEUED'; position: number; holder: HolderInfo}
+    | {code: 'LOCK_HELD'; msg: string; holder: HolderInfo}
+  cancel: {code: 'OK'; released: boolean}
+  release: {code: 'OK'; released: true; holder: HolderInfo}
+  renew: {code: 'OK'; grant: GrantInfo}
+  check: {code: 'OK'; holder: HolderInfo}
+  inspect: {code: 'OK'; lock: LockInfo | null}
+  list: {code: 'OK'; locks: LockInfo[]; total: number}
+  info: {code: 'OK'; info: ServerInfo}
+  ping: {code: 'OK'}
+  /** `sub`: the id that event pushes carry (the id of the watch request). */
+  watch: {code: 'OK'; sub: number; locks: LockInfo[]; total: number}
+  unwatch: {code: 'OK'}
+}
+
+/** The answer to one operation, as the server builds it. */
+export type AnswerTo<O extends Op> = Answers[O] | Refusal
+/** Any answer (the server's handler returns one of these). */
+export type Answer = {[O in Op]: AnswerTo<O>}[Op]
+
+/**
+ * The response frame: the answer with the request's id. `more`: its `locks` continue in `part`
+ * pushes with this id (docs/protocol.md, "Answers in parts").
+ */
+export type ServerResponse<O extends Op = Op> = {t: 'res'; id: number; more?: boolean} & AnswerTo<O>
 
 /** Server-initiated messages; `wid` is the id of the acquire request that queued. */
 export type Push =
@@ -150,4 +171,4 @@ export type Push =
   /** More `locks` of the answer to request `id`; `more: false` on the last part. */
   | {t: 'push'; ev: 'part'; id: number; locks: LockInfo[]; more: boolean}
 
-export type ServerMessage = HelloReply | Response | Push | {t: 'error'; code: ErrorCode; msg: string}
+export type ServerMessage = HelloReply | ServerResponse | Push | {t: 'error'; code: ErrorCode; msg: string}

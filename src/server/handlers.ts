@@ -1,12 +1,12 @@
 import {ErrorCode} from '../protocol/errors.js'
-import type {Request, Response, ServerInfo} from '../protocol/messages.js'
+import type {Answer, AnswerTo, Op, Request, RequestOf, ServerInfo} from '../protocol/messages.js'
 import {attemptProblem, keyProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
 import type {Connection} from './connection.js'
 import type {LockTable} from './lock-table.js'
 import type {Subscriptions} from './subscriptions.js'
 import {grantInfo, holderInfo, lockInfo} from './wire.js'
 
-export type Answer = Omit<Response, 't' | 'id'>
+export type {Answer}
 
 export interface HandlerContext {
   table: LockTable
@@ -19,8 +19,6 @@ export interface HandlerContext {
   mayForce(conn: Connection): boolean
 }
 
-type Op = Request['op']
-type RequestOf<O extends Op> = Extract<Request, {op: O}>
 
 const optional = <T>(value: T | undefined | null, problem: (v: T) => string | null): string | null => (value === undefined || value === null ? null : problem(value))
 
@@ -46,10 +44,15 @@ const VALIDATORS: {[O in Op]: (request: RequestOf<O>) => string | null} = {
 
 /** Run one request against the table; the answer, never an exception for bad input. */
 export function handleRequest(ctx: HandlerContext, conn: Connection, request: Request): Answer {
-  const validate = VALIDATORS[request.op] as ((r: Request) => string | null) | undefined
+  const validate = VALIDATORS[request.op] as ((r: RequestOf<Op>) => string | null) | undefined
   if (!validate) return {code: ErrorCode.BAD_INPUT, msg: `unknown operation ${JSON.stringify((request as {op: unknown}).op)}`}
   const problem = validate(request)
   if (problem) return {code: ErrorCode.BAD_INPUT, msg: problem}
+  return answer(ctx, conn, request)
+}
+
+/** Each op's answer is of that op's type (protocol/messages.ts, Answers). */
+function answer(ctx: HandlerContext, conn: Connection, request: Request): Answer {
   const {table} = ctx
   switch (request.op) {
     case 'acquire': {
@@ -113,6 +116,6 @@ export function handleRequest(ctx: HandlerContext, conn: Connection, request: Re
     case 'info':
       return {code: 'OK', info: ctx.info()}
     case 'ping':
-      return {code: 'OK'}
+      return {code: 'OK'} satisfies AnswerTo<'ping'>
   }
 }

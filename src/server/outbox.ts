@@ -1,6 +1,6 @@
 import {ErrorCode} from '../protocol/errors.js'
 import {encodeFrame} from '../protocol/framing.js'
-import type {Response, ServerMessage} from '../protocol/messages.js'
+import type {Answer, LockInfo, ServerMessage} from '../protocol/messages.js'
 import type {Connection} from './connection.js'
 import type {DurableLog, LogRecord} from './durable-log.js'
 import type {Outgoing} from './subscriptions.js'
@@ -22,7 +22,7 @@ const PART_SLACK_BYTES = 4096
  * grant that released it, until its lease runs out.
  */
 function needsDurability(message: ServerMessage): boolean {
-  if (message.t === 'res') return message.grant !== undefined
+  if (message.t === 'res') return 'grant' in message
   if (message.t === 'push') return message.ev === 'granted' || message.ev === 'lock' || message.ev === 'ended'
   return false
 }
@@ -62,14 +62,14 @@ export class Outbox {
    * `more: false` (docs/protocol.md, "Answers in parts"). Queued together: nothing else on the
    * connection comes between them.
    */
-  sendResponse(conn: Connection, id: number, response: Omit<Response, 't' | 'id'>, sent?: () => void): void {
-    const locks = response.locks
+  sendResponse(conn: Connection, id: number, response: Answer, sent?: () => void): void {
+    const locks: LockInfo[] | undefined = 'locks' in response ? response.locks : undefined
     const perPart = conn.peerMaxFrame === null ? Number.POSITIVE_INFINITY : Math.floor((conn.peerMaxFrame - PART_SLACK_BYTES) / MAX_LOCK_INFO_BYTES)
     if (!locks || locks.length <= perPart) {
       this.outgoing.push({conn, message: {t: 'res', id, ...response}, sent})
       return
     }
-    this.send(conn, {t: 'res', id, ...response, locks: locks.slice(0, perPart), more: true})
+    this.send(conn, {t: 'res', id, ...response, locks: locks.slice(0, perPart), more: true} as ServerMessage)
     for (let from = perPart; from < locks.length; from += perPart) {
       this.send(conn, {t: 'push', ev: 'part', id, locks: locks.slice(from, from + perPart), more: from + perPart < locks.length})
     }

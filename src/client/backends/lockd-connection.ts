@@ -2,7 +2,7 @@ import {createConnection, isIP, type Socket} from 'node:net'
 import {connect as connectTls, type ConnectionOptions as TlsOptions} from 'node:tls'
 import type {Packr} from 'msgpackr/pack'
 import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder} from '../../protocol/framing.js'
-import {PROTOCOL_VERSION, type HelloReply, type Push, type RequestBody, type Response} from '../../protocol/messages.js'
+import {PROTOCOL_VERSION, type HelloReply, type LockInfo, type Op, type Push, type RequestOf, type ServerResponse} from '../../protocol/messages.js'
 import {ErrorCode} from '../../protocol/errors.js'
 import {AbortedError, LimitError, NotPermittedError, ProtocolError, UnreachableError} from '../errors.js'
 
@@ -22,11 +22,11 @@ export interface ConnectionOptions {
 }
 
 interface Pending {
-  resolve(response: Response): void
+  resolve(response: ServerResponse): void
   reject(error: Error): void
   timer: NodeJS.Timeout
   /** An answer that comes in parts: what arrived so far. */
-  partial?: Response
+  partial?: {response: ServerResponse; locks: LockInfo[]}
 }
 
 /**
@@ -126,10 +126,10 @@ export class LockdConnection {
         return
       }
       case 'res': {
-        const response = message as unknown as Response
+        const response = message as unknown as ServerResponse
         const pending = this.pending.get(response.id)
         if (!pending) return // the request already timed out
-        if (response.more) pending.partial = {...response, locks: [...(response.locks ?? [])]}
+        if (response.more) pending.partial = {response, locks: 'locks' in response ? [...response.locks] : []}
         else this.settle(response.id, pending, response)
         return
       }
@@ -138,8 +138,8 @@ export class LockdConnection {
         if (push.ev === 'part') {
           const pending = this.pending.get(push.id)
           if (!pending?.partial) return // timed out meanwhile
-          pending.partial.locks!.push(...push.locks)
-          if (!push.more) this.settle(push.id, pending, {...pending.partial, more: false})
+          pending.partial.locks.push(...push.locks)
+          if (!push.more) this.settle(push.id, pending, {...pending.partial.response, locks: pending.partial.locks, more: false} as ServerResponse)
           return
         }
         this.onPush(push)
@@ -155,13 +155,13 @@ export class LockdConnection {
     }
   }
 
-  private settle(id: number, pending: Pending, response: Response): void {
+  private settle(id: number, pending: Pending, response: ServerResponse): void {
     this.pending.delete(id)
     clearTimeout(pending.timer)
     pending.resolve(response)
   }
 
-  request(body: RequestBody, options: {timeoutMs?: number; signal?: AbortSignal} = {}): Promise<Response> {
+  request<O extends Op>(body: RequestOf<O>, options: {timeoutMs?: number; signal?: AbortSignal} = {}): Promise<ServerResponse<O>> {
     return this.start(body, options).response
   }
 
@@ -170,16 +170,17 @@ export class LockdConnection {
    * watch by the id of its watch request, in the pushes that follow. The caller registers the
    * id before it awaits: answers and pushes are read in later I/O callbacks, never before.
    */
-  start(body: RequestBody, options: {timeoutMs?: number; signal?: AbortSignal} = {}): {id: number; response: Promise<Response>} {
+  start<O extends Op>(body: RequestOf<O>, options: {timeoutMs?: number; signal?: AbortSignal} = {}): {id: number; response: Promise<ServerResponse<O>>} {
     const id = this.nextId++
     if (this.closedError) return {id, response: Promise.reject(this.closedError)}
     if (options.signal?.aborted) return {id, response: Promise.reject(new AbortedError())}
     const timeoutMs = options.timeoutMs ?? this.options.requestTimeoutMs
-    const response = new Promise<Response>((resolve, reject) => {
+    const response = new Promise<ServerResponse<O>>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id)
         reject(new UnreachableError(`${this.options.label}: no answer to ${body.op} within ${timeoutMs}ms`))
       }, timeoutMs)
+      // Answers are matched to requests by id: this one is the answer to `body.op`.
       this.pending.set(id, {resolve, reject, timer})
       try {
         this.write({t: 'req', id, ...body})

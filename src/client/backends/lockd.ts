@@ -1,5 +1,5 @@
 import {ErrorCode} from '../../protocol/errors.js'
-import {WAIT_FOREVER, type GrantInfo, type HolderInfo, type Push, type Response} from '../../protocol/messages.js'
+import {WAIT_FOREVER, type GrantInfo, type HolderInfo, type Push, type ServerResponse} from '../../protocol/messages.js'
 import type {AcquireRequest, AcquireResult, ConnectionState, LockBackend} from '../backend.js'
 import {
   AbortedError,
@@ -151,7 +151,7 @@ export class LockdBackend implements LockBackend {
     const wid = sent.id
     // Registered before any answer or push can be read: a grant push never finds no slot.
     this.slots.set(wid, slot)
-    let response: Response
+    let response: ServerResponse<'acquire'>
     try {
       response = await sent.response
     } catch (error) {
@@ -160,16 +160,15 @@ export class LockdBackend implements LockBackend {
     }
     if (response.code === 'OK') {
       this.slots.delete(wid)
-      return {grant: response.grant!, queued: false}
+      return {grant: response.grant, queued: false}
     }
     if (response.code !== 'QUEUED') {
       this.slots.delete(wid)
-      if (response.code === ErrorCode.LOCK_HELD) throw new LockHeldError(request.key, response.holder ?? null)
       throw responseError(request.key, response)
     }
 
-    request.onQueued?.({position: response.position ?? 0, holder: response.holder ?? null})
-    let holder: HolderInfo | null = response.holder ?? null
+    request.onQueued?.({position: response.position, holder: response.holder})
+    let holder: HolderInfo | null = response.holder
     const giveUp = new Promise<{giveUp: 'timeout' | 'abort'}>((resolve) => {
       if (request.waitMs !== WAIT_FOREVER) {
         const left = request.waitMs - (performance.now() - sentAt)
@@ -218,35 +217,35 @@ export class LockdBackend implements LockBackend {
     // A forced release of a free lock: say that, not "the token does not hold it".
     if (force && response.code === ErrorCode.NOT_HOLDER) throw new NotHolderError(key, `${quoteKey(key)} is not held`)
     if (response.code !== 'OK') throw responseError(key, response)
-    return response.holder as HolderInfo
+    return response.holder
   }
 
   async renew(key: string, token: string, leaseMs?: number): Promise<GrantInfo> {
     const connection = await this.connect()
     const response = await connection.request({op: 'renew', key, token, ...(leaseMs ? {leaseMs} : {})})
     if (response.code !== 'OK') throw responseError(key, response)
-    return response.grant!
+    return response.grant
   }
 
   async check(key: string, token: string): Promise<HolderInfo> {
     const connection = await this.connect()
     const response = await connection.request({op: 'check', key, token})
     if (response.code !== 'OK') throw responseError(key, response)
-    return response.holder as HolderInfo
+    return response.holder
   }
 
   async inspect(key: string) {
     const connection = await this.connect()
     const response = await connection.request({op: 'inspect', key})
     if (response.code !== 'OK') throw responseError(key, response)
-    return response.lock ?? null
+    return response.lock
   }
 
   async list(prefix: string, limit?: number) {
     const connection = await this.connect()
     const response = await connection.request({op: 'list', prefix, ...(limit ? {limit} : {})})
     if (response.code !== 'OK') throw responseError(prefix, response)
-    return {locks: response.locks ?? [], total: response.total ?? 0}
+    return {locks: response.locks, total: response.total}
   }
 
   async info(): Promise<Record<string, unknown>> {
@@ -282,7 +281,7 @@ export class LockdBackend implements LockBackend {
             this.watchers.delete(sub)
             throw responseError(target.key ?? target.prefix ?? '', response)
           }
-          yield {type: 'snapshot', locks: response.locks ?? [], resync}
+          yield {type: 'snapshot', locks: response.locks, resync}
         } catch (error) {
           // The first attempt reports an unreachable service; later ones keep trying.
           if (!resync || options.reconnect === false || !(error instanceof UnreachableError)) throw error
@@ -328,13 +327,13 @@ export class LockdBackend implements LockBackend {
   }
 }
 
-function responseError(key: string, response: Response): LockError {
-  const msg = response.msg ?? response.code
+/** A refusal (or an answer the caller did not expect) as the typed error it means. */
+function responseError(key: string, response: ServerResponse): LockError {
+  if (response.code === ErrorCode.LOCK_HELD) return new LockHeldError(key, response.holder)
+  const msg = 'msg' in response ? response.msg : response.code
   switch (response.code) {
     case ErrorCode.NOT_HOLDER:
       return new NotHolderError(key) // the same words as the etcd backend's
-    case ErrorCode.LOCK_HELD:
-      return new LockHeldError(key, response.holder ?? null)
     case ErrorCode.BAD_INPUT:
       return new BadInputError(`lockd refused the request: ${msg}`)
     case ErrorCode.PROTOCOL:
