@@ -42,10 +42,14 @@ export class SupervisedChild {
    * pid and start time. Anything else in the group later came from the command.
    */
   private readonly groupBefore: Map<number, string> | null
+  /** Our own process group (the terminal's foreground job), read once. */
+  private readonly group: number
 
   constructor(command: string[], env: NodeJS.ProcessEnv, options: {interactive: boolean}) {
     this.ownGroup = !options.interactive
-    this.groupBefore = this.ownGroup ? null : new Map([...groupOf(ownGroupId())].map((p) => [p.pid, p.start]))
+    const processes = listProcesses()
+    this.group = processes.get(process.pid)?.pgrp ?? process.pid
+    this.groupBefore = this.ownGroup ? null : new Map([...processes.values()].filter((p) => p.pgrp === this.group).map((p) => [p.pid, p.start]))
     const child = spawn(command[0], command.slice(1), {stdio: 'inherit', env, detached: this.ownGroup})
     this.pid = child.pid
     this.exited = new Promise((resolve) => {
@@ -94,7 +98,7 @@ export class SupervisedChild {
     if (this.ownGroup && processes.size === 0) return groupExists(this.pid) ? [this.pid] : [] // no /proc: ask the kernel about the group
     if (this.ownGroup) return [...processes.values()].filter((p) => p.pgrp === this.pid && !p.zombie).map((p) => p.pid)
     const before = this.groupBefore!
-    const group = ownGroupId()
+    const group = this.group
     const isOld = (pid: number) => before.get(pid) === processes.get(pid)?.start
     const fromCommand = (pid: number): boolean => {
       // Walk up: reaching the command means ours; reaching an older member of the group (a
@@ -170,14 +174,6 @@ function listProcesses(): Map<number, ProcessEntry> {
     } catch {}
   }
   return processes
-}
-
-function ownGroupId(): number {
-  return listProcesses().get(process.pid)?.pgrp ?? process.pid
-}
-
-function groupOf(pgrp: number): ProcessEntry[] {
-  return [...listProcesses().values()].filter((p) => p.pgrp === pgrp)
 }
 
 function descendsFrom(processes: Map<number, ProcessEntry>, pid: number, ancestor: number): boolean {

@@ -31,7 +31,7 @@ export default class Status extends BaseCommand {
     // A table of more than a screenful is read by nobody; a JSON document is read by programs.
     const limit = flags.limit ?? (this.jsonEnabled() ? undefined : 1000)
     if (flags.watch) {
-      await this.watchTable(client, args.key !== undefined ? {key: checkKeyArg(args.key)} : {prefix: flags.prefix ?? ''}, limit ?? 1000)
+      await this.watchTable(client, args.key !== undefined ? {key: checkKeyArg(args.key)} : {prefix: flags.prefix ?? ''}, limit ?? 1000, flags['no-headers'])
       return {}
     }
     if (args.key !== undefined) {
@@ -42,7 +42,7 @@ export default class Status extends BaseCommand {
         return {key, held: true, holder: holderJson(holder)}
       }
       const lock = await client.inspect(key)
-      await this.render([lock ?? {key, holder: null, waiters: 0}], 1)
+      await this.render([lock ?? {key, holder: null, waiters: 0}], 1, flags['no-headers'])
       return {key, holder: holderJson(lock?.holder ?? null), waiters: lock?.waiters ?? 0}
     }
     const [info, {locks, total}] = await Promise.all([client.info(), client.list(flags.prefix ?? '', limit)])
@@ -52,7 +52,7 @@ export default class Status extends BaseCommand {
         ? `etcd ${String(info.version)} at ${client.endpoint}: ${(info.members as unknown[]).length} member(s), leader ${String(info.leader)}, raft term ${String(info.raftTerm)}`
         : `${String(info.server)} ${String(info.version)} at ${client.endpoint}: ${String(info.locks)} lock(s), ${String(info.waiters)} waiter(s)`,
     )
-    await this.render(locks, total)
+    await this.render(locks, total, flags['no-headers'])
     return {
       server: info,
       total,
@@ -61,14 +61,14 @@ export default class Status extends BaseCommand {
   }
 
   /** Redraw on every change: in place on a terminal, one table after another otherwise. */
-  private async watchTable(client: LockClient, target: WatchTarget, limit: number): Promise<void> {
+  private async watchTable(client: LockClient, target: WatchTarget, limit: number, noHeaders: boolean): Promise<void> {
     let pending: NodeJS.Timeout | null = null
     const draw = async () => {
       pending = null
       const {locks, total} = target.key !== undefined ? await client.inspect(target.key).then((l) => ({locks: l ? [l] : [], total: l ? 1 : 0})) : await client.list(target.prefix, limit)
       if (process.stdout.isTTY) process.stdout.write('\u001B[H\u001B[2J')
       this.log(`${client.endpoint} — ${new Date().toLocaleTimeString()} (Ctrl-C to stop)`)
-      await this.render(locks, total)
+      await this.render(locks, total, noHeaders)
     }
     const redraw = () => {
       // Bursts of events are drawn once.
@@ -94,9 +94,8 @@ export default class Status extends BaseCommand {
    * A box table on a terminal (one rule under the header, long keys shortened in the middle to
    * fit its width); plain columns with one header line when piped, like `ps` (`--no-headers`).
    */
-  private async render(locks: LockInfo[], total: number): Promise<void> {
+  private async render(locks: LockInfo[], total: number, noHeaders: boolean): Promise<void> {
     if (this.jsonEnabled()) return
-    const {flags} = await this.parse(Status)
     if (locks.length === 0) {
       this.log('no locks')
       return
@@ -109,7 +108,7 @@ export default class Status extends BaseCommand {
     )
     const more = total > locks.length ? `… and ${total - locks.length} more (--limit)` : null
     if (!process.stdout.isTTY) {
-      const lines = flags['no-headers'] ? rows : [head, ...rows]
+      const lines = noHeaders ? rows : [head, ...rows]
       const widths = head.map((_, column) => Math.max(...lines.map((row) => row[column].length)))
       for (const row of lines) this.log(row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]))).join('  ').trimEnd())
       if (more) process.stderr.write(`${more}\n`)

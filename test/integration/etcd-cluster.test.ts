@@ -66,15 +66,16 @@ describeEtcd('etcd: a 3-member cluster losing its leader', () => {
   }, 90_000)
 })
 
-/** Range and Txn calls etcd has served, from its metrics. */
-async function rangeAndTxnCalls(clientPort: number): Promise<number> {
+/** Sum of the metric lines of etcd that match `pattern`. */
+async function metric(clientPort: number, pattern: RegExp): Promise<number> {
   const text = await (await fetch(`http://127.0.0.1:${clientPort}/metrics`)).text()
   let total = 0
-  for (const line of text.split('\n')) {
-    if (/^grpc_server_handled_total\{.*grpc_method="(Range|Txn)"/.test(line)) total += Number(line.split(' ').at(-1))
-  }
+  for (const line of text.split('\n')) if (pattern.test(line)) total += Number(line.split(' ').at(-1))
   return total
 }
+
+/** Range and Txn calls etcd has served. */
+const rangeAndTxnCalls = (clientPort: number) => metric(clientPort, /^grpc_server_handled_total\{.*grpc_method="(Range|Txn)"/)
 
 describeEtcd('etcd: no herd on release', () => {
   it('one release costs etcd the same few Range/Txn calls with 8 queued CLI waiters as with 2', async () => {
@@ -90,11 +91,13 @@ describeEtcd('etcd: no herd on release', () => {
       // `lockctl lock --wait` follows its place in the queue (for its spinner).
       const runs = Array.from({length: waiters}, () => runCli(['lock', key, '--wait', '1m', '--lease', '60s'], {env, timeoutMs: 60_000}))
       await eventually(async () => (await holder.inspect(key))?.waiters === waiters, 20_000)
-      await new Promise((r) => setTimeout(r, 500)) // every waiter is watching by now
+      // Every waiter is watching (each CLI waiter has its watch on the name) before we count.
+      await eventually(async () => (await metric(port, /^etcd_debugging_mvcc_watcher_total /)) >= waiters, 20_000)
       const before = await rangeAndTxnCalls(port)
       await lock.unlock()
       // The first waiter gets it (and exits); the others only learn their new place.
       await eventually(async () => (await holder.inspect(key))?.waiters === waiters - 1, 20_000)
+      // A window for a herd to show: the waiters that did not get the lock learn their place now.
       await new Promise((r) => setTimeout(r, 500))
       perRelease.push((await rangeAndTxnCalls(port)) - before)
       await holder.close()
