@@ -27,3 +27,9 @@ const {execute, settings} = await import('../dist/bundle/lockctl.js')
 settings.enableAutoTranspile = false
 
 await execute({dir: import.meta.url})
+// The command is over and its answer written (stdout and stderr are synchronous on Linux for
+// files, pipes and terminals). What is left should end by itself at once; a call that a client
+// library leaves pending after its server died (seen with gRPC after an etcd member was killed)
+// must not keep a script or a cron job waiting: exit within a second whatever is left. The
+// timer is unref'd, so it never delays a process that has nothing left to do.
+setTimeout(() => process.exit(), 1000).unref()

@@ -37,6 +37,8 @@ export interface EtcdCluster {
   /** etcd://host:port,... for LOCKCTL_ENDPOINTS */
   endpoint: string
   kill(member: EtcdMember): Promise<void>
+  /** Kill (if running) and start again on the same ports and data; resolves when it answers. */
+  restart(member: EtcdMember): Promise<void>
   leader(): Promise<EtcdMember>
   stop(): Promise<void>
 }
@@ -66,7 +68,7 @@ export async function startEtcd(size = 1, options: EtcdStartOptions = {}): Promi
     return {name: `m${i}`, clientPort, peerPort, dataDir: join(base, `m${i}`), child: null, exited: Promise.resolve()}
   })
   const initialCluster = members.map((m) => `${m.name}=http://127.0.0.1:${m.peerPort}`).join(',')
-  for (const m of members) {
+  const launch = (m: EtcdMember) => {
     const child = spawn(
       'etcd',
       [
@@ -89,6 +91,7 @@ export async function startEtcd(size = 1, options: EtcdStartOptions = {}): Promi
     m.child = child
     m.exited = new Promise((resolve) => child.on('exit', () => resolve()))
   }
+  for (const m of members) launch(m)
   const endpoint = `etcd://${members.map((m) => `127.0.0.1:${m.clientPort}`).join(',')}`
   const cluster: EtcdCluster = {
     members,
@@ -97,6 +100,13 @@ export async function startEtcd(size = 1, options: EtcdStartOptions = {}): Promi
       member.child?.kill('SIGKILL')
       await member.exited
       member.child = null
+    },
+    async restart(member) {
+      // Its data directory is kept: it comes back as the same member (the flags for a new
+      // cluster are ignored when the data directory exists).
+      if (member.child) await cluster.kill(member)
+      launch(member)
+      await eventually(() => spawnSync('etcdctl', [...etcdctlTls, '--endpoints', `${scheme}://127.0.0.1:${member.clientPort}`, 'endpoint', 'health'], {encoding: 'utf8', timeout: 3000}).status === 0, 20_000)
     },
     async leader() {
       return eventually(() => {

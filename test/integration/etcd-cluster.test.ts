@@ -159,3 +159,32 @@ describeEtcd('etcd: interoperability with etcdctl lock', () => {
     })
   }
 })
+
+describeEtcd('etcd: a closed client lets its process end', () => {
+  it('after its member restarted while it waited, the process ends by itself once the client is closed', async () => {
+    const etcd = await startEtcd(1)
+    const script = join(import.meta.dirname, '../fault/close-after-restart.mjs')
+    const child = spawn(process.execPath, [script, etcd.endpoint], {stdio: ['pipe', 'pipe', 'pipe']})
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()))
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()))
+    const ended = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+    await eventually(() => out.includes('waiting'), 20_000)
+    // The waiter's watch stream breaks and etcd3 keeps trying to re-open it, backing off
+    // further each time, until the member is back.
+    await etcd.kill(etcd.members[0])
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+    await etcd.restart(etcd.members[0])
+    await new Promise((resolve) => setTimeout(resolve, 3000))
+    child.stdin.write('go\n')
+    await eventually(() => out.includes('closed') || err, 30_000)
+    expect(err).toBe('')
+    // Before the fix the process lived on for many seconds (etcd3 kept re-opening the watch
+    // stream, backing off up to 30 s, for a watcher that nobody had cancelled). Closing takes
+    // milliseconds; 3 s is far more than that and less than the backoff it had grown to.
+    const code = await Promise.race([ended, new Promise<'alive'>((resolve) => setTimeout(() => resolve('alive'), 3000))])
+    if (code === 'alive') child.kill('SIGKILL')
+    expect(code).toBe(0)
+  }, 60_000)
+})

@@ -1,6 +1,6 @@
 import {readFileSync} from 'node:fs'
 // Types only: etcd3 itself is imported lazily (it costs ~200 ms to load).
-import type {Etcd3, IKeyValue, IRequestOp, Watcher} from 'etcd3'
+import type {Etcd3, IKeyValue, IOptions, IRequestOp, Watcher} from 'etcd3'
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo, type LockInfo} from '../../../protocol/messages.js'
 import {sleep} from '../../async.js'
 import type {AcquireRequest, AcquireResult, ConnectionState, LockBackend} from '../../backend.js'
@@ -45,11 +45,13 @@ export class QueuePlaceLostError extends UnreachableError {}
 
 /** A connection is reported suspended only when no etcd call succeeded for this long. */
 const SUSPEND_AFTER_MS = 2000
+/** The longest pause before re-opening a broken watch stream. */
+const WATCH_BACKOFF_MAX_MS = 2000
 /** list(): lease look-ups in flight at once. */
 const LIST_CONCURRENCY = 16
 
 export async function createEtcdBackend(options: EtcdBackendOptions): Promise<EtcdBackend> {
-  const [etcd3, {isBrokenCircuitError}] = await Promise.all([import('etcd3'), import('cockatiel')])
+  const [etcd3, {isBrokenCircuitError, ExponentialBackoff}] = await Promise.all([import('etcd3'), import('cockatiel')])
   const read = (path: string | undefined, what: string) => {
     if (!path) return undefined
     try {
@@ -68,6 +70,10 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
     auth: options.auth,
     dialTimeout: options.connectTimeoutMs,
     defaultCallOptions: (context) => (context.isStream ? {} : {deadline: Date.now() + options.requestTimeoutMs}),
+    // A waiter must see its turn soon after a failover: etcd3's default backoff for re-opening
+    // the watch stream grows to 30 s. Its timer also keeps the process alive after close().
+    // (etcd3 types this with an older cockatiel's IBackoff; it only calls next() and reads duration.)
+    faultHandling: {watchBackoff: new ExponentialBackoff({initialDelay: 100, maxDelay: WATCH_BACKOFF_MAX_MS}) as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>},
   })
   return new EtcdBackend(client, options, {etcd3, isBrokenCircuitError})
 }
@@ -330,6 +336,7 @@ export class EtcdBackend implements LockBackend {
     let watcher: Watcher | null = null
     let timer: NodeJS.Timeout | null = null
     let onAbort: (() => void) | null = null
+    let over = false
     try {
       return await new Promise<'changed' | 'timeout' | 'aborted' | 'no watch'>((resolve) => {
         if (signal) {
@@ -346,6 +353,9 @@ export class EtcdBackend implements LockBackend {
           .create()
           .then(
             (w) => {
+              // The wait ended (timeout, abort) before the watch was set up: nobody cancels it
+              // later, and a watcher left attached keeps etcd3 re-opening streams forever.
+              if (over) return void w.cancel().catch(() => {})
               watcher = w
               w.on('delete', (kv: IKeyValue) => {
                 if (!remaining.delete(kv.key.toString('utf8'))) return
@@ -360,6 +370,7 @@ export class EtcdBackend implements LockBackend {
           )
       })
     } finally {
+      over = true
       if (timer) clearTimeout(timer)
       if (onAbort) signal?.removeEventListener('abort', onAbort)
       // Not awaited: cancelling waits for the member's answer, which a hung member never sends.
@@ -573,6 +584,19 @@ export class EtcdBackend implements LockBackend {
     if (this.suspendTimer) clearTimeout(this.suspendTimer)
     await this.sessions.close()
     this.client.close()
+    forgetWatchers(this.client)
     this.setState('closed')
   }
+}
+
+/**
+ * After close(): etcd3 (1.1) has no way to stop its watch manager, which re-opens the watch
+ * stream (on a closed pool: failing each time, retried forever) while any watcher is attached,
+ * so a client whose watcher had not yet been told of its cancel kept the process alive for good.
+ * Emptying its list of watchers ends that loop at its next turn (at most WATCH_BACKOFF_MAX_MS).
+ * The field is etcd3's internal; if it is not there this does nothing.
+ */
+function forgetWatchers(client: Etcd3): void {
+  const manager = (client as unknown as {watchManager?: {watchers?: unknown[]}}).watchManager
+  if (manager && Array.isArray(manager.watchers)) manager.watchers = []
 }
