@@ -18,6 +18,8 @@ export interface HolderInfo {
   leaseLeftMs: number
   /** Wall-clock ms when this grant was made. */
   since: number
+  /** A shared grant (absent: exclusive, or a semaphore's). */
+  shared?: boolean
 }
 
 /** A grant as handed to its new owner. */
@@ -28,7 +30,12 @@ export interface GrantInfo extends HolderInfo {
 
 export interface LockInfo {
   key: string
+  /** The oldest holder: what a client that knows of one holder only shows. */
   holder: HolderInfo | null
+  /** Every holder, oldest first, when there are several (a semaphore's or shared lock's); else absent. */
+  holders?: HolderInfo[]
+  /** A semaphore's limit (absent or 1: a lock). */
+  limit?: number
   waiters: number
 }
 
@@ -76,6 +83,13 @@ export interface AcquireArgs {
    * connection lockd has not yet seen drop, the new request takes over its place in the queue.
    */
   attempt?: string
+  /**
+   * A semaphore of this many holders (default 1: a lock). Every holder and waiter of a name
+   * asks with the same limit; another is refused (BAD_INPUT). Needs the `semaphores` feature.
+   */
+  limit?: number
+  /** A shared grant of a lock (limit 1): beside other shared ones, never an exclusive one. */
+  shared?: boolean
 }
 
 export type RequestBody =
@@ -112,6 +126,12 @@ export interface HelloReply {
   serverId: string
   /** Largest frame this server accepts. */
   maxFrame?: number
+  /**
+   * What this server does beyond version 1's first form (docs/protocol.md, "Features"):
+   * `semaphores` — acquire's `limit` and `shared`. A client does not send those to a server
+   * that does not announce it (it would ignore them and grant an exclusive lock).
+   */
+  features?: string[]
 }
 
 export type ResultCode = 'OK' | 'QUEUED' | ErrorCode

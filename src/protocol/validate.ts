@@ -9,6 +9,8 @@ export const MAX_LEASE_MS = 24 * 60 * 60 * 1000
 export const MAX_WAIT_MS = 30 * 24 * 60 * 60 * 1000
 export const MAX_TOKEN_LENGTH = 256
 export const MAX_OWNER_LENGTH = 256
+/** The largest semaphore. */
+export const MAX_LIMIT = 10_000
 
 // C0 and C1 control characters and DEL.
 // eslint-disable-next-line no-control-regex
@@ -51,6 +53,14 @@ export function ownerProblem(owner: unknown): string | null {
   if (typeof owner !== 'string' || owner.length === 0) return 'an owner must be a non-empty string'
   if (owner.length > MAX_OWNER_LENGTH) return `an owner is at most ${MAX_OWNER_LENGTH} characters`
   if (CONTROL.test(owner)) return 'an owner must not contain control characters'
+  return null
+}
+
+/** A semaphore's limit and the shared flag of one acquire (null: fine). */
+export function modeProblem(limit: unknown, shared: unknown): string | null {
+  if (limit !== undefined && limit !== null && (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > MAX_LIMIT)) return `a limit is a whole number from 1 to ${MAX_LIMIT}`
+  if (shared !== undefined && shared !== null && typeof shared !== 'boolean') return 'shared is true or false'
+  if (shared === true && typeof limit === 'number' && limit > 1) return 'a semaphore (a limit above 1) has no shared mode: its holders are counted, not kinds'
   return null
 }
 

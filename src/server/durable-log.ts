@@ -20,7 +20,7 @@ import {Packr} from 'msgpackr/pack'
 import {makeDirectories} from '../util/fs.js'
 
 /**
- * Durable state of lockd: an append-only log of "key K now has holder H (or none)" records,
+ * Durable state of lockd: an append-only log of "key K now has holders H... (or none)" records,
  * bounded by snapshots, plus a fence high-water mark. The format and the recovery rules are
  * specified in docs/recovery.md; this file implements them.
  *
@@ -32,6 +32,8 @@ import {makeDirectories} from '../util/fs.js'
  *   snapshot        crc32 + msgpack {gen, fence, locks}   (written to snapshot.tmp, fsynced, renamed)
  *   wal-<gen>.log   8-byte magic, then records:
  *                   u32 length, u32 crc32(body), u32 crc32(first 8 header bytes), msgpack {k, h, f}
+ *                   h: null (free), one holder (a plain lock's), or an array of holders (a
+ *                   semaphore's or shared lock's): plain locks are written as before.
  *
  * The header checksum is what tells a torn final write from damage: a length is trusted only
  * once its checksum matches, so a record can run past the end of the file only when it really
@@ -47,23 +49,28 @@ export interface LoggedHolder {
   /** Wall-clock ms of the grant (display only). */
   since: number
   attempt?: string
+  /** A shared grant (of a lock that is held shared). */
+  shared?: boolean
+  /** The name's limit when it is a semaphore. */
+  limit?: number
 }
 
 /** What a snapshot stores: the fencing counter and every held lock. */
 export interface LoggedSnapshot {
   fence: number
-  locks: {key: string; holder: LoggedHolder}[]
+  locks: {key: string; holders: LoggedHolder[]}[]
 }
 
 export interface LogRecord {
   key: string
-  holder: LoggedHolder | null
+  /** Every holder of the key now; empty: it is free. */
+  holders: LoggedHolder[]
   fence: number
 }
 
 export interface RecoveredState {
   fence: number
-  holders: Map<string, LoggedHolder>
+  holders: Map<string, LoggedHolder[]>
   /** What recovery had to do that an operator should know about. */
   notes: string[]
 }
@@ -140,13 +147,17 @@ export class DurableLog {
       throw new LogCorruptError(`${fencePath} is corrupt (no fence mark in it); refusing to start rather than repeat a fence. ${MOVE_ASIDE}`)
     }
     if (existsSync(snapshotPath)) {
-      const snapshot = readChecked(snapshotPath) as {gen: number; fence: number; locks: {key: string; holder: LoggedHolder}[]}
+      const snapshot = readChecked(snapshotPath) as {gen: number; fence: number; locks: SnapshotEntry[]}
       if (!Number.isSafeInteger(snapshot?.gen) || !Number.isSafeInteger(snapshot.fence) || !Array.isArray(snapshot.locks)) {
         throw new LogCorruptError(`${snapshotPath} is corrupt (not a snapshot); refusing to start rather than forget locks. ${MOVE_ASIDE}`)
       }
       gen = snapshot.gen
       state.fence = snapshot.fence
-      for (const {key, holder} of snapshot.locks) state.holders.set(key, holder)
+      for (const entry of snapshot.locks) {
+        const holders = holdersOf(entry?.holders ?? entry?.holder)
+        if (typeof entry?.key !== 'string' || !holders) throw new LogCorruptError(`${snapshotPath} is corrupt (not a snapshot); refusing to start rather than forget locks. ${MOVE_ASIDE}`)
+        if (holders.length > 0) state.holders.set(entry.key, holders)
+      }
     }
     const walPath = join(dir, `wal-${gen}.log`)
     const data = existsSync(walPath) ? readFileSync(walPath) : null
@@ -225,7 +236,7 @@ export class DurableLog {
   append(records: LogRecord[], fence: number): void {
     if (fence > this.reservedFence - FENCE_BLOCK / 2) this.reserveFences(fence)
     for (const record of records) {
-      const body = packr.pack({k: record.key, h: record.holder, f: record.fence})
+      const body = packr.pack({k: record.key, h: onDisk(record.holders), f: record.fence})
       const frame = Buffer.allocUnsafe(RECORD_HEADER + body.length)
       frame.writeUInt32BE(body.length, 0)
       frame.writeUInt32BE(crc32(body), 4)
@@ -307,7 +318,10 @@ export class DurableLog {
     const nextPath = join(this.dir, `wal-${nextGen}.log`)
     writeNewLog(nextPath)
     const snapshot = this.snapshotSource()
-    writeChecked(this.dir, 'snapshot', {gen: nextGen, fence: snapshot.fence, locks: snapshot.locks})
+    writeChecked(this.dir, 'snapshot', {gen: nextGen, fence: snapshot.fence, locks: snapshot.locks.map(({key, holders}) => {
+      const h = onDisk(holders)
+      return Array.isArray(h) ? {key, holders: h} : {key, holder: h}
+    })})
     const oldFd = this.fd
     const oldPath = join(this.dir, `wal-${this.gen}.log`)
     this.gen = nextGen
@@ -421,8 +435,34 @@ function replayLegacy(data: Buffer, path: string, state: RecoveredState): Replay
 
 interface DecodedRecord {
   k: string
-  h: LoggedHolder | null
+  h: LoggedHolder | LoggedHolder[] | null
   f: number
+}
+
+/** A snapshot's entry: `holder` as written before semaphores (and still for a plain lock), or `holders`. */
+interface SnapshotEntry {
+  key: string
+  holder?: LoggedHolder
+  holders?: LoggedHolder[]
+}
+
+const isHolder = (h: unknown): h is LoggedHolder => typeof h === 'object' && h !== null && typeof (h as LoggedHolder).token === 'string' && Number.isSafeInteger((h as LoggedHolder).fence)
+
+/** The holders a record or snapshot entry names, or null when it is not a valid holder field. */
+function holdersOf(h: unknown): LoggedHolder[] | null {
+  if (h === null) return []
+  if (Array.isArray(h)) return h.every(isHolder) ? h : null
+  return isHolder(h) ? [h] : null
+}
+
+/**
+ * What `h` is written as: null (free), the holder itself for a plain lock (the format of
+ * lockd before semaphores, which can still read it), else the array.
+ */
+function onDisk(holders: LoggedHolder[]): LoggedHolder | LoggedHolder[] | null {
+  if (holders.length === 0) return null
+  if (holders.length === 1 && !holders[0].shared && holders[0].limit === undefined) return holders[0]
+  return holders
 }
 
 function decode(body: Buffer, path: string, offset: number): DecodedRecord {
@@ -432,13 +472,13 @@ function decode(body: Buffer, path: string, offset: number): DecodedRecord {
   } catch {
     throw corrupt(path, offset, 'it cannot be decoded')
   }
-  const holderOk = record?.h === null || (typeof record?.h === 'object' && typeof record.h.token === 'string' && Number.isSafeInteger(record.h.fence))
-  if (typeof record?.k !== 'string' || !Number.isSafeInteger(record.f) || !holderOk) throw corrupt(path, offset, 'it is not a lock record')
+  if (typeof record?.k !== 'string' || !Number.isSafeInteger(record.f) || holdersOf(record.h) === null) throw corrupt(path, offset, 'it is not a lock record')
   return record
 }
 
 function apply(record: DecodedRecord, state: RecoveredState): void {
-  if (record.h) state.holders.set(record.k, record.h)
+  const holders = holdersOf(record.h)!
+  if (holders.length > 0) state.holders.set(record.k, holders)
   else state.holders.delete(record.k)
   state.fence = Math.max(state.fence, record.f)
 }

@@ -1,6 +1,7 @@
 import {ErrorCode} from '../protocol/errors.js'
 import type {Answer, AnswerTo, Op, Request, RequestOf, ServerInfo} from '../protocol/messages.js'
-import {attemptProblem, keyProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
+import {attemptProblem, keyProblem, leaseProblem, modeProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
+import {describeLimit} from '../protocol/limits.js'
 import type {Connection} from './connection.js'
 import type {LockTable} from './lock-table.js'
 import type {Subscriptions} from './subscriptions.js'
@@ -29,7 +30,13 @@ const optional = <T>(value: T | undefined | null, problem: (v: T) => string | nu
  */
 const VALIDATORS: {[O in Op]: (request: RequestOf<O>) => string | null} = {
   acquire: (r) =>
-    keyProblem(r.key) ?? leaseProblem(r.leaseMs) ?? waitProblem(r.waitMs) ?? ownerProblem(r.owner) ?? optional(r.token, tokenProblem) ?? optional(r.attempt, attemptProblem),
+    keyProblem(r.key) ??
+    leaseProblem(r.leaseMs) ??
+    waitProblem(r.waitMs) ??
+    ownerProblem(r.owner) ??
+    optional(r.token, tokenProblem) ??
+    optional(r.attempt, attemptProblem) ??
+    modeProblem(r.limit, r.shared),
   cancel: (r) => keyProblem(r.key) ?? (typeof r.wid === 'number' && Number.isInteger(r.wid) ? null : 'cancel needs the wid of the acquire'),
   release: (r) => keyProblem(r.key) ?? (r.force === true ? null : tokenProblem(r.token)),
   renew: (r) => keyProblem(r.key) ?? tokenProblem(r.token) ?? optional(r.leaseMs, leaseProblem),
@@ -67,7 +74,12 @@ function answer(ctx: HandlerContext, conn: Connection, request: Request): Answer
         token: request.token ?? undefined,
         attempt: request.attempt ?? undefined,
         from: {session: conn.session, wid: request.id},
+        limit: request.limit ?? undefined,
+        shared: request.shared ?? undefined,
       })
+      if (result.kind === 'mismatch') {
+        return {code: ErrorCode.BAD_INPUT, msg: `${JSON.stringify(request.key)} is ${describeLimit(result.limit)}; asked as ${describeLimit(request.limit ?? 1)}`}
+      }
       const now = ctx.now()
       if (result.kind === 'granted') return {code: 'OK', grant: grantInfo(request.key, result.grant, now)}
       if (result.kind === 'held') return {code: ErrorCode.LOCK_HELD, msg: `held by ${result.holder.owner}`, holder: holderInfo(result.holder, now)}

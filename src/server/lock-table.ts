@@ -43,6 +43,10 @@ export interface Holder {
    * Not persisted: after a restart it is set again by the holder's next renewal.
    */
   session?: string
+  /** A shared (read) grant: it holds beside other shared grants, never beside an exclusive one. */
+  shared?: boolean
+  /** The name's limit when it is a semaphore (more than 1); absent for a lock. */
+  limit?: number
 }
 
 interface Waiter extends WaiterRef {
@@ -51,12 +55,20 @@ interface Waiter extends WaiterRef {
   leaseMs: number
   deadline: number
   attempt?: string
+  shared: boolean
 }
 
+/**
+ * One name: its holders in the order they were granted, its FIFO queue, and its limit — 1 for
+ * a lock (one exclusive holder, or any number of shared ones), N for a semaphore of N. The
+ * limit is fixed while the name has holders or waiters (docs/semantics.md, "Semaphores and
+ * shared locks").
+ */
 interface Entry {
   key: string
-  holder: Holder | null
+  holders: Holder[]
   waiters: Waiter[]
+  limit: number
 }
 
 /** What the table did, in order; the server turns these into acks, pushes and log records. */
@@ -70,16 +82,22 @@ export type TableEvent =
   | {type: 'dequeued'; key: string; waiter: WaiterRef; reason: 'granted' | 'cancelled' | 'timeout' | 'disconnected'}
   | {type: 'wait_timeout'; key: string; waiter: WaiterRef}
 
+/** `holder`: the grant that stands in the way (the oldest holder), for messages and spinners. */
 export type AcquireResult =
   | {kind: 'granted'; grant: Holder; reentrant: boolean}
   | {kind: 'held'; holder: Holder}
   | {kind: 'queued'; position: number; holder: Holder}
+  /** The name is held or awaited with another limit: the request is refused, not mixed in. */
+  | {kind: 'mismatch'; limit: number}
 
 /** One key as `inspect` and `list` show it (the server turns it into the wire's LockInfo). */
 export interface LockView {
   key: string
+  /** The oldest holder (what a client that knows of one holder only shows). */
   holder: Holder | null
+  holders: Holder[]
   waiters: number
+  limit: number
 }
 
 export type TokenResult = {ok: true; holder: Holder} | {ok: false}
@@ -96,11 +114,20 @@ export interface PersistedHolder {
   leaseMs: number
   since: number
   attempt?: string
+  shared?: boolean
+  limit?: number
 }
 
 export interface TableSnapshot {
   fence: number
-  locks: {key: string; holder: PersistedHolder}[]
+  locks: {key: string; holders: PersistedHolder[]}[]
+}
+
+/** The options of one acquire that decide whether it fits beside the holders. */
+export interface AcquireMode {
+  /** 1 (a lock) or N (a semaphore of N). */
+  limit: number
+  shared: boolean
 }
 
 type Deadline = {kind: 'lease'; key: string; holder: Holder} | {kind: 'wait'; waiter: Waiter}
@@ -148,21 +175,39 @@ export class LockTable {
     token?: string
     attempt?: string
     from: WaiterRef
+    /** Default: an exclusive lock (limit 1, not shared). */
+    limit?: number
+    shared?: boolean
   }): AcquireResult {
     const now = this.clock.now()
+    const limit = args.limit ?? 1
+    const shared = limit === 1 && args.shared === true
     const entry = this.entries.get(args.key)
-    const holder = entry?.holder
-    const sameGrant = (args.token !== undefined && holder?.token === args.token) || (args.attempt !== undefined && holder?.attempt === args.attempt)
-    if (holder && sameGrant) {
-      holder.session = args.from.session
-      this.extend(args.key, holder, args.leaseMs, now)
-      return {kind: 'granted', grant: holder, reentrant: true}
+    const same = entry?.holders.find((h) => (args.token !== undefined && h.token === args.token) || (args.attempt !== undefined && h.attempt === args.attempt))
+    if (same) {
+      same.session = args.from.session
+      this.extend(args.key, same, args.leaseMs, now)
+      return {kind: 'granted', grant: same, reentrant: true}
     }
-    if (!holder) {
-      const granted = this.grant(args.key, args.owner, args.leaseMs, now, undefined, args.attempt, args.from.session)
+    if (entry && entry.limit !== limit) return {kind: 'mismatch', limit: entry.limit}
+    // The same attempt still queued from a connection that has not been seen to drop: the new
+    // request takes over its place (below), so a reconnect keeps the queue order and never
+    // leaves two waiters for one grant. Asked in another mode, it is a new request: the old
+    // one leaves first (and whoever then fits is granted).
+    let earlier = args.attempt === undefined ? undefined : this.waitersByAttempt.get(args.attempt)
+    if (earlier && (earlier.key !== args.key || earlier.shared !== shared)) {
+      this.removeWaiter(earlier, 'disconnected')
+      earlier = undefined
+    }
+    // FIFO: a request that fits beside the holders still waits behind anyone already queued,
+    // so a stream of shared requests never starves an exclusive one.
+    if (!entry || (entry.waiters.length === 0 && fits(entry, shared))) {
+      const granted = this.grant(args.key, args.owner, args.leaseMs, now, {limit, shared}, undefined, args.attempt, args.from.session)
       return {kind: 'granted', grant: granted, reentrant: false}
     }
-    if (args.waitMs === 0) return {kind: 'held', holder}
+    // An entry always has a holder: a name with waiters and no holder grants at once (pump).
+    const blocking = entry.holders[0]
+    if (args.waitMs === 0) return {kind: 'held', holder: blocking}
     // Waiters are named by (session, wid): a second one under the same name could never be
     // cancelled or dropped with its connection. The server refuses such a request before here.
     if (this.isWaiting(args.from)) throw new Error(`wid ${args.from.wid} is already waiting in session ${args.from.session}`)
@@ -174,12 +219,10 @@ export class LockTable {
       leaseMs: args.leaseMs,
       deadline: args.waitMs === WAIT_FOREVER ? Number.POSITIVE_INFINITY : now + args.waitMs,
       attempt: args.attempt,
+      shared,
     }
-    // The same attempt still queued from a connection that has not been seen to drop: take over
-    // its place, so a reconnect keeps the queue order and never leaves two waiters for one grant.
-    const earlier = args.attempt === undefined ? undefined : this.waitersByAttempt.get(args.attempt)
-    const place = earlier && earlier.key === args.key ? entry.waiters.indexOf(earlier) : -1
-    if (earlier) this.removeWaiter(earlier, 'disconnected')
+    const place = earlier ? entry.waiters.indexOf(earlier) : -1
+    if (earlier) this.removeWaiter(earlier, 'disconnected', false)
     if (place >= 0) entry.waiters.splice(place, 0, waiter)
     else entry.waiters.push(waiter)
     if (waiter.attempt !== undefined) this.waitersByAttempt.set(waiter.attempt, waiter)
@@ -190,7 +233,7 @@ export class LockTable {
     if (waiter.deadline !== Number.POSITIVE_INFINITY) this.deadlines.push(waiter.deadline, {kind: 'wait', waiter})
     const position = entry.waiters.indexOf(waiter) + 1
     this.events.push({type: 'queued', key: args.key, waiter: args.from, position})
-    return {kind: 'queued', position, holder}
+    return {kind: 'queued', position, holder: blocking}
   }
 
   /**
@@ -204,26 +247,36 @@ export class LockTable {
       this.removeWaiter(waiter, reason)
       return {released: false}
     }
-    const holder = this.entries.get(key)?.holder
-    if (holder?.origin && holder.origin.session === ref.session && holder.origin.wid === ref.wid) {
+    const holder = this.entries.get(key)?.holders.find((h) => h.origin && h.origin.session === ref.session && h.origin.wid === ref.wid)
+    if (holder) {
       this.releaseHolder(key, holder, false, ref.session)
       return {released: true}
     }
     return {released: false}
   }
 
-  /** `by`: the connection asking, so the holder's own connection is told when it is another. */
+  /**
+   * `by`: the connection asking, so the holder's own connection is told when it is another.
+   * Forced: the grant of `token` if it is one, else every holder of the name (an admin breaking
+   * a semaphore or a shared lock frees it whole). Answers the (first) holder released.
+   */
   release(key: string, token: string | undefined, force = false, by?: string): TokenResult {
-    const holder = this.entries.get(key)?.holder
-    if (!holder || (!force && holder.token !== token)) return {ok: false}
-    this.releaseHolder(key, holder, force, by)
-    return {ok: true, holder}
+    const entry = this.entries.get(key)
+    const holder = token === undefined ? undefined : entry?.holders.find((h) => h.token === token)
+    if (holder) {
+      this.releaseHolder(key, holder, force, by)
+      return {ok: true, holder}
+    }
+    if (!force || !entry) return {ok: false}
+    const all = [...entry.holders]
+    for (const each of all) this.releaseHolder(key, each, true, by)
+    return {ok: true, holder: all[0]}
   }
 
   /** `by`: the connection renewing becomes the one told if the grant ends. */
   renew(key: string, token: string, leaseMs?: number, by?: string): TokenResult {
-    const holder = this.entries.get(key)?.holder
-    if (!holder || holder.token !== token) return {ok: false}
+    const holder = this.check(key, token)
+    if (!holder) return {ok: false}
     if (by !== undefined) holder.session = by
     this.extend(key, holder, leaseMs ?? holder.leaseMs, this.clock.now())
     return {ok: true, holder}
@@ -231,16 +284,28 @@ export class LockTable {
 
   /** The holder if `token` holds `key` now, else null. Changes nothing. */
   check(key: string, token: string): Holder | null {
-    const holder = this.entries.get(key)?.holder
-    return holder && holder.token === token ? holder : null
+    return this.entries.get(key)?.holders.find((h) => h.token === token) ?? null
   }
 
-  /** A connection went away: its waiters leave their queues. Holders keep their leases. */
+  /**
+   * A connection went away: its waiters leave their queues. Holders keep their leases. All of
+   * them leave before anyone is granted: one of its waiters leaving must not grant another of
+   * its own (which nobody could be told of).
+   */
   dropSession(session: string): void {
     const bySession = this.waitersBySession.get(session)
     if (!bySession) return
-    for (const waiter of [...bySession.values()]) this.removeWaiter(waiter, 'disconnected')
+    const keys = new Set<string>()
+    for (const waiter of [...bySession.values()]) {
+      keys.add(waiter.key)
+      this.removeWaiter(waiter, 'disconnected', false)
+    }
     this.waitersBySession.delete(session)
+    const now = this.clock.now()
+    for (const key of keys) {
+      const entry = this.entries.get(key)
+      if (entry) this.pump(entry, now)
+    }
   }
 
   /** Expire leases and waits that are due; hand expired locks to the next waiter. */
@@ -252,9 +317,9 @@ export class LockTable {
       if (due.kind === 'lease') {
         const entry = this.entries.get(due.key)
         // Stale heap entries (renewed or released holders) are skipped here.
-        if (entry?.holder !== due.holder || due.holder.expiresAt !== top.at) continue
+        if (!entry?.holders.includes(due.holder) || due.holder.expiresAt !== top.at) continue
         this.events.push({type: 'expired', key: due.key, holder: due.holder})
-        this.vacate(entry, now)
+        this.removeHolder(entry, due.holder, now)
       } else if (this.waitersBySession.get(due.waiter.session)?.get(due.waiter.wid) === due.waiter) {
         this.removeWaiter(due.waiter, 'timeout')
         this.events.push({type: 'wait_timeout', key: due.waiter.key, waiter: due.waiter})
@@ -286,19 +351,16 @@ export class LockTable {
     return this.events.splice(0)
   }
 
-  /** Keys whose holder changed since the last call, with their state now (null = free). */
-  drainChanges(): {key: string; holder: PersistedHolder | null}[] {
-    const changes = [...this.dirtyKeys].map((key) => {
-      const holder = this.entries.get(key)?.holder
-      return {key, holder: holder ? persisted(holder) : null}
-    })
+  /** Keys whose holders changed since the last call, with their holders now (none = free). */
+  drainChanges(): {key: string; holders: PersistedHolder[]}[] {
+    const changes = [...this.dirtyKeys].map((key) => ({key, holders: (this.entries.get(key)?.holders ?? []).map(persisted)}))
     this.dirtyKeys.clear()
     return changes
   }
 
   snapshot(): TableSnapshot {
     const locks: TableSnapshot['locks'] = []
-    for (const entry of this.entries.values()) if (entry.holder) locks.push({key: entry.key, holder: persisted(entry.holder)})
+    for (const entry of this.entries.values()) if (entry.holders.length > 0) locks.push({key: entry.key, holders: entry.holders.map(persisted)})
     return {fence: this.fenceCounter, locks}
   }
 
@@ -307,18 +369,23 @@ export class LockTable {
    * now: its owner may have renewed just before the crash and still believes it holds, and the
    * old monotonic clock is gone, so nothing shorter is safe.
    */
-  recover(fence: number, holders: Iterable<[string, PersistedHolder]>): void {
+  recover(fence: number, holders: Iterable<[string, PersistedHolder[]]>): void {
     const now = this.clock.now()
     this.fenceCounter = Math.max(this.fenceCounter, fence)
     for (const [key, saved] of holders) {
-      this.fenceCounter = Math.max(this.fenceCounter, saved.fence)
-      const holder: Holder = {...saved, expiresAt: now + saved.leaseMs}
-      this.entries.set(key, {key, holder, waiters: []})
-      this.deadlines.push(holder.expiresAt, {kind: 'lease', key, holder})
+      if (saved.length === 0) continue
+      const entry: Entry = {key, holders: [], waiters: [], limit: saved[0].limit ?? 1}
+      for (const each of saved) {
+        this.fenceCounter = Math.max(this.fenceCounter, each.fence)
+        const holder: Holder = {...each, expiresAt: now + each.leaseMs}
+        entry.holders.push(holder)
+        this.deadlines.push(holder.expiresAt, {kind: 'lease', key, holder})
+      }
+      this.entries.set(key, entry)
     }
   }
 
-  private grant(key: string, owner: string, leaseMs: number, now: number, to?: WaiterRef, attempt?: string, session = to?.session): Holder {
+  private grant(key: string, owner: string, leaseMs: number, now: number, mode: AcquireMode, to?: WaiterRef, attempt?: string, session = to?.session): Holder {
     const holder: Holder = {
       session,
       token: this.newToken(),
@@ -330,9 +397,11 @@ export class LockTable {
       origin: to ? {session: to.session, wid: to.wid} : undefined,
       attempt,
     }
+    if (mode.shared) holder.shared = true
+    if (mode.limit > 1) holder.limit = mode.limit
     let entry = this.entries.get(key)
-    if (!entry) this.entries.set(key, (entry = {key, holder: null, waiters: []}))
-    entry.holder = holder
+    if (!entry) this.entries.set(key, (entry = {key, holders: [], waiters: [], limit: mode.limit}))
+    entry.holders.push(holder)
     this.deadlines.push(holder.expiresAt, {kind: 'lease', key, holder})
     this.dirtyKeys.add(key)
     this.events.push({type: 'granted', key, holder, to})
@@ -349,23 +418,30 @@ export class LockTable {
 
   private releaseHolder(key: string, holder: Holder, force: boolean, by?: string): void {
     this.events.push({type: 'released', key, holder, force, by})
-    this.vacate(this.entries.get(key)!, this.clock.now())
+    this.removeHolder(this.entries.get(key)!, holder, this.clock.now())
   }
 
-  /** The holder is gone: the head of the queue gets the lock, or the key disappears. */
-  private vacate(entry: Entry, now: number): void {
-    entry.holder = null
+  /** The holder is gone: waiters at the head of the queue that now fit get the lock. */
+  private removeHolder(entry: Entry, holder: Holder, now: number): void {
+    entry.holders.splice(entry.holders.indexOf(holder), 1)
     this.dirtyKeys.add(entry.key)
-    const next = entry.waiters[0]
-    if (next) {
-      this.removeWaiter(next, 'granted')
-      this.grant(entry.key, next.owner, next.leaseMs, now, next, next.attempt)
-    } else {
-      this.entries.delete(entry.key)
-    }
+    this.pump(entry, now)
   }
 
-  private removeWaiter(waiter: Waiter, reason: 'granted' | 'cancelled' | 'timeout' | 'disconnected'): void {
+  /**
+   * Grant the head of the queue while it fits beside the holders (strict FIFO: the first that
+   * does not fit stops everyone behind it); drop the name when nobody holds or waits.
+   */
+  private pump(entry: Entry, now: number): void {
+    for (let next = entry.waiters[0]; next && fits(entry, next.shared); next = entry.waiters[0]) {
+      this.removeWaiter(next, 'granted', false)
+      this.grant(entry.key, next.owner, next.leaseMs, now, {limit: entry.limit, shared: next.shared}, next, next.attempt)
+    }
+    if (entry.holders.length === 0 && entry.waiters.length === 0) this.entries.delete(entry.key)
+  }
+
+  /** `pump`: grant whoever fits now that this waiter is gone (not while a batch is removed). */
+  private removeWaiter(waiter: Waiter, reason: 'granted' | 'cancelled' | 'timeout' | 'disconnected', pump = true): void {
     const entry = this.entries.get(waiter.key)
     if (entry) {
       const index = entry.waiters.indexOf(waiter)
@@ -377,10 +453,11 @@ export class LockTable {
     if (bySession?.size === 0) this.waitersBySession.delete(waiter.session)
     this.waiterCount--
     this.events.push({type: 'dequeued', key: waiter.key, waiter: {session: waiter.session, wid: waiter.wid}, reason})
+    if (pump && entry) this.pump(entry, this.clock.now())
   }
 
   private isLive(item: Deadline, at: number): boolean {
-    if (item.kind === 'lease') return this.entries.get(item.key)?.holder === item.holder && item.holder.expiresAt === at
+    if (item.kind === 'lease') return (this.entries.get(item.key)?.holders.includes(item.holder) ?? false) && item.holder.expiresAt === at
     return this.waitersBySession.get(item.waiter.session)?.get(item.waiter.wid) === item.waiter
   }
 
@@ -405,17 +482,29 @@ export class LockTable {
     return waiters.findIndex((w) => w.session === ref.session && w.wid === ref.wid) + 1
   }
 
+  /** The oldest holder of a key, or null when nobody holds it. */
   holderOf(key: string): Holder | null {
-    return this.entries.get(key)?.holder ?? null
+    return this.entries.get(key)?.holders[0] ?? null
   }
 }
 
+/**
+ * Does a request fit beside the holders now? A semaphore: fewer holders than its limit. A
+ * lock: nobody holds it, or (shared) only shared grants hold it.
+ */
+function fits(entry: Entry, shared: boolean): boolean {
+  if (entry.limit > 1) return entry.holders.length < entry.limit
+  return entry.holders.length === 0 || (shared && entry.holders.every((h) => h.shared === true))
+}
+
 function view(entry: Entry): LockView {
-  return {key: entry.key, holder: entry.holder, waiters: entry.waiters.length}
+  return {key: entry.key, holder: entry.holders[0] ?? null, holders: entry.holders, waiters: entry.waiters.length, limit: entry.limit}
 }
 
 function persisted(holder: Holder): PersistedHolder {
   const saved: PersistedHolder = {token: holder.token, fence: holder.fence, owner: holder.owner, leaseMs: holder.leaseMs, since: holder.since}
   if (holder.attempt !== undefined) saved.attempt = holder.attempt
+  if (holder.shared) saved.shared = true
+  if (holder.limit !== undefined) saved.limit = holder.limit
   return saved
 }

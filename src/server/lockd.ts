@@ -334,7 +334,7 @@ export class LockServer {
       return
     }
     if (!conn.greeted) {
-      const greeting = greet(conn, m, {server: 'lockd', version: VERSION, serverId: this.serverId, maxFrame: this.options.maxFrame ?? DEFAULT_MAX_FRAME})
+      const greeting = greet(conn, m, {server: 'lockd', version: VERSION, serverId: this.serverId, maxFrame: this.options.maxFrame ?? DEFAULT_MAX_FRAME, features: ['semaphores']})
       if ('refuse' in greeting) {
         this.fail(conn, ErrorCode.PROTOCOL, greeting.refuse)
       } else if (this.passwords) {
@@ -382,7 +382,7 @@ export class LockServer {
     this.outbox.sendAll(this.subscriptions.messagesFor(this.drainEvents()))
     const fence = this.table.lastFence
     this.outbox.endBatch(
-      this.table.drainChanges().map((c) => ({key: c.key, holder: c.holder, fence})),
+      this.table.drainChanges().map((c) => ({key: c.key, holders: c.holders, fence})),
       fence,
     )
     this.scheduleTick()

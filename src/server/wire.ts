@@ -10,6 +10,7 @@ export function holderInfo(holder: Holder, now: number): HolderInfo {
     leaseMs: holder.leaseMs,
     leaseLeftMs: Math.max(0, Math.round(holder.expiresAt - now)),
     since: holder.since,
+    ...(holder.shared ? {shared: true} : {}),
   }
 }
 
@@ -19,5 +20,9 @@ export function grantInfo(key: string, holder: Holder, now: number): GrantInfo {
 }
 
 export function lockInfo(view: LockView, now: number): LockInfo {
-  return {key: view.key, holder: view.holder ? holderInfo(view.holder, now) : null, waiters: view.waiters}
+  const info: LockInfo = {key: view.key, holder: view.holder ? holderInfo(view.holder, now) : null, waiters: view.waiters}
+  // Only when there are several: a list of 100k plain locks stays as large as it was.
+  if (view.holders.length > 1) info.holders = view.holders.map((h) => holderInfo(h, now))
+  if (view.limit > 1) info.limit = view.limit
+  return info
 }

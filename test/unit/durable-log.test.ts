@@ -23,39 +23,47 @@ async function buildLog(seed: number, commits: number): Promise<Written> {
   const clock = new FakeClock()
   const table = new LockTable(clock)
   const {log} = await DurableLog.open(dir, () => table.snapshot(), {snapshotBytes: 1 << 30})
-  const tokens = new Map<string, string>()
+  // key -> its holders' tokens in grant order; every third key is a semaphore of 3 (records
+  // with several holders), the others locks (records in the format of before semaphores).
+  const tokens = new Map<string, string[]>()
   const ends: Written['ends'] = [{offset: WAL_MAGIC.length, holders: new Map(), fence: 0}]
   let size = WAL_MAGIC.length
   for (let i = 0; i < commits; i++) {
-    const key = `k${Math.floor(random() * 12)}`
-    const held = tokens.get(key)
-    if (held && random() < 0.5) {
-      table.release(key, held)
-      tokens.delete(key)
-    } else if (!held) {
-      const result = table.acquire({key, leaseMs: 60_000, waitMs: 0, owner: `o${i}`, from: {session: 's', wid: i}})
-      if (result.kind === 'granted') tokens.set(key, result.grant.token)
-    } else {
+    const n = Math.floor(random() * 12)
+    const key = `k${n}`
+    const limit = n % 3 === 0 ? 3 : 1
+    const held = tokens.get(key) ?? []
+    const r = random()
+    if (held.length > 0 && r < 0.4) {
+      const token = held[Math.floor(random() * held.length)]
+      table.release(key, token)
+      const left = held.filter((t) => t !== token)
+      if (left.length > 0) tokens.set(key, left)
+      else tokens.delete(key)
+    } else if (held.length < limit && r < 0.8) {
+      const result = table.acquire({key, leaseMs: 60_000, waitMs: 0, owner: `o${i}`, from: {session: 's', wid: i}, limit})
+      if (result.kind === 'granted') tokens.set(key, [...held, result.grant.token])
+    } else if (held.length > 0) {
       clock.advance(10)
-      table.renew(key, held, 30_000 + i) // a new lease length is a new record
+      table.renew(key, held[0], 30_000 + i) // a new lease length is a new record
     }
     const changes = table.drainChanges()
     table.drainEvents()
     if (changes.length === 0) continue
     log.append(
-      changes.map((c) => ({key: c.key, holder: c.holder, fence: table.lastFence})),
+      changes.map((c) => ({key: c.key, holders: c.holders, fence: table.lastFence})),
       table.lastFence,
     )
     await log.commit()
     size = readFileSync(join(dir, 'wal-0.log')).length
-    ends.push({offset: size, holders: new Map(tokens), fence: table.lastFence})
+    ends.push({offset: size, holders: new Map([...tokens].map(([key, list]) => [key, list.join(',')])), fence: table.lastFence})
   }
   await log.close()
   return {ends, maxFence: table.lastFence, dir}
 }
 
 function tokensOf(state: RecoveredState): Map<string, string> {
-  return new Map([...state.holders].map(([key, holder]: [string, LoggedHolder]) => [key, holder.token]))
+  return new Map([...state.holders].map(([key, holders]: [string, LoggedHolder[]]) => [key, holders.map((h) => h.token).join(',')]))
 }
 
 type Damage = {kind: 'flip' | 'length' | 'zero-header' | 'truncate' | 'zero-tail' | 'garbage-tail'; at: number}

@@ -202,7 +202,7 @@ describe('LockTable', () => {
   })
 
   it('recovery gives every holder its whole lease from now and continues the fence counter', () => {
-    table.recover(41, [['k', {token: 't1', fence: 40, owner: 'A', leaseMs: 3000, since: 1}]])
+    table.recover(41, [['k', [{token: 't1', fence: 40, owner: 'A', leaseMs: 3000, since: 1}]]])
     expect(table.inspect('k')?.holder).toMatchObject({fence: 40, expiresAt: clock.now() + 3000})
     expect(acquire('k', 'B').result.kind).toBe('held')
     tick(3000)
@@ -212,10 +212,10 @@ describe('LockTable', () => {
 
   it('reports changed keys once, with their state now, for the durable log', () => {
     const {result} = acquire('k', 'A')
-    expect(table.drainChanges()).toEqual([{key: 'k', holder: expect.objectContaining({owner: 'A', fence: 1})}])
+    expect(table.drainChanges()).toEqual([{key: 'k', holders: [expect.objectContaining({owner: 'A', fence: 1})]}])
     expect(table.drainChanges()).toEqual([])
     table.release('k', result.kind === 'granted' ? result.grant.token : '')
-    expect(table.drainChanges()).toEqual([{key: 'k', holder: null}])
+    expect(table.drainChanges()).toEqual([{key: 'k', holders: []}])
   })
 
   it('an attempt asked again from a new connection gets the grant made to it, renewed; no other attempt does', () => {
@@ -250,12 +250,12 @@ describe('LockTable', () => {
 
   it('a grant keeps its attempt through the durable log and recovery', () => {
     acquire('k', 'A', {attempt: 'attempt-a'})
-    const [{holder}] = table.drainChanges()
+    const [{holders: [holder]}] = table.drainChanges()
     expect(holder).toMatchObject({attempt: 'attempt-a'})
     const restarted = new LockTable(clock)
-    restarted.recover(holder!.fence, [['k', holder!]])
+    restarted.recover(holder.fence, [['k', [holder]]])
     const again = restarted.acquire({key: 'k', leaseMs: 5000, waitMs: 0, owner: 'A', attempt: 'attempt-a', from: {session: 'A2', wid: 1}})
-    expect(again).toMatchObject({kind: 'granted', grant: {token: holder!.token, fence: holder!.fence}})
+    expect(again).toMatchObject({kind: 'granted', grant: {token: holder.token, fence: holder.fence}})
   })
 
   it('lists by prefix in key order; the wire form never shows tokens', () => {
