@@ -8,6 +8,8 @@ export interface BackgroundHoldOptions {
   waitMs: number
   retryMillis: number[]
   owner?: string
+  limit?: number
+  shared?: boolean
   quiet: boolean
   json: boolean
 }
@@ -26,6 +28,8 @@ export function startBackgroundHold(session: ReplSession, options: BackgroundHol
     retryMillis: options.retryMillis,
     waitMs: options.waitMs,
     owner: options.owner,
+    limit: options.limit,
+    shared: options.shared,
     onQueued: ({position, holder}) => {
       if (!announcedWait) events.print('waiting', key, {position, holder: holder?.owner ?? null})
       announcedWait = true

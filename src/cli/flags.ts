@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 import {WAIT_FOREVER} from '../protocol/messages.js'
-import {keyProblem, MAX_LEASE_MS, MAX_WAIT_MS, MIN_LEASE_MS, tokenProblem, ownerProblem} from '../protocol/validate.js'
+import {keyProblem, MAX_LEASE_MS, MAX_LIMIT, MAX_WAIT_MS, MIN_LEASE_MS, modeProblem, tokenProblem, ownerProblem} from '../protocol/validate.js'
 import {UsageError} from './usage-error.js'
 import {quoteKey} from '../client/errors.js'
 
@@ -85,6 +85,26 @@ export const tokenFlag = (description: string) =>
       return input
     },
   })()
+
+/** `--limit N`: a semaphore (docs/semantics.md, "Semaphores and shared locks"). */
+export const semaphoreLimitFlag = Flags.custom<number>({
+  description: 'a semaphore: at most N holders of KEY at once (every user of KEY gives the same N)',
+  helpValue: 'N',
+  parse: async (input) => {
+    const n = Number(input)
+    if (!/^\d+$/.test(input) || !Number.isSafeInteger(n) || n < 1 || n > MAX_LIMIT) throw new UsageError(`--limit: ${JSON.stringify(input)} is not a whole number from 1 to ${MAX_LIMIT}`)
+    return n
+  },
+})
+
+export const sharedFlag = Flags.boolean({description: 'a shared (read) lock: held beside other shared holders, never beside an exclusive one'})
+
+/** The mode of `lock`/`hold`, checked together (a semaphore has no shared mode). */
+export function lockMode(flags: {limit?: number; shared?: boolean}): {limit?: number; shared?: boolean} {
+  const problem = modeProblem(flags.limit, flags.shared)
+  if (problem) throw new UsageError(`--limit ${flags.limit} --shared: ${problem}`)
+  return {...(flags.limit !== undefined && flags.limit > 1 ? {limit: flags.limit} : {}), ...(flags.shared ? {shared: true} : {})}
+}
 
 export const ownerFlag = Flags.custom<string>({
   description: 'who holds the lock, as status shows it (default user@host:pid)',

@@ -15,6 +15,9 @@ export interface HoldOptions {
   waitMs: number
   retryMillis: number[]
   owner?: string
+  /** A semaphore's limit, or a shared lock (see DistributedLockOptions). */
+  limit?: number
+  shared?: boolean
   onLost: 'kill' | 'ignore'
   killSignal: NodeJS.Signals
   graceMs: number
@@ -62,6 +65,8 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
     retryMillis: options.retryMillis,
     waitMs: options.waitMs,
     owner: options.owner,
+    limit: options.limit,
+    shared: options.shared,
     // With a command, a loss ends the run: the command has the lost grant's token and fence.
     reacquire: !command,
     onQueued: ({position, holder}) => {

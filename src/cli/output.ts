@@ -1,7 +1,8 @@
-import type {GrantInfo, HolderInfo} from '../protocol/messages.js'
+import type {GrantInfo, HolderInfo, LockInfo} from '../protocol/messages.js'
 import {formatMs} from '../client/errors.js'
+import {holdersOf} from '../client/holders.js'
 
-export {formatMs}
+export {formatMs, holdersOf}
 
 /** Quote for POSIX sh, so `eval "$(lockctl lock k --export)"` is safe with any key. */
 export function shellQuote(value: string): string {
@@ -36,6 +37,24 @@ export function holderJson(holder: HolderInfo | null): Record<string, unknown> |
     leaseLeftMs: holder.leaseLeftMs,
     // 0 = unknown (locks taken by etcdctl or Go's Mutex carry no metadata).
     since: holder.since ? new Date(holder.since).toISOString() : null,
+  }
+}
+
+/** How a holder holds: `exclusive`, `shared`, or `limit=N` for one of a semaphore's N. */
+export function modeOf(lock: LockInfo, holder: HolderInfo): string {
+  if (lock.limit !== undefined && lock.limit > 1) return `limit=${lock.limit}`
+  return holder.shared ? 'shared' : 'exclusive'
+}
+
+/** A lock in --json: its oldest holder as `holder` (as before semaphores), every one in `holders`. */
+export function lockJson(lock: LockInfo): Record<string, unknown> {
+  const holders = holdersOf(lock)
+  return {
+    key: lock.key,
+    holder: holderJson(lock.holder),
+    holders: holders.map((h) => ({...holderJson(h), mode: modeOf(lock, h)})),
+    limit: lock.limit ?? 1,
+    waiters: lock.waiters,
   }
 }
 

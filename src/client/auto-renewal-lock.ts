@@ -28,6 +28,10 @@ export interface AutoRenewalLockOptions {
    */
   reacquire?: boolean
   owner: string
+  /** A semaphore of this many holders (see DistributedLockOptions.limit). */
+  limit?: number
+  /** Shared grants of a lock (see DistributedLockOptions.shared). */
+  shared?: boolean
   /** Fires on every new grant, with its fence. Strictly alternates with onLost. */
   onAcquired?: (grant: GrantInfo) => void
   /** Fires once per grant that is lost (lease gone as the client counts it, or "not the holder"). */
@@ -168,6 +172,8 @@ export class AutoRenewalLock {
     while (this.phase === 'acquiring') {
       const generation = ++this.generation
       const lock: DistributedLock = new DistributedLock(this.key, this.backend, this.options.owner, {
+        limit: this.options.limit,
+        shared: this.options.shared,
         onLost: (reason) => {
           if (this.current === lock && this.phase === 'held') this.lose(reason)
         },

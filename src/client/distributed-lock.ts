@@ -1,5 +1,5 @@
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo} from '../protocol/messages.js'
-import {attemptProblem, leaseProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
+import {attemptProblem, leaseProblem, modeProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
 import type {LockBackend} from './backend.js'
 import {BadInputError, BusyError, ClosedError, ErrorCode, LeaseLostError, LockError, NotHolderError, quoteKey} from './errors.js'
 
@@ -27,6 +27,13 @@ export interface DistributedLockOptions {
    * already holds nothing when this runs. Not called for our own unlock() or close().
    */
   onLost?: (reason: LeaseLostError) => void
+  /**
+   * A semaphore of this many holders (default 1: a lock); every user of the name must ask with
+   * the same limit (docs/semantics.md, "Semaphores and shared locks").
+   */
+  limit?: number
+  /** A shared (read) grant of a lock: beside other shared grants, never an exclusive one. */
+  shared?: boolean
 }
 
 type State = 'unlocked' | 'locked' | 'closed'
@@ -51,7 +58,10 @@ export class DistributedLock {
     private readonly backend: LockBackend,
     private readonly owner: string,
     private readonly options: DistributedLockOptions = {},
-  ) {}
+  ) {
+    const problem = modeProblem(options.limit, options.shared)
+    if (problem) throw new BadInputError(problem)
+  }
 
   /** The token of the current grant (undefined when not held). */
   get token(): string | undefined {
@@ -107,6 +117,8 @@ export class DistributedLock {
           owner: this.owner,
           token: this.isHeldByCurrentClient() ? this.grant!.token : undefined,
           attempt: options.attempt,
+          ...(this.options.limit !== undefined && this.options.limit > 1 ? {limit: this.options.limit} : {}),
+          ...(this.options.shared ? {shared: true} : {}),
           signal: options.signal ? AbortSignal.any([options.signal, this.closeAbort.signal]) : this.closeAbort.signal,
           onQueued: options.onQueued,
         })

@@ -1,6 +1,6 @@
 import {readFileSync} from 'node:fs'
 import {hostname, userInfo} from 'node:os'
-import {keyProblem, leaseProblem} from '../protocol/validate.js'
+import {keyProblem, leaseProblem, modeProblem} from '../protocol/validate.js'
 import type {ConnectionState, GrantInfo, HolderInfo, LockBackend, LockInfo} from './backend.js'
 import {LockdBackend} from './backends/lockd.js'
 import {LockdConnection} from './backends/lockd-connection.js'
@@ -79,7 +79,16 @@ export class LockClient {
   createLock(key: string, options: {owner?: string} & DistributedLockOptions = {}): DistributedLock {
     checkKey(key)
     if (options.owner) checkOwner(options.owner)
-    return new DistributedLock(key, this.backend, options.owner ?? this.owner, {onLost: options.onLost})
+    return new DistributedLock(key, this.backend, options.owner ?? this.owner, {onLost: options.onLost, limit: options.limit, shared: options.shared})
+  }
+
+  /**
+   * A counting semaphore: at most `limit` holders of `key` at once, each with its own token,
+   * lease and fence, granted in FIFO order. The same DistributedLock API (tryLock, unlock...);
+   * for one that renews itself, createAutoRenewalLock(key, {limit}).
+   */
+  createSemaphore(key: string, options: {limit: number; owner?: string} & Omit<DistributedLockOptions, 'limit' | 'shared'>): DistributedLock {
+    return this.createLock(key, {...options, shared: false})
   }
 
   /**
@@ -89,6 +98,8 @@ export class LockClient {
   createAutoRenewalLock(key: string, options: Omit<AutoRenewalLockOptions, 'owner'> & {owner?: string}): AutoRenewalLock {
     checkKey(key)
     if (options.owner) checkOwner(options.owner)
+    const problem = modeProblem(options.limit, options.shared)
+    if (problem) throw new BadInputError(problem)
     return new AutoRenewalLock(key, this.backend, {...options, owner: options.owner ?? this.owner})
   }
 

@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 import {constants} from 'node:os'
 import {BaseCommand} from '../cli/base-command.js'
 import {startBackgroundHold} from '../cli/background-hold.js'
-import {checkKeyArg, conflictExitCodeFlag, durationFlag, keyArg, leaseFlag, missingInput, ownerFlag, parseDuration, UsageError, waitFlag} from '../cli/flags.js'
+import {checkKeyArg, conflictExitCodeFlag, durationFlag, keyArg, leaseFlag, lockMode, missingInput, ownerFlag, parseDuration, semaphoreLimitFlag, sharedFlag, UsageError, waitFlag} from '../cli/flags.js'
 import {runHold} from '../cli/hold-runner.js'
 import {WAIT_FOREVER} from '../protocol/messages.js'
 
@@ -16,6 +16,8 @@ With a command (after --): start it once the lock is held, without a shell, with
     '<%= config.bin %> hold deploy -- ./deploy.sh',
     '<%= config.bin %> hold nightly --wait 0 -- ./backup.sh   # cron: skip if another run holds it',
     '<%= config.bin %> hold leader --json                     # leader election: one JSON line per event',
+    '<%= config.bin %> hold backups --limit 3 -- ./backup.sh   # at most 3 backups at once',
+    '<%= config.bin %> hold report --shared -- ./read-report.sh   # readers together, a writer alone',
   ]
 
   static strict = false
@@ -31,6 +33,8 @@ With a command (after --): start it once the lock is held, without a shell, with
     'kill-signal': Flags.string({description: 'signal sent to the command when the lock is lost', default: 'SIGTERM', helpValue: 'SIGNAL'}),
     grace: durationFlag({description: 'time between --kill-signal and SIGKILL', defaultMs: 5000, min: 0, max: 3_600_000}),
     owner: ownerFlag(),
+    limit: semaphoreLimitFlag(),
+    shared: sharedFlag,
     quiet: Flags.boolean({char: 'q', description: 'print no events (errors still go to stderr)'}),
     'conflict-exit-code': conflictExitCodeFlag,
   }
@@ -45,6 +49,7 @@ With a command (after --): start it once the lock is held, without a shell, with
     if (dashes !== -1 && !this.argv.slice(0, dashes).includes(args.key ?? '')) throw new UsageError('missing KEY: lockctl hold KEY [flags] -- COMMAND')
     const key = checkKeyArg(args.key ?? missingInput('KEY'))
     const command = commandAfterDashes(this.argv, argv as string[])
+    const mode = lockMode(flags)
     const retryMillis = parseRetry(flags.retry)
     const killSignal = parseSignal(flags['kill-signal'])
     const json = this.jsonEnabled()
@@ -56,6 +61,7 @@ With a command (after --): start it once the lock is held, without a shell, with
       waitMs: flags.wait,
       retryMillis,
       owner: flags.owner,
+      ...mode,
       json,
       quiet: flags.quiet,
     }

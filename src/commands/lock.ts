@@ -1,6 +1,6 @@
 import {Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
-import {checkKeyArg, conflictExitCodeFlag, keyArg, leaseFlag, missingInput, ownerFlag, waitFlag} from '../cli/flags.js'
+import {checkKeyArg, conflictExitCodeFlag, keyArg, leaseFlag, lockMode, missingInput, ownerFlag, semaphoreLimitFlag, sharedFlag, waitFlag} from '../cli/flags.js'
 import {grantJson, ordinal, shellQuote} from '../cli/output.js'
 import {createProgress} from '../cli/progress.js'
 import {describeHolder} from '../client/errors.js'
@@ -15,6 +15,8 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 4 u
     'token=$(<%= config.bin %> lock deploy --lease 2m --wait 30s) || exit 1',
     'vars=$(<%= config.bin %> lock nightly --export) || exit 1; eval "$vars"',
     '<%= config.bin %> lock deploy --json',
+    'token=$(<%= config.bin %> lock backups --limit 3 --wait 10m) || exit 1   # one of at most 3',
+    'token=$(<%= config.bin %> lock report --shared) || exit 1   # beside other --shared holders',
   ]
 
   static args = {key: keyArg({required: true})}
@@ -23,6 +25,8 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 4 u
     lease: leaseFlag({defaultMs: 60_000}),
     wait: waitFlag({defaultMs: 0}),
     owner: ownerFlag(),
+    limit: semaphoreLimitFlag(),
+    shared: sharedFlag,
     export: Flags.boolean({description: 'print shell `export` lines for LOCKCTL_KEY, LOCKCTL_TOKEN, LOCKCTL_FENCE (check the exit code before eval)', exclusive: ['json']}),
     'conflict-exit-code': conflictExitCodeFlag,
   }
@@ -31,8 +35,9 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 4 u
     const {args, flags} = await this.parse(Lock)
     this.conflictExitCode = flags['conflict-exit-code']
     const key = checkKeyArg(args.key ?? missingInput('KEY'))
+    const mode = lockMode(flags)
     const client = await this.client(flags, {owner: flags.owner})
-    const lock = client.createLock(key)
+    const lock = client.createLock(key, mode)
     const progress = createProgress(!this.jsonEnabled())
     let grant
     const sentAt = performance.now()

@@ -1,14 +1,14 @@
 import {Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import {checkKeyArg, keyArg, tokenFlag, UsageError} from '../cli/flags.js'
-import {age, formatMs, holderJson} from '../cli/output.js'
+import {age, formatMs, holderJson, holdersOf, lockJson, modeOf} from '../cli/output.js'
 import type {LockInfo} from '../client/backend.js'
 import type {LockClient} from '../client/lock-client.js'
 import type {WatchTarget} from '../client/watch.js'
 
 export default class Status extends BaseCommand {
-  static summary = 'Show locks: holder, fence, lease left, waiters, since.'
-  static description = `Without KEY: every lock (or those under --prefix). With KEY and --token: exit 0 if the token still holds the lock, 5 if not.`
+  static summary = 'Show locks: holders, fence, lease left, waiters, since, mode.'
+  static description = `Without KEY: every lock (or those under --prefix). A semaphore or a shared lock has a row per holder; MODE says exclusive, shared, or limit=N (one of a semaphore's N). With KEY and --token: exit 0 if the token still holds the lock, 5 if not.`
 
   static examples = ['<%= config.bin %> status', '<%= config.bin %> status --prefix deploy/', '<%= config.bin %> status deploy --token "$token" && echo still mine']
 
@@ -41,9 +41,9 @@ export default class Status extends BaseCommand {
         this.log(`${key}: held by this token (fence ${holder.fence}, ${formatMs(holder.leaseLeftMs)} left)`)
         return {key, held: true, holder: holderJson(holder)}
       }
-      const lock = await client.inspect(key)
-      await this.render([lock ?? {key, holder: null, waiters: 0}], 1, flags['no-headers'])
-      return {key, holder: holderJson(lock?.holder ?? null), waiters: lock?.waiters ?? 0}
+      const lock = (await client.inspect(key)) ?? {key, holder: null, waiters: 0}
+      await this.render([lock], 1, flags['no-headers'])
+      return lockJson(lock)
     }
     const [info, {locks, total}] = await Promise.all([client.info(), client.list(flags.prefix ?? '', limit)])
     // The summary line is for people; piped, the output is the columns alone (like ps).
@@ -56,7 +56,7 @@ export default class Status extends BaseCommand {
     return {
       server: info,
       total,
-      locks: locks.map((lock) => ({key: lock.key, holder: holderJson(lock.holder), waiters: lock.waiters})),
+      locks: locks.map((lock) => lockJson(lock)),
     }
   }
 
@@ -100,12 +100,14 @@ export default class Status extends BaseCommand {
       this.log('no locks')
       return
     }
-    const head = ['KEY', 'HOLDER', 'FENCE', 'LEASE LEFT', 'WAITERS', 'SINCE']
-    const rows = locks.map((lock) =>
-      lock.holder
-        ? [lock.key, lock.holder.owner, String(lock.holder.fence), formatMs(lock.holder.leaseLeftMs), String(lock.waiters), age(lock.holder.since)]
-        : [lock.key, '(free)', '', '', String(lock.waiters), ''],
-    )
+    // MODE last: the columns scripts already read keep their places.
+    const head = ['KEY', 'HOLDER', 'FENCE', 'LEASE LEFT', 'WAITERS', 'SINCE', 'MODE']
+    // A row per holder (a semaphore's or shared lock's several).
+    const rows = locks.flatMap((lock) => {
+      const holders = holdersOf(lock)
+      if (holders.length === 0) return [[lock.key, '(free)', '', '', String(lock.waiters), '', '']]
+      return holders.map((holder) => [lock.key, holder.owner, String(holder.fence), formatMs(holder.leaseLeftMs), String(lock.waiters), age(holder.since), modeOf(lock, holder)])
+    })
     const more = total > locks.length ? `… and ${total - locks.length} more (--limit)` : null
     if (!process.stdout.isTTY) {
       const lines = noHeaders ? rows : [head, ...rows]

@@ -9,17 +9,7 @@ import {eventually, runCli} from './processes.js'
  * and has a minimum TTL).
  */
 export function conformanceSuite(endpoint: () => string, options: {shortLeaseMs: number}): void {
-  const clients: LockClient[] = []
-  async function client(owner: string): Promise<LockClient> {
-    const c = await connect({endpoints: endpoint(), owner, requestTimeoutMs: 5000})
-    clients.push(c)
-    return c
-  }
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((c) => c.close()))
-  })
-  let round = 0
-  const key = (name: string) => `conf/${name}/${Date.now()}-${round++}`
+  const {client, key} = suiteClients(endpoint, 'conf')
 
   it('a holder learns of a forced release at once (onLost, signal), long before its next renewal', async () => {
     const k = key('pushed-loss')
@@ -245,4 +235,24 @@ export function conformanceSuite(endpoint: () => string, options: {shortLeaseMs:
     expect(fences).toHaveLength(30)
     for (let i = 1; i < fences.length; i++) expect(fences[i]).toBeGreaterThan(fences[i - 1])
   }, 120_000)
+}
+
+/**
+ * For a suite: clients (closed after each test) of one owner each, and a fresh key per call
+ * (`PREFIX/NAME/...`), so tests never see each other's locks.
+ */
+export function suiteClients(endpoint: () => string, prefix: string): {client: (owner: string) => Promise<LockClient>; key: (name: string) => string} {
+  const clients: LockClient[] = []
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((c) => c.close()))
+  })
+  let round = 0
+  return {
+    async client(owner) {
+      const c = await connect({endpoints: endpoint(), owner, requestTimeoutMs: 5000})
+      clients.push(c)
+      return c
+    },
+    key: (name) => `${prefix}/${name}/${Date.now()}-${round++}`,
+  }
 }

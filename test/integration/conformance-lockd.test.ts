@@ -1,5 +1,6 @@
 import {afterAll, beforeAll, describe} from 'vitest'
 import {conformanceSuite} from '../helpers/conformance.js'
+import {semaphoreSuite} from '../helpers/semaphore-conformance.js'
 import {startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
 
 describe('lock semantics on lockd', () => {
@@ -11,4 +12,5 @@ describe('lock semantics on lockd', () => {
     await lockd.stop()
   })
   conformanceSuite(() => lockd.endpoint, {shortLeaseMs: 1000})
+  describe('semaphores and shared locks', () => semaphoreSuite(() => lockd.endpoint))
 })

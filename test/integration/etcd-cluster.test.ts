@@ -160,6 +160,56 @@ describeEtcd('etcd: interoperability with etcdctl lock', () => {
   }
 })
 
+describeEtcd('etcd: semaphores and shared locks beside etcdctl lock', () => {
+  /** Start and end times (ns) of each name in a worker log. */
+  const spans = (log: string) => {
+    const out = new Map<string, {start: bigint; end: bigint}>()
+    for (const [what, name, at] of readFileSync(log, 'utf8').trim().split('\n').map((l) => l.split(' '))) {
+      const span = out.get(name) ?? {start: 0n, end: 0n}
+      span[what as 'start' | 'end'] = BigInt(at)
+      out.set(name, span)
+    }
+    return out
+  }
+  const etcdctlLock = (endpoint: string, name: string, command: string[]) =>
+    new Promise<number>((resolve) => {
+      const child = spawn('etcdctl', ['--endpoints', endpoint, 'lock', name, '--', ...command], {stdio: 'ignore', env: {...process.env, ETCDCTL_API: '3'}})
+      child.on('exit', (code) => resolve(code ?? 1))
+    })
+
+  it('etcdctl lock waits for every shared holder; a lockctl semaphore waits for etcdctl', async () => {
+    const etcd = await startEtcd(1)
+    const endpoint = `127.0.0.1:${etcd.members[0].clientPort}`
+    const env = {LOCKCTL_ENDPOINTS: etcd.endpoint}
+    const dir = tempDir()
+    const log = join(dir, 'log')
+    const done = join(dir, 'done')
+    const readers = ['R1', 'R2'].map((name) => runCli(['hold', 'rw', '--shared', '--', ...worker(log, name, done)], {env, timeoutMs: 60_000}))
+    await eventually(() => existsSync(log) && readFileSync(log, 'utf8').split('\n').filter((l) => l.startsWith('start')).length === 2)
+    const writer = etcdctlLock(endpoint, 'rw', worker(log, 'etcdctl'))
+    await eventually(async () => JSON.parse((await runCli(['status', 'rw', '--json'], {env})).stdout).waiters === 1)
+    writeFileSync(done, '')
+    expect((await Promise.all(readers)).map((r) => r.code)).toEqual([0, 0])
+    expect(await writer).toBe(0)
+    const s = spans(log)
+    expect(s.get('etcdctl')!.start).toBeGreaterThan(s.get('R1')!.end)
+    expect(s.get('etcdctl')!.start).toBeGreaterThan(s.get('R2')!.end)
+
+    // etcdctl first: a lockctl semaphore waits for its key (an exclusive lock's), then runs.
+    const log2 = join(dir, 'log2')
+    const done2 = join(dir, 'done2')
+    const held = etcdctlLock(endpoint, 'sem', worker(log2, 'etcdctl', done2))
+    await eventually(() => existsSync(log2))
+    const slot = runCli(['hold', 'sem', '--limit', '2', '--', ...worker(log2, 'S1')], {env, timeoutMs: 60_000})
+    await eventually(async () => JSON.parse((await runCli(['status', 'sem', '--json'], {env})).stdout).waiters === 1)
+    writeFileSync(done2, '')
+    expect(await held).toBe(0)
+    expect((await slot).code).toBe(0)
+    const s2 = spans(log2)
+    expect(s2.get('S1')!.start).toBeGreaterThan(s2.get('etcdctl')!.end)
+  }, 60_000)
+})
+
 describeEtcd('etcd: a closed client lets its process end', () => {
   it('after its member restarted while it waited, the process ends by itself once the client is closed', async () => {
     const etcd = await startEtcd(1)

@@ -143,6 +143,33 @@ describe('lockd crash and recovery', () => {
     await lockd.stop()
   })
 
+  it('kill -9 with 2 semaphore holders and 2 shared holders: all 4 still hold after the restart, with their modes; nobody else gets in', async () => {
+    const dataDir = tempDir()
+    let lockd: LockdProcess = await startLockd({dataDir})
+    const a = await client(lockd.endpoint, 'A')
+    const b = await client(lockd.endpoint, 'B')
+    const semaphore = [await a.createSemaphore('backups', {limit: 2}).acquire({leaseMs: 60_000}), await b.createSemaphore('backups', {limit: 2}).acquire({leaseMs: 60_000})]
+    const shared = [await a.createLock('report', {shared: true}).acquire({leaseMs: 60_000}), await b.createLock('report', {shared: true}).acquire({leaseMs: 60_000})]
+
+    lockd.child.kill('SIGKILL')
+    await lockd.exited
+    lockd = await startLockd({dataDir, port: lockd.port})
+    const c = await client(lockd.endpoint, 'C')
+    for (const grant of semaphore) expect((await c.check('backups', grant.token)).fence).toBe(grant.fence)
+    for (const grant of shared) expect((await c.check('report', grant.token)).fence).toBe(grant.fence)
+    const backups = await c.inspect('backups')
+    expect(backups).toMatchObject({limit: 2, waiters: 0})
+    expect(backups?.holders?.map((h) => h.owner)).toEqual(['A', 'B'])
+    expect((await c.inspect('report'))?.holders?.map((h) => h.shared)).toEqual([true, true])
+    // Full, and still a semaphore of 2: a third waits its turn, another limit is refused.
+    expect(await c.createSemaphore('backups', {limit: 2}).tryLock()).toBe(false)
+    await expect(c.createLock('backups').tryLock()).rejects.toMatchObject({code: 'BAD_INPUT'})
+    // Shared still: a third reader gets in at once, a writer does not.
+    expect(await c.createLock('report', {shared: true}).tryLock({leaseMs: 5000})).toBe(true)
+    expect(await c.createLock('report').tryLock()).toBe(false)
+    await lockd.stop()
+  })
+
   it('fencing tokens never repeat across restarts, even for released keys', async () => {
     const dataDir = tempDir()
     const fences: number[] = []

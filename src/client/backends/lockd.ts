@@ -132,6 +132,10 @@ export class LockdBackend implements LockBackend {
   async acquire(request: AcquireRequest): Promise<AcquireResult> {
     const sentAt = performance.now()
     const connection = await this.connect()
+    if ((request.limit !== undefined || request.shared) && !connection.server?.features?.includes('semaphores')) {
+      // An older lockd would ignore them and grant an exclusive lock.
+      throw new BadInputError(`${this.label} does not know semaphores or shared locks (an older lockd): upgrade it, or take a plain lock`)
+    }
     let settle!: WaitSlot['settle']
     const outcome = new Promise<Parameters<WaitSlot['settle']>[0]>((resolve) => (settle = resolve))
     const slot: WaitSlot = {key: request.key, settle, abandoned: false, onPosition: request.onQueued}
@@ -144,6 +148,8 @@ export class LockdBackend implements LockBackend {
           owner: request.owner,
           ...(request.token ? {token: request.token} : {}),
           ...(request.attempt ? {attempt: request.attempt} : {}),
+          ...(request.limit !== undefined ? {limit: request.limit} : {}),
+          ...(request.shared ? {shared: true} : {}),
           ...(request.onQueued ? {progress: true} : {}),
       },
       {signal: request.signal},

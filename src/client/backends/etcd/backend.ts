@@ -8,7 +8,8 @@ import {AbortedError, BadInputError, ErrorCode, LockError, LockHeldError, NotHol
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
 import {ConnectionStateEmitter} from '../../connection-state.js'
 import {isLeaseGone, mapEtcdError, type EtcdErrorTypes} from './errors.js'
-import {buf, byCreateRevision, describeKey, lockNameOf, makeToken, parseLockValue, parseToken, prefixEnd, type LockValue} from './keys.js'
+import {buf, byCreateRevision, describeKey, fitsBehind, holdingKeys, lockNameOf, makeToken, modeOfKey, parseLockValue, parseToken, prefixEnd, type KeyMode, type LockValue} from './keys.js'
+import {describeLimit} from '../../../protocol/limits.js'
 import {SessionPool, type Session} from './sessions.js'
 import {watchLocks} from './watch.js'
 
@@ -197,7 +198,9 @@ export class EtcdBackend implements LockBackend {
     const {key, leaseMs, waitMs, owner} = request
     const myKey = `${key}/${session.hex}`
     const since = Date.now()
-    const value: LockValue = {owner, leaseMs, since}
+    const mode = modeOf(request)
+    const plain = mode.limit === 1 && !mode.shared
+    const value: LockValue = {owner, leaseMs, since, ...(mode.limit > 1 ? {limit: mode.limit} : {}), ...(mode.shared ? {shared: true} : {})}
     // A reused session is kept alive in the same round trip as the put, unless etcd confirmed
     // it a moment ago; the grant counts from the send of whichever keepalive (or grant) etcd
     // last confirmed, so a skipped one costs the grant at most that moment of its lease.
@@ -220,8 +223,14 @@ export class EtcdBackend implements LockBackend {
       // The transaction also read the oldest key under KEY/: if it is ours, we hold the lock.
       // (A key of a longer lock name, "KEY/x/...", sorts by its own revision: check then.)
       if (txn.responses[1].response_range.kvs[0]?.create_revision === revision) return {grant, queued: false, leaseFrom: session.aliveFrom}
-      const ahead = (await this.readWaiters(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: 1})).kvs
-      if (ahead.length === 0) return {grant, queued: false, leaseFrom: session.aliveFrom}
+      // A lock needs only the key just ahead; a semaphore or shared lock, every key ahead.
+      const ahead = (await this.readWaiters(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: plain ? 1 : undefined})).kvs
+      const refused = ahead.map(modeOfKey).find((other) => !other.foreign && other.limit !== mode.limit)
+      if (refused) {
+        await this.giveUp(session, key, revision)
+        throw new BadInputError(`${quoteKey(key)} is ${describeLimit(refused.limit)}; asked as ${describeLimit(mode.limit)}`)
+      }
+      if (holdsBehind(mode, ahead)) return {grant, queued: false, leaseFrom: session.aliveFrom}
       if (waitMs === 0) {
         const holder = await this.holderInfo((await this.readWaiters(key, {limit: 1})).kvs[0] ?? ahead[0]).catch(() => null)
         await this.giveUp(session, key, revision)
@@ -255,6 +264,8 @@ export class EtcdBackend implements LockBackend {
   private async waitForTurn(session: Session, key: string, revision: string, waitMs: number, startedAt: number, request: AcquireRequest): Promise<number> {
     const {signal, onQueued} = request
     const myKey = `${key}/${session.hex}`
+    const mode = modeOf(request)
+    const plain = mode.limit === 1 && !mode.shared
     const deadline = waitMs === WAIT_FOREVER ? Number.POSITIVE_INFINITY : startedAt + waitMs
     const stopKeepalive = this.sessions.keepAliveWhileWaiting(session)
     let lastPosition = -1
@@ -263,11 +274,12 @@ export class EtcdBackend implements LockBackend {
         let ahead: IKeyValue[]
         let readAt: string
         try {
-          // Following our place needs every key ahead (read once per wake-up); otherwise the one just ahead.
-          const read = await this.readWaiters(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: onQueued ? undefined : 1})
+          // Following our place, or a semaphore's or shared lock's turn, needs every key ahead
+          // (read once per wake-up); a lock's turn, the one just ahead.
+          const read = await this.readWaiters(key, {maxCreateRevision: String(BigInt(revision) - 1n), newestFirst: true, limit: onQueued || !plain ? undefined : 1})
           ahead = read.kvs
           readAt = read.revision
-          if (ahead.length === 0) {
+          if (holdsBehind(mode, ahead)) {
             // Nobody ahead: ours, but only if our key survived (an outage longer than the lease
             // would have expired it, and then "nobody ahead" means nothing).
             const mine = await this.call('range', () => this.client.kv.range({key: buf(myKey)}))
@@ -294,7 +306,7 @@ export class EtcdBackend implements LockBackend {
               onQueued({position, holder})
             }
           : undefined
-        const outcome = await this.waitForChange(key, ahead, readAt, deadline, signal, onPosition)
+        const outcome = await this.waitForChange(key, mode, ahead, readAt, deadline, signal, onPosition)
         if (outcome === 'changed') continue
         if (outcome === 'no watch') {
           await sleep(200, signal)
@@ -316,21 +328,27 @@ export class EtcdBackend implements LockBackend {
    */
   private async waitForChange(
     key: string,
+    mode: KeyMode,
     ahead: IKeyValue[],
     readAt: string,
     deadline: number,
     signal: AbortSignal | undefined,
     onPosition?: (position: number, holder: HolderInfo | null) => void,
   ): Promise<'changed' | 'timeout' | 'aborted' | 'no watch'> {
-    const following = onPosition !== undefined
+    const plain = mode.limit === 1 && !mode.shared
+    // Deletions under the name when we follow our place or wait for a semaphore's or shared
+    // lock's turn (any key ahead going may be it); else only the key just ahead.
+    const following = onPosition !== undefined || !plain
     const remaining = new Map(ahead.map((kv) => [kv.key.toString('utf8'), kv]))
     const report = async (fetchHolder: boolean) => {
       if (!onPosition) return
-      const oldest = [...remaining.values()].sort(byCreateRevision)[0]
+      const sorted = [...remaining.values()].sort(byCreateRevision)
+      const oldest = sorted[0]
       // The first report reads the holder's lease; later ones name the new holder without a
       // read (it has just been granted: its lease is whole).
       const holder = oldest ? (fetchHolder ? await this.holderInfo(oldest).catch(() => null) : {...describeKey(oldest), leaseLeftMs: parseLockValue(oldest).leaseMs ?? 0}) : null
-      onPosition(remaining.size, holder) // 1 = next: the holder is one of the keys ahead
+      // 1 = next: the keys ahead that hold the name do not count.
+      onPosition(sorted.length - holdingKeys(sorted.map(modeOfKey)).filter(Boolean).length + 1, holder)
     }
     await report(true)
     let watcher: Watcher | null = null
@@ -359,7 +377,8 @@ export class EtcdBackend implements LockBackend {
               watcher = w
               w.on('delete', (kv: IKeyValue) => {
                 if (!remaining.delete(kv.key.toString('utf8'))) return
-                if (remaining.size === 0) resolve('changed')
+                // Counted here, without a read: read again only once it may be our turn.
+                if (holdsBehind(mode, [...remaining.values()])) resolve('changed')
                 else void report(false)
               })
               // The watcher reconnects by itself after a member fails; on a hard error look again.
@@ -454,25 +473,39 @@ export class EtcdBackend implements LockBackend {
   async release(key: string, token: string | undefined, force: boolean): Promise<HolderInfo> {
     let target: {key: Buffer; revision: string}
     if (force) {
-      const holder = (await this.readWaiters(key, {limit: 1})).kvs[0]
-      if (!holder) throw new NotHolderError(key, `${quoteKey(key)} is not held`)
-      target = {key: holder.key, revision: holder.create_revision}
+      const {kvs} = await this.readWaiters(key)
+      const holding = holdingKeys(kvs.map(modeOfKey))
+      const holders = kvs.filter((_, i) => holding[i])
+      if (holders.length === 0) throw new NotHolderError(key, `${quoteKey(key)} is not held`)
+      // Every holder: an admin breaking a semaphore or shared lock frees it whole, as lockd does.
+      const released = await Promise.all(holders.map((kv) => this.deleteIfSame(kv.key, kv.create_revision)))
+      const first = released.find((kv) => kv !== undefined)
+      if (!first) throw new NotHolderError(key)
+      return {...describeKey(first), leaseLeftMs: 0}
     } else {
       const parsed = parseToken(token ?? '', key)
       target = {key: buf(`${key}/${parsed.suffix}`), revision: parsed.revision}
     }
+    const previous = await this.deleteIfSame(target.key, target.revision)
+    if (!previous) throw new NotHolderError(key)
+    return {...describeKey(previous), leaseLeftMs: 0}
+  }
+
+  /** Delete a waiter key if it is still the one created at `revision`; answers what was deleted. */
+  private async deleteIfSame(key: Buffer, revision: string): Promise<IKeyValue | undefined> {
     const txn = await this.call('txn', () =>
       this.client.kv.txn({
-        compare: [{key: target.key, result: 'Equal', target: 'Create', create_revision: target.revision}],
-        success: [{request_delete_range: {key: target.key, prev_kv: true}}],
+        compare: [{key, result: 'Equal', target: 'Create', create_revision: revision}],
+        success: [{request_delete_range: {key, prev_kv: true}}],
         failure: [],
       }),
     )
     const previous = txn.succeeded ? txn.responses[0].response_delete_range.prev_kvs[0] : undefined
-    if (!previous) throw new NotHolderError(key)
+    if (!previous) return undefined
+    const name = lockNameOf(previous.key.toString('utf8'))
     const session = this.sessions.byId(previous.lease)
-    if (session) this.sessions.free(session, key)
-    return {...describeKey(previous), leaseLeftMs: 0}
+    if (session && name !== null) this.sessions.free(session, name)
+    return previous
   }
 
   async check(key: string, token: string): Promise<HolderInfo> {
@@ -484,7 +517,18 @@ export class EtcdBackend implements LockBackend {
   async inspect(key: string): Promise<LockInfo | null> {
     const {kvs} = await this.readWaiters(key)
     if (kvs.length === 0) return null
-    return {key, holder: await this.holderInfo(kvs[0]), waiters: kvs.length - 1}
+    return this.lockInfo(key, kvs)
+  }
+
+  /** A name's keys (oldest first) as lockd shows a lock: its holders, limit and waiters. */
+  private async lockInfo(key: string, kvs: IKeyValue[], leases?: Map<string, Promise<{leftMs: number; grantedMs: number}>>): Promise<LockInfo> {
+    const modes = kvs.map(modeOfKey)
+    const holding = holdingKeys(modes)
+    const holders = await Promise.all(kvs.filter((_, i) => holding[i]).map((kv) => this.holderInfo(kv, leases)))
+    const info: LockInfo = {key, holder: holders[0] ?? null, waiters: kvs.length - holders.length}
+    if (holders.length > 1) info.holders = holders
+    if (modes[0].limit > 1) info.limit = modes[0].limit
+    return info
   }
 
   async list(prefix: string, limit = Number.POSITIVE_INFINITY): Promise<{locks: LockInfo[]; total: number}> {
@@ -508,8 +552,7 @@ export class EtcdBackend implements LockBackend {
       locks.push(
         ...(await Promise.all(
           batch.map(async (name) => {
-            const kvs = byLock.get(name)!.sort(byCreateRevision)
-            return {key: name, holder: await this.holderInfo(kvs[0], leases), waiters: kvs.length - 1}
+            return this.lockInfo(name, byLock.get(name)!.sort(byCreateRevision), leases)
           }),
         )),
       )
@@ -584,19 +627,17 @@ export class EtcdBackend implements LockBackend {
     if (this.suspendTimer) clearTimeout(this.suspendTimer)
     await this.sessions.close()
     this.client.close()
-    forgetWatchers(this.client)
     this.setState('closed')
   }
 }
 
-/**
- * After close(): etcd3 (1.1) has no way to stop its watch manager, which re-opens the watch
- * stream (on a closed pool: failing each time, retried forever) while any watcher is attached,
- * so a client whose watcher had not yet been told of its cancel kept the process alive for good.
- * Emptying its list of watchers ends that loop at its next turn (at most WATCH_BACKOFF_MAX_MS).
- * The field is etcd3's internal; if it is not there this does nothing.
- */
-function forgetWatchers(client: Etcd3): void {
-  const manager = (client as unknown as {watchManager?: {watchers?: unknown[]}}).watchManager
-  if (manager && Array.isArray(manager.watchers)) manager.watchers = []
+/** The mode of one acquire (a lock taken exclusively unless it says otherwise). */
+function modeOf(request: AcquireRequest): KeyMode {
+  const limit = request.limit ?? 1
+  return {limit, shared: limit === 1 && request.shared === true}
+}
+
+/** Does a key of `mode` hold its name behind these keys (any order)? */
+function holdsBehind(mode: KeyMode, ahead: IKeyValue[]): boolean {
+  return fitsBehind(mode, ahead.map(modeOfKey))
 }

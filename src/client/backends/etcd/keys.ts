@@ -6,6 +6,11 @@ import {NotHolderError, quoteKey} from '../../errors.js'
  * The key layout of etcd's own lock recipe (Go's `concurrency.Mutex`, `etcdctl lock`): a lock
  * NAME is the keys `NAME/<lease id in hex>`, each attached to that lease; the holder is the key
  * with the lowest create revision. lockctl's tokens name one such key and its create revision.
+ *
+ * Semaphores and shared locks keep that layout: the value says the key's mode, and a key holds
+ * the name when it fits behind every key with a lower create revision (fitsBehind). A key with
+ * an empty value (etcdctl, Go) is an exclusive lock's, and every key blocks an etcdctl waiter,
+ * which waits for all lower revisions to go.
  */
 
 export interface Token {
@@ -20,6 +25,48 @@ export interface LockValue {
   leaseMs?: number
   /** Wall-clock ms of the grant (of the queueing, until the waiter updates it when granted). */
   since?: number
+  /** A semaphore's limit (absent: 1, a lock). */
+  limit?: number
+  /** A shared grant of a lock. */
+  shared?: boolean
+}
+
+/** How a key holds its name: a semaphore of `limit`, or a lock taken `shared` or exclusively. */
+export interface KeyMode {
+  limit: number
+  shared: boolean
+}
+
+export function modeOfKey(kv: IKeyValue): KeyMode & {foreign: boolean} {
+  const value = parseLockValue(kv)
+  const limit = Number.isSafeInteger(value.limit) && value.limit! > 1 ? value.limit! : 1
+  return {limit, shared: limit === 1 && value.shared === true, foreign: kv.value.length === 0}
+}
+
+/**
+ * Does a key of mode `mine` hold its name with `ahead` (every key of lower create revision)
+ * before it? An exclusive key: nobody ahead. A shared key: only shared keys ahead. One of a
+ * semaphore of N: fewer than N ahead, all of the same semaphore. Strict FIFO as in lockd (a key
+ * that would fit beside the holders still waits behind a waiter), and monotone: keys ahead only
+ * ever go away, so a key that holds keeps holding until it is deleted.
+ */
+export function fitsBehind(mine: KeyMode, ahead: KeyMode[]): boolean {
+  if (mine.limit > 1) return ahead.length < mine.limit && ahead.every((a) => a.limit === mine.limit)
+  if (mine.shared) return ahead.every((a) => a.limit === 1 && a.shared)
+  return ahead.length === 0
+}
+
+/** Which of a name's keys (oldest first) hold it: fitsBehind for each, in one pass. */
+export function holdingKeys(keys: KeyMode[]): boolean[] {
+  let allShared = true
+  // The limit every key so far has, or null once two differ.
+  let sameLimit: number | null = null
+  return keys.map((key, i) => {
+    const holds = key.limit > 1 ? i < key.limit && (i === 0 || sameLimit === key.limit) : key.shared ? allShared : i === 0
+    allShared &&= key.limit === 1 && key.shared
+    sameLimit = i === 0 || sameLimit === key.limit ? key.limit : null
+    return holds
+  })
 }
 
 const TOKEN = /^e1\.([0-9a-f]{1,16})\.(\d{1,19})$/
@@ -73,6 +120,7 @@ export function describeKey(kv: IKeyValue): Omit<HolderInfo, 'leaseLeftMs'> {
     fence: Number(kv.create_revision),
     leaseMs: value.leaseMs ?? 0,
     since: value.since ?? 0,
+    ...(value.shared === true && !(Number(value.limit) > 1) ? {shared: true} : {}),
   }
 }
 

@@ -1,6 +1,7 @@
 import type {IKeyValue, Watcher} from 'etcd3'
 import type {LockEvent, LockInfo} from '../../../protocol/messages.js'
 import {AsyncQueue} from '../../async.js'
+import {holdersOf} from '../../holders.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
 import {lockNameOf} from './keys.js'
 
@@ -10,16 +11,21 @@ export interface WatchSource {
   list(prefix: string): Promise<{locks: LockInfo[]}>
 }
 
-/** Events that take a lock from `before` to `after`. */
+/**
+ * Events that take a lock from `before` to `after`: each holder that went is released, each
+ * new one acquired (a semaphore's or shared lock's several, by fence); with the same holders,
+ * a longer or shorter queue.
+ */
 export function diffLocks(key: string, before: LockInfo | null, after: LockInfo | null): LockEvent[] {
   const events: LockEvent[] = []
-  const oldHolder = before?.holder ?? null
-  const newHolder = after?.holder ?? null
+  const oldHolders = holdersOf(before)
+  const newHolders = holdersOf(after)
   const waiters = after?.waiters ?? 0
-  const sameHolder = oldHolder && newHolder && oldHolder.fence === newHolder.fence
-  if (oldHolder && !sameHolder) events.push({type: 'released', key, owner: oldHolder.owner, fence: oldHolder.fence, waiters})
-  if (newHolder && !sameHolder) events.push({type: 'acquired', key, owner: newHolder.owner, fence: newHolder.fence, waiters})
-  if (sameHolder) {
+  const oldFences = new Set(oldHolders.map((h) => h.fence))
+  const newFences = new Set(newHolders.map((h) => h.fence))
+  for (const gone of oldHolders.filter((h) => !newFences.has(h.fence))) events.push({type: 'released', key, owner: gone.owner, fence: gone.fence, waiters})
+  for (const come of newHolders.filter((h) => !oldFences.has(h.fence))) events.push({type: 'acquired', key, owner: come.owner, fence: come.fence, waiters})
+  if (events.length === 0) {
     const was = before?.waiters ?? 0
     if (waiters > was) events.push({type: 'queued', key, waiters})
     if (waiters < was) events.push({type: 'dequeued', key, waiters})
