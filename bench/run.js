@@ -141,6 +141,45 @@ async function throughput(endpoint, label, concurrency, extra = {}) {
   return done / seconds
 }
 
+/**
+ * Semaphores and shared locks next to plain locks, 64 connections each: every connection takes
+ * and gives back (a) its own plain lock (the reference), (b) a slot of one semaphore of 64 (no
+ * waiting: the cost of a name with many holders), (c) a slot of one semaphore of 8 (56 always
+ * queued: hand-offs), (d) a shared grant of one lock.
+ */
+async function semaphoreBench(endpoint, label) {
+  const concurrency = 64
+  const durationMs = quick ? 1000 : 3000
+  const run = async (name, make) => {
+    const clients = await Promise.all(Array.from({length: concurrency}, (_, i) => connect({endpoints: endpoint, owner: `s${i}`})))
+    let done = 0
+    const deadline = performance.now() + durationMs
+    const start = performance.now()
+    await Promise.all(
+      clients.map(async (client, i) => {
+        const lock = make(client, i)
+        while (performance.now() < deadline && done < 2_000_000) {
+          await lock.acquire({leaseMs: 10_000, waitMs: 10_000})
+          await lock.unlock()
+          done++
+        }
+      }),
+    )
+    const rate = done / ((performance.now() - start) / 1000)
+    await Promise.all(clients.map((c) => c.close()))
+    return rate
+  }
+  const round = Date.now()
+  const plain = await run('plain', (client, i) => client.createLock(`sem-ref-${round}-${i}`))
+  const wide = await run('limit 64', (client) => client.createSemaphore(`sem-64-${round}`, {limit: 64}))
+  const narrow = await run('limit 8', (client) => client.createSemaphore(`sem-8-${round}`, {limit: 8}))
+  const shared = await run('shared', (client) => client.createLock(`sem-shared-${round}`, {shared: true}))
+  const reference = `plain locks ${Math.round(plain).toLocaleString('en')}`
+  row(`${label}: semaphore of 64, one name, pairs/s`, Math.round(wide).toLocaleString('en'), reference, `${(wide / plain).toFixed(2)}×`)
+  row(`${label}: semaphore of 8, one name, pairs/s`, Math.round(narrow).toLocaleString('en'), reference, `${(narrow / plain).toFixed(2)}×`)
+  row(`${label}: shared lock, one name, pairs/s`, Math.round(shared).toLocaleString('en'), reference, `${(shared / plain).toFixed(2)}×`)
+}
+
 async function handoff(endpoint, label) {
   const contenders = 4
   const clients = await Promise.all(Array.from({length: contenders}, (_, i) => connect({endpoints: endpoint, owner: `h${i}`})))
@@ -223,6 +262,7 @@ for (const [label, args] of etcdOnly ? [] : [
     const rates = {}
     for (const c of [1, 8, 64, 256]) rates[c] = await throughput(lockd.endpoint, 'concurrent', c)
     const handoffFigures = await handoff(lockd.endpoint, '4 contenders')
+    await semaphoreBench(lockd.endpoint, '64 connections')
     lockd.child.kill('SIGTERM')
     results.push({sequentialFigures, rates, handoffFigures})
   }

@@ -31,9 +31,11 @@ import {makeDirectories} from '../util/fs.js'
  *   fence           crc32 + msgpack {reserved}: no fence above `reserved` has ever been used
  *   snapshot        crc32 + msgpack {gen, fence, locks}   (written to snapshot.tmp, fsynced, renamed)
  *   wal-<gen>.log   8-byte magic, then records:
- *                   u32 length, u32 crc32(body), u32 crc32(first 8 header bytes), msgpack {k, h, f}
- *                   h: null (free), one holder (a plain lock's), or an array of holders (a
- *                   semaphore's or shared lock's): plain locks are written as before.
+ *                   u32 length, u32 crc32(body), u32 crc32(first 8 header bytes), then
+ *                   msgpack {k, h, f}: key K's holders are exactly h (null: free; one holder: a
+ *                   plain lock's, as before semaphores; an array), or
+ *                   msgpack {k, s, x, f}: of K's holders, those in s are set (by token) and the
+ *                   tokens in x are gone — a name with many holders logs only what changed.
  *
  * The header checksum is what tells a torn final write from damage: a length is trusted only
  * once its checksum matches, so a record can run past the end of the file only when it really
@@ -65,6 +67,8 @@ export interface LogRecord {
   key: string
   /** Every holder of the key now; empty: it is free. */
   holders: LoggedHolder[]
+  /** The tokens of the grants that changed; given, a name with several holders logs only those. */
+  changed?: string[]
   fence: number
 }
 
@@ -236,7 +240,7 @@ export class DurableLog {
   append(records: LogRecord[], fence: number): void {
     if (fence > this.reservedFence - FENCE_BLOCK / 2) this.reserveFences(fence)
     for (const record of records) {
-      const body = packr.pack({k: record.key, h: onDisk(record.holders), f: record.fence})
+      const body = packr.pack(encode(record))
       const frame = Buffer.allocUnsafe(RECORD_HEADER + body.length)
       frame.writeUInt32BE(body.length, 0)
       frame.writeUInt32BE(crc32(body), 4)
@@ -433,10 +437,32 @@ function replayLegacy(data: Buffer, path: string, state: RecoveredState): Replay
   return {intact: offset, torn}
 }
 
+/** Absolute (`h`) or by token (`s` set, `x` gone); see the file comment. */
 interface DecodedRecord {
   k: string
-  h: LoggedHolder | LoggedHolder[] | null
+  h?: LoggedHolder | LoggedHolder[] | null
+  s?: LoggedHolder[]
+  x?: string[]
   f: number
+}
+
+/**
+ * The record for one key: by token when the name has or had several holders (a semaphore's or
+ * shared lock's: only what changed is written), else absolute (a plain lock's, or a free key).
+ */
+function encode(record: LogRecord): DecodedRecord {
+  const {key, holders, changed, fence} = record
+  const several = holders.length > 1 || holders.some((h) => h.shared || h.limit !== undefined)
+  if (!changed || !several) return {k: key, h: onDisk(holders), f: fence}
+  const now = new Map(holders.map((h) => [h.token, h]))
+  const set: LoggedHolder[] = []
+  const gone: string[] = []
+  for (const token of changed) {
+    const holder = now.get(token)
+    if (holder) set.push(holder)
+    else gone.push(token)
+  }
+  return {k: key, s: set, x: gone, f: fence}
 }
 
 /** A snapshot's entry: `holder` as written before semaphores (and still for a plain lock), or `holders`. */
@@ -472,12 +498,21 @@ function decode(body: Buffer, path: string, offset: number): DecodedRecord {
   } catch {
     throw corrupt(path, offset, 'it cannot be decoded')
   }
-  if (typeof record?.k !== 'string' || !Number.isSafeInteger(record.f) || holdersOf(record.h) === null) throw corrupt(path, offset, 'it is not a lock record')
+  const byToken = record?.h === undefined && Array.isArray(record?.s) && record.s.every(isHolder) && Array.isArray(record.x) && record.x.every((t) => typeof t === 'string')
+  if (typeof record?.k !== 'string' || !Number.isSafeInteger(record.f) || (!byToken && holdersOf(record.h) === null)) throw corrupt(path, offset, 'it is not a lock record')
   return record
 }
 
 function apply(record: DecodedRecord, state: RecoveredState): void {
-  const holders = holdersOf(record.h)!
+  let holders: LoggedHolder[]
+  if (record.h === undefined) {
+    const gone = new Set([...record.x!, ...record.s!.map((h) => h.token)])
+    holders = [...(state.holders.get(record.k) ?? []).filter((h) => !gone.has(h.token)), ...record.s!]
+    // Grant order is fence order: recovery keeps the oldest holder first.
+    holders.sort((a, b) => a.fence - b.fence)
+  } else {
+    holders = holdersOf(record.h)!
+  }
   if (holders.length > 0) state.holders.set(record.k, holders)
   else state.holders.delete(record.k)
   state.fence = Math.max(state.fence, record.f)

@@ -143,7 +143,8 @@ export class LockTable {
   private readonly waitersByAttempt = new Map<string, Waiter>()
   private readonly deadlines = new DeadlineHeap<Deadline>()
   private readonly events: TableEvent[] = []
-  private readonly dirtyKeys = new Set<string>()
+  /** Keys changed since the last drainChanges, with the tokens of the grants that changed. */
+  private readonly dirty = new Map<string, Set<string>>()
   private fenceCounter = 0
   private waiterCount = 0
   private readonly newToken: () => string
@@ -351,11 +352,21 @@ export class LockTable {
     return this.events.splice(0)
   }
 
-  /** Keys whose holders changed since the last call, with their holders now (none = free). */
-  drainChanges(): {key: string; holders: PersistedHolder[]}[] {
-    const changes = [...this.dirtyKeys].map((key) => ({key, holders: (this.entries.get(key)?.holders ?? []).map(persisted)}))
-    this.dirtyKeys.clear()
+  /**
+   * Keys whose holders changed since the last call: their holders now (none = free), and the
+   * tokens of the grants that changed (granted, re-leased or gone), so that the log can write
+   * only those of a name with many holders.
+   */
+  drainChanges(): {key: string; holders: PersistedHolder[]; changed: string[]}[] {
+    const changes = [...this.dirty].map(([key, tokens]) => ({key, holders: (this.entries.get(key)?.holders ?? []).map(persisted), changed: [...tokens]}))
+    this.dirty.clear()
     return changes
+  }
+
+  private markDirty(key: string, token: string): void {
+    let tokens = this.dirty.get(key)
+    if (!tokens) this.dirty.set(key, (tokens = new Set()))
+    tokens.add(token)
   }
 
   snapshot(): TableSnapshot {
@@ -403,13 +414,13 @@ export class LockTable {
     if (!entry) this.entries.set(key, (entry = {key, holders: [], waiters: [], limit: mode.limit}))
     entry.holders.push(holder)
     this.deadlines.push(holder.expiresAt, {kind: 'lease', key, holder})
-    this.dirtyKeys.add(key)
+    this.markDirty(key, holder.token)
     this.events.push({type: 'granted', key, holder, to})
     return holder
   }
 
   private extend(key: string, holder: Holder, leaseMs: number, now: number): void {
-    if (leaseMs !== holder.leaseMs) this.dirtyKeys.add(key)
+    if (leaseMs !== holder.leaseMs) this.markDirty(key, holder.token)
     holder.leaseMs = leaseMs
     holder.expiresAt = now + leaseMs
     this.deadlines.push(holder.expiresAt, {kind: 'lease', key, holder})
@@ -424,7 +435,7 @@ export class LockTable {
   /** The holder is gone: waiters at the head of the queue that now fit get the lock. */
   private removeHolder(entry: Entry, holder: Holder, now: number): void {
     entry.holders.splice(entry.holders.indexOf(holder), 1)
-    this.dirtyKeys.add(entry.key)
+    this.markDirty(entry.key, holder.token)
     this.pump(entry, now)
   }
 

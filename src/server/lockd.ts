@@ -382,7 +382,7 @@ export class LockServer {
     this.outbox.sendAll(this.subscriptions.messagesFor(this.drainEvents()))
     const fence = this.table.lastFence
     this.outbox.endBatch(
-      this.table.drainChanges().map((c) => ({key: c.key, holders: c.holders, fence})),
+      this.table.drainChanges().map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence})),
       fence,
     )
     this.scheduleTick()

@@ -51,7 +51,7 @@ async function buildLog(seed: number, commits: number): Promise<Written> {
     table.drainEvents()
     if (changes.length === 0) continue
     log.append(
-      changes.map((c) => ({key: c.key, holders: c.holders, fence: table.lastFence})),
+      changes.map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})),
       table.lastFence,
     )
     await log.commit()
@@ -215,5 +215,37 @@ describe('durable log recovery under damage (seeded, bounded)', () => {
     await again.log.close()
     expect(tokensOf(again.state)).toEqual(new Map([['b', 'tb']]))
     expect(readFileSync(join(dir, 'wal-1.log')).subarray(0, 8).equals(WAL_MAGIC)).toBe(true)
+  })
+})
+
+describe('durable log: names with many holders', () => {
+  it('a semaphore of 200 logs each grant and release alone (the log grows with the changes, not with holders × changes) and recovers every holder', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lockctl-log-'))
+    const table = new LockTable(new FakeClock())
+    const {log} = await DurableLog.open(dir, () => table.snapshot(), {snapshotBytes: 1 << 30})
+    const tokens: string[] = []
+    const commit = async () => {
+      log.append(table.drainChanges().map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})), table.lastFence)
+      table.drainEvents()
+      await log.commit()
+    }
+    for (let i = 0; i < 200; i++) {
+      const result = table.acquire({key: 'backups', leaseMs: 60_000, waitMs: 0, owner: `o${i}`, from: {session: 's', wid: i}, limit: 200})
+      if (result.kind === 'granted') tokens.push(result.grant.token)
+      await commit()
+    }
+    // Every other holder goes.
+    for (const token of tokens.filter((_, i) => i % 2 === 1)) {
+      table.release('backups', token)
+      await commit()
+    }
+    await log.close()
+    // 300 records of one holder each (~100 bytes); whole-state records would be ~3 MB.
+    expect(readFileSync(join(dir, 'wal-0.log')).length).toBeLessThan(300 * 200)
+    const {log: again, state} = await DurableLog.open(dir, () => ({fence: 0, locks: []}), {snapshotBytes: 1 << 30})
+    await again.close()
+    expect(state.holders.get('backups')?.map((h) => h.token)).toEqual(tokens.filter((_, i) => i % 2 === 0))
+    expect(state.holders.get('backups')?.every((h) => h.limit === 200)).toBe(true)
+    rmSync(dir, {recursive: true, force: true})
   })
 })

@@ -212,10 +212,11 @@ describe('LockTable', () => {
 
   it('reports changed keys once, with their state now, for the durable log', () => {
     const {result} = acquire('k', 'A')
-    expect(table.drainChanges()).toEqual([{key: 'k', holders: [expect.objectContaining({owner: 'A', fence: 1})]}])
+    const token = result.kind === 'granted' ? result.grant.token : ''
+    expect(table.drainChanges()).toEqual([{key: 'k', holders: [expect.objectContaining({owner: 'A', fence: 1})], changed: [token]}])
     expect(table.drainChanges()).toEqual([])
-    table.release('k', result.kind === 'granted' ? result.grant.token : '')
-    expect(table.drainChanges()).toEqual([{key: 'k', holders: []}])
+    table.release('k', token)
+    expect(table.drainChanges()).toEqual([{key: 'k', holders: [], changed: [token]}])
   })
 
   it('an attempt asked again from a new connection gets the grant made to it, renewed; no other attempt does', () => {
