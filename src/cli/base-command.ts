@@ -36,7 +36,12 @@ export abstract class BaseCommand extends Command {
       helpGroup: 'GLOBAL',
       helpValue: 'NAME',
     }),
-    cacert: Flags.string({description: 'CA certificate (PEM) to verify the lock service (lockds:// or etcd; switches to TLS)', env: 'LOCKCTL_ETCD_CACERT', helpGroup: 'TLS AND AUTH', helpValue: 'FILE'}),
+    cacert: Flags.string({
+      description: 'CA certificate (PEM) to verify the lock service (lockds:// or etcd; switches to TLS)',
+      env: 'LOCKCTL_ETCD_CACERT',
+      helpGroup: 'TLS AND AUTH',
+      helpValue: 'FILE',
+    }),
     cert: Flags.string({description: 'client certificate (PEM)', env: 'LOCKCTL_ETCD_CERT', helpGroup: 'TLS AND AUTH', helpValue: 'FILE'}),
     key: Flags.string({description: 'client private key (PEM)', env: 'LOCKCTL_ETCD_KEY', helpGroup: 'TLS AND AUTH', helpValue: 'FILE'}),
     user: Flags.string({description: 'user name (password from $LOCKCTL_PASSWORD, or asked on a terminal)', env: 'LOCKCTL_ETCD_USER', helpGroup: 'TLS AND AUTH', helpValue: 'NAME'}),
@@ -165,7 +170,12 @@ export function describeError(
       .filter((line) => line && !/^See more help/.test(line))
     // "Missing 1 required arg:" then "key  lock name: ..." lines: say "missing KEY".
     const missing = /^Missing \d+ required args?:$/.test(lines[0] ?? '')
-    const message = missing ? `missing ${lines.slice(1).map((line) => line.split(/\s{2,}/)[0].toUpperCase()).join(', ')}` : lines.join(' ')
+    const message = missing
+      ? `missing ${lines
+          .slice(1)
+          .map((line) => line.split(/\s{2,}/)[0].toUpperCase())
+          .join(', ')}`
+      : lines.join(' ')
     const exitCode = error.oclif.exit === 0 ? 0 : ExitCode.USAGE
     return {code: exitCode === 0 ? 'OK' : ErrorCode.BAD_INPUT, exitCode, message: `${message} (see --help)`}
   }

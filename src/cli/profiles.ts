@@ -46,14 +46,16 @@ export function loadProfile(name: string | undefined, file = configFile()): Prof
     throw new UsageError(`${file} is not valid JSON: ${(error as Error).message}`)
   }
   const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
-  if (!isObject(parsed)) throw new UsageError(`${file} must hold a JSON object ({"profiles": {...}, "defaultProfile": "..."}), not ${parsed === null ? 'null' : Array.isArray(parsed) ? 'an array' : typeof parsed}`)
+  if (!isObject(parsed))
+    throw new UsageError(`${file} must hold a JSON object ({"profiles": {...}, "defaultProfile": "..."}), not ${parsed === null ? 'null' : Array.isArray(parsed) ? 'an array' : typeof parsed}`)
   if (parsed.profiles !== undefined && !isObject(parsed.profiles)) throw new UsageError(`${file}: "profiles" must be an object of named profiles`)
   if (parsed.defaultProfile !== undefined && typeof parsed.defaultProfile !== 'string') throw new UsageError(`${file}: "defaultProfile" must be a profile's name`)
   const config = parsed as {profiles?: Record<string, unknown>; defaultProfile?: string}
   const chosen = name ?? config.defaultProfile
   if (!chosen) return undefined
   const profile = config.profiles?.[chosen]
-  if (profile !== undefined && !isObject(profile)) throw new UsageError(`profile ${JSON.stringify(chosen)} in ${file} must be an object (endpoints, cacert, cert, key, user), not ${JSON.stringify(profile)}`)
+  if (profile !== undefined && !isObject(profile))
+    throw new UsageError(`profile ${JSON.stringify(chosen)} in ${file} must be an object (endpoints, cacert, cert, key, user), not ${JSON.stringify(profile)}`)
   if (!profile) {
     const known = Object.keys(config.profiles ?? {})
     throw new UsageError(`profile ${JSON.stringify(chosen)} is not in ${file} (${known.length ? `known: ${known.join(', ')}` : 'it has no profiles'})`)

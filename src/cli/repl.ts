@@ -343,4 +343,3 @@ function lastWordStart(line: string): number {
 function shellWord(word: string): string {
   return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", "'\\''")}'`
 }
-

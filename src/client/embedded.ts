@@ -95,16 +95,14 @@ function startDaemon(paths: EmbeddedPaths, daemon: string, onExit: (code: number
     log = openSync(paths.logFile, 'a', 0o600)
   } catch (error) {
     const {code, path} = error as NodeJS.ErrnoException
-    throw new UnreachableError(
-      `cannot start the local lockd: ${path ?? paths.dir}: ${code ?? (error as Error).message} (set XDG_STATE_HOME to a writable directory, or --endpoints)`,
-    )
+    throw new UnreachableError(`cannot start the local lockd: ${path ?? paths.dir}: ${code ?? (error as Error).message} (set XDG_STATE_HOME to a writable directory, or --endpoints)`)
   }
   try {
-    const child = spawn(
-      process.execPath,
-      [daemon, '--socket', paths.socket, '--data-dir', paths.dataDir, '--idle-exit-ms', String(EMBEDDED_IDLE_EXIT_MS)],
-      {detached: true, stdio: ['ignore', log, log], env: process.env},
-    )
+    const child = spawn(process.execPath, [daemon, '--socket', paths.socket, '--data-dir', paths.dataDir, '--idle-exit-ms', String(EMBEDDED_IDLE_EXIT_MS)], {
+      detached: true,
+      stdio: ['ignore', log, log],
+      env: process.env,
+    })
     child.on('exit', (code) => onExit(code ?? 1))
     child.unref()
   } finally {

@@ -1,10 +1,7 @@
 import {isAbsolute} from 'node:path'
 import {BadInputError} from './errors.js'
 
-export type Endpoint =
-  | {kind: 'unix'; path: string}
-  | {kind: 'tcp'; host: string; port: number; tls: boolean}
-  | {kind: 'etcd'; hosts: {host: string; port: number}[]; tls: boolean}
+export type Endpoint = {kind: 'unix'; path: string} | {kind: 'tcp'; host: string; port: number; tls: boolean} | {kind: 'etcd'; hosts: {host: string; port: number}[]; tls: boolean}
 
 export const ENDPOINT_FORMS = 'unix:///path/lockd.sock, lockd://host:port (lockds:// for TLS), or etcd://host1:2379,host2:2379'
 

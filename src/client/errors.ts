@@ -45,7 +45,10 @@ export class WaitTimeoutError extends LockError {
 }
 
 export class NotHolderError extends LockError {
-  constructor(readonly key: string, message?: string) {
+  constructor(
+    readonly key: string,
+    message?: string,
+  ) {
     super(ErrorCode.NOT_HOLDER, message ?? `the token does not hold ${quoteKey(key)} (released, expired, or never held)`)
   }
 }

@@ -4,9 +4,7 @@ export type {LockEvent}
 
 /** What a watch yields: the state first, then events in order; a fresh state after a reconnect. */
 export type WatchUpdate =
-  | {type: 'snapshot'; locks: LockInfo[]; /** true after a reconnect: events may have been missed. */ resync: boolean}
-  | {type: 'event'; event: LockEvent}
-  | {type: 'disconnected'; reason: string}
+  {type: 'snapshot'; locks: LockInfo[]; /** true after a reconnect: events may have been missed. */ resync: boolean} | {type: 'event'; event: LockEvent} | {type: 'disconnected'; reason: string}
 
 export type WatchTarget = {key: string; prefix?: undefined} | {prefix: string; key?: undefined}
 

@@ -2,7 +2,21 @@ import {Flags} from '@oclif/core'
 import {constants} from 'node:os'
 import {BaseCommand} from '../cli/base-command.js'
 import {startBackgroundHold} from '../cli/background-hold.js'
-import {checkKeyArg, conflictExitCodeFlag, durationFlag, keyArg, leaseFlag, lockMode, missingInput, ownerFlag, parseDuration, semaphoreLimitFlag, sharedFlag, UsageError, waitFlag} from '../cli/flags.js'
+import {
+  checkKeyArg,
+  conflictExitCodeFlag,
+  durationFlag,
+  keyArg,
+  leaseFlag,
+  lockMode,
+  missingInput,
+  ownerFlag,
+  parseDuration,
+  semaphoreLimitFlag,
+  sharedFlag,
+  UsageError,
+  waitFlag,
+} from '../cli/flags.js'
 import {runHold} from '../cli/hold-runner.js'
 import {WAIT_FOREVER} from '../protocol/messages.js'
 

@@ -20,7 +20,9 @@ Exit codes: 0 renewed, 2 usage, 4 unreachable, 5 the token does not hold the loc
   async run(): Promise<Record<string, unknown>> {
     const {args, flags} = await this.parse(Renew)
     const session = this.session
-    const key = checkKeyArg(args.key ?? (session ? await pickSessionKey(session, 'Renew which lock?', {locksOnly: true}) : undefined) ?? process.env.LOCKCTL_KEY ?? missingInput('KEY (or $LOCKCTL_KEY)'))
+    const key = checkKeyArg(
+      args.key ?? (session ? await pickSessionKey(session, 'Renew which lock?', {locksOnly: true}) : undefined) ?? process.env.LOCKCTL_KEY ?? missingInput('KEY (or $LOCKCTL_KEY)'),
+    )
     const token = flags.token ?? defaultToken(session?.locks.get(key)?.token)
     const client = await this.client(flags)
     const sentAt = performance.now()

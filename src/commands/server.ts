@@ -24,7 +24,7 @@ Without --listen or --socket it listens on 127.0.0.1:7070.`
     'max-waiters-per-connection': Flags.integer({description: 'waiting acquires one connection may have at once', default: 10_000, min: 1}),
     'tls-cert': Flags.string({description: 'TLS on every --listen address: this certificate (PEM; re-read on SIGHUP)', helpValue: 'FILE', dependsOn: ['tls-key']}),
     'tls-key': Flags.string({description: 'the private key of --tls-cert (PEM)', helpValue: 'FILE', dependsOn: ['tls-cert']}),
-    'tls-client-ca': Flags.string({description: 'require client certificates signed by this CA (PEM); a certificate\'s CN is its user', helpValue: 'FILE', dependsOn: ['tls-cert']}),
+    'tls-client-ca': Flags.string({description: "require client certificates signed by this CA (PEM); a certificate's CN is its user", helpValue: 'FILE', dependsOn: ['tls-cert']}),
     'auth-file': Flags.string({description: 'clients must log in as a user of this file: NAME:HASH lines (see --hash-password; re-read on SIGHUP)', helpValue: 'FILE'}),
     admin: Flags.string({description: 'a user who may unlock --force a lock it does not hold (repeatable); with --auth-file and no --admin, nobody may', multiple: true, helpValue: 'NAME'}),
     'socket-mode': Flags.string({description: 'permission bits of the --socket (e.g. 0660 to share it with a group)', default: '0600', helpValue: 'MODE'}),

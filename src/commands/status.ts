@@ -47,11 +47,12 @@ export default class Status extends BaseCommand {
     }
     const [info, {locks, total}] = await Promise.all([client.info(), client.list(flags.prefix ?? '', limit)])
     // The summary line is for people; piped, the output is the columns alone (like ps).
-    if (process.stdout.isTTY) this.log(
-      info.server === 'etcd'
-        ? `etcd ${String(info.version)} at ${client.endpoint}: ${(info.members as unknown[]).length} member(s), leader ${String(info.leader)}, raft term ${String(info.raftTerm)}`
-        : `${String(info.server)} ${String(info.version)} at ${client.endpoint}: ${String(info.locks)} lock(s), ${String(info.waiters)} waiter(s)`,
-    )
+    if (process.stdout.isTTY)
+      this.log(
+        info.server === 'etcd'
+          ? `etcd ${String(info.version)} at ${client.endpoint}: ${(info.members as unknown[]).length} member(s), leader ${String(info.leader)}, raft term ${String(info.raftTerm)}`
+          : `${String(info.server)} ${String(info.version)} at ${client.endpoint}: ${String(info.locks)} lock(s), ${String(info.waiters)} waiter(s)`,
+      )
     await this.render(locks, total, flags['no-headers'])
     return {
       server: info,
@@ -112,7 +113,13 @@ export default class Status extends BaseCommand {
     if (!process.stdout.isTTY) {
       const lines = noHeaders ? rows : [head, ...rows]
       const widths = head.map((_, column) => Math.max(...lines.map((row) => row[column].length)))
-      for (const row of lines) this.log(row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]))).join('  ').trimEnd())
+      for (const row of lines)
+        this.log(
+          row
+            .map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column])))
+            .join('  ')
+            .trimEnd(),
+        )
       if (more) process.stderr.write(`${more}\n`)
       return
     }

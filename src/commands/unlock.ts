@@ -40,9 +40,7 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
     if (flags.force && !flags.yes && process.stdin.isTTY && process.stderr.isTTY && !this.jsonEnabled() && (session?.interactive ?? true)) {
       const lock = await client.inspect(key)
       const question = `Force-release ${quoteKey(key)}, held by ${describeHolder(lock?.holder)}?`
-      const ok = session
-        ? await confirmInSession(session, question)
-        : await import('@inquirer/prompts').then(({confirm}) => confirm({message: question, default: false}, {output: process.stderr}))
+      const ok = session ? await confirmInSession(session, question) : await import('@inquirer/prompts').then(({confirm}) => confirm({message: question, default: false}, {output: process.stderr}))
       if (!ok) {
         // A decision, not a mistake: say what was kept, exit 1 (docs/exit-codes.md).
         process.stderr.write(`${session?.errorPrefix ?? ''}lockctl: kept ${quoteKey(key)}, held by ${describeHolder(lock?.holder)}: not released\n`)

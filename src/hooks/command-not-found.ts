@@ -9,9 +9,7 @@ const hook: Hook.CommandNotFound = async function ({id: fullId, argv}) {
   // With spaces as topic separators oclif joins the following words in: "lokc k" → "lokc:k".
   const id = fullId.split(':')[0]
   const known = this.config.commandIDs
-  const closest = known
-    .map((name) => ({name, distance: editDistance(id, name)}))
-    .sort((a, b) => a.distance - b.distance)[0]
+  const closest = known.map((name) => ({name, distance: editDistance(id, name)})).sort((a, b) => a.distance - b.distance)[0]
   const hint = closest && closest.distance <= 2 ? `did you mean ${closest.name}?` : `commands: ${[...known].sort().join(', ')}`
   const message = `unknown command ${JSON.stringify(id)}; ${hint}`
   if (argv?.includes('--json')) {

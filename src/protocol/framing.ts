@@ -58,9 +58,7 @@ export class FrameDecoder {
       const length = this.buffer.readUInt32BE(offset)
       if (length === 0 || length > this.maxFrame) {
         this.failed = true
-        throw new FrameError(
-          length === 0 ? 'empty frame' : `frame of ${length} bytes is over the limit of ${this.maxFrame}`,
-        )
+        throw new FrameError(length === 0 ? 'empty frame' : `frame of ${length} bytes is over the limit of ${this.maxFrame}`)
       }
       if (this.buffer.length - offset - HEADER < length) break
       const body = this.buffer.subarray(offset + HEADER, offset + HEADER + length)

@@ -1,18 +1,4 @@
-import {
-  close,
-  closeSync,
-  existsSync,
-  fdatasync,
-  fsyncSync,
-  ftruncateSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  renameSync,
-  unlinkSync,
-  write,
-  writeSync,
-} from 'node:fs'
+import {close, closeSync, existsSync, fdatasync, fsyncSync, ftruncateSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, write, writeSync} from 'node:fs'
 import {join} from 'node:path'
 import {promisify} from 'node:util'
 import {crc32} from 'node:zlib'
@@ -135,11 +121,7 @@ export class DurableLog {
   }
 
   /** Read the state on disk, repair a torn tail, reserve fences, and open the log for appending. */
-  static async open(
-    dir: string,
-    snapshotSource: () => LoggedSnapshot,
-    options: DurableLogOptions = {},
-  ): Promise<{log: DurableLog; state: RecoveredState}> {
+  static async open(dir: string, snapshotSource: () => LoggedSnapshot, options: DurableLogOptions = {}): Promise<{log: DurableLog; state: RecoveredState}> {
     makeDirectories(dir)
     const state: RecoveredState = {fence: 0, holders: new Map(), notes: []}
     let gen = 0
@@ -172,7 +154,7 @@ export class DurableLog {
     // The unversioned format began with a record's u32 length, always under 64 KiB; anything
     // else in place of the magic is damage, not an old log.
     const legacy = data !== null && !unstarted && !versioned && data[0] === 0 && data[1] === 0
-    if (data !== null && !unstarted && !versioned && !legacy) throw corrupt(walPath, 0, 'the file does not start with the log format\'s magic')
+    if (data !== null && !unstarted && !versioned && !legacy) throw corrupt(walPath, 0, "the file does not start with the log format's magic")
     if (data === null && (hadFenceFile || hasSnapshot)) {
       // Every start and every snapshot creates the log before anything names it: gone is damage.
       throw new LogCorruptError(`${walPath} is missing; refusing to start rather than forget grants. ${MOVE_ASIDE}`)
@@ -322,10 +304,14 @@ export class DurableLog {
     const nextPath = join(this.dir, `wal-${nextGen}.log`)
     writeNewLog(nextPath)
     const snapshot = this.snapshotSource()
-    writeChecked(this.dir, 'snapshot', {gen: nextGen, fence: snapshot.fence, locks: snapshot.locks.map(({key, holders}) => {
-      const h = onDisk(holders)
-      return Array.isArray(h) ? {key, holders: h} : {key, holder: h}
-    })})
+    writeChecked(this.dir, 'snapshot', {
+      gen: nextGen,
+      fence: snapshot.fence,
+      locks: snapshot.locks.map(({key, holders}) => {
+        const h = onDisk(holders)
+        return Array.isArray(h) ? {key, holders: h} : {key, holder: h}
+      }),
+    })
     const oldFd = this.fd
     const oldPath = join(this.dir, `wal-${this.gen}.log`)
     this.gen = nextGen

@@ -20,7 +20,6 @@ export interface HandlerContext {
   mayForce(conn: Connection): boolean
 }
 
-
 const optional = <T>(value: T | undefined | null, problem: (v: T) => string | null): string | null => (value === undefined || value === null ? null : problem(value))
 
 /**

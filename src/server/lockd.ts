@@ -94,7 +94,11 @@ export class LockServer {
   constructor(private readonly options: LockServerOptions = {}) {
     this.clock = options.clock ?? systemClock
     this.table = new LockTable(this.clock)
-    this.subscriptions = new Subscriptions(this.table, () => this.clock.now(), (session) => this.connections.get(session))
+    this.subscriptions = new Subscriptions(
+      this.table,
+      () => this.clock.now(),
+      (session) => this.connections.get(session),
+    )
     this.handlers = {
       table: this.table,
       subscriptions: this.subscriptions,
@@ -305,7 +309,10 @@ export class LockServer {
     void this.passwords!.check(user, hello.password).then((ok) => {
       if (conn.socket.destroyed) return
       if (!ok) {
-        const why = typeof user === 'string' && typeof hello.password === 'string' ? `authentication failed for user ${JSON.stringify(user)}` : 'lockd requires a user and a password (--user, and $LOCKCTL_PASSWORD or the prompt)'
+        const why =
+          typeof user === 'string' && typeof hello.password === 'string'
+            ? `authentication failed for user ${JSON.stringify(user)}`
+            : 'lockd requires a user and a password (--user, and $LOCKCTL_PASSWORD or the prompt)'
         this.fail(conn, ErrorCode.NOT_PERMITTED, why)
         return
       }

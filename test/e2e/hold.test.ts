@@ -36,7 +36,7 @@ describe('hold KEY -- CMD: exit codes as a shell would give them', () => {
     [['definitely-not-a-program-xyz'], 127],
     [['NOT-EXECUTABLE'], 126],
   ])('%j exits %d and releases the lock', async (command, code) => {
-    const args = (command).map((a) => (a === 'NOT-EXECUTABLE' ? notExecutable() : a))
+    const args = command.map((a) => (a === 'NOT-EXECUTABLE' ? notExecutable() : a))
     const result = await runCli(['hold', 'codes', '--', ...args], {env})
     expect(result.code).toBe(code)
     expect(await holderOf('codes')).toBeNull()
@@ -149,7 +149,10 @@ describe('hold: mutual exclusion', () => {
     const script = `echo "start $(date +%s%N) $LOCKCTL_FENCE" >> ${log}; sleep 0.4; echo "end $(date +%s%N) $LOCKCTL_FENCE" >> ${log}`
     const results = await Promise.all([0, 1, 2].map(() => runCli(['hold', 'mutex', '--', 'sh', '-c', script], {env})))
     expect(results.map((r) => r.code)).toEqual([0, 0, 0])
-    const lines = readFileSync(log, 'utf8').trim().split('\n').map((l) => l.split(' '))
+    const lines = readFileSync(log, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => l.split(' '))
     expect(lines.map((l) => l[0])).toEqual(['start', 'end', 'start', 'end', 'start', 'end'])
     for (let i = 0; i < lines.length; i += 2) expect(lines[i][2]).toBe(lines[i + 1][2]) // start/end of one child
     const times = lines.map((l) => BigInt(l[1]))
@@ -286,7 +289,10 @@ describe('hold as leader election', () => {
     await eventually(() => count('acquired') === 4)
     run.child.kill('SIGTERM')
     expect((await run).code).toBe(0)
-    const events = out.trim().split('\n').map((l) => JSON.parse(l))
+    const events = out
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
     const kinds = events.map((e) => e.event).filter((e) => e === 'acquired' || e === 'lost')
     expect(kinds).toEqual(['acquired', 'lost', 'acquired', 'lost', 'acquired', 'lost', 'acquired'])
     const fences = events.filter((e) => e.event === 'acquired').map((e) => e.fence)
@@ -312,7 +318,9 @@ describe.skipIf(!hasTmux && !process.env.CI)('hold in a real terminal (tmux)', (
       await waitScreen(/^\S waiting for tty-spin: held by blocker \(fence \d+, [^)]* left\); 1st in the queue$/m)
       await runCli(['unlock', 'tty-spin', '--token', blocker.stdout.trim()], {env})
       await waitScreen(/exited 0/)
-      const lines = screen().split('\n').filter((l) => l.trim())
+      const lines = screen()
+        .split('\n')
+        .filter((l) => l.trim())
       // The spinner line is gone; what is left is the events and the command's output, in order.
       expect(lines.map((l) => l.replace(/^\S+Z /, ''))).toEqual([
         'waiting tty-spin (held by blocker, 1st in the queue)',

@@ -18,7 +18,10 @@ describe('the published package', () => {
     const packDir = tempDir('lockctl-pack-')
     // --ignore-scripts: no rebuild of dist/ while other test files run the CLI from it (npm test built it).
     execFileSync('npm', ['pack', '--ignore-scripts', '--pack-destination', packDir, '--silent'], {cwd: ROOT, stdio: 'pipe'})
-    const tarball = join(packDir, readdirSync(packDir).find((name) => name.endsWith('.tgz'))!)
+    const tarball = join(
+      packDir,
+      readdirSync(packDir).find((name) => name.endsWith('.tgz'))!,
+    )
     const app = tempDir('lockctl-app-')
     writeFileSync(join(app, 'package.json'), JSON.stringify({name: 'app', version: '1.0.0', private: true}))
     // The dependencies come from npm's cache (npm ci filled it); the registry only if it must.

@@ -34,7 +34,10 @@ describe('lockctl watch as a process', () => {
     await eventually(() => (out.match(/"event":"released"/g) ?? []).length === 2)
     watch.child.kill('SIGINT')
     expect((await watch).code).toBe(0)
-    const lines = out.trim().split('\n').map((l) => JSON.parse(l))
+    const lines = out
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
     for (const line of lines) expect(line.time).toMatch(/^\d{4}-\d\d-\d\dT/)
     const fence = (await runCli(['status', 'watched', '--json'], {env})).stdout // free now
     expect(JSON.parse(fence).holder).toBeNull()
@@ -136,7 +139,9 @@ describe.skipIf(!hasTmux && !process.env.CI)('the REPL in a real terminal (tmux)
       keys('status half-typed')
       await runCli(['unlock', 'tty-held', '--token', blocker.stdout.trim()], {env})
       await waitScreen(/acquired tty-held \(fence \d+, lease 2s\)/)
-      const lines = screen().split('\n').filter((l) => l.trim())
+      const lines = screen()
+        .split('\n')
+        .filter((l) => l.trim())
       const acquiredAt = lines.findIndex((l) => l.includes('acquired tty-held'))
       // The event is above the prompt, and the half-typed line is still there after it.
       expect(lines.slice(acquiredAt + 1).join('\n')).toMatch(/lockctl> status half-typed/)

@@ -189,21 +189,28 @@ export function conformanceSuite(endpoint: () => string, options: {shortLeaseMs:
   it('a wait that gives up leaves the queue; a grant racing the give-up is released', async () => {
     const a = await client('A')
     const b = await client('B')
+    // Round 0 releases well inside the wait (B must get it), round 1 well after (B must not);
+    // the others release about when B gives up, where either outcome is right.
+    const outcomes: boolean[] = []
     for (let r = 0; r < 8; r++) {
       const k = key('race')
       const holder = a.createLock(k)
       await holder.acquire({leaseMs: 30_000})
       const wait = 150
-      const release = new Promise((resolve) => setTimeout(resolve, wait - 20 + r * 6)).then(() => holder.unlock())
+      const releaseAfter = r === 0 ? 20 : r === 1 ? wait + 400 : wait - 20 + r * 6
+      const release = new Promise((resolve) => setTimeout(resolve, releaseAfter)).then(() => holder.unlock())
       const lock = b.createLock(k)
       const got = await lock.tryLock({waitMs: wait, leaseMs: 30_000})
       await release
+      outcomes.push(got)
       if (got) {
         expect((await a.inspect(k))?.holder?.owner).toBe('B')
         await lock.unlock()
       }
       await eventually(async () => (await a.inspect(k)) === null, 5000)
     }
+    // Both outcomes happened, and each was cleaned up the same way.
+    expect(outcomes.slice(0, 2)).toEqual([true, false])
   })
 
   it('contention with releases, abandoned grants and expiries: never two believing holders, fences increase', async () => {

@@ -72,19 +72,31 @@ export async function startEtcd(size = 1, options: EtcdStartOptions = {}): Promi
     const child = spawn(
       'etcd',
       [
-        '--name', m.name,
-        '--data-dir', m.dataDir,
-        '--listen-client-urls', `${scheme}://127.0.0.1:${m.clientPort}`,
-        '--advertise-client-urls', `${scheme}://127.0.0.1:${m.clientPort}`,
+        '--name',
+        m.name,
+        '--data-dir',
+        m.dataDir,
+        '--listen-client-urls',
+        `${scheme}://127.0.0.1:${m.clientPort}`,
+        '--advertise-client-urls',
+        `${scheme}://127.0.0.1:${m.clientPort}`,
         ...tlsArgs,
-        '--listen-peer-urls', `http://127.0.0.1:${m.peerPort}`,
-        '--initial-advertise-peer-urls', `http://127.0.0.1:${m.peerPort}`,
-        '--initial-cluster', initialCluster,
-        '--initial-cluster-state', 'new',
-        '--initial-cluster-token', `lockctl-test-${process.pid}-${members[0].clientPort}`,
-        '--heartbeat-interval', '100',
-        '--election-timeout', '1000',
-        '--log-level', 'error',
+        '--listen-peer-urls',
+        `http://127.0.0.1:${m.peerPort}`,
+        '--initial-advertise-peer-urls',
+        `http://127.0.0.1:${m.peerPort}`,
+        '--initial-cluster',
+        initialCluster,
+        '--initial-cluster-state',
+        'new',
+        '--initial-cluster-token',
+        `lockctl-test-${process.pid}-${members[0].clientPort}`,
+        '--heartbeat-interval',
+        '100',
+        '--election-timeout',
+        '1000',
+        '--log-level',
+        'error',
       ],
       {stdio: 'ignore'},
     )
@@ -106,7 +118,10 @@ export async function startEtcd(size = 1, options: EtcdStartOptions = {}): Promi
       // cluster are ignored when the data directory exists).
       if (member.child) await cluster.kill(member)
       launch(member)
-      await eventually(() => spawnSync('etcdctl', [...etcdctlTls, '--endpoints', `${scheme}://127.0.0.1:${member.clientPort}`, 'endpoint', 'health'], {encoding: 'utf8', timeout: 3000}).status === 0, 20_000)
+      await eventually(
+        () => spawnSync('etcdctl', [...etcdctlTls, '--endpoints', `${scheme}://127.0.0.1:${member.clientPort}`, 'endpoint', 'health'], {encoding: 'utf8', timeout: 3000}).status === 0,
+        20_000,
+      )
     },
     async leader() {
       return eventually(() => {

@@ -18,8 +18,14 @@ export function semaphoreSuite(endpoint: () => string): void {
     const job = (name: string) => ['sh', '-c', `echo "start ${name} $(date +%s%N) $LOCKCTL_FENCE" >> ${log}; sleep 0.4; echo "end ${name} $(date +%s%N)" >> ${log}`]
     const runs = ['A', 'B', 'C', 'D', 'E'].map((name) => runCli(['hold', k, '--limit', '2', '--lease', '10s', '--', ...job(name)], {env: env(), timeoutMs: 60_000}))
     const results = await Promise.all(runs)
-    expect(results.map((r) => r.code), results.map((r) => r.stderr).join('\n')).toEqual([0, 0, 0, 0, 0])
-    const lines = readFileSync(log, 'utf8').trim().split('\n').map((l) => l.split(' '))
+    expect(
+      results.map((r) => r.code),
+      results.map((r) => r.stderr).join('\n'),
+    ).toEqual([0, 0, 0, 0, 0])
+    const lines = readFileSync(log, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => l.split(' '))
     // Replay in time order: how many ran at once at most.
     const points = lines.map(([what, name, at, fence]) => ({delta: what === 'start' ? 1 : -1, name, at: BigInt(at), fence}))
     points.sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : a.delta - b.delta))

@@ -14,7 +14,10 @@ function worker(log: string, name: string, done?: string): string[] {
 
 /** Parse the log and check that the holders never overlapped; returns the order of holders. */
 function checkNoOverlap(log: string): string[] {
-  const lines = readFileSync(log, 'utf8').trim().split('\n').map((l) => l.split(' '))
+  const lines = readFileSync(log, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => l.split(' '))
   const order: string[] = []
   let holding: string | null = null
   for (const [what, name] of lines) {
@@ -59,7 +62,10 @@ describeEtcd('etcd: a 3-member cluster losing its leader', () => {
 
     const results = await Promise.all([holder, b, c])
     const stderrs = results.map((r, i) => `--- ${'ABC'[i]}:\n${r.stderr}`).join('\n')
-    expect(results.map((r) => r.code), stderrs).toEqual([0, 0, 0])
+    expect(
+      results.map((r) => r.code),
+      stderrs,
+    ).toEqual([0, 0, 0])
     expect(results[0].stderr).not.toMatch(/\blost\b/)
     expect(checkNoOverlap(log), stderrs).toEqual(['A', 'B', 'C'])
     expect(stderrs).not.toMatch(/lost our place/)
@@ -164,7 +170,10 @@ describeEtcd('etcd: semaphores and shared locks beside etcdctl lock', () => {
   /** Start and end times (ns) of each name in a worker log. */
   const spans = (log: string) => {
     const out = new Map<string, {start: bigint; end: bigint}>()
-    for (const [what, name, at] of readFileSync(log, 'utf8').trim().split('\n').map((l) => l.split(' '))) {
+    for (const [what, name, at] of readFileSync(log, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => l.split(' '))) {
       const span = out.get(name) ?? {start: 0n, end: 0n}
       span[what as 'start' | 'end'] = BigInt(at)
       out.set(name, span)
@@ -185,7 +194,13 @@ describeEtcd('etcd: semaphores and shared locks beside etcdctl lock', () => {
     const log = join(dir, 'log')
     const done = join(dir, 'done')
     const readers = ['R1', 'R2'].map((name) => runCli(['hold', 'rw', '--shared', '--', ...worker(log, name, done)], {env, timeoutMs: 60_000}))
-    await eventually(() => existsSync(log) && readFileSync(log, 'utf8').split('\n').filter((l) => l.startsWith('start')).length === 2)
+    await eventually(
+      () =>
+        existsSync(log) &&
+        readFileSync(log, 'utf8')
+          .split('\n')
+          .filter((l) => l.startsWith('start')).length === 2,
+    )
     const writer = etcdctlLock(endpoint, 'rw', worker(log, 'etcdctl'))
     await eventually(async () => JSON.parse((await runCli(['status', 'rw', '--json'], {env})).stdout).waiters === 1)
     writeFileSync(done, '')

@@ -12,7 +12,23 @@ function makeCertificates(dir: string) {
   const signed = (name: string, cn: string, extensions: string) => {
     openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=${cn}`, '-keyout', file(`${name}-key.pem`), '-out', file(`${name}.csr`))
     writeFileSync(file(`${name}.cnf`), extensions)
-    openssl('x509', '-req', '-in', file(`${name}.csr`), '-CA', file('ca.pem'), '-CAkey', file('ca-key.pem'), '-CAcreateserial', '-days', '1', '-extfile', file(`${name}.cnf`), '-out', file(`${name}.pem`))
+    openssl(
+      'x509',
+      '-req',
+      '-in',
+      file(`${name}.csr`),
+      '-CA',
+      file('ca.pem'),
+      '-CAkey',
+      file('ca-key.pem'),
+      '-CAcreateserial',
+      '-days',
+      '1',
+      '-extfile',
+      file(`${name}.cnf`),
+      '-out',
+      file(`${name}.pem`),
+    )
   }
   ca('ca')
   ca('other-ca')
@@ -78,7 +94,7 @@ describe('lockd over TLS', () => {
 })
 
 describe('lockd with users', () => {
-  it('no password or a wrong one: exit 6; a non-admin\'s unlock --force: exit 6 and the lock untouched; an admin\'s works; SIGHUP reads new users', async () => {
+  it("no password or a wrong one: exit 6; a non-admin's unlock --force: exit 6 and the lock untouched; an admin's works; SIGHUP reads new users", async () => {
     const dir = tempDir()
     const authFile = join(dir, 'users')
     writeFileSync(authFile, `# team lockd\nalice:${hash('alice-secret')}\nbob:${hash('bob-secret')}\n`)
@@ -136,7 +152,10 @@ describe('a machine-wide lockd shared by two users', () => {
     expect(statSync(shared).mode & 0o777).toBe(0o660)
     chownSync(shared, 0, 65534)
     const asNobody = (args: string[]) =>
-      spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, BIN, ...args], {encoding: 'utf8', env: {...process.env, HOME: home, XDG_STATE_HOME: join(home, 'state'), XDG_CONFIG_HOME: join(home, 'config')}})
+      spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, BIN, ...args], {
+        encoding: 'utf8',
+        env: {...process.env, HOME: home, XDG_STATE_HOME: join(home, 'state'), XDG_CONFIG_HOME: join(home, 'config')},
+      })
     const nobodyLock = asNobody(['lock', 'machine/k', '--endpoints', `unix://${shared}`, '--owner', 'nobody-job'])
     expect(nobodyLock.status, nobodyLock.stderr).toBe(0)
     const rootTry = await runCli(['lock', 'machine/k', '--endpoints', `unix://${shared}`])

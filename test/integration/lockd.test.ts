@@ -39,7 +39,10 @@ describe('lockd over TCP, between connections', () => {
     const c = await client(lockd.endpoint, 'C')
     const lockA = a.createLock('k')
     await lockA.acquire()
-    const waitB = b.createLock('k').acquire({waitMs: 60_000}).catch((e: Error) => e)
+    const waitB = b
+      .createLock('k')
+      .acquire({waitMs: 60_000})
+      .catch((e: Error) => e)
     await eventually(async () => (await a.inspect('k'))?.waiters === 1)
     const waitC = c.createLock('k').acquire({waitMs: 60_000})
     await eventually(async () => (await a.inspect('k'))?.waiters === 2)
@@ -56,7 +59,10 @@ describe('lockd over TCP, between connections', () => {
     const a = await client(lockd.endpoint, 'A')
     const b = await client(lockd.endpoint, 'B')
     await a.createLock('k').acquire()
-    const error = await b.createLock('k').acquire({waitMs: 300}).catch((e) => e)
+    const error = await b
+      .createLock('k')
+      .acquire({waitMs: 300})
+      .catch((e) => e)
     expect(error).toMatchObject({code: 'WAIT_TIMEOUT', holder: {owner: 'A'}})
     expect((await a.inspect('k'))?.waiters).toBe(0)
     await lockd.stop()
@@ -66,16 +72,20 @@ describe('lockd over TCP, between connections', () => {
     const lockd = await startLockd()
     const a = await client(lockd.endpoint, 'A')
     const b = await client(lockd.endpoint, 'B')
+    const outcomes: boolean[] = []
     for (let round = 0; round < 25; round++) {
       const key = `race-${round}`
       const lockA = a.createLock(key)
       await lockA.acquire()
       const lockB = b.createLock(key)
       const wait = 40
-      // Release at about the moment B gives up: some rounds B gets it, some it does not.
-      const release = new Promise((r) => setTimeout(r, wait - 3 + (round % 7))).then(() => lockA.unlock())
+      // Release at about the moment B gives up: some rounds B gets it, some it does not. Round
+      // 0 releases well inside the wait and round 1 well after it, so both outcomes occur.
+      const releaseAfter = round === 0 ? 5 : round === 1 ? wait + 300 : wait - 3 + (round % 7)
+      const release = new Promise((r) => setTimeout(r, releaseAfter)).then(() => lockA.unlock())
       const got = await lockB.tryLock({waitMs: wait})
       await release
+      outcomes.push(got)
       if (got) {
         expect((await a.inspect(key))?.holder?.owner).toBe('B')
         await lockB.unlock()
@@ -83,6 +93,7 @@ describe('lockd over TCP, between connections', () => {
       // Whoever gave up holds nothing: the key ends up free.
       await eventually(async () => (await a.inspect(key)) === null, 3000)
     }
+    expect(outcomes.slice(0, 2)).toEqual([true, false])
     await lockd.stop()
   })
 
@@ -120,7 +131,10 @@ describe('lockd crash and recovery', () => {
     const held = a.createLock('held')
     const grant = await held.acquire({leaseMs: 3000})
     const other = await a.createLock('other').acquire({leaseMs: 60_000})
-    const waiting = b.createLock('held').acquire({waitMs: 60_000}).catch((e) => e)
+    const waiting = b
+      .createLock('held')
+      .acquire({waitMs: 60_000})
+      .catch((e) => e)
     await eventually(async () => (await a.inspect('held'))?.waiters === 1)
 
     lockd.child.kill('SIGKILL')
@@ -203,7 +217,10 @@ describe('lockd crash and recovery', () => {
     await a.close()
     lockd.child.kill('SIGKILL')
     await lockd.exited
-    const wal = join(dataDir, readdirSync(dataDir).find((n) => n.startsWith('wal-'))!)
+    const wal = join(
+      dataDir,
+      readdirSync(dataDir).find((n) => n.startsWith('wal-'))!,
+    )
     appendFileSync(wal, Buffer.from([0, 0, 0, 50, 1, 2, 3, 4, 9, 9])) // header of a 50-byte record, 2 bytes of it
     lockd = await startLockd({dataDir})
     expect(lockd.stderr()).toMatch(/dropped 10 bytes at its end: a final write cut short/)
@@ -220,7 +237,10 @@ describe('lockd crash and recovery', () => {
     await a.createLock('k2').acquire()
     await a.close()
     await lockd.stop()
-    const wal = join(dataDir, readdirSync(dataDir).find((n) => n.startsWith('wal-'))!)
+    const wal = join(
+      dataDir,
+      readdirSync(dataDir).find((n) => n.startsWith('wal-'))!,
+    )
     const data = readFileSync(wal)
     data[24] ^= 0xff // inside the first record's body (8 bytes of magic, a 12-byte header)
     writeFileSync(wal, data)
@@ -434,7 +454,7 @@ describe('lockd against a misbehaving peer', () => {
     // Through all of that the well-behaved client kept its lock and its connection.
     expect(lock.isHeldByCurrentClient()).toBe(true)
     await lock.updateLease()
-    expect((await good.inspect('k2'))).toBeNull()
+    expect(await good.inspect('k2')).toBeNull()
     await lock.unlock()
     expect(lockd.child.exitCode).toBeNull()
     await lockd.stop()
@@ -505,7 +525,13 @@ describe('lockd: connection state', () => {
     await lockd.exited
     await eventually(() => seen.includes('suspended'))
     lockd = await startLockd({dataDir: tempDir(), port: lockd.port})
-    await eventually(async () => (await c.inspect('s').then(() => true, () => false)) && seen.length === 3)
+    await eventually(
+      async () =>
+        (await c.inspect('s').then(
+          () => true,
+          () => false,
+        )) && seen.length === 3,
+    )
     await c.close()
     await listening // ends at closed
     expect(seen).toEqual(['connected', 'suspended', 'connected', 'closed'])

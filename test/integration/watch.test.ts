@@ -15,7 +15,11 @@ function collect(stream: AsyncIterable<WatchUpdate>): {updates: WatchUpdate[]; d
 }
 
 const brief = (u: WatchUpdate) =>
-  u.type === 'event' ? `${u.event.type} ${u.event.key}${u.event.owner ? ` ${u.event.owner}` : ''} w=${u.event.waiters}` : u.type === 'snapshot' ? `snapshot(${u.locks.map((l) => l.key).join(',')})${u.resync ? ' resync' : ''}` : u.type
+  u.type === 'event'
+    ? `${u.event.type} ${u.event.key}${u.event.owner ? ` ${u.event.owner}` : ''} w=${u.event.waiters}`
+    : u.type === 'snapshot'
+      ? `snapshot(${u.locks.map((l) => l.key).join(',')})${u.resync ? ' resync' : ''}`
+      : u.type
 
 describe('watching locks on lockd', () => {
   it('a wait that runs out shows as dequeued with reason timeout; one given up, as cancelled', async () => {
@@ -27,9 +31,15 @@ describe('watching locks on lockd', () => {
     const controller = new AbortController()
     const {updates, done} = collect(watcher.watch({key: 't'}, {signal: controller.signal}))
     await eventually(() => updates.length === 1)
-    await b.createLock('t').acquire({waitMs: 300}).catch(() => null)
+    await b
+      .createLock('t')
+      .acquire({waitMs: 300})
+      .catch(() => null)
     const giveUp = new AbortController()
-    const aborted = b.createLock('t').acquire({waitMs: 30_000, signal: giveUp.signal}).catch(() => null)
+    const aborted = b
+      .createLock('t')
+      .acquire({waitMs: 30_000, signal: giveUp.signal})
+      .catch(() => null)
     await eventually(async () => (await a.inspect('t'))?.waiters === 1)
     giveUp.abort()
     await aborted
@@ -57,7 +67,10 @@ describe('watching locks on lockd', () => {
     await b.release('w', grant.token)
     const short = b.createLock('w')
     await short.acquire({leaseMs: 1000})
-    const timedOut = a.createLock('w').acquire({waitMs: 200}).catch(() => null)
+    const timedOut = a
+      .createLock('w')
+      .acquire({waitMs: 200})
+      .catch(() => null)
     await timedOut
     await eventually(() => updates.some((u) => u.type === 'event' && u.event.type === 'expired'), 5000)
     controller.abort()

@@ -8,7 +8,6 @@ import {LockTable} from '../../src/server/lock-table.js'
 import {FakeClock} from '../helpers/fake-clock.js'
 import {rng} from '../helpers/random.js'
 
-
 interface Written {
   /** Byte offset in wal-0.log where each commit's records end, with the state after them. */
   ends: {offset: number; holders: Map<string, string>; fence: number}[]
@@ -225,7 +224,10 @@ describe('durable log: names with many holders', () => {
     const {log} = await DurableLog.open(dir, () => table.snapshot(), {snapshotBytes: 1 << 30})
     const tokens: string[] = []
     const commit = async () => {
-      log.append(table.drainChanges().map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})), table.lastFence)
+      log.append(
+        table.drainChanges().map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})),
+        table.lastFence,
+      )
       table.drainEvents()
       await log.commit()
     }

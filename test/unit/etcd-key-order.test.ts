@@ -36,9 +36,19 @@ describe('etcd key order agrees with the lock table (seeded)', () => {
           }
           const holders = new Set((table.inspect('k')?.holders ?? []).map((h) => h.origin?.wid ?? keys.find((k) => k.token === h.token)?.wid))
           const byOrder = holdingKeys(keys.map((k) => k.mode))
-          expect(keys.map((k) => holders.has(k.wid)), `seed ${seed} run ${run} step ${step}`).toEqual(byOrder)
+          expect(
+            keys.map((k) => holders.has(k.wid)),
+            `seed ${seed} run ${run} step ${step}`,
+          ).toEqual(byOrder)
           // holdingKeys is fitsBehind for each key, done in one pass.
-          expect(byOrder).toEqual(keys.map((k, i) => fitsBehind(k.mode, keys.slice(0, i).map((a) => a.mode))))
+          expect(byOrder).toEqual(
+            keys.map((k, i) =>
+              fitsBehind(
+                k.mode,
+                keys.slice(0, i).map((a) => a.mode),
+              ),
+            ),
+          )
         }
       }
     })

@@ -11,7 +11,7 @@ import {DeadlineHeap} from '../../src/server/deadline-heap.js'
 describe('DeadlineHeap', () => {
   it('pops in deadline order for a seeded random mix of pushes, and compacts away dead entries', () => {
     let seed = 7
-    const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31)
+    const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31
     const heap = new DeadlineHeap<number>()
     const pushed: number[] = []
     for (let i = 0; i < 500; i++) {
@@ -42,7 +42,12 @@ describe('etcd key and token layout (the recipe of etcdctl lock)', () => {
     expect(prefixEnd('a/').toString()).toBe('a0')
     expect([...prefixEnd('a\xff')]).toEqual([0x61, 0xc3, 0xc0]) // ÿ is c3 bf in UTF-8: the last byte goes up
     const kv = (revision: string) => ({create_revision: revision}) as Parameters<typeof byCreateRevision>[0]
-    expect(['10', '9', '100'].map(kv).sort(byCreateRevision).map((k) => k.create_revision)).toEqual(['9', '10', '100'])
+    expect(
+      ['10', '9', '100']
+        .map(kv)
+        .sort(byCreateRevision)
+        .map((k) => k.create_revision),
+    ).toEqual(['9', '10', '100'])
   })
 })
 

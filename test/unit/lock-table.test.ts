@@ -80,7 +80,7 @@ describe('LockTable', () => {
   it('never has two holders: at every step of a random schedule at most one, and fences increase', () => {
     // A seeded pseudo-random mix of acquires, releases, renewals, cancels and time passing.
     let seed = 42
-    const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31)
+    const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31
     const tokens = new Map<string, string>()
     let lastFence = 0
     for (let step = 0; step < 5000; step++) {
@@ -251,7 +251,11 @@ describe('LockTable', () => {
 
   it('a grant keeps its attempt through the durable log and recovery', () => {
     acquire('k', 'A', {attempt: 'attempt-a'})
-    const [{holders: [holder]}] = table.drainChanges()
+    const [
+      {
+        holders: [holder],
+      },
+    ] = table.drainChanges()
     expect(holder).toMatchObject({attempt: 'attempt-a'})
     const restarted = new LockTable(clock)
     restarted.recover(holder.fence, [['k', [holder]]])

@@ -28,7 +28,13 @@ describe('endpoints', () => {
     expect(describeEndpoint(parseEndpoint('lockds://[::1]:7443'))).toBe('lockds://[::1]:7443')
     // Echoed back as given: brackets for IPv6, and the TLS scheme.
     expect(describeEndpoint(parseEndpoint('etcds://[::1]:2379,h2'))).toBe('etcds://[::1]:2379,h2:2379')
-    expect(parseEndpoint('etcd://a:2379,b:2380')).toMatchObject({kind: 'etcd', hosts: [{host: 'a', port: 2379}, {host: 'b', port: 2380}]})
+    expect(parseEndpoint('etcd://a:2379,b:2380')).toMatchObject({
+      kind: 'etcd',
+      hosts: [
+        {host: 'a', port: 2379},
+        {host: 'b', port: 2380},
+      ],
+    })
   })
 
   it.each(['127.0.0.1:7070', 'http://x', 'unix://relative', 'lockd://h:99999', 'lockd://', 'lockd://a:1,b:2'])('rejects %j with the accepted forms', (text) =>
@@ -57,7 +63,10 @@ describe('framing', () => {
     for (let cut = 0; cut <= frames.length; cut++) {
       const decoder = new FrameDecoder(createCodec())
       const got = [...decoder.push(frames.subarray(0, cut)), ...decoder.push(frames.subarray(cut))]
-      expect(got).toEqual([{t: 'req', id: 1}, {t: 'req', id: 2, key: 'é'}])
+      expect(got).toEqual([
+        {t: 'req', id: 1},
+        {t: 'req', id: 2, key: 'é'},
+      ])
     }
   })
 

@@ -125,7 +125,10 @@ describe('LockTable: random schedules of semaphores and shared locks (seeded)', 
     it(`seed ${seed}: never more holders than fit, fences always increase, grants from the queue strictly in its order, all through restarts`, () => {
       const random = rng(seed)
       // One name per mode: a semaphore of 3, and a lock taken shared or exclusive at random.
-      const names = [{key: 'sem', limit: 3}, {key: 'rw', limit: 1}]
+      const names = [
+        {key: 'sem', limit: 3},
+        {key: 'rw', limit: 1},
+      ]
       const tokens = new Map<string, string[]>()
       const queues = new Map<string, WaiterRef[]>(names.map((n) => [n.key, []]))
       const sharedWaits = new Set<string>() // `${session}:${wid}` of the shared acquires
@@ -156,7 +159,10 @@ describe('LockTable: random schedules of semaphores and shared locks (seeded)', 
           // A restart: the table is rebuilt from its snapshot; waiters are gone with their connections.
           const snapshot = table.snapshot()
           table = new LockTable(clock)
-          table.recover(snapshot.fence, snapshot.locks.map((l) => [l.key, l.holders]))
+          table.recover(
+            snapshot.fence,
+            snapshot.locks.map((l) => [l.key, l.holders]),
+          )
           for (const queue of queues.values()) queue.length = 0
         } else {
           clock.advance(Math.floor(random() * 1500))

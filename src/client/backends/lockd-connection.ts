@@ -50,9 +50,7 @@ export class LockdConnection {
   static connect(target: SocketTarget, options: ConnectionOptions): Promise<LockdConnection> {
     return new Promise((resolve, reject) => {
       const socket =
-        'host' in target && target.tls
-          ? connectTls({host: target.host, port: target.port, ...target.tls, ...(isIP(target.host) ? {} : {servername: target.host})})
-          : createConnection(target as never)
+        'host' in target && target.tls ? connectTls({host: target.host, port: target.port, ...target.tls, ...(isIP(target.host) ? {} : {servername: target.host})}) : createConnection(target as never)
       socket.setNoDelay(true)
       const connection = new LockdConnection(socket, options)
       const timer = setTimeout(() => {
@@ -99,9 +97,7 @@ export class LockdConnection {
       }
       for (const message of messages) this.dispatch(message as Record<string, unknown>)
     })
-    this.socket.on('error', (error: NodeJS.ErrnoException) =>
-      this.shutdown(new UnreachableError(`${this.options.label}: ${describeSocketError(error)}`, {cause: error})),
-    )
+    this.socket.on('error', (error: NodeJS.ErrnoException) => this.shutdown(new UnreachableError(`${this.options.label}: ${describeSocketError(error)}`, {cause: error})))
     this.socket.on('close', () => this.shutdown(new UnreachableError(`${this.options.label}: connection lost`)))
   }
 

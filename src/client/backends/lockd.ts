@@ -110,7 +110,8 @@ export class LockdBackend implements LockBackend {
     }
     if (push.ev === 'part') return // the connection assembles parts of answers
     if (push.ev === 'ended') {
-      const why = push.reason === 'expired' ? 'its lease expired on the server' : push.reason === 'forced' ? 'it was force-released (unlock --force)' : 'it was released with its token by another client'
+      const why =
+        push.reason === 'expired' ? 'its lease expired on the server' : push.reason === 'forced' ? 'it was force-released (unlock --force)' : 'it was released with its token by another client'
       this.grantWatchers.get(push.token)?.(why)
       return
     }
@@ -141,16 +142,16 @@ export class LockdBackend implements LockBackend {
     const slot: WaitSlot = {key: request.key, settle, abandoned: false, onPosition: request.onQueued}
     const sent = connection.start(
       {
-          op: 'acquire',
-          key: request.key,
-          leaseMs: request.leaseMs,
-          waitMs: request.waitMs,
-          owner: request.owner,
-          ...(request.token ? {token: request.token} : {}),
-          ...(request.attempt ? {attempt: request.attempt} : {}),
-          ...(request.limit !== undefined ? {limit: request.limit} : {}),
-          ...(request.shared ? {shared: true} : {}),
-          ...(request.onQueued ? {progress: true} : {}),
+        op: 'acquire',
+        key: request.key,
+        leaseMs: request.leaseMs,
+        waitMs: request.waitMs,
+        owner: request.owner,
+        ...(request.token ? {token: request.token} : {}),
+        ...(request.attempt ? {attempt: request.attempt} : {}),
+        ...(request.limit !== undefined ? {limit: request.limit} : {}),
+        ...(request.shared ? {shared: true} : {}),
+        ...(request.onQueued ? {progress: true} : {}),
       },
       {signal: request.signal},
     )

@@ -205,7 +205,13 @@ export class EtcdBackend implements LockBackend {
     // it a moment ago; the grant counts from the send of whichever keepalive (or grant) etcd
     // last confirmed, so a skipped one costs the grant at most that moment of its lease.
     const recentlyAlive = performance.now() - session.aliveFrom < Math.min(1000, leaseMs / 10)
-    const keptAlive = fresh || recentlyAlive ? Promise.resolve() : this.sessions.keepalive(session.id).then(() => {}, () => {})
+    const keptAlive =
+      fresh || recentlyAlive
+        ? Promise.resolve()
+        : this.sessions.keepalive(session.id).then(
+            () => {},
+            () => {},
+          )
     let revision: string | undefined
     try {
       const head: IRequestOp = {request_range: {key: buf(`${key}/`), range_end: prefixEnd(`${key}/`), sort_target: 'Create', sort_order: 'Ascend', limit: 1}}
@@ -405,7 +411,9 @@ export class EtcdBackend implements LockBackend {
    */
   private async giveUp(session: Session, key: string, revision: string | undefined): Promise<void> {
     const myKey = buf(`${key}/${session.hex}`)
-    const compare = revision ? {key: myKey, result: 'Equal' as const, target: 'Create' as const, create_revision: revision} : {key: myKey, result: 'Equal' as const, target: 'Lease' as const, lease: session.id}
+    const compare = revision
+      ? {key: myKey, result: 'Equal' as const, target: 'Create' as const, create_revision: revision}
+      : {key: myKey, result: 'Equal' as const, target: 'Lease' as const, lease: session.id}
     const attempt = async (): Promise<boolean> => {
       try {
         await this.client.kv.txn({compare: [compare], success: [{request_delete_range: {key: myKey}}], failure: []})
@@ -532,9 +540,7 @@ export class EtcdBackend implements LockBackend {
   }
 
   async list(prefix: string, limit = Number.POSITIVE_INFINITY): Promise<{locks: LockInfo[]; total: number}> {
-    const response = await this.call('range', () =>
-      this.client.kv.range(prefix ? {key: buf(prefix), range_end: prefixEnd(prefix)} : {key: Buffer.from([0]), range_end: Buffer.from([0])}),
-    )
+    const response = await this.call('range', () => this.client.kv.range(prefix ? {key: buf(prefix), range_end: prefixEnd(prefix)} : {key: Buffer.from([0]), range_end: Buffer.from([0])}))
     const byLock = new Map<string, IKeyValue[]>()
     for (const kv of response.kvs) {
       const name = lockNameOf(kv.key.toString('utf8'))
@@ -561,10 +567,7 @@ export class EtcdBackend implements LockBackend {
   }
 
   async info(): Promise<Record<string, unknown>> {
-    const [status, members] = await Promise.all([
-      this.call('status', () => this.client.maintenance.status()),
-      this.call('member list', () => this.client.cluster.memberList({})),
-    ])
+    const [status, members] = await Promise.all([this.call('status', () => this.client.maintenance.status()), this.call('member list', () => this.client.cluster.memberList({}))])
     const leader = members.members.find((m) => m.ID === status.leader)
     return {
       server: 'etcd',
@@ -605,7 +608,7 @@ export class EtcdBackend implements LockBackend {
     return () => {
       stopped = true
       // Not awaited: a hung member never answers a cancel.
-      void (watcher)?.cancel().catch(() => {})
+      void watcher?.cancel().catch(() => {})
     }
   }
 

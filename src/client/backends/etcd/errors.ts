@@ -16,7 +16,10 @@ export function mapEtcdError(types: EtcdErrorTypes, label: string, what: string,
   if (error instanceof LockError) return error
   const {etcd3} = types
   // gRPC messages carry a status prefix and resolver notes nobody needs to read.
-  const detail = error.message.split('\n')[0].replace(/^\d+ [A-Z_]+: /, '').replace(/\.? ?Resolution note:.*$/, '')
+  const detail = error.message
+    .split('\n')[0]
+    .replace(/^\d+ [A-Z_]+: /, '')
+    .replace(/\.? ?Resolution note:.*$/, '')
   if (etcd3.isRecoverableError(error) || types.isBrokenCircuitError(error) || error instanceof etcd3.ClientClosedError) {
     return new UnreachableError(`${label}: ${what}: no etcd member answered (${detail})`, {cause: error})
   }

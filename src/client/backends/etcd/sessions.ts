@@ -83,7 +83,11 @@ export class SessionPool {
   /** The lease is gone (expired, revoked): never use this session again. */
   forget(session: Session): void {
     const list = this.sessions.get(session.ttlSec)
-    if (list) this.sessions.set(session.ttlSec, list.filter((s) => s !== session))
+    if (list)
+      this.sessions.set(
+        session.ttlSec,
+        list.filter((s) => s !== session),
+      )
     if (session.keepalive) clearInterval(session.keepalive)
     session.keepalive = null
   }
@@ -153,10 +157,12 @@ export class SessionPool {
           if (inFlight || now - lastTry < (failing ? KEEPALIVE_RETRY_MS : interval)) return
           inFlight = true
           lastTry = now
-          this.keepalive(session.id).then(
-            () => (failing = false),
-            () => (failing = true),
-          ).finally(() => (inFlight = false))
+          this.keepalive(session.id)
+            .then(
+              () => (failing = false),
+              () => (failing = true),
+            )
+            .finally(() => (inFlight = false))
         },
         Math.min(KEEPALIVE_RETRY_MS, interval),
       )
@@ -187,10 +193,7 @@ export class SessionPool {
     this.sessions.clear()
     this.resetStream(new UnreachableError(`${this.label}: closed`))
     // Not awaited for long: a hung member must not hold the process.
-    await Promise.race([
-      Promise.all(idle.map((s) => this.client.leaseClient.leaseRevoke({ID: s.id}).catch(() => {}))),
-      new Promise((resolve) => setTimeout(resolve, 500).unref()),
-    ])
+    await Promise.race([Promise.all(idle.map((s) => this.client.leaseClient.leaseRevoke({ID: s.id}).catch(() => {}))), new Promise((resolve) => setTimeout(resolve, 500).unref())])
   }
 
   private async openStream(): Promise<NonNullable<SessionPool['stream']>> {
