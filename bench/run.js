@@ -5,6 +5,8 @@
 //   node bench/run.js --quick
 //   node bench/run.js --lockd-only --baseline ../other-checkout
 //        lockd's figures next to those of another built checkout's lockd, in the same run
+//   node bench/run.js --no-redis      without the side-by-side with Redis (run when redis-server is installed)
+//   node bench/run.js --scale [N]     only the scale section: N (1M) held locks, RSS, restart time
 import {spawn, spawnSync} from 'node:child_process'
 import {mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
@@ -242,6 +244,10 @@ async function memory() {
 }
 
 console.log(`lockctl benchmarks — ${new Date().toISOString()}, node ${process.version}, ${quick ? 'quick' : 'full'} run`)
+if (process.argv.includes('--scale')) {
+  await scale()
+  process.exit(0)
+}
 if (!lockdOnly && !etcdOnly) await processBench()
 
 for (const [label, args] of etcdOnly ? [] : [
@@ -397,5 +403,158 @@ async function etcdBench() {
   raw.close()
   child.kill('SIGKILL')
 }
+/** A free loopback port (for servers that cannot be told to pick one and say which). */
+async function freePort() {
+  const {createServer} = await import('node:net')
+  return new Promise((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const {port} = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+async function startRedis(persist) {
+  const port = await freePort()
+  const dir = mkdtempSync(join(work, 'redis-'))
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--dir', dir, '--daemonize', 'no', '--loglevel', 'warning']
+  args.push(...(persist ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no']))
+  const child = spawn('redis-server', args, {stdio: 'ignore'})
+  children.push(child)
+  for (let i = 0; i < 100; i++) {
+    if (spawnSync('redis-cli', ['-p', String(port), 'ping'], {encoding: 'utf8'}).stdout?.trim() === 'PONG') return {child, port}
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  throw new Error('redis-server did not answer')
+}
+
+/** `processes` client processes of bench/lockers.mjs, `lockers` lockers in all: pairs/s and pair times. */
+async function lockersRun(kind, target, lockers, processes, durationMs) {
+  const each = Math.max(1, Math.floor(lockers / processes))
+  const runs = Array.from({length: processes}, (_, i) =>
+    new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, [join(root, 'bench', 'lockers.mjs'), kind, String(target), String(each), String(durationMs), `p${i}`], {stdio: ['ignore', 'pipe', 'inherit']})
+      children.push(child)
+      let out = ''
+      child.stdout.on('data', (c) => (out += c))
+      child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`lockers.mjs ${kind} exited ${code}`))))
+    }),
+  )
+  const start = performance.now()
+  const results = await Promise.all(runs)
+  const seconds = (performance.now() - start) / 1000
+  const latencies = results.flatMap((r) => r.latencies)
+  return {rate: results.reduce((sum, r) => sum + r.pairs, 0) / seconds, p50: pct(latencies, 50), p99: pct(latencies, 99)}
+}
+
+/**
+ * lockd next to Redis (issue 16), every system on loopback TCP, the clients in separate
+ * processes (one Node client process saturates near 30k pairs/s): one locker alone, and 64
+ * lockers over 4 processes. Redis's lock is SET NX PX + a compare-and-delete script; it has no
+ * queue, so there is no hand-off figure for it.
+ */
+async function sideBySide() {
+  if (spawnSync('redis-server', ['--version']).status !== 0) {
+    console.log('\nlockd next to Redis: skipped (redis-server is not installed: apt-get install redis-server)')
+    return
+  }
+  const durationMs = quick ? 1500 : 4000
+  console.log(`\nlockd next to Redis (clients in separate processes; ${durationMs / 1000}s per figure)`)
+  const systems = [
+    ['lockd durable', async () => startLockd(['--data-dir', mkdtempSync(join(work, 'data-'))]), 'lockd'],
+    ['Redis appendfsync always', async () => startRedis(true), 'redis'],
+    ['lockd in memory', async () => startLockd(['--in-memory']), 'lockd'],
+    ['Redis no persistence', async () => startRedis(false), 'redis'],
+  ]
+  const figures = {}
+  for (const [name, start, kind] of systems) {
+    const server = await start()
+    const target = kind === 'lockd' ? server.endpoint : server.port
+    const one = await lockersRun(kind, target, 1, 1, durationMs)
+    const many = await lockersRun(kind, target, 64, 4, durationMs)
+    figures[name] = {one, many}
+    server.child.kill('SIGKILL')
+  }
+  const pair = (ours, theirs) => {
+    const a = figures[ours]
+    const b = figures[theirs]
+    console.log(`  ${ours} / ${theirs}`)
+    row('  pair p50, one locker', us(a.one.p50), `${us(b.one.p50)}`, `${(a.one.p50 / b.one.p50).toFixed(2)}×`)
+    row('  pair p99, one locker', us(a.one.p99), `${us(b.one.p99)}`, `${(a.one.p99 / b.one.p99).toFixed(2)}×`)
+    row('  pairs/s, 64 lockers in 4 processes', Math.round(a.many.rate).toLocaleString('en'), Math.round(b.many.rate).toLocaleString('en'), `${(a.many.rate / b.many.rate).toFixed(2)}×`)
+    row('  pair p99, 64 lockers', us(a.many.p99), `${us(b.many.p99)}`, `${(a.many.p99 / b.many.p99).toFixed(2)}×`)
+  }
+  pair('lockd durable', 'Redis appendfsync always')
+  pair('lockd in memory', 'Redis no persistence')
+}
+
+/**
+ * `--scale [N]` (default 1M): N held locks taken by one client process, 256 in flight over 4
+ * connections; the acquisition rate per tenth of the way (does it stay flat as the table
+ * grows?), lockd's RSS, and for the durable lockd the time from a restart after kill -9 until it
+ * answers again. Redis holding the same N keys (token + TTL) is the reference.
+ */
+async function scale() {
+  const at = process.argv.indexOf('--scale')
+  const total = Number(process.argv[at + 1]) > 0 ? Number(process.argv[at + 1]) : 1_000_000
+  const inFlight = 256
+  const fill = async (acquireOne) => {
+    const tenths = []
+    let next = 0
+    let segmentStart = performance.now()
+    const worker = async () => {
+      while (next < total) {
+        const i = next++
+        await acquireOne(i)
+        if ((i + 1) % (total / 10) === 0) {
+          const now = performance.now()
+          tenths.push(Math.round(total / 10 / ((now - segmentStart) / 1000)))
+          segmentStart = now
+        }
+      }
+    }
+    const start = performance.now()
+    await Promise.all(Array.from({length: inFlight}, worker))
+    return {rate: total / ((performance.now() - start) / 1000), tenths}
+  }
+  console.log(`\nScale: ${total.toLocaleString('en')} held locks, one client process, ${inFlight} in flight over 4 connections`)
+  for (const durable of [false, true]) {
+    const dataDir = durable ? mkdtempSync(join(work, 'scale-')) : null
+    const lockd = await startLockd(durable ? ['--data-dir', dataDir] : ['--in-memory'])
+    const clients = await Promise.all(Array.from({length: 4}, (_, i) => connect({endpoints: lockd.endpoint, owner: `scale-${i}`, requestTimeoutMs: 120_000})))
+    const {rate, tenths} = await fill((i) => clients[i % 4].createLock(`scale/${i}`).acquire({leaseMs: 3_600_000}))
+    const label = durable ? 'lockd durable' : 'lockd in memory'
+    row(`${label}: acquisitions/s`, Math.round(rate).toLocaleString('en'), `by tenths: ${tenths.map((t) => t.toLocaleString('en')).join(' ')}`)
+    row(`${label}: RSS`, `${rssOf(lockd.child.pid).toFixed(0)} MB`)
+    await Promise.all(clients.map((c) => c.close()))
+    if (durable) {
+      lockd.child.kill('SIGKILL')
+      await new Promise((r) => lockd.child.once('exit', r))
+      const start = performance.now()
+      const again = await startLockd(['--data-dir', dataDir])
+      const probe = await connect({endpoints: again.endpoint, owner: 'probe'})
+      const info = await probe.info()
+      const ms = performance.now() - start
+      row(`${label}: kill -9, restart until it answers`, msf(ms), `${Number(info.locks).toLocaleString('en')} locks recovered`)
+      row(`${label}: RSS after the restart`, `${rssOf(again.child.pid).toFixed(0)} MB`)
+      await probe.close()
+      again.child.kill('SIGKILL')
+    } else {
+      lockd.child.kill('SIGKILL')
+    }
+  }
+  if (spawnSync('redis-server', ['--version']).status === 0) {
+    const redis = await startRedis(false)
+    const {default: Redis} = await import('ioredis')
+    const client = new Redis({host: '127.0.0.1', port: redis.port})
+    const {rate} = await fill((i) => client.set(`scale/${i}`, `token-${i}-xxxxxxxxxxxxxxxxxx`, 'PX', 3_600_000, 'NX'))
+    row('Redis (no persistence): SET NX PX/s', Math.round(rate).toLocaleString('en'))
+    row('Redis: RSS', `${rssOf(redis.child.pid).toFixed(0)} MB`)
+    await client.quit()
+    redis.child.kill('SIGKILL')
+  }
+}
+
+if (!etcdOnly && !process.argv.includes('--no-redis')) await sideBySide()
 if (!lockdOnly) await etcdBench()
 process.exit(0)
