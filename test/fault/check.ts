@@ -34,7 +34,12 @@ export function parseWrites(text: string): ProtectedWrite[] {
     })
 }
 
-export function check(writes: ProtectedWrite[]): Verdict {
+/**
+ * `limits`: keys that are semaphores, by their limit. On those, up to `limit` grants may write at
+ * once (more is an overlap) and grants run side by side, so the order of fences and stale
+ * writes — a lock's rules — are not checked there; a fence still belongs to one grant.
+ */
+export function check(writes: ProtectedWrite[], limits: Record<string, number> = {}): Verdict {
   const verdict: Verdict = {overlaps: [], repeatedFences: [], fenceOrder: [], staleWrites: 0, grants: 0, writes: writes.length}
   const byKey = new Map<string, ProtectedWrite[]>()
   for (const w of writes) byKey.set(w.key, [...(byKey.get(w.key) ?? []), w])
@@ -51,6 +56,26 @@ export function check(writes: ProtectedWrite[]): Verdict {
     }
     const ordered = [...grants.values()].sort((a, b) => (a.first < b.first ? -1 : a.first > b.first ? 1 : 0))
     verdict.grants += ordered.length
+    const limit = limits[key]
+    if (limit !== undefined) {
+      for (const a of ordered) {
+        const owner = fenceOwner.get(a.fence)
+        if (owner !== undefined && owner !== a.token) verdict.repeatedFences.push(`${key}: fence ${a.fence}`)
+        fenceOwner.set(a.fence, a.token)
+      }
+      // Sweep the write intervals in time: at no moment more than `limit` grants inside.
+      const points = ordered.flatMap((g) => [
+        {at: g.first, delta: 1, fence: g.fence},
+        {at: g.last, delta: -1, fence: g.fence},
+      ])
+      points.sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : b.delta - a.delta))
+      let inside = 0
+      for (const p of points) {
+        inside += p.delta
+        if (inside > limit) verdict.overlaps.push(`${key}: ${inside} grants at once (limit ${limit}) at ${p.at}, fence ${p.fence} entering`)
+      }
+      continue
+    }
     for (let i = 0; i < ordered.length; i++) {
       const a = ordered[i]
       const owner = fenceOwner.get(a.fence)

@@ -20,15 +20,20 @@ const random = () => {
   t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
   return ((t ^ (t >>> 14)) >>> 0) / 4294967296
 }
-const keys = keyList.split(',')
+// KEY, or KEY:N for a semaphore of N.
+const keys = keyList.split(',').map((spec) => {
+  const [name, limit] = spec.split(':')
+  return {name, limit: limit ? Number(limit) : undefined}
+})
 const client = await connect({endpoints: endpoint, owner: `${mode}-${process.pid}`, requestTimeoutMs: 800, connectTimeoutMs: 800})
 const write = (key, grant) => appendFileSync(log, `${JSON.stringify({key, token: grant.token, fence: grant.fence, worker: process.pid, t: String(grant.t)})}\n`)
 
 for (;;) {
-  const key = keys[Math.floor(random() * keys.length)]
+  const {name: key, limit} = keys[Math.floor(random() * keys.length)]
   let granted = null
   const lock = client.createAutoRenewalLock(key, {
     leaseMs: 1000,
+    limit,
     retryMillis: [100, 200],
     onAcquired: (grant) => (granted ??= {token: grant.token, fence: grant.fence, signal: lock.signal}),
   })

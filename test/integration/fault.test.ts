@@ -25,6 +25,8 @@ afterEach(() => {
 })
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+/** A semaphore of 2 beside the two locks: at most 2 of its grants may write at once. */
+const SEMAPHORE = 'f/sem'
 
 interface Run {
   writes: () => ProtectedWrite[]
@@ -46,7 +48,7 @@ async function faultRun(options: {
   const port = lockd.port
   const logs = options.modes.map((_, i) => join(dir, `worker-${i}.log`))
   const workers = options.modes.map((mode, i) => {
-    const child = spawn(process.execPath, [WORKER, lockd.endpoint, logs[i], mode, options.pauseHolderOnly ? 'f/a' : 'f/a,f/b', String(options.seed * 100 + i)], {
+    const child = spawn(process.execPath, [WORKER, lockd.endpoint, logs[i], mode, options.pauseHolderOnly ? 'f/a' : `f/a,f/b,${SEMAPHORE}:2`, String(options.seed * 100 + i)], {
       stdio: ['ignore', 'ignore', 'inherit'],
     })
     running.add(child)
@@ -119,6 +121,13 @@ describe('the fault checker, on hand-made logs with known answers', () => {
     expect(bad.fenceOrder).toEqual(['j: fence 1 after 2'])
     expect(bad.staleWrites).toBe(2) // k: fence 1 at t=30 after fence 2; j: fence 1 after fence 2
   })
+
+  it('on a semaphore: up to its limit at once is fine, one more is an overlap', () => {
+    const two = [w('s', 'a', 1, 10), w('s', 'b', 2, 12), w('s', 'a', 1, 30), w('s', 'b', 2, 31), w('s', 'c', 3, 35)]
+    expect(check(two, {s: 2})).toMatchObject({overlaps: [], repeatedFences: [], staleWrites: 0, grants: 3})
+    const three = [...two, w('s', 'c', 3, 20)]
+    expect(check(three, {s: 2}).overlaps).toEqual(['s: 3 grants at once (limit 2) at 20, fence 3 entering'])
+  })
 })
 
 describe('randomized faults against real processes (seeded)', () => {
@@ -128,7 +137,7 @@ describe('randomized faults against real processes (seeded)', () => {
     for (const seed of seeds) {
       const run = await faultRun({seed, modes: ['isHeld', 'signal', 'isHeld', 'signal'], durationMs: 12_000})
       const writes = run.writes()
-      const verdict = check(writes)
+      const verdict = check(writes, {[SEMAPHORE]: 2})
       const context = `seed ${seed}; faults: ${run.faults.join('; ')}`
       expect(verdict.overlaps, context).toEqual([])
       expect(verdict.repeatedFences, context).toEqual([])
@@ -136,6 +145,7 @@ describe('randomized faults against real processes (seeded)', () => {
       expect(verdict.staleWrites, context).toBe(0)
       // The run did something: several grants were written under, and faults were injected.
       expect(verdict.grants, context).toBeGreaterThan(5)
+      expect(new Set(writes.filter((w) => w.key === SEMAPHORE).map((w) => w.token)).size, context).toBeGreaterThan(2)
       expect(run.faults.length, context).toBeGreaterThan(3)
     }
   })
