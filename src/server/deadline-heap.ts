@@ -30,6 +30,32 @@ export class DeadlineHeap<T> {
     }
   }
 
+  /** Many at once (a restart's every lease): appended, then one O(n) heapify instead of n pushes. */
+  pushAll(entries: HeapEntry<T>[]): void {
+    if (entries.length < 64) {
+      for (const e of entries) this.push(e.at, e.item)
+      return
+    }
+    const heap = this.heap
+    for (const e of entries) heap.push(e)
+    for (let i = (heap.length >> 1) - 1; i >= 0; i--) this.siftDown(i)
+  }
+
+  private siftDown(start: number): void {
+    const heap = this.heap
+    let i = start
+    for (;;) {
+      const l = 2 * i + 1
+      const r = l + 1
+      let smallest = i
+      if (l < heap.length && heap[l].at < heap[smallest].at) smallest = l
+      if (r < heap.length && heap[r].at < heap[smallest].at) smallest = r
+      if (smallest === i) return
+      ;[heap[smallest], heap[i]] = [heap[i], heap[smallest]]
+      i = smallest
+    }
+  }
+
   pop(): HeapEntry<T> | undefined {
     const heap = this.heap
     if (heap.length === 0) return undefined
@@ -37,17 +63,7 @@ export class DeadlineHeap<T> {
     const last = heap.pop()!
     if (heap.length > 0) {
       heap[0] = last
-      let i = 0
-      for (;;) {
-        const l = 2 * i + 1
-        const r = l + 1
-        let smallest = i
-        if (l < heap.length && heap[l].at < heap[smallest].at) smallest = l
-        if (r < heap.length && heap[r].at < heap[smallest].at) smallest = r
-        if (smallest === i) break
-        ;[heap[smallest], heap[i]] = [heap[i], heap[smallest]]
-        i = smallest
-      }
+      this.siftDown(0)
     }
     return top
   }
@@ -56,6 +72,6 @@ export class DeadlineHeap<T> {
   compact(isLive: (item: T, at: number) => boolean): void {
     const live = this.heap.filter((e) => isLive(e.item, e.at))
     this.heap = []
-    for (const e of live) this.push(e.at, e.item)
+    this.pushAll(live)
   }
 }

@@ -27,6 +27,8 @@ export interface WaiterRef {
 }
 
 export interface Holder {
+  /** The key it holds (the deadline heap holds holders themselves: one object less per lock). */
+  key: string
   token: string
   fence: number
   owner: string
@@ -130,7 +132,12 @@ export interface AcquireMode {
   shared: boolean
 }
 
-type Deadline = {kind: 'lease'; key: string; holder: Holder} | {kind: 'wait'; waiter: Waiter}
+/** What the deadline heap holds: a holder (its lease) or a waiter (its wait). */
+type Deadline = Holder | Waiter
+const isHolder = (item: Deadline): item is Holder => (item as Holder).token !== undefined
+
+/** The waiters of a name nobody waits for: shared (most names), replaced by an array of their own on the first waiter. */
+const NO_WAITERS: Waiter[] = Object.freeze([]) as unknown as Waiter[]
 
 export interface LockTableOptions {
   newToken?: () => string
@@ -224,6 +231,7 @@ export class LockTable {
     }
     const place = earlier ? entry.waiters.indexOf(earlier) : -1
     if (earlier) this.removeWaiter(earlier, 'disconnected', false)
+    if (entry.waiters === NO_WAITERS) entry.waiters = []
     if (place >= 0) entry.waiters.splice(place, 0, waiter)
     else entry.waiters.push(waiter)
     if (waiter.attempt !== undefined) this.waitersByAttempt.set(waiter.attempt, waiter)
@@ -231,7 +239,7 @@ export class LockTable {
     let bySession = this.waitersBySession.get(waiter.session)
     if (!bySession) this.waitersBySession.set(waiter.session, (bySession = new Map()))
     bySession.set(waiter.wid, waiter)
-    if (waiter.deadline !== Number.POSITIVE_INFINITY) this.deadlines.push(waiter.deadline, {kind: 'wait', waiter})
+    if (waiter.deadline !== Number.POSITIVE_INFINITY) this.deadlines.push(waiter.deadline, waiter)
     const position = entry.waiters.indexOf(waiter) + 1
     this.events.push({type: 'queued', key: args.key, waiter: args.from, position})
     return {kind: 'queued', position, holder: blocking}
@@ -315,15 +323,15 @@ export class LockTable {
     for (let top = this.deadlines.peek(); top && top.at <= now; top = this.deadlines.peek()) {
       this.deadlines.pop()
       const due = top.item
-      if (due.kind === 'lease') {
+      if (isHolder(due)) {
         const entry = this.entries.get(due.key)
         // Stale heap entries (renewed or released holders) are skipped here.
-        if (!entry?.holders.includes(due.holder) || due.holder.expiresAt !== top.at) continue
-        this.events.push({type: 'expired', key: due.key, holder: due.holder})
-        this.removeHolder(entry, due.holder, now)
-      } else if (this.waitersBySession.get(due.waiter.session)?.get(due.waiter.wid) === due.waiter) {
-        this.removeWaiter(due.waiter, 'timeout')
-        this.events.push({type: 'wait_timeout', key: due.waiter.key, waiter: due.waiter})
+        if (!entry?.holders.includes(due) || due.expiresAt !== top.at) continue
+        this.events.push({type: 'expired', key: due.key, holder: due})
+        this.removeHolder(entry, due, now)
+      } else if (this.waitersBySession.get(due.session)?.get(due.wid) === due) {
+        this.removeWaiter(due, 'timeout')
+        this.events.push({type: 'wait_timeout', key: due.key, waiter: due})
       }
     }
     if (this.deadlines.size > 1024 && this.deadlines.size > 4 * (this.entries.size + this.waiterCount)) {
@@ -383,21 +391,26 @@ export class LockTable {
   recover(fence: number, holders: Iterable<[string, PersistedHolder[]]>): void {
     const now = this.clock.now()
     this.fenceCounter = Math.max(this.fenceCounter, fence)
+    // A restart of a million locks: the saved holders become the table's (no copy), and their
+    // leases go into the deadline heap in one heapify.
+    const deadlines: {at: number; item: Deadline}[] = []
     for (const [key, saved] of holders) {
       if (saved.length === 0) continue
-      const entry: Entry = {key, holders: [], waiters: [], limit: saved[0].limit ?? 1}
-      for (const each of saved) {
-        this.fenceCounter = Math.max(this.fenceCounter, each.fence)
-        const holder: Holder = {...each, expiresAt: now + each.leaseMs}
-        entry.holders.push(holder)
-        this.deadlines.push(holder.expiresAt, {kind: 'lease', key, holder})
+      const entry: Entry = {key, holders: saved as Holder[], waiters: NO_WAITERS, limit: saved[0].limit ?? 1}
+      for (const holder of entry.holders) {
+        if (holder.fence > this.fenceCounter) this.fenceCounter = holder.fence
+        holder.key = key
+        holder.expiresAt = now + holder.leaseMs
+        deadlines.push({at: holder.expiresAt, item: holder})
       }
       this.entries.set(key, entry)
     }
+    this.deadlines.pushAll(deadlines)
   }
 
   private grant(key: string, owner: string, leaseMs: number, now: number, mode: AcquireMode, to?: WaiterRef, attempt?: string, session = to?.session): Holder {
     const holder: Holder = {
+      key,
       session,
       token: this.newToken(),
       fence: ++this.fenceCounter,
@@ -411,9 +424,9 @@ export class LockTable {
     if (mode.shared) holder.shared = true
     if (mode.limit > 1) holder.limit = mode.limit
     let entry = this.entries.get(key)
-    if (!entry) this.entries.set(key, (entry = {key, holders: [], waiters: [], limit: mode.limit}))
+    if (!entry) this.entries.set(key, (entry = {key, holders: [], waiters: NO_WAITERS, limit: mode.limit}))
     entry.holders.push(holder)
-    this.deadlines.push(holder.expiresAt, {kind: 'lease', key, holder})
+    this.deadlines.push(holder.expiresAt, holder)
     this.markDirty(key, holder.token)
     this.events.push({type: 'granted', key, holder, to})
     return holder
@@ -423,7 +436,7 @@ export class LockTable {
     if (leaseMs !== holder.leaseMs) this.markDirty(key, holder.token)
     holder.leaseMs = leaseMs
     holder.expiresAt = now + leaseMs
-    this.deadlines.push(holder.expiresAt, {kind: 'lease', key, holder})
+    this.deadlines.push(holder.expiresAt, holder)
     this.events.push({type: 'renewed', key, holder})
   }
 
@@ -468,8 +481,8 @@ export class LockTable {
   }
 
   private isLive(item: Deadline, at: number): boolean {
-    if (item.kind === 'lease') return (this.entries.get(item.key)?.holders.includes(item.holder) ?? false) && item.holder.expiresAt === at
-    return this.waitersBySession.get(item.waiter.session)?.get(item.waiter.wid) === item.waiter
+    if (isHolder(item)) return (this.entries.get(item.key)?.holders.includes(item) ?? false) && item.expiresAt === at
+    return this.waitersBySession.get(item.session)?.get(item.wid) === item
   }
 
   /** Is this acquire queued now? */
