@@ -1,6 +1,6 @@
 import {Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
-import {checkKeyArg, conflictExitCodeFlag, keyArg, leaseFlag, lockMode, missingInput, ownerFlag, semaphoreLimitFlag, sharedFlag, waitFlag} from '../cli/flags.js'
+import {checkKeyArg, conflictExitCodeFlag, keyArg, leaseFlag, lockMode, missingInput, ownerFlag, semaphoreLimitFlag, sharedFlag, UsageError, waitFlag} from '../cli/flags.js'
 import {grantJson, ordinal, shellQuote} from '../cli/output.js'
 import {createProgress} from '../cli/progress.js'
 import {describeHolder} from '../client/errors.js'
@@ -36,6 +36,12 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 4 u
     this.conflictExitCode = flags['conflict-exit-code']
     const key = checkKeyArg(args.key ?? missingInput('KEY'))
     const mode = lockMode(flags)
+    const held = this.session?.locks.get(key)
+    if (held && (mode.limit !== undefined || mode.shared)) {
+      // The session keeps one token per key: a second slot would hide the first, which would
+      // then outlive the session unreleased.
+      throw new UsageError(`this session already holds ${key} (fence ${held.fence}): unlock ${key} first; a second slot needs another session`)
+    }
     const client = await this.client(flags, {owner: flags.owner})
     const lock = client.createLock(key, mode)
     const progress = createProgress(!this.jsonEnabled())

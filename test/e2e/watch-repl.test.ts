@@ -119,6 +119,16 @@ describe('the REPL with piped input (a script)', () => {
       expect(JSON.parse((await runCli(['status', key, '--json'], {env})).stdout).holder).toBeNull()
     }
   })
+
+  it('a semaphore slot and a shared lock in the REPL: a second slot of one key is refused (it would hide the first), and leaving releases them', async () => {
+    const result = replScript('lock rsem --limit 2\nlock rsem --limit 2\nlock rshared --shared\nlocks\n')
+    expect(result.code).toBe(2) // the refused line
+    expect(result.stderr).toMatch(/^line 2: lockctl: this session already holds rsem \(fence \d+\): unlock rsem first/m)
+    expect(result.stdout).toMatch(/rsem {2}fence \d+, 1m left \(lock\)/)
+    for (const key of ['rsem', 'rshared']) {
+      expect(JSON.parse((await runCli(['status', key, '--json'], {env})).stdout).holder).toBeNull()
+    }
+  })
 })
 
 /** The REPL in a real terminal, as tty-user, on the shared lockd. */
