@@ -39,7 +39,9 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
     const token = flags.force ? undefined : (flags.token ?? defaultToken(session?.locks.get(key)?.token, '; use --force to release a lock you do not hold'))
     if (flags.force && !flags.yes && process.stdin.isTTY && process.stderr.isTTY && !this.jsonEnabled() && (session?.interactive ?? true)) {
       const lock = await client.inspect(key)
-      const question = `Force-release ${quoteKey(key)}, held by ${describeHolder(lock?.holder)}?`
+      // A semaphore or shared lock: every holder goes (docs/semantics.md).
+      const others = (lock?.holders?.length ?? 1) - 1
+      const question = `Force-release ${quoteKey(key)}, held by ${describeHolder(lock?.holder)}${others > 0 ? ` and ${others} other holder(s)` : ''}?`
       const ok = session ? await confirmInSession(session, question) : await import('@inquirer/prompts').then(({confirm}) => confirm({message: question, default: false}, {output: process.stderr}))
       if (!ok) {
         // A decision, not a mistake: say what was kept, exit 1 (docs/exit-codes.md).
