@@ -266,17 +266,19 @@ export class LockTable {
 
   /**
    * `by`: the connection asking, so the holder's own connection is told when it is another.
-   * Forced: the grant of `token` if it is one, else every holder of the name (an admin breaking
-   * a semaphore or a shared lock frees it whole). Answers the (first) holder released.
+   * With `token`: that grant. Forced: every holder of the name, whatever the token (an admin
+   * breaking a semaphore or a shared lock frees it whole, as on etcd). Answers the (first)
+   * holder released.
    */
   release(key: string, token: string | undefined, force = false, by?: string): TokenResult {
     const entry = this.entries.get(key)
-    const holder = token === undefined ? undefined : entry?.holders.find((h) => h.token === token)
-    if (holder) {
-      this.releaseHolder(key, holder, force, by)
+    if (!force) {
+      const holder = token === undefined ? undefined : entry?.holders.find((h) => h.token === token)
+      if (!holder) return {ok: false}
+      this.releaseHolder(key, holder, false, by)
       return {ok: true, holder}
     }
-    if (!force || !entry) return {ok: false}
+    if (!entry || entry.holders.length === 0) return {ok: false}
     const all = [...entry.holders]
     for (const each of all) this.releaseHolder(key, each, true, by)
     return {ok: true, holder: all[0]}
