@@ -402,7 +402,7 @@ export class LockTable {
       for (const holder of entry.holders) {
         if (holder.fence > this.fenceCounter) this.fenceCounter = holder.fence
         holder.key = key
-        holder.expiresAt = now + holder.leaseMs
+        holder.expiresAt = leaseEnd(now, holder.leaseMs)
         deadlines.push({at: holder.expiresAt, item: holder})
       }
       this.entries.set(key, entry)
@@ -418,16 +418,19 @@ export class LockTable {
       fence: ++this.fenceCounter,
       owner,
       leaseMs,
-      expiresAt: now + leaseMs,
+      expiresAt: leaseEnd(now, leaseMs),
       since: this.clock.wall(),
-      origin: to ? {session: to.session, wid: to.wid} : undefined,
-      attempt,
     }
+    // Only when there is one (most grants have neither): a million held locks, 16 MB.
+    if (to) holder.origin = {session: to.session, wid: to.wid}
+    if (attempt !== undefined) holder.attempt = attempt
     if (mode.shared) holder.shared = true
     if (mode.limit > 1) holder.limit = mode.limit
     let entry = this.entries.get(key)
-    if (!entry) this.entries.set(key, (entry = {key, holders: [], waiters: NO_WAITERS, limit: mode.limit}))
-    entry.holders.push(holder)
+    // A new name's holders array is made with its one holder: an empty one grown by push()
+    // reserves room for 16 (about 150 bytes per held lock, a million locks over).
+    if (!entry) this.entries.set(key, (entry = {key, holders: [holder], waiters: NO_WAITERS, limit: mode.limit}))
+    else entry.holders.push(holder)
     this.deadlines.push(holder.expiresAt, holder)
     this.markDirty(key, holder.token)
     this.events.push({type: 'granted', key, holder, to})
@@ -437,7 +440,7 @@ export class LockTable {
   private extend(key: string, holder: Holder, leaseMs: number, now: number): void {
     if (leaseMs !== holder.leaseMs) this.markDirty(key, holder.token)
     holder.leaseMs = leaseMs
-    holder.expiresAt = now + leaseMs
+    holder.expiresAt = leaseEnd(now, leaseMs)
     this.deadlines.push(holder.expiresAt, holder)
     this.events.push({type: 'renewed', key, holder})
   }
@@ -512,6 +515,15 @@ export class LockTable {
   holderOf(key: string): Holder | null {
     return this.entries.get(key)?.holders[0] ?? null
   }
+}
+
+/**
+ * When a lease ends, in whole milliseconds: a small integer is stored unboxed (a million leases
+ * and their heap entries, ~30 MB less), and rounding up only makes the server honour a lease a
+ * fraction of a millisecond longer — the safe side, the client counts from its send.
+ */
+function leaseEnd(now: number, leaseMs: number): number {
+  return Math.ceil(now + leaseMs)
 }
 
 /**
