@@ -1,6 +1,6 @@
-import {randomBytes} from 'node:crypto'
 import {WAIT_FOREVER} from '../protocol/messages.js'
 import {DeadlineHeap} from './deadline-heap.js'
+import {TokenSource} from './tokens.js'
 
 /**
  * The lock table: keys, holders, FIFO waiters and the fencing counter. Pure state: no sockets,
@@ -160,7 +160,12 @@ export class LockTable {
     private readonly clock: Clock,
     options: LockTableOptions = {},
   ) {
-    this.newToken = options.newToken ?? (() => randomBytes(18).toString('base64url'))
+    if (options.newToken) {
+      this.newToken = options.newToken
+    } else {
+      const tokens = new TokenSource()
+      this.newToken = () => tokens.next()
+    }
   }
 
   get lastFence(): number {

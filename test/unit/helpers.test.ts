@@ -2,6 +2,7 @@ import {mkdirSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
+import {TokenSource} from '../../src/server/tokens.js'
 import {describeError} from '../../src/cli/base-command.js'
 import {loadProfile} from '../../src/cli/profiles.js'
 import {byCreateRevision, lockNameOf, makeToken, parseToken, prefixEnd} from '../../src/client/backends/etcd/keys.js'
@@ -78,5 +79,14 @@ describe('describeError: one place from an error to its exit code and line', () 
     expect(describeError(new NotPermittedError('unreachable, says the message'))).toMatchObject({code: 'NOT_PERMITTED', exitCode: 6})
     const bug = describeError(new TypeError('x is undefined'))
     expect(bug).toMatchObject({code: 'INTERNAL', exitCode: 70})
+  })
+})
+
+describe('TokenSource', () => {
+  it('hands out distinct 144-bit URL-safe tokens across refills of its pool', () => {
+    const source = new TokenSource()
+    const tokens = Array.from({length: 2000}, () => source.next()) // several refills of 256
+    expect(new Set(tokens).size).toBe(2000)
+    for (const token of tokens) expect(token).toMatch(/^[A-Za-z0-9_-]{24}$/)
   })
 })
