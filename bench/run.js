@@ -120,27 +120,35 @@ async function sequential(endpoint, label, extra = {}) {
   return {p50: pct(pairs, 50), p99: pct(pairs, 99)}
 }
 
-async function throughput(endpoint, label, concurrency, extra = {}) {
+/**
+ * Pairs per second of `concurrency` connections, each taking and giving back the lock `makeLock`
+ * gives it (by default its own plain lock), for the bench's duration (and at most 2M pairs).
+ */
+async function pairsPerSecond(endpoint, concurrency, makeLock = (client, i) => client.createLock(`tp-${concurrency}-${i}`), extra = {}) {
   const clients = await Promise.all(Array.from({length: concurrency}, (_, i) => connect({endpoints: endpoint, owner: `c${i}`, ...extra})))
   const durationMs = quick ? 1000 : 3000
-  const maxPairs = 2_000_000
   let done = 0
   const deadline = performance.now() + durationMs
   const start = performance.now()
   await Promise.all(
     clients.map(async (client, i) => {
-      const lock = client.createLock(`tp-${concurrency}-${i}`)
-      while (performance.now() < deadline && done < maxPairs) {
-        await lock.acquire({leaseMs: 10_000})
+      const lock = makeLock(client, i)
+      while (performance.now() < deadline && done < 2_000_000) {
+        await lock.acquire({leaseMs: 10_000, waitMs: 10_000})
         await lock.unlock()
         done++
       }
     }),
   )
-  const seconds = (performance.now() - start) / 1000
-  row(`${label}: pairs/s, ${concurrency} connection(s)`, Math.round(done / seconds).toLocaleString('en'))
+  const rate = done / ((performance.now() - start) / 1000)
   await Promise.all(clients.map((c) => c.close()))
-  return done / seconds
+  return rate
+}
+
+async function throughput(endpoint, label, concurrency, extra = {}) {
+  const rate = await pairsPerSecond(endpoint, concurrency, undefined, extra)
+  row(`${label}: pairs/s, ${concurrency} connection(s)`, Math.round(rate).toLocaleString('en'))
+  return rate
 }
 
 /**
@@ -150,32 +158,11 @@ async function throughput(endpoint, label, concurrency, extra = {}) {
  * queued: hand-offs), (d) a shared grant of one lock.
  */
 async function semaphoreBench(endpoint, label) {
-  const concurrency = 64
-  const durationMs = quick ? 1000 : 3000
-  const run = async (name, make) => {
-    const clients = await Promise.all(Array.from({length: concurrency}, (_, i) => connect({endpoints: endpoint, owner: `s${i}`})))
-    let done = 0
-    const deadline = performance.now() + durationMs
-    const start = performance.now()
-    await Promise.all(
-      clients.map(async (client, i) => {
-        const lock = make(client, i)
-        while (performance.now() < deadline && done < 2_000_000) {
-          await lock.acquire({leaseMs: 10_000, waitMs: 10_000})
-          await lock.unlock()
-          done++
-        }
-      }),
-    )
-    const rate = done / ((performance.now() - start) / 1000)
-    await Promise.all(clients.map((c) => c.close()))
-    return rate
-  }
   const round = Date.now()
-  const plain = await run('plain', (client, i) => client.createLock(`sem-ref-${round}-${i}`))
-  const wide = await run('limit 64', (client) => client.createSemaphore(`sem-64-${round}`, {limit: 64}))
-  const narrow = await run('limit 8', (client) => client.createSemaphore(`sem-8-${round}`, {limit: 8}))
-  const shared = await run('shared', (client) => client.createLock(`sem-shared-${round}`, {shared: true}))
+  const plain = await pairsPerSecond(endpoint, 64, (client, i) => client.createLock(`sem-ref-${round}-${i}`))
+  const wide = await pairsPerSecond(endpoint, 64, (client) => client.createSemaphore(`sem-64-${round}`, {limit: 64}))
+  const narrow = await pairsPerSecond(endpoint, 64, (client) => client.createSemaphore(`sem-8-${round}`, {limit: 8}))
+  const shared = await pairsPerSecond(endpoint, 64, (client) => client.createLock(`sem-shared-${round}`, {shared: true}))
   const reference = `plain locks ${Math.round(plain).toLocaleString('en')}`
   row(`${label}: semaphore of 64, one name, pairs/s`, Math.round(wide).toLocaleString('en'), reference, `${(wide / plain).toFixed(2)}×`)
   row(`${label}: semaphore of 8, one name, pairs/s`, Math.round(narrow).toLocaleString('en'), reference, `${(narrow / plain).toFixed(2)}×`)

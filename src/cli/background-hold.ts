@@ -2,12 +2,14 @@ import {EventPrinter} from './events.js'
 import type {ReplSession} from './session.js'
 import {UsageError} from './usage-error.js'
 
+/** A hold's lock and how its events print (the foreground `hold` adds its command: HoldOptions). */
 export interface BackgroundHoldOptions {
   key: string
   leaseMs: number
   waitMs: number
   retryMillis: number[]
   owner?: string
+  /** A semaphore's limit, or a shared lock (see DistributedLockOptions). */
   limit?: number
   shared?: boolean
   quiet: boolean

@@ -1,5 +1,6 @@
 import type {LockClient} from '../client/lock-client.js'
 import {describeHolder} from '../client/errors.js'
+import type {BackgroundHoldOptions} from './background-hold.js'
 import {WAIT_FOREVER} from '../protocol/messages.js'
 import {FORWARDED_SIGNALS, shellExitCode, signalNumber, SupervisedChild} from './child.js'
 import {EventPrinter} from './events.js'
@@ -7,22 +8,13 @@ import {ExitCode} from './exit-codes.js'
 import {formatMs, ordinal} from './output.js'
 import {createProgress} from './progress.js'
 
-export interface HoldOptions {
-  key: string
+/** `hold` in the foreground: what a background hold takes, and the command and its supervision. */
+export interface HoldOptions extends BackgroundHoldOptions {
   /** The command to run under the lock, or null to hold until a signal (leader election). */
   command: string[] | null
-  leaseMs: number
-  waitMs: number
-  retryMillis: number[]
-  owner?: string
-  /** A semaphore's limit, or a shared lock (see DistributedLockOptions). */
-  limit?: number
-  shared?: boolean
   onLost: 'kill' | 'ignore'
   killSignal: NodeJS.Signals
   graceMs: number
-  json: boolean
-  quiet: boolean
   /** Aborted for Ctrl-C where it does not arrive as a signal (the REPL's raw-mode terminal). */
   interrupt?: AbortSignal
 }

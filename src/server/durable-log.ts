@@ -144,7 +144,7 @@ export class DurableLog {
       gen = snapshot.gen
       state.fence = snapshot.fence
       for (const entry of snapshot.locks) {
-        const holders = holdersOf(entry?.holders ?? entry?.holder)
+        const holders = decodeHolders(entry?.holders ?? entry?.holder)
         if (typeof entry?.key !== 'string' || !holders) throw new LogCorruptError(`${snapshotPath} is corrupt (not a snapshot); refusing to start rather than forget locks. ${MOVE_ASIDE}`)
         if (holders.length > 0) state.holders.set(entry.key, holders)
       }
@@ -469,7 +469,7 @@ interface SnapshotEntry {
 const isHolder = (h: unknown): h is LoggedHolder => typeof h === 'object' && h !== null && typeof (h as LoggedHolder).token === 'string' && Number.isSafeInteger((h as LoggedHolder).fence)
 
 /** The holders a record or snapshot entry names, or null when it is not a valid holder field. */
-function holdersOf(h: unknown): LoggedHolder[] | null {
+function decodeHolders(h: unknown): LoggedHolder[] | null {
   if (h === null) return []
   if (Array.isArray(h)) return h.every(isHolder) ? h : null
   return isHolder(h) ? [h] : null
@@ -493,7 +493,7 @@ function decode(body: Buffer, path: string, offset: number): DecodedRecord {
     throw corrupt(path, offset, 'it cannot be decoded')
   }
   const byToken = record?.h === undefined && Array.isArray(record?.s) && record.s.every(isHolder) && Array.isArray(record.x) && record.x.every((t) => typeof t === 'string')
-  if (typeof record?.k !== 'string' || !Number.isSafeInteger(record.f) || (!byToken && holdersOf(record.h) === null)) throw corrupt(path, offset, 'it is not a lock record')
+  if (typeof record?.k !== 'string' || !Number.isSafeInteger(record.f) || (!byToken && decodeHolders(record.h) === null)) throw corrupt(path, offset, 'it is not a lock record')
   return record
 }
 
@@ -505,7 +505,7 @@ function apply(record: DecodedRecord, state: RecoveredState): void {
     // Grant order is fence order: recovery keeps the oldest holder first.
     holders.sort((a, b) => a.fence - b.fence)
   } else {
-    holders = holdersOf(record.h)!
+    holders = decodeHolders(record.h)!
   }
   if (holders.length > 0) state.holders.set(record.k, holders)
   else state.holders.delete(record.k)

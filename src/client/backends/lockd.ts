@@ -61,10 +61,6 @@ export class LockdBackend implements LockBackend {
     return this.states.changes(signal)
   }
 
-  private emit(state: ConnectionState): void {
-    this.states.set(state)
-  }
-
   /** The live connection, opened on first use and again after it was lost. */
   private async connect(): Promise<LockdConnection> {
     if (this.closed) throw new ClosedError()
@@ -79,7 +75,7 @@ export class LockdBackend implements LockBackend {
         this.connection = connection
         connection.onPush = (push) => this.onPush(connection, push)
         connection.onClose = (error) => this.onConnectionLost(connection, error)
-        this.emit('connected')
+        this.states.set('connected')
         return connection
       },
       (error) => {
@@ -100,7 +96,7 @@ export class LockdBackend implements LockBackend {
       this.watchers.delete(sub)
       watcher.onLost(error.message)
     }
-    if (!this.closed) this.emit('suspended')
+    if (!this.closed) this.states.set('suspended')
   }
 
   private onPush(connection: LockdConnection, push: Push): void {
@@ -330,7 +326,7 @@ export class LockdBackend implements LockBackend {
     this.closed = true
     this.connection?.close()
     this.connection = null
-    this.emit('closed')
+    this.states.set('closed')
   }
 }
 

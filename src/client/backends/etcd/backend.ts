@@ -104,10 +104,6 @@ export class EtcdBackend implements LockBackend {
     return this.states.changes(signal)
   }
 
-  private setState(state: ConnectionState): void {
-    this.states.set(state)
-  }
-
   /**
    * Run one etcd call, turning its errors into lockctl's typed errors. One member failing while
    * others answer is not an outage: the state turns suspended only when no call has succeeded
@@ -118,14 +114,14 @@ export class EtcdBackend implements LockBackend {
       const result = await operation()
       if (this.suspendTimer) clearTimeout(this.suspendTimer)
       this.suspendTimer = null
-      this.setState('connected')
+      this.states.set('connected')
       return result
     } catch (error) {
       const mapped = mapEtcdError(this.types, this.label, what, error as Error)
       if (mapped.code === ErrorCode.UNREACHABLE && !this.suspendTimer && this.states.state !== 'suspended' && !this.closed) {
         this.suspendTimer = setTimeout(() => {
           this.suspendTimer = null
-          if (!this.closed) this.setState('suspended')
+          if (!this.closed) this.states.set('suspended')
         }, SUSPEND_AFTER_MS)
         this.suspendTimer.unref()
       }
@@ -630,7 +626,7 @@ export class EtcdBackend implements LockBackend {
     if (this.suspendTimer) clearTimeout(this.suspendTimer)
     await this.sessions.close()
     this.client.close()
-    this.setState('closed')
+    this.states.set('closed')
   }
 }
 
