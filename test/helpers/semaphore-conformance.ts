@@ -62,16 +62,18 @@ export function semaphoreSuite(endpoint: () => string): void {
     const lateReading = late.acquire({leaseMs: 30_000, waitMs: 30_000}).then(() => (lateHas = true))
     await eventually(async () => (await watcher.inspect(k))?.waiters === 2)
 
+    // What the service decides is what it shows: after each answered unlock, who holds and who waits.
     await readers[0].unlock()
     await readers[1].unlock()
-    await new Promise((resolve) => setTimeout(resolve, 300))
+    const oneReaderLeft = await watcher.inspect(k)
+    expect([oneReaderLeft?.holder?.owner, oneReaderLeft?.holders, oneReaderLeft?.waiters]).toEqual(['R3', undefined, 2])
     expect([writerHas, lateHas]).toEqual([false, false])
     await readers[2].unlock()
     await writing
     expect(writer.isHeldByCurrentClient()).toBe(true)
-    await new Promise((resolve) => setTimeout(resolve, 300))
+    const writing1 = await watcher.inspect(k)
+    expect([writing1?.holder?.owner, writing1?.holders, writing1?.waiters]).toEqual(['W', undefined, 1])
     expect(lateHas).toBe(false)
-    expect((await watcher.inspect(k))?.holders ?? [(await watcher.inspect(k))?.holder]).toHaveLength(1)
     await writer.unlock()
     await lateReading
     expect(late.isHeldByCurrentClient()).toBe(true)
@@ -146,16 +148,22 @@ export function semaphoreSuite(endpoint: () => string): void {
     const watching = await client('watch')
     const events: string[] = []
     const stop = new AbortController()
+    let subscribed = false
     const watched = (async () => {
       for await (const update of watching.watch({key: k}, {signal: stop.signal})) {
+        if (update.type === 'snapshot') subscribed = true
         if (update.type === 'event' && (update.event.type === 'acquired' || update.event.type === 'released')) events.push(`${update.event.type} ${update.event.owner}`)
       }
     })()
-    await new Promise((resolve) => setTimeout(resolve, 200))
+    await eventually(() => subscribed)
     const autos = await Promise.all(['A', 'B'].map(async (name) => (await client(name)).createAutoRenewalLock(k, {leaseMs: 3000, limit: 2})))
     await Promise.all(autos.map((a) => a.ready))
-    await new Promise((resolve) => setTimeout(resolve, 3500)) // past one whole lease: renewed
+    const fences = autos.map((a) => a.fence).sort()
+    // Past one whole lease: only renewals keep them, on the service as in the lock objects.
+    await new Promise((resolve) => setTimeout(resolve, 3500))
     expect(autos.every((a) => a.isHeld())).toBe(true)
+    const held = await watching.inspect(k)
+    expect(held?.holders?.map((h) => h.fence).sort()).toEqual(fences)
     await Promise.all(autos.map((a) => a.close()))
     await eventually(() => events.filter((e) => e.startsWith('released')).length === 2)
     stop.abort()
