@@ -188,7 +188,13 @@ export class LockServer {
     for (const note of state.notes) this.say(`lockd: ${note}`)
     this.table.recover(state.fence, state.holders)
     log.recovered()
-    if (state.holders.size > 0) this.say(`lockd: recovered ${state.holders.size} held lock(s); each keeps its whole lease from now`)
+    if (state.holders.size > 0) {
+      // A semaphore's or shared lock's several grants are each a holder that keeps its lease.
+      let grants = 0
+      for (const holders of state.holders.values()) grants += holders.length
+      const several = grants > state.holders.size ? ` (${grants} grants)` : ''
+      this.say(`lockd: recovered ${state.holders.size} held lock(s)${several}; each keeps its whole lease from now`)
+    }
   }
 
   /** The TLS files, read now (at start, and again on SIGHUP). */
