@@ -1,7 +1,7 @@
 // Bundles the CLI into dist/bundle/ (entry lockctl.js, plus chunks for what is imported lazily):
 // one file to load at start instead of oclif's few hundred. Run by `npm run build` after tsc.
 import {build} from 'esbuild'
-import {readdirSync, rmSync} from 'node:fs'
+import {readdirSync, readFileSync, rmSync} from 'node:fs'
 import {dirname, join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 
@@ -33,3 +33,53 @@ await build({
   },
   logLevel: 'warning',
 })
+
+// The start-up snapshot's bundle (docs/startup.md): the same CLI as one CommonJS file that
+// `node --build-snapshot` can evaluate (bin/snapshot.js turns it into the snapshot for the Node
+// that runs it). Minified: V8 keeps the source in the snapshot, and a smaller heap loads sooner.
+const snapshotDir = join(root, 'dist', 'snapshot')
+// A snapshot has no import(): dynamic imports become requires, which the banner routes through
+// the hooks (src/snapshot/hooks.ts), as do import.meta.url and oclif's __dirname.
+const throughHooks = {
+  supported: {'dynamic-import': false},
+  define: {'import.meta.url': 'globalThis.__lockctlSnapshot.bundleUrl', __dirname: 'globalThis.__lockctlSnapshot.oclifDir'},
+  banner: {js: 'var __lockctlBuiltinRequire = require; var require = (id) => (globalThis.__lockctlSnapshot?.require ?? __lockctlBuiltinRequire)(id);'},
+}
+await build({
+  absWorkingDir: root,
+  entryPoints: ['dist/snapshot/entry.js'],
+  outfile: 'dist/snapshot/lockctl.cjs',
+  bundle: true,
+  minify: true,
+  format: 'cjs',
+  platform: 'node',
+  target: 'node20',
+  // Left to node_modules (CommonJS, or vendored below): loaded only when a command needs them.
+  // The server and the REPL never start from the snapshot (bin/lockctl sends them to bin/run.js).
+  external: ['etcd3', 'cockatiel', 'prom-client', 'ora', '@inquirer/prompts', 'cli-table3', 'typescript', 'ts-node'],
+  ...throughHooks,
+  plugins: [
+    {
+      name: 'snapshot',
+      setup(build) {
+        // oclif imports the command module with import(), which a snapshot does not have.
+        build.onLoad({filter: /@oclif[\\/]core[\\/]lib[\\/]module-loader\.js$/}, ({path}) => ({
+          contents: readFileSync(path, 'utf8').replaceAll('await import(', 'await globalThis.__lockctlSnapshot.import('),
+          loader: 'js',
+        }))
+        build.onLoad({filter: /dist[\\/](server[\\/]run|cli[\\/]repl)\.js$/}, () => ({
+          contents: "throw new Error('the server and the REPL do not start from the snapshot (bin/lockctl)')",
+          loader: 'js',
+        }))
+      },
+    },
+  ],
+  logLevel: 'warning',
+})
+// The ES-module-only packages a hot command may need (a spinner, a password prompt), as CommonJS.
+// The snapshot's `import(name)` became `require(name)` with module.exports as the default export
+// (Node's rule for CommonJS): a package's own default export goes there, its other exports beside it.
+for (const [name, file] of [['ora', 'ora.cjs'], ['@inquirer/prompts', 'inquirer-prompts.cjs']]) {
+  const contents = `const exports = require(${JSON.stringify(name)}); module.exports = exports.default ? Object.assign(exports.default, exports) : exports`
+  await build({absWorkingDir: root, stdin: {contents, resolveDir: root}, outfile: join(snapshotDir, 'vendor', file), bundle: true, minify: true, format: 'cjs', platform: 'node', target: 'node20', logLevel: 'warning'})
+}

@@ -1,10 +1,10 @@
 import {execFileSync, spawnSync} from 'node:child_process'
-import {chmodSync, existsSync, mkdirSync, rmSync, writeFileSync} from 'node:fs'
+import {chmodSync, existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
 import {createServer, connect as netConnect} from 'node:net'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
 import {connect} from '../../src/client/index.js'
-import {BIN, eventually, runCli, sharedLockd, startLockd, tempDir} from '../helpers/processes.js'
+import {BIN, LAUNCHER, eventually, runCli, sharedLockd, startLockd, tempDir} from '../helpers/processes.js'
 import {hasTmux, inTerminal} from '../helpers/tmux.js'
 
 /** A throw-away user: its own HOME and XDG state dir, so the embedded lockd is its own. */
@@ -68,14 +68,10 @@ describe('the embedded default (no endpoint configured)', () => {
     expect(Object.keys(vars)).toEqual(['LOCKCTL_KEY', 'LOCKCTL_TOKEN', 'LOCKCTL_FENCE'])
     expect(vars.LOCKCTL_KEY).toBe('nightly')
     // `eval` of it in a real shell, then unlock with the token from the environment.
-    const shell = execFileSync(
-      'sh',
-      ['-c', `eval "$("${process.execPath}" "${BIN}" lock shellkey --export)" && "${process.execPath}" "${BIN}" unlock && echo "unlocked $LOCKCTL_KEY fence $LOCKCTL_FENCE"`],
-      {
-        env: {...process.env, ...env, LOCKCTL_ENDPOINTS: ''},
-        encoding: 'utf8',
-      },
-    )
+    const shell = execFileSync('sh', ['-c', `eval "$("${LAUNCHER}" lock shellkey --export)" && "${LAUNCHER}" unlock && echo "unlocked $LOCKCTL_KEY fence $LOCKCTL_FENCE"`], {
+      env: {...process.env, ...env, LOCKCTL_ENDPOINTS: ''},
+      encoding: 'utf8',
+    })
     expect(shell).toMatch(/unlocked shellkey fence \d+/)
     const unlockFromEnv = await runCli(['unlock', 'nightly'], {env: {...env, LOCKCTL_TOKEN: vars.LOCKCTL_TOKEN}})
     expect(unlockFromEnv.code).toBe(0)
@@ -404,7 +400,7 @@ describe('the shell and terminal: help, output where it goes, input and messages
   })
 
   it('input: a key that is not valid UTF-8 is refused (exit 2) instead of stored as U+FFFD', async () => {
-    const result = spawnSync('sh', ['-c', `"${process.execPath}" "${BIN}" lock "$(printf 'a\\377b')"`], {env: {...process.env, ...env}, encoding: 'utf8'})
+    const result = spawnSync('sh', ['-c', `"${LAUNCHER}" lock "$(printf 'a\\377b')"`], {env: {...process.env, ...env}, encoding: 'utf8'})
     expect(result.status).toBe(2)
     expect(result.stderr.trim()).toMatch(/^lockctl: KEY .*must be valid UTF-8/)
   })
@@ -453,7 +449,7 @@ describe('shell completion', () => {
   const {env} = sharedLockd()
   it("bash: commands, a command's flags, and key names from the lock service", async () => {
     const bin = tempDir('lockctl-path-')
-    writeFileSync(join(bin, 'lockctl'), `#!/bin/sh\nexec "${process.execPath}" "${BIN}" "$@"\n`, {mode: 0o755})
+    symlinkSync(LAUNCHER, join(bin, 'lockctl'))
     const held = await runCli(['lock', 'complete/me'], {env})
     const complete = (words: string[]) => {
       const script = `source <(lockctl completion bash); COMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _lockctl; printf '%s\\n' "\${COMPREPLY[@]}"`

@@ -1,5 +1,5 @@
 import {execFileSync, spawnSync} from 'node:child_process'
-import {readdirSync, writeFileSync} from 'node:fs'
+import {existsSync, readdirSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
 import {ROOT, tempDir} from '../helpers/processes.js'
@@ -22,6 +22,10 @@ describe('the published package', () => {
       packDir,
       readdirSync(packDir).find((name) => name.endsWith('.tgz'))!,
     )
+    // The snapshot is built for the user's own Node by the package's postinstall, never shipped.
+    const listing = execFileSync('tar', ['tzf', tarball], {encoding: 'utf8'})
+    expect(listing).toContain('package/dist/snapshot/lockctl.cjs')
+    expect(listing).not.toContain('lockctl.blob')
     const app = tempDir('lockctl-app-')
     writeFileSync(join(app, 'package.json'), JSON.stringify({name: 'app', version: '1.0.0', private: true}))
     // The dependencies come from npm's cache (npm ci filled it); the registry only if it must.
@@ -36,5 +40,10 @@ describe('the published package', () => {
     const document = JSON.parse(status.stdout) as {server: {pid: number}; locks: {key: string}[]}
     daemons.push(document.server.pid)
     expect(document.locks.map((l) => l.key)).toEqual(['k'])
+    // Installed, it starts from the snapshot its postinstall built.
+    expect(existsSync(join(app, 'node_modules', 'lockctl', 'dist', 'snapshot', 'lockctl.blob'))).toBe(true)
+    const hold = spawnSync('npx', ['--no-install', 'lockctl', 'hold', 'h', '--quiet', '--', 'sh', '-c', 'tr "\\0" " " < /proc/$PPID/cmdline'], {cwd: app, env, encoding: 'utf8'})
+    expect(hold.status, hold.stderr).toBe(0)
+    expect(hold.stdout).toContain('--snapshot-blob')
   })
 })

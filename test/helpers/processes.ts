@@ -7,6 +7,8 @@ import {afterAll, beforeAll} from 'vitest'
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 export const BIN = join(ROOT, 'bin', 'run.js')
+/** The package's bin, as npm links it: a shell launcher that starts the hot commands from the V8 snapshot (docs/startup.md). */
+export const LAUNCHER = join(ROOT, 'bin', 'lockctl')
 
 const dirs: string[] = []
 const children = new Set<ChildProcess>()
@@ -78,9 +80,9 @@ export interface CliResult {
   stderr: string
 }
 
-/** Run the CLI as a process, the way a shell script does. */
-export function runCli(args: string[], options: {env?: NodeJS.ProcessEnv; timeoutMs?: number} = {}): Promise<CliResult> & {child: ChildProcess} {
-  const child = spawn(process.execPath, [BIN, ...args], {
+/** Run the CLI as a process, the way a shell script does: through the package's bin. */
+export function runCli(args: string[], options: {env?: NodeJS.ProcessEnv; timeoutMs?: number; launcher?: string} = {}): Promise<CliResult> & {child: ChildProcess} {
+  const child = spawn(options.launcher ?? LAUNCHER, args, {
     // A developer's own config file or environment must not leak into the tests.
     env: {
       ...process.env,

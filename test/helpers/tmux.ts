@@ -1,7 +1,7 @@
 import {spawnSync} from 'node:child_process'
 import {join} from 'node:path'
 import {expect} from 'vitest'
-import {BIN, eventually, tempDir} from './processes.js'
+import {LAUNCHER, eventually, tempDir} from './processes.js'
 
 /** Whether tmux is installed; CI installs it, so there a missing tmux is an error, not a skip. */
 export const hasTmux = spawnSync('tmux', ['-V']).status === 0
@@ -36,7 +36,7 @@ export async function inTerminal(args: string, environment: NodeJS.ProcessEnv, r
     .filter(([, value]) => value !== undefined)
     .map(([name, value]) => `${name}='${String(value).replaceAll("'", "'\\''")}'`)
   // A person at a terminal: no CI variable (with it, spinners print one plain line instead).
-  const command = `env -u CI ${variables.join(' ')} ${process.execPath} ${BIN} ${args}; echo "exited $?"; sleep 30`
+  const command = `env -u CI ${variables.join(' ')} ${LAUNCHER} ${args}; echo "exited $?"; sleep 30`
   expect(t('new-session', '-d', '-s', session, '-x', '120', '-y', '40', command).status).toBe(0)
   try {
     await run({keys: (...keys) => void t('send-keys', '-t', session, ...keys), waitScreen, screen, home})

@@ -1,5 +1,5 @@
 import {createConnection, isIP, type Socket} from 'node:net'
-import {connect as connectTls, type ConnectionOptions as TlsOptions} from 'node:tls'
+import type {ConnectionOptions as TlsOptions} from 'node:tls'
 import type {Packr} from 'msgpackr/pack'
 import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder} from '../../protocol/framing.js'
 import {PROTOCOL_VERSION, type HelloReply, type LockInfo, type Op, type Push, type RequestOf, type ServerResponse} from '../../protocol/messages.js'
@@ -47,10 +47,14 @@ export class LockdConnection {
     private readonly options: ConnectionOptions,
   ) {}
 
-  static connect(target: SocketTarget, options: ConnectionOptions): Promise<LockdConnection> {
+  static async connect(target: SocketTarget, options: ConnectionOptions): Promise<LockdConnection> {
+    // node:tls costs a few ms to load: only lockds:// endpoints pay it (docs/startup.md).
+    const connectTls = 'host' in target && target.tls ? (await import('node:tls')).connect : null
     return new Promise((resolve, reject) => {
       const socket =
-        'host' in target && target.tls ? connectTls({host: target.host, port: target.port, ...target.tls, ...(isIP(target.host) ? {} : {servername: target.host})}) : createConnection(target as never)
+        'host' in target && target.tls && connectTls
+          ? connectTls({host: target.host, port: target.port, ...target.tls, ...(isIP(target.host) ? {} : {servername: target.host})})
+          : createConnection(target as never)
       socket.setNoDelay(true)
       const connection = new LockdConnection(socket, options)
       const timer = setTimeout(() => {

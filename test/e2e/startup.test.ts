@@ -1,0 +1,88 @@
+import {spawnSync} from 'node:child_process'
+import {cpSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync} from 'node:fs'
+import {join} from 'node:path'
+import {describe, expect, it} from 'vitest'
+import {BIN, LAUNCHER, ROOT, runCli, sharedLockd, tempDir} from '../helpers/processes.js'
+
+/**
+ * bin/lockctl starts the hot commands from the V8 snapshot (docs/startup.md) and everything else,
+ * or any run the snapshot does not fit, through bin/run.js. Which way a run went is read from the
+ * command line of the lockctl process itself: `hold` runs a shell whose parent it is.
+ */
+const SHOW_PARENT = ['--', 'sh', '-c', 'tr "\\0" " " < /proc/$PPID/cmdline']
+
+describe('start-up from the snapshot', () => {
+  const {env} = sharedLockd()
+
+  it('lock, unlock, status and hold start from the snapshot, with the same answers as the ordinary start', async () => {
+    const held = await runCli(['hold', 'startup/a', '--quiet', ...SHOW_PARENT], {env})
+    expect(held.code, held.stderr).toBe(0)
+    expect(held.stdout).toContain(`--snapshot-blob ${ROOT}/bin/../dist/snapshot/lockctl.blob`)
+    const lock = await runCli(['lock', 'startup/b', '--json'], {env})
+    expect(lock.code, lock.stderr).toBe(0)
+    const {token, fence} = JSON.parse(lock.stdout) as {token: string; fence: number}
+    const status = await runCli(['status', 'startup/b', '--json'], {env})
+    expect(JSON.parse(status.stdout)).toMatchObject({key: 'startup/b', holder: {fence}})
+    expect((await runCli(['unlock', 'startup/b', '--token', token], {env})).code).toBe(0)
+    // The same words and exit codes either way: a usage error, a refusal, the version.
+    for (const args of [['lock'], ['unlock', 'startup/b', '--token', token], ['--version'], ['status', 'startup/b', '--lease', '1s']]) {
+      const fast = await runCli(args, {env})
+      const plain = await runCli(args, {env: {...env, LOCKCTL_NO_SNAPSHOT: '1'}})
+      expect({code: fast.code, stdout: fast.stdout, stderr: fast.stderr}, args.join(' ')).toEqual({code: plain.code, stdout: plain.stdout, stderr: plain.stderr})
+    }
+  })
+
+  it('help and unknown commands start the ordinary way, with the same answers', () => {
+    for (const args of [['lock', '--help'], ['help'], ['nonsense']]) {
+      const launched = spawnSync(LAUNCHER, args, {encoding: 'utf8', env: {...process.env, ...env}})
+      const plain = spawnSync(process.execPath, [BIN, ...args], {encoding: 'utf8', env: {...process.env, ...env}})
+      expect({code: launched.status, stdout: launched.stdout, stderr: launched.stderr}, args.join(' ')).toEqual({code: plain.status, stdout: plain.stdout, stderr: plain.stderr})
+    }
+  })
+
+  /** A copy of the installed package somewhere else, run through a link as npm's node_modules/.bin does. */
+  function copyOfPackage(): {launcher: string; root: string} {
+    const root = join(tempDir('lockctl-copy-'), 'lockctl')
+    for (const part of ['bin', 'dist', 'package.json', 'oclif.manifest.json']) cpSync(join(ROOT, part), join(root, part), {recursive: true, preserveTimestamps: true})
+    symlinkSync(join(ROOT, 'node_modules'), join(root, 'node_modules'))
+    const bin = join(root, '..', '.bin')
+    mkdirSync(bin)
+    symlinkSync('../lockctl/bin/lockctl', join(bin, 'lockctl'))
+    return {launcher: join(bin, 'lockctl'), root}
+  }
+
+  async function startedFrom(launcher: string, extra: NodeJS.ProcessEnv = {}): Promise<string> {
+    const held = await runCli(['hold', 'startup/copy', '--quiet', ...SHOW_PARENT], {env: {...env, ...extra}, launcher})
+    expect(held.code, held.stderr).toBe(0)
+    return held.stdout
+  }
+
+  it('a snapshot is used only by the node that built it: a changed binary, another node, or no snapshot start the ordinary way', {timeout: 60_000}, async () => {
+    const {launcher, root} = copyOfPackage()
+    const blob = join(root, 'dist', 'snapshot', 'lockctl.blob')
+    const stamp = `${blob}.node`
+    // Moved and reached through a link: the snapshot built elsewhere still finds this copy's files.
+    expect(await startedFrom(launcher)).toContain(`--snapshot-blob ${root}/bin/../dist/snapshot/lockctl.blob ${root}/bin/..`)
+    const original = readFileSync(stamp, 'utf8')
+    // The node binary changed in place (its modification time differs from the stamp's).
+    utimesSync(stamp, new Date(), new Date(Date.now() - 3_600_000))
+    expect(await startedFrom(launcher)).toContain(`${root}/bin/../bin/run.js hold`)
+    // Built by another node.
+    writeFileSync(stamp, '/opt/other/node\n')
+    expect(await startedFrom(launcher)).toContain('/bin/run.js hold')
+    // The way out, and DEBUG (which oclif reads as it loads).
+    writeFileSync(stamp, original)
+    const {mtime} = statSync(original.trim())
+    utimesSync(stamp, mtime, mtime)
+    expect(await startedFrom(launcher)).toContain('--snapshot-blob')
+    expect(await startedFrom(launcher, {LOCKCTL_NO_SNAPSHOT: '1'})).toContain('/bin/run.js hold')
+    expect(await startedFrom(launcher, {DEBUG: 'nothing-matches'})).toContain('/bin/run.js hold')
+    // No snapshot at all (installed with --ignore-scripts): bin/snapshot.js builds one.
+    rmSync(blob)
+    expect(await startedFrom(launcher)).toContain('/bin/run.js hold')
+    const built = spawnSync(process.execPath, [join(root, 'bin', 'snapshot.js')], {encoding: 'utf8'})
+    expect(built.status, built.stderr).toBe(0)
+    expect(built.stdout).toMatch(/start-up snapshot built for node v\d+/)
+    expect(await startedFrom(launcher)).toContain('--snapshot-blob')
+  })
+})
