@@ -507,10 +507,13 @@ async function scale() {
     const tenths = []
     let next = 0
     let segmentStart = performance.now()
+    let longest = 0
     const worker = async () => {
       while (next < total) {
         const i = next++
+        const began = performance.now()
         await acquireOne(i)
+        longest = Math.max(longest, performance.now() - began)
         if ((i + 1) % (total / 10) === 0) {
           const now = performance.now()
           tenths.push(Math.round(total / 10 / ((now - segmentStart) / 1000)))
@@ -520,16 +523,17 @@ async function scale() {
     }
     const start = performance.now()
     await Promise.all(Array.from({length: inFlight}, worker))
-    return {rate: total / ((performance.now() - start) / 1000), tenths}
+    return {rate: total / ((performance.now() - start) / 1000), tenths, longest}
   }
   console.log(`\nScale: ${total.toLocaleString('en')} held locks, one client process, ${inFlight} in flight over 4 connections`)
   for (const durable of [false, true]) {
     const dataDir = durable ? mkdtempSync(join(work, 'scale-')) : null
     const lockd = await startLockd(durable ? ['--data-dir', dataDir] : ['--in-memory'])
     const clients = await Promise.all(Array.from({length: 4}, (_, i) => connect({endpoints: lockd.endpoint, owner: `scale-${i}`, requestTimeoutMs: 120_000})))
-    const {rate, tenths} = await fill((i) => clients[i % 4].createLock(`scale/${i}`).acquire({leaseMs: 3_600_000}))
+    const {rate, tenths, longest} = await fill((i) => clients[i % 4].createLock(`scale/${i}`).acquire({leaseMs: 3_600_000}))
     const label = durable ? 'lockd durable' : 'lockd in memory'
     row(`${label}: acquisitions/s`, Math.round(rate).toLocaleString('en'), `by tenths: ${tenths.map((t) => t.toLocaleString('en')).join(' ')}`)
+    row(`${label}: longest single acquisition`, msf(longest), '(a stall shows here: lockd answering nothing)')
     row(`${label}: RSS`, `${rssOf(lockd.child.pid).toFixed(0)} MB`)
     await Promise.all(clients.map((c) => c.close()))
     if (durable) {

@@ -1,4 +1,4 @@
-import {close, closeSync, existsSync, fdatasyncSync, fsyncSync, ftruncateSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeSync} from 'node:fs'
+import {close, closeSync, existsSync, fdatasyncSync, fsync, fsyncSync, ftruncateSync, openSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync} from 'node:fs'
 import {join} from 'node:path'
 import {promisify} from 'node:util'
 import {crc32} from 'node:zlib'
@@ -10,13 +10,18 @@ import {makeDirectories} from '../util/fs.js'
  * bounded by snapshots, plus a fence high-water mark. The format and the recovery rules are
  * specified in docs/recovery.md; this file implements them.
  *
- * Records are absolute states, not deltas, so replaying a record that a snapshot already covers
- * changes nothing: that is what lets a snapshot be taken at any moment between batches.
+ * Records are states, not deltas (a key's holders, or a token's grant), so replaying a record
+ * that a snapshot already covers changes nothing: that is what lets a snapshot be written a slice
+ * at a time while lockd goes on (each lock as it is when its slice is written), with the log it
+ * started replayed over it.
  *
  * Files in the data dir:
  *   fence           crc32 + msgpack {reserved}: no fence above `reserved` has ever been used
- *   snapshot        crc32 + msgpack {gen, fence, locks}, with records (written to snapshot.tmp, fsynced, renamed)
- *   wal-<gen>.log   8-byte magic, then records:
+ *   snapshot        8-byte magic, then frames as the log's: msgpack {locks} slices, with msgpack
+ *                   records, and last {gen, fence, count} (written to snapshot.tmp, fsynced,
+ *                   renamed); or, as written before, crc32 + msgpack {gen, fence, locks}
+ *   wal-<gen>.log   from the snapshot's gen up, one per generation, replayed in order (a
+ *                   snapshot being written has switched to the next); 8-byte magic, then records:
  *                   u32 length, u32 crc32(body), u32 crc32(first 8 header bytes), then
  *                   msgpack {k, h, f}: key K's holders are exactly h (null: free; one holder: a
  *                   plain lock's, as before semaphores; an array), or
@@ -43,10 +48,11 @@ export interface LoggedHolder {
   limit?: number
 }
 
-/** What a snapshot stores: the fencing counter and every held lock. */
-export interface LoggedSnapshot {
-  fence: number
-  locks: {key: string; holders: LoggedHolder[]}[]
+/** What a snapshot reads from the lock table: every held lock (lazily, a slice at a time) and the fencing counter. */
+export interface SnapshotSource {
+  /** The held locks; the iterator is read across turns of the event loop while the table changes. */
+  locks(): Iterator<{key: string; holders: LoggedHolder[]}>
+  fence(): number
 }
 
 export interface LogRecord {
@@ -71,6 +77,7 @@ export class LogCorruptError extends Error {
 }
 
 export const WAL_MAGIC = Buffer.from('lockwal2', 'latin1')
+export const SNAPSHOT_MAGIC = Buffer.from('locksnp2', 'latin1')
 const RECORD_HEADER = 12
 /** Header of the logs written before the format was versioned (no magic, no header checksum). */
 const LEGACY_RECORD_HEADER = 8
@@ -91,8 +98,10 @@ const packr = new Packr({useRecords: false, mapsAsObjects: true})
 const snapshotPackr = new Packr({useRecords: true, mapsAsObjects: true})
 
 export interface DurableLogOptions {
-  /** Take a snapshot and start a new log once the log is this big. */
+  /** Start a snapshot once the log is this big (or as big as the last snapshot, if that is bigger). */
   snapshotBytes?: number
+  /** Locks written per slice of a snapshot: the longest a snapshot keeps lockd from other work. */
+  snapshotSlice?: number
   /** Told how long each group commit's write and fdatasync took (metrics). */
   onFlush?: (seconds: number) => void
 }
@@ -105,6 +114,11 @@ export class DurableLog {
   private failure: Error | null = null
   private size: number
   private closed = false
+  /** The snapshot being written, if one is. */
+  private snapshotRun: SnapshotRun | null = null
+  /** Log size at which the next snapshot starts: at least the last snapshot's size, so that snapshots cost O(1) per record. */
+  private nextSnapshotAt: number
+  private readonly snapshotSlice: number
 
   private constructor(
     private readonly dir: string,
@@ -112,12 +126,17 @@ export class DurableLog {
     private fd: number,
     size: number,
     private reservedFence: number,
-    private readonly snapshotSource: () => LoggedSnapshot,
+    private readonly snapshotSource: SnapshotSource,
     private readonly snapshotBytes: number,
-    private readonly onFlush?: (seconds: number) => void,
+    options: DurableLogOptions,
   ) {
     this.size = size
+    this.nextSnapshotAt = snapshotBytes
+    this.snapshotSlice = options.snapshotSlice ?? 2000
+    this.onFlush = options.onFlush
   }
+
+  private readonly onFlush?: (seconds: number) => void
 
   /** Bytes in the current log file. */
   get bytes(): number {
@@ -125,7 +144,7 @@ export class DurableLog {
   }
 
   /** Read the state on disk, repair a torn tail, reserve fences, and open the log for appending. */
-  static async open(dir: string, snapshotSource: () => LoggedSnapshot, options: DurableLogOptions = {}): Promise<{log: DurableLog; state: RecoveredState}> {
+  static async open(dir: string, snapshotSource: SnapshotSource, options: DurableLogOptions = {}): Promise<{log: DurableLog; state: RecoveredState}> {
     makeDirectories(dir)
     const state: RecoveredState = {fence: 0, holders: new Map(), notes: []}
     let gen = 0
@@ -136,41 +155,47 @@ export class DurableLog {
     if (typeof reserved !== 'number' || !Number.isSafeInteger(reserved) || reserved < 0) {
       throw new LogCorruptError(`${fencePath} is corrupt (no fence mark in it); refusing to start rather than repeat a fence. ${MOVE_ASIDE}`)
     }
-    if (existsSync(snapshotPath)) {
-      const snapshot = readChecked(snapshotPath) as {gen: number; fence: number; locks: SnapshotEntry[]}
-      if (!Number.isSafeInteger(snapshot?.gen) || !Number.isSafeInteger(snapshot.fence) || !Array.isArray(snapshot.locks)) {
-        throw new LogCorruptError(`${snapshotPath} is corrupt (not a snapshot); refusing to start rather than forget locks. ${MOVE_ASIDE}`)
-      }
-      gen = snapshot.gen
-      state.fence = snapshot.fence
-      for (const entry of snapshot.locks) {
-        const holders = decodeHolders(entry?.holders ?? entry?.holder)
-        if (typeof entry?.key !== 'string' || !holders) throw new LogCorruptError(`${snapshotPath} is corrupt (not a snapshot); refusing to start rather than forget locks. ${MOVE_ASIDE}`)
-        if (holders.length > 0) state.holders.set(entry.key, holders)
-      }
-    }
-    const walPath = join(dir, `wal-${gen}.log`)
-    const data = existsSync(walPath) ? readFileSync(walPath) : null
     const hasSnapshot = existsSync(snapshotPath)
-    // No records yet: empty, or its magic cut short by a crash as the file was made.
-    const unstarted = data !== null && data.length < WAL_MAGIC.length && WAL_MAGIC.subarray(0, data.length).equals(data)
-    const versioned = data !== null && data.subarray(0, WAL_MAGIC.length).equals(WAL_MAGIC)
-    // The unversioned format began with a record's u32 length, always under 64 KiB; anything
-    // else in place of the magic is damage, not an old log.
-    const legacy = data !== null && !unstarted && !versioned && data[0] === 0 && data[1] === 0
-    if (data !== null && !unstarted && !versioned && !legacy) throw corrupt(walPath, 0, "the file does not start with the log format's magic")
-    if (data === null && (hadFenceFile || hasSnapshot)) {
-      // Every start and every snapshot creates the log before anything names it: gone is damage.
-      throw new LogCorruptError(`${walPath} is missing; refusing to start rather than forget grants. ${MOVE_ASIDE}`)
-    }
-    if (!hadFenceFile && versioned && (data.length > WAL_MAGIC.length || hasSnapshot)) {
-      // The mark is written before the first record: without it, a lost tail could repeat fences.
-      throw new LogCorruptError(`${fencePath} is missing; refusing to start rather than repeat a fence. ${MOVE_ASIDE}`)
-    }
+    if (hasSnapshot) gen = readSnapshot(snapshotPath, state)
+    // The logs to replay: the snapshot's generation and every later one, without a gap (a
+    // snapshot being written had switched to the next log; it was not finished).
+    const gens = readdirSync(dir)
+      .map((name) => /^wal-(\d+)\.log$/.exec(name))
+      .filter((match) => match !== null)
+      .map((match) => Number(match[1]))
+      .sort((a, b) => a - b)
+    const last = Math.max(gen, ...gens)
     let size = 0
-    if (data !== null && !unstarted) {
-      const {intact, torn} = legacy ? replayLegacy(data, walPath, state) : replay(data, walPath, state)
+    let legacy = false
+    for (let g = gen; g <= last; g++) {
+      const walPath = join(dir, `wal-${g}.log`)
+      const data = existsSync(walPath) ? readFileSync(walPath) : null
+      const isLast = g === last
+      // No records yet: empty, or its magic cut short by a crash as the file was made.
+      const unstarted = data !== null && data.length < WAL_MAGIC.length && WAL_MAGIC.subarray(0, data.length).equals(data)
+      const versioned = data !== null && data.subarray(0, WAL_MAGIC.length).equals(WAL_MAGIC)
+      // The unversioned format began with a record's u32 length, always under 64 KiB; anything
+      // else in place of the magic is damage, not an old log.
+      const unversioned = data !== null && !unstarted && !versioned && data[0] === 0 && data[1] === 0
+      if (data !== null && !unstarted && !versioned && !unversioned) throw corrupt(walPath, 0, "the file does not start with the log format's magic")
+      if (data === null && (hadFenceFile || hasSnapshot || !isLast)) {
+        // Every start and every snapshot creates the log before anything names it: gone is damage.
+        throw new LogCorruptError(`${walPath} is missing; refusing to start rather than forget grants. ${MOVE_ASIDE}`)
+      }
+      if (!hadFenceFile && versioned && (data.length > WAL_MAGIC.length || hasSnapshot)) {
+        // The mark is written before the first record: without it, a lost tail could repeat fences.
+        throw new LogCorruptError(`${fencePath} is missing; refusing to start rather than repeat a fence. ${MOVE_ASIDE}`)
+      }
+      if (data === null || unstarted) {
+        if (!isLast) throw corrupt(walPath, 0, 'a log followed by another one has no records header')
+        continue
+      }
+      legacy ||= unversioned
+      const {intact, torn} = unversioned ? replayLegacy(data, walPath, state) : replay(data, walPath, state)
       if (intact < data.length) {
+        // Only the last log can end in a write cut short: a log was complete (written and
+        // fdatasynced) before the next one was started.
+        if (!isLast) throw corrupt(walPath, intact, `${torn}, in a log followed by another one`)
         state.notes.push(`${walPath}: dropped ${data.length - intact} bytes at its end: ${torn}`)
         const fd = openSync(walPath, 'r+')
         try {
@@ -181,15 +206,15 @@ export class DurableLog {
           closeSync(fd)
         }
       }
-      size = intact
+      if (isLast) size = intact
     }
     // Fences at or under the mark may have been handed out in records that are now lost.
     if (reserved > state.fence) state.fence = reserved
-    // Logs of older generations are leftovers of an interrupted snapshot switch.
-    for (const name of readdirSync(dir)) {
-      const match = /^wal-(\d+)\.log$/.exec(name)
-      if (match && Number(match[1]) !== gen) unlinkSync(join(dir, name))
-    }
+    // Logs of older generations are leftovers of a snapshot that was named but not yet cleaned
+    // up after; a snapshot.tmp is one that was never finished.
+    for (const g of gens) if (g < gen) unlinkSync(join(dir, `wal-${g}.log`))
+    rmSync(join(dir, 'snapshot.tmp'), {force: true})
+    const walPath = join(dir, `wal-${last}.log`)
     if (size < WAL_MAGIC.length) {
       // A new (or empty) log starts with the magic, durably, before any record.
       writeNewLog(walPath)
@@ -197,25 +222,31 @@ export class DurableLog {
     }
     const fd = openSync(walPath, 'a')
     fsyncDir(dir)
-    const log = new DurableLog(dir, gen, fd, size, 0, snapshotSource, options.snapshotBytes ?? 16 * 1024 * 1024, options.onFlush)
+    const log = new DurableLog(dir, last, fd, size, 0, snapshotSource, options.snapshotBytes ?? 16 * 1024 * 1024, options)
     log.reserveFences(state.fence)
     if (legacy) {
-      // Rewrite the old format as a snapshot at once: every later write is in the new format.
-      state.notes.push(`${walPath}: converted from the unversioned log format`)
-      log.pendingSnapshot = true
+      // Rewrite the old format as a snapshot: every later write is in the new format.
+      state.notes.push(`${join(dir, `wal-${gen}.log`)}: converted from the unversioned log format`)
     }
+    // Several logs (or the old format) are folded into one snapshot once the table holds the state.
+    log.pendingSnapshot = legacy || last > gen
     return {log, state}
   }
 
   /** Set when the state must be rewritten as a snapshot once the caller has restored the table. */
   private pendingSnapshot = false
 
-  /** Called once the table holds the recovered state: finishes a format conversion. */
+  /** Called once the table holds the recovered state: folds several logs (or the old format) into a snapshot. */
   recovered(): void {
     if (this.pendingSnapshot) {
       this.pendingSnapshot = false
-      this.takeSnapshot()
+      this.startSnapshot()
     }
+  }
+
+  /** Whether a snapshot is being written (tests and metrics). */
+  get snapshotting(): boolean {
+    return this.snapshotRun !== null
   }
 
   /**
@@ -226,14 +257,9 @@ export class DurableLog {
   append(records: LogRecord[], fence: number): void {
     if (fence > this.reservedFence - FENCE_BLOCK / 2) this.reserveFences(fence)
     for (const record of records) {
-      const body = packr.pack(encode(record))
-      const frame = Buffer.allocUnsafe(RECORD_HEADER + body.length)
-      frame.writeUInt32BE(body.length, 0)
-      frame.writeUInt32BE(crc32(body), 4)
-      frame.writeUInt32BE(crc32(frame.subarray(0, 8)), 8)
-      body.copy(frame, RECORD_HEADER)
-      this.pending.push(frame)
-      this.pendingBytes += frame.length
+      const framed = frame(packr.pack(encode(record)))
+      this.pending.push(framed)
+      this.pendingBytes += framed.length
     }
   }
 
@@ -266,6 +292,8 @@ export class DurableLog {
     await this.commit().catch(() => {})
     await this.flushing
     this.closed = true
+    // An unfinished snapshot is dropped: the logs it would have replaced are all still there.
+    if (this.snapshotRun) this.abandonSnapshot(this.snapshotRun)
     await closeAsync(this.fd)
   }
 
@@ -290,7 +318,7 @@ export class DurableLog {
           this.onFlush?.((performance.now() - started) / 1000)
           this.size += batch.length
         }
-        if (this.size >= this.snapshotBytes && this.pendingBytes === 0) this.takeSnapshot()
+        if (this.size >= this.nextSnapshotAt && this.pendingBytes === 0 && !this.snapshotRun) this.startSnapshot()
         for (const done of waiters) done()
       }
     } catch (error) {
@@ -303,31 +331,186 @@ export class DurableLog {
   }
 
   /**
-   * Snapshot the table and switch to a fresh log. The new log file exists before the snapshot
-   * names its generation, and the old log is removed only after the rename is durable, so a
-   * crash at any step leaves a readable state.
+   * Start a snapshot without stopping lockd (docs/recovery.md, "Snapshots"). First switch to a
+   * fresh log, durably named before any record goes in it: every change from now on is in a log
+   * this snapshot does not replace. Then write the held locks a slice per turn of the event loop
+   * while requests go on. A lock that changes after its slice was written has its record in the
+   * new log, and records are states (a key's holders, or a token's grant), so recovery, replaying
+   * the new log over the snapshot, ends at the latest state whatever the slice caught. Once the
+   * whole snapshot is durable and named, the logs before the switch are removed.
    */
-  private takeSnapshot(): void {
-    const nextGen = this.gen + 1
-    const nextPath = join(this.dir, `wal-${nextGen}.log`)
-    writeNewLog(nextPath)
-    const snapshot = this.snapshotSource()
-    writeChecked(this.dir, 'snapshot', snapshotPackr, {
-      gen: nextGen,
-      fence: snapshot.fence,
-      locks: snapshot.locks.map(({key, holders}) => {
-        const h = onDisk(holders)
-        return Array.isArray(h) ? {key, holders: h} : {key, holder: h}
-      }),
-    })
-    const oldFd = this.fd
-    const oldPath = join(this.dir, `wal-${this.gen}.log`)
-    this.gen = nextGen
+  private startSnapshot(): void {
+    const gen = this.gen + 1
+    const path = join(this.dir, `wal-${gen}.log`)
+    writeNewLog(path)
+    fsyncDir(this.dir)
+    closeSync(this.fd)
+    this.fd = openSync(path, 'a')
+    this.gen = gen
     this.size = WAL_MAGIC.length
-    this.fd = openSync(nextPath, 'a')
-    closeSync(oldFd)
-    unlinkSync(oldPath)
+    const tmp = join(this.dir, 'snapshot.tmp')
+    const run: SnapshotRun = {gen, tmp, fd: openSync(tmp, 'w'), locks: this.snapshotSource.locks(), count: 0, bytes: 0, state: 'writing'}
+    this.snapshotRun = run
+    try {
+      this.writeToSnapshot(run, SNAPSHOT_MAGIC)
+    } catch (error) {
+      this.abandonSnapshot(run, error as Error)
+      return
+    }
+    setImmediate(() => this.writeSnapshotSlice(run))
   }
+
+  private writeSnapshotSlice(run: SnapshotRun): void {
+    if (run.state !== 'writing') return
+    try {
+      const locks: SnapshotEntry[] = []
+      let done = false
+      while (locks.length < this.snapshotSlice) {
+        const next = run.locks.next()
+        if (next.done) {
+          done = true
+          break
+        }
+        const h = onDisk(next.value.holders)
+        if (h !== null) locks.push(Array.isArray(h) ? {key: next.value.key, holders: h} : {key: next.value.key, holder: h})
+      }
+      if (locks.length > 0) this.writeToSnapshot(run, frame(snapshotPackr.pack({locks})))
+      run.count += locks.length
+      if (!done) {
+        setImmediate(() => this.writeSnapshotSlice(run))
+        return
+      }
+      // The fence now is above every fence in the slices, written before it.
+      this.writeToSnapshot(run, frame(snapshotPackr.pack({gen: run.gen, fence: this.snapshotSource.fence(), count: run.count})))
+    } catch (error) {
+      this.abandonSnapshot(run, error as Error)
+      return
+    }
+    // The whole file to disk off the event loop (a snapshot can be a hundred MB), then named.
+    run.state = 'syncing'
+    fsync(run.fd, (error) => {
+      if (run.state === 'abandoned') {
+        closeSync(run.fd)
+        rmSync(run.tmp, {force: true})
+        return
+      }
+      try {
+        if (error) throw error
+        closeSync(run.fd)
+        run.state = 'done'
+        renameSync(run.tmp, join(this.dir, 'snapshot'))
+        fsyncDir(this.dir)
+        for (const name of readdirSync(this.dir)) {
+          const match = /^wal-(\d+)\.log$/.exec(name)
+          if (match && Number(match[1]) < run.gen) unlinkSync(join(this.dir, name))
+        }
+        this.nextSnapshotAt = Math.max(this.snapshotBytes, run.bytes)
+        this.snapshotRun = null
+      } catch (failure) {
+        this.abandonSnapshot(run, failure as Error)
+      }
+    })
+  }
+
+  private writeToSnapshot(run: SnapshotRun, data: Buffer): void {
+    writeSync(run.fd, data)
+    run.bytes += data.length
+  }
+
+  /**
+   * Drop a snapshot being written (lockd closing, or the disk refusing it). Nothing is lost: the
+   * logs it would have replaced are kept and replayed. After a failure the next try waits for the
+   * log to grow again.
+   */
+  private abandonSnapshot(run: SnapshotRun, error?: Error): void {
+    const syncing = run.state === 'syncing'
+    run.state = 'abandoned'
+    this.snapshotRun = null
+    if (error) {
+      this.snapshotFailure = error
+      this.nextSnapshotAt = this.size + Math.max(this.snapshotBytes, run.bytes)
+    }
+    // A flush in flight closes the file when it ends.
+    if (syncing) return
+    try {
+      closeSync(run.fd)
+    } catch {}
+    rmSync(run.tmp, {force: true})
+  }
+
+  /** Why the last snapshot failed, if it did (it is tried again later; nothing is lost meanwhile). */
+  snapshotFailure: Error | null = null
+}
+
+interface SnapshotRun {
+  gen: number
+  tmp: string
+  fd: number
+  locks: Iterator<{key: string; holders: LoggedHolder[]}>
+  count: number
+  bytes: number
+  state: 'writing' | 'syncing' | 'done' | 'abandoned'
+}
+
+/** A record or snapshot frame: u32 length, u32 crc32(body), u32 crc32(the first 8 bytes), body. */
+function frame(body: Buffer): Buffer {
+  const framed = Buffer.allocUnsafe(RECORD_HEADER + body.length)
+  framed.writeUInt32BE(body.length, 0)
+  framed.writeUInt32BE(crc32(body), 4)
+  framed.writeUInt32BE(crc32(framed.subarray(0, 8)), 8)
+  body.copy(framed, RECORD_HEADER)
+  return framed
+}
+
+/**
+ * Load a snapshot into `state` and return the generation of the log that follows it. A snapshot
+ * was complete and synced before it was named: any damage in it is refused.
+ */
+function readSnapshot(path: string, state: RecoveredState): number {
+  const data = readFileSync(path)
+  const refuse = (why: string) => new LogCorruptError(`${path} is corrupt (${why}); refusing to start rather than forget locks. ${MOVE_ASIDE}`)
+  const load = (locks: unknown) => {
+    if (!Array.isArray(locks)) throw refuse('not a snapshot')
+    for (const entry of locks as SnapshotEntry[]) {
+      const holders = decodeHolders(entry?.holders ?? entry?.holder)
+      if (typeof entry?.key !== 'string' || !holders) throw refuse('not a snapshot')
+      if (holders.length > 0) state.holders.set(entry.key, holders)
+    }
+  }
+  if (!data.subarray(0, SNAPSHOT_MAGIC.length).equals(SNAPSHOT_MAGIC)) {
+    // The format written before snapshots were sliced: one checksummed document.
+    const snapshot = readChecked(path) as {gen: number; fence: number; locks: SnapshotEntry[]}
+    if (!Number.isSafeInteger(snapshot?.gen) || !Number.isSafeInteger(snapshot.fence)) throw refuse('not a snapshot')
+    load(snapshot.locks)
+    state.fence = Math.max(state.fence, snapshot.fence)
+    return snapshot.gen
+  }
+  let offset = SNAPSHOT_MAGIC.length
+  let count = 0
+  while (offset < data.length) {
+    if (data.length - offset < RECORD_HEADER || crc32(data.subarray(offset, offset + 8)) !== data.readUInt32BE(offset + 8)) throw refuse(`bad frame header at byte ${offset}`)
+    const length = data.readUInt32BE(offset)
+    const body = data.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + length)
+    if (body.length !== length || crc32(body) !== data.readUInt32BE(offset + 4)) throw refuse(`bad frame at byte ${offset}`)
+    let value: {locks?: unknown; gen?: unknown; fence?: unknown; count?: unknown}
+    try {
+      value = snapshotPackr.unpack(body) as typeof value
+    } catch {
+      throw refuse(`undecodable frame at byte ${offset}`)
+    }
+    offset += RECORD_HEADER + length
+    if (value?.locks !== undefined) {
+      load(value.locks)
+      count += (value.locks as unknown[]).length
+      continue
+    }
+    // The end: the generation of the log that follows, the fence, and how many locks came before.
+    const {gen, fence} = value ?? {}
+    if (!Number.isSafeInteger(gen) || !Number.isSafeInteger(fence) || value.count !== count || offset !== data.length) throw refuse('bad end')
+    state.fence = Math.max(state.fence, fence as number)
+    return gen as number
+  }
+  throw refuse('it has no end')
 }
 
 /** Write these bytes as the whole file, and fsync it. */

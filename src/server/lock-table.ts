@@ -385,9 +385,15 @@ export class LockTable {
   }
 
   snapshot(): TableSnapshot {
-    const locks: TableSnapshot['locks'] = []
-    for (const entry of this.entries.values()) if (entry.holders.length > 0) locks.push({key: entry.key, holders: entry.holders.map(persisted)})
-    return {fence: this.fenceCounter, locks}
+    return {fence: this.fenceCounter, locks: [...this.heldLocks()]}
+  }
+
+  /**
+   * Every held lock, read lazily: the durable log's snapshot reads it a slice at a time while the
+   * table goes on changing (a Map's iterator visits each entry that is still there when reached).
+   */
+  *heldLocks(): Generator<{key: string; holders: PersistedHolder[]}> {
+    for (const entry of this.entries.values()) if (entry.holders.length > 0) yield {key: entry.key, holders: entry.holders.map(persisted)}
   }
 
   /**

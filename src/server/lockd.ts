@@ -180,10 +180,14 @@ export class LockServer {
       throw new ServerStartError(`--data-dir: cannot create ${path ?? dataDir}: ${code ?? (error as Error).message}`)
     }
     this.dirMutex = await claimDataDir(dataDir)
-    const {log, state} = await DurableLog.open(dataDir, () => this.table.snapshot(), {
-      snapshotBytes: this.options.snapshotBytes,
-      onFlush: this.metrics ? (seconds) => this.metrics?.observeFsync(seconds) : undefined,
-    })
+    const {log, state} = await DurableLog.open(
+      dataDir,
+      {locks: () => this.table.heldLocks(), fence: () => this.table.lastFence},
+      {
+        snapshotBytes: this.options.snapshotBytes,
+        onFlush: this.metrics ? (seconds) => this.metrics?.observeFsync(seconds) : undefined,
+      },
+    )
     this.log = log
     for (const note of state.notes) this.say(`lockd: ${note}`)
     this.table.recover(state.fence, state.holders)
