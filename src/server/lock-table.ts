@@ -144,7 +144,7 @@ export interface LockTableOptions {
 }
 
 export class LockTable {
-  private readonly entries = new Map<string, Entry>()
+  private entries = new Map<string, Entry>()
   private readonly waitersBySession = new Map<string, Map<number, Waiter>>()
   /** Queued waiters that carry an attempt id, by that id (at most one each). */
   private readonly waitersByAttempt = new Map<string, Waiter>()
@@ -400,15 +400,24 @@ export class LockTable {
    * Rebuild state after a restart. A recovered holder gets its whole lease again, counted from
    * now: its owner may have renewed just before the crash and still believes it holds, and the
    * old monotonic clock is gone, so nothing shorter is safe.
+   * An empty table takes `holders` over (its values become the table's entries): the caller
+   * reads nothing from it afterwards.
    */
-  recover(fence: number, holders: Iterable<[string, PersistedHolder[]]>): void {
+  recover(fence: number, holders: Map<string, PersistedHolder[]>): void {
     const now = this.clock.now()
     this.fenceCounter = Math.max(this.fenceCounter, fence)
     // A restart of a million locks: the saved holders become the table's (no copy), and their
-    // leases go into the deadline heap in one heapify.
+    // leases go into the deadline heap in one heapify. An empty table adopts the recovered map
+    // itself, each value replaced by its entry in place: a second map of a million keys costs
+    // more than the rest of the restart together (its growth and rehashing).
+    const adopt = this.entries.size === 0
+    const entries = adopt ? (holders as unknown as Map<string, Entry | PersistedHolder[]>) : this.entries
     const deadlines: {at: number; item: Deadline}[] = []
     for (const [key, saved] of holders) {
-      if (saved.length === 0) continue
+      if (saved.length === 0) {
+        if (adopt) entries.delete(key)
+        continue
+      }
       const entry: Entry = {key, holders: saved as Holder[], waiters: NO_WAITERS, limit: saved[0].limit ?? 1}
       for (const holder of entry.holders) {
         if (holder.fence > this.fenceCounter) this.fenceCounter = holder.fence
@@ -416,8 +425,9 @@ export class LockTable {
         holder.expiresAt = leaseEnd(now, holder.leaseMs)
         deadlines.push({at: holder.expiresAt, item: holder})
       }
-      this.entries.set(key, entry)
+      entries.set(key, entry)
     }
+    if (adopt) this.entries = entries as Map<string, Entry>
     this.deadlines.pushAll(deadlines)
   }
 

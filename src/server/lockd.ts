@@ -190,14 +190,16 @@ export class LockServer {
     )
     this.log = log
     for (const note of state.notes) this.say(`lockd: ${note}`)
+    // Counted first: the table takes the recovered map over.
+    const names = state.holders.size
+    let grants = 0
+    for (const holders of state.holders.values()) grants += holders.length
     this.table.recover(state.fence, state.holders)
     log.recovered()
-    if (state.holders.size > 0) {
+    if (names > 0) {
       // A semaphore's or shared lock's several grants are each a holder that keeps its lease.
-      let grants = 0
-      for (const holders of state.holders.values()) grants += holders.length
-      const several = grants > state.holders.size ? ` (${grants} grants)` : ''
-      this.say(`lockd: recovered ${state.holders.size} held lock(s)${several}; each keeps its whole lease from now`)
+      const several = grants > names ? ` (${grants} grants)` : ''
+      this.say(`lockd: recovered ${names} held lock(s)${several}; each keeps its whole lease from now`)
     }
   }
 

@@ -202,7 +202,7 @@ describe('LockTable', () => {
   })
 
   it('recovery gives every holder its whole lease from now and continues the fence counter', () => {
-    table.recover(41, [['k', [{token: 't1', fence: 40, owner: 'A', leaseMs: 3000, since: 1}]]])
+    table.recover(41, new Map([['k', [{token: 't1', fence: 40, owner: 'A', leaseMs: 3000, since: 1}]]]))
     expect(table.inspect('k')?.holder).toMatchObject({fence: 40, expiresAt: clock.now() + 3000})
     expect(acquire('k', 'B').result.kind).toBe('held')
     tick(3000)
@@ -258,7 +258,7 @@ describe('LockTable', () => {
     ] = table.drainChanges()
     expect(holder).toMatchObject({attempt: 'attempt-a'})
     const restarted = new LockTable(clock)
-    restarted.recover(holder.fence, [['k', [holder]]])
+    restarted.recover(holder.fence, new Map([['k', [holder]]]))
     const again = restarted.acquire({key: 'k', leaseMs: 5000, waitMs: 0, owner: 'A', attempt: 'attempt-a', from: {session: 'A2', wid: 1}})
     expect(again).toMatchObject({kind: 'granted', grant: {token: holder.token, fence: holder.fence}})
   })

@@ -159,10 +159,7 @@ describe('LockTable: random schedules of semaphores and shared locks (seeded)', 
           // A restart: the table is rebuilt from its snapshot; waiters are gone with their connections.
           const snapshot = table.snapshot()
           table = new LockTable(clock)
-          table.recover(
-            snapshot.fence,
-            snapshot.locks.map((l) => [l.key, l.holders]),
-          )
+          table.recover(snapshot.fence, new Map(snapshot.locks.map((l) => [l.key, l.holders])))
           for (const queue of queues.values()) queue.length = 0
         } else {
           clock.advance(Math.floor(random() * 1500))
