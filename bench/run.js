@@ -8,6 +8,7 @@
 //   node bench/run.js --no-redis      without the side-by-side with Redis (run when redis-server is installed)
 //   node bench/run.js --scale [N]     only the scale section: N (1M) held locks, RSS, restart time
 //   node bench/run.js --startup       only the CLI's start-up (process wall times)
+//   node bench/run.js --side-by-side  only lockd next to Redis (multi-process lockers)
 import {spawn, spawnSync} from 'node:child_process'
 import {mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
@@ -250,6 +251,10 @@ async function memory() {
 console.log(`lockctl benchmarks — ${new Date().toISOString()}, node ${process.version}, ${quick ? 'quick' : 'full'} run`)
 if (process.argv.includes('--scale')) {
   await scale()
+  process.exit(0)
+}
+if (process.argv.includes('--side-by-side')) {
+  await sideBySide()
   process.exit(0)
 }
 if (!lockdOnly && !etcdOnly) await processBench()

@@ -34,7 +34,10 @@ export interface LockServerOptions {
   clock?: Clock
   /** Where operator messages go (recovery notes, shutdown). */
   log?: (line: string) => void
+  /** Start a snapshot once the log is this big (docs/recovery.md, "Snapshots"; default 16 MiB). */
   snapshotBytes?: number
+  /** Locks per slice of a snapshot (default 2,000). */
+  snapshotSlice?: number
   /**
    * Stop when the unix socket file is removed or replaced (the embedded lockd): clients find it
    * only through that file, and an unreachable lockd would still hold the data directory, so
@@ -185,6 +188,7 @@ export class LockServer {
       {locks: () => this.table.heldLocks(), fence: () => this.table.lastFence},
       {
         snapshotBytes: this.options.snapshotBytes,
+        snapshotSlice: this.options.snapshotSlice,
         onFlush: this.metrics ? (seconds) => this.metrics?.observeFsync(seconds) : undefined,
       },
     )
