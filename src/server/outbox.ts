@@ -84,7 +84,9 @@ export class Outbox {
     this.outgoing = []
     if (records.length > 0 && this.log) {
       this.log.append(records, fence)
-      const commit = this.log.commit()
+      // Written at once either way; flushed to the disk only when a message of this batch tells
+      // of a state that must be durable (a grant): a batch of releases waits for no fdatasync.
+      const commit = this.log.commit(outgoing.some((item) => needsDurability(item.message)))
       this.commitsInFlight++
       this.releaseChain = this.releaseChain
         .then(() => commit)

@@ -343,3 +343,71 @@ describe('durable log: snapshots written while the table changes', () => {
     expect(copies).toBeGreaterThan(midSnapshot)
   })
 })
+
+describe('durable log: what waits for the disk', () => {
+  it('a batch nothing waits on is written at once and flushed with the next batch that is waited on', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lockctl-log-'))
+    const table = new LockTable(new FakeClock())
+    let flushes = 0
+    const {log} = await DurableLog.open(dir, sourceOf(table), {snapshotBytes: 1 << 30, onFlush: () => flushes++})
+    const commit = (durable: boolean) => {
+      log.append(
+        table.drainChanges().map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})),
+        table.lastFence,
+      )
+      table.drainEvents()
+      return log.commit(durable)
+    }
+    const wal = join(dir, 'wal-0.log')
+    const grant = table.acquire({key: 'k', leaseMs: 60_000, waitMs: 0, owner: 'a', from: {session: 's', wid: 1}})
+    if (grant.kind !== 'granted') throw new Error('not granted')
+    await commit(true)
+    expect(flushes).toBe(1)
+    const afterGrant = readFileSync(wal).length
+    // A release: in the file at once (a process crash keeps it), no fdatasync of its own.
+    table.release('k', grant.grant.token)
+    await commit(false)
+    expect(flushes).toBe(1)
+    expect(readFileSync(wal).length).toBeGreaterThan(afterGrant)
+    // Asked to be durable with nothing new: the release's write is flushed now.
+    await log.commit(true)
+    expect(flushes).toBe(2)
+    await log.commit(true)
+    expect(flushes).toBe(2)
+    // A release then a grant: one fdatasync covers both.
+    const again = table.acquire({key: 'k', leaseMs: 60_000, waitMs: 0, owner: 'b', from: {session: 's', wid: 2}})
+    if (again.kind !== 'granted') throw new Error('not granted')
+    await commit(false)
+    table.release('k', again.grant.token)
+    table.acquire({key: 'k', leaseMs: 60_000, waitMs: 0, owner: 'c', from: {session: 's', wid: 3}})
+    await commit(true)
+    expect(flushes).toBe(3)
+    await log.close()
+    const {log: reopened, state} = await DurableLog.open(dir, NOTHING)
+    await reopened.close()
+    expect(state.holders.get('k')?.map((h) => h.owner)).toEqual(['c'])
+    rmSync(dir, {recursive: true, force: true})
+  })
+
+  it('a log is flushed before the next one starts, even when nothing waited on its last writes', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lockctl-log-'))
+    const table = new LockTable(new FakeClock())
+    let flushes = 0
+    const {log} = await DurableLog.open(dir, sourceOf(table), {snapshotBytes: 200, onFlush: () => flushes++})
+    for (let i = 0; flushes === 0; i++) {
+      if (i > 50) throw new Error('no log switch')
+      table.acquire({key: `k${i}`, leaseMs: 60_000, waitMs: 0, owner: 'a', from: {session: 's', wid: i}})
+      log.append(
+        table.drainChanges().map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})),
+        table.lastFence,
+      )
+      table.drainEvents()
+      await log.commit(false)
+    }
+    // The only fdatasync was the one before the switch to wal-1.log.
+    expect(log.snapshotting).toBe(true)
+    await snapshotWritten(log)
+    await log.close()
+    rmSync(dir, {recursive: true, force: true})
+  })
+})
