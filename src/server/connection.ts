@@ -29,9 +29,22 @@ export interface Connection {
   user: string | null
   /** Messages that came while the hello's password was being checked, in order. */
   held: Record<string, unknown>[] | null
+  /**
+   * The owner name of this connection's last acquire. A client names the same owner in every
+   * acquire; each holder keeps this one string instead of its own decoded copy (a million locks
+   * of one client process: one string, not a million).
+   */
+  owner: string | null
+}
+
+/** `owner` as the connection's one copy of it. */
+export function sharedOwner(conn: Connection, owner: string): string {
+  if (conn.owner === owner) return conn.owner
+  conn.owner = owner
+  return owner
 }
 
 export function newConnection(socket: Socket, session: string, maxFrame: number): Connection {
   const codec = createCodec()
-  return {session, socket, codec, decoder: new FrameDecoder(codec, maxFrame), greeted: false, peerMaxFrame: null, subscriptions: new Map(), user: null, held: null}
+  return {session, socket, codec, decoder: new FrameDecoder(codec, maxFrame), greeted: false, peerMaxFrame: null, subscriptions: new Map(), user: null, held: null, owner: null}
 }

@@ -2,7 +2,7 @@ import {ErrorCode} from '../protocol/errors.js'
 import type {Answer, AnswerTo, Op, Request, RequestOf, ServerInfo} from '../protocol/messages.js'
 import {attemptProblem, keyProblem, leaseProblem, modeProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
 import {describeLimit} from '../protocol/limits.js'
-import type {Connection} from './connection.js'
+import {sharedOwner, type Connection} from './connection.js'
 import type {LockTable} from './lock-table.js'
 import type {Subscriptions} from './subscriptions.js'
 import {grantInfo, holderInfo, lockInfo} from './wire.js'
@@ -69,7 +69,7 @@ function answer(ctx: HandlerContext, conn: Connection, request: Request): Answer
         key: request.key,
         leaseMs: request.leaseMs,
         waitMs: request.waitMs,
-        owner: request.owner,
+        owner: sharedOwner(conn, request.owner),
         token: request.token ?? undefined,
         attempt: request.attempt ?? undefined,
         from: {session: conn.session, wid: request.id},

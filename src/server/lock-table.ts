@@ -327,13 +327,12 @@ export class LockTable {
   /** Expire leases and waits that are due; hand expired locks to the next waiter. */
   tick(): void {
     const now = this.clock.now()
-    for (let top = this.deadlines.peek(); top && top.at <= now; top = this.deadlines.peek()) {
-      this.deadlines.pop()
-      const due = top.item
+    for (let at = this.deadlines.peekAt(); at !== undefined && at <= now; at = this.deadlines.peekAt()) {
+      const due = this.deadlines.pop()!
       if (isHolder(due)) {
         const entry = this.entries.get(due.key)
         // Stale heap entries (renewed or released holders) are skipped here.
-        if (!entry?.holders.includes(due) || due.expiresAt !== top.at) continue
+        if (!entry?.holders.includes(due) || due.expiresAt !== at) continue
         this.events.push({type: 'expired', key: due.key, holder: due})
         this.removeHolder(entry, due, now)
       } else if (this.waitersBySession.get(due.session)?.get(due.wid) === due) {
@@ -347,7 +346,7 @@ export class LockTable {
   }
 
   nextDeadline(): number | undefined {
-    return this.deadlines.peek()?.at
+    return this.deadlines.peekAt()
   }
 
   inspect(key: string): LockView | null {
@@ -412,7 +411,8 @@ export class LockTable {
     // more than the rest of the restart together (its growth and rehashing).
     const adopt = this.entries.size === 0
     const entries = adopt ? (holders as unknown as Map<string, Entry | PersistedHolder[]>) : this.entries
-    const deadlines: {at: number; item: Deadline}[] = []
+    const ats: number[] = []
+    const items: Deadline[] = []
     for (const [key, saved] of holders) {
       if (saved.length === 0) {
         if (adopt) entries.delete(key)
@@ -423,12 +423,13 @@ export class LockTable {
         if (holder.fence > this.fenceCounter) this.fenceCounter = holder.fence
         holder.key = key
         holder.expiresAt = leaseEnd(now, holder.leaseMs)
-        deadlines.push({at: holder.expiresAt, item: holder})
+        ats.push(holder.expiresAt)
+        items.push(holder)
       }
       entries.set(key, entry)
     }
     if (adopt) this.entries = entries as Map<string, Entry>
-    this.deadlines.pushAll(deadlines)
+    this.deadlines.pushAll(ats, items)
   }
 
   private grant(key: string, owner: string, leaseMs: number, now: number, mode: AcquireMode, to?: WaiterRef, attempt?: string, session = to?.session): Holder {

@@ -21,13 +21,30 @@ describe('DeadlineHeap', () => {
       pushed.push(at)
     }
     const popped: number[] = []
-    while (heap.peek()) popped.push(heap.pop()!.at)
+    for (let at = heap.peekAt(); at !== undefined; at = heap.peekAt()) {
+      const item = heap.pop()!
+      expect(pushed[item]).toBe(at)
+      popped.push(at)
+    }
     expect(popped).toEqual([...pushed].sort((a, b) => a - b))
     for (let i = 0; i < 100; i++) heap.push(i, i)
     heap.compact((item) => item % 2 === 0)
     expect(heap.size).toBe(50)
-    expect(heap.pop()!.item).toBe(0)
-    expect(heap.pop()!.item).toBe(2)
+    expect(heap.pop()).toBe(0)
+    expect(heap.pop()).toBe(2)
+    // Many at once (a restart): the same order as one by one.
+    const bulk = new DeadlineHeap<number>()
+    const ats = Array.from({length: 300}, () => Math.floor(random() * 1000))
+    bulk.pushAll(
+      ats,
+      ats.map((_, i) => i),
+    )
+    const order: number[] = []
+    for (let at = bulk.peekAt(); at !== undefined; at = bulk.peekAt()) {
+      expect(ats[bulk.pop()!]).toBe(at)
+      order.push(at)
+    }
+    expect(order).toEqual([...ats].sort((a, b) => a - b))
   })
 })
 
