@@ -2,7 +2,8 @@ import {ErrorCode} from '../protocol/errors.js'
 import {encodeFrame} from '../protocol/framing.js'
 import type {Answer, LockInfo, ServerMessage} from '../protocol/messages.js'
 import type {Connection} from './connection.js'
-import type {DurableLog, LogRecord} from './durable-log.js'
+import type {DurableLog} from './durable-log.js'
+import type {LogRecord} from './log-format.js'
 import type {Outgoing} from './subscriptions.js'
 
 const MAX_OUTPUT_BUFFER = 16 * 1024 * 1024
