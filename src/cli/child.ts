@@ -94,6 +94,9 @@ export class SupervisedChild {
    */
   private leftovers(): number[] {
     if (this.pid === undefined) return []
+    // Its own group, and the kernel says the group is empty: nothing to look for. Reading /proc
+    // costs ~1 ms per 70 processes (13 ms on a server running a thousand), on every hold.
+    if (this.ownGroup && !groupExists(this.pid)) return []
     const processes = listProcesses()
     if (this.ownGroup && processes.size === 0) return groupExists(this.pid) ? [this.pid] : [] // no /proc: ask the kernel about the group
     if (this.ownGroup) return [...processes.values()].filter((p) => p.pgrp === this.pid && !p.zombie).map((p) => p.pid)
