@@ -1,6 +1,6 @@
 import {spawnSync} from 'node:child_process'
 import {cpSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync} from 'node:fs'
-import {join} from 'node:path'
+import {join, resolve} from 'node:path'
 import {describe, expect, it} from 'vitest'
 import {BIN, LAUNCHER, ROOT, runCli, sharedLockd, tempDir} from '../helpers/processes.js'
 
@@ -9,7 +9,14 @@ import {BIN, LAUNCHER, ROOT, runCli, sharedLockd, tempDir} from '../helpers/proc
  * or any run the snapshot does not fit, through bin/run.js. Which way a run went is read from the
  * command line of the lockctl process itself: `hold` runs a shell whose parent it is.
  */
-const SHOW_PARENT = ['--', 'sh', '-c', 'tr "\\0" " " < /proc/$PPID/cmdline']
+const SHOW_PARENT = ['--', 'sh', '-c', 'tr "\\0" "\\n" < /proc/$PPID/cmdline']
+
+/** How the lockctl process was started, from its command line (one argument a line): the snapshot and package root it was given, or the script node ran. */
+function startOf(cmdline: string): {blob: string; root: string} | {script: string} {
+  const args = cmdline.split('\n')
+  const at = args.indexOf('--snapshot-blob')
+  return at === -1 ? {script: resolve(args[1])} : {blob: resolve(args[at + 1]), root: resolve(args[at + 2])}
+}
 
 describe('start-up from the snapshot', () => {
   const {env} = sharedLockd()
@@ -17,7 +24,7 @@ describe('start-up from the snapshot', () => {
   it('lock, unlock, status and hold start from the snapshot, with the same answers as the ordinary start', async () => {
     const held = await runCli(['hold', 'startup/a', '--quiet', ...SHOW_PARENT], {env})
     expect(held.code, held.stderr).toBe(0)
-    expect(held.stdout).toContain(`--snapshot-blob ${ROOT}/bin/../dist/snapshot/lockctl.blob`)
+    expect(startOf(held.stdout)).toEqual({blob: join(ROOT, 'dist', 'snapshot', 'lockctl.blob'), root: ROOT})
     const lock = await runCli(['lock', 'startup/b', '--json'], {env})
     expect(lock.code, lock.stderr).toBe(0)
     const {token, fence} = JSON.parse(lock.stdout) as {token: string; fence: number}
@@ -51,10 +58,10 @@ describe('start-up from the snapshot', () => {
     return {launcher: join(bin, 'lockctl'), root}
   }
 
-  async function startedFrom(launcher: string, extra: NodeJS.ProcessEnv = {}): Promise<string> {
+  async function startedFrom(launcher: string, extra: NodeJS.ProcessEnv = {}): Promise<ReturnType<typeof startOf>> {
     const held = await runCli(['hold', 'startup/copy', '--quiet', ...SHOW_PARENT], {env: {...env, ...extra}, launcher})
     expect(held.code, held.stderr).toBe(0)
-    return held.stdout
+    return startOf(held.stdout)
   }
 
   it('a snapshot is used only by the node that built it: a changed binary, another node, or no snapshot start the ordinary way', {timeout: 60_000}, async () => {
@@ -62,27 +69,29 @@ describe('start-up from the snapshot', () => {
     const blob = join(root, 'dist', 'snapshot', 'lockctl.blob')
     const stamp = `${blob}.node`
     // Moved and reached through a link: the snapshot built elsewhere still finds this copy's files.
-    expect(await startedFrom(launcher)).toContain(`--snapshot-blob ${root}/bin/../dist/snapshot/lockctl.blob ${root}/bin/..`)
+    const fromSnapshot = {blob: join(root, 'dist', 'snapshot', 'lockctl.blob'), root}
+    const ordinary = {script: join(root, 'bin', 'run.js')}
+    expect(await startedFrom(launcher)).toEqual(fromSnapshot)
     const original = readFileSync(stamp, 'utf8')
     // The node binary changed in place (its modification time differs from the stamp's).
     utimesSync(stamp, new Date(), new Date(Date.now() - 3_600_000))
-    expect(await startedFrom(launcher)).toContain(`${root}/bin/../bin/run.js hold`)
+    expect(await startedFrom(launcher)).toEqual(ordinary)
     // Built by another node.
     writeFileSync(stamp, '/opt/other/node\n')
-    expect(await startedFrom(launcher)).toContain('/bin/run.js hold')
+    expect(await startedFrom(launcher)).toEqual(ordinary)
     // The way out, and DEBUG (which oclif reads as it loads).
     writeFileSync(stamp, original)
     const {mtime} = statSync(original.trim())
     utimesSync(stamp, mtime, mtime)
-    expect(await startedFrom(launcher)).toContain('--snapshot-blob')
-    expect(await startedFrom(launcher, {LOCKCTL_NO_SNAPSHOT: '1'})).toContain('/bin/run.js hold')
-    expect(await startedFrom(launcher, {DEBUG: 'nothing-matches'})).toContain('/bin/run.js hold')
+    expect(await startedFrom(launcher)).toEqual(fromSnapshot)
+    expect(await startedFrom(launcher, {LOCKCTL_NO_SNAPSHOT: '1'})).toEqual(ordinary)
+    expect(await startedFrom(launcher, {DEBUG: 'nothing-matches'})).toEqual(ordinary)
     // No snapshot at all (installed with --ignore-scripts): bin/snapshot.js builds one.
     rmSync(blob)
-    expect(await startedFrom(launcher)).toContain('/bin/run.js hold')
+    expect(await startedFrom(launcher)).toEqual(ordinary)
     const built = spawnSync(process.execPath, [join(root, 'bin', 'snapshot.js')], {encoding: 'utf8'})
     expect(built.status, built.stderr).toBe(0)
     expect(built.stdout).toMatch(/start-up snapshot built for node v\d+/)
-    expect(await startedFrom(launcher)).toContain('--snapshot-blob')
+    expect(await startedFrom(launcher)).toEqual(fromSnapshot)
   })
 })
