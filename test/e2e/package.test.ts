@@ -31,7 +31,7 @@ describe('the published package', () => {
     // The dependencies come from npm's cache (npm ci filled it); the registry only if it must.
     execFileSync('npm', ['install', tarball, '--prefer-offline', '--no-audit', '--no-fund', '--silent'], {cwd: app, stdio: 'pipe'})
     const home = join(app, 'home')
-    const env = {...process.env, HOME: home, XDG_STATE_HOME: join(home, 'state'), LOCKCTL_ENDPOINTS: undefined, XDG_CONFIG_HOME: join(home, 'config')}
+    const env = {...process.env, HOME: home, XDG_STATE_HOME: join(home, 'state'), LOCKCTL_ENDPOINTS: undefined, XDG_CONFIG_HOME: join(home, 'config'), NODE_OPTIONS: undefined}
     const lock = spawnSync('npx', ['--no-install', 'lockctl', 'lock', 'k', '--json'], {cwd: app, env, encoding: 'utf8'})
     expect(lock.status, lock.stderr).toBe(0)
     expect(JSON.parse(lock.stdout)).toMatchObject({key: 'k', fence: expect.any(Number)})

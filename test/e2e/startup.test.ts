@@ -22,7 +22,7 @@ describe('start-up from the snapshot', () => {
   const {env} = sharedLockd()
 
   it('lock, unlock, status and hold start from the snapshot, with the same answers as the ordinary start', async () => {
-    const held = await runCli(['hold', 'startup/a', '--quiet', ...SHOW_PARENT], {env})
+    const held = await runCli(['hold', 'startup/a', '--quiet', ...SHOW_PARENT], {env: {...env, NODE_OPTIONS: undefined}})
     expect(held.code, held.stderr).toBe(0)
     expect(startOf(held.stdout)).toEqual({blob: join(ROOT, 'dist', 'snapshot', 'lockctl.blob'), root: ROOT})
     const lock = await runCli(['lock', 'startup/b', '--json'], {env})
@@ -59,7 +59,7 @@ describe('start-up from the snapshot', () => {
   }
 
   async function startedFrom(launcher: string, extra: NodeJS.ProcessEnv = {}): Promise<ReturnType<typeof startOf>> {
-    const held = await runCli(['hold', 'startup/copy', '--quiet', ...SHOW_PARENT], {env: {...env, ...extra}, launcher})
+    const held = await runCli(['hold', 'startup/copy', '--quiet', ...SHOW_PARENT], {env: {...env, NODE_OPTIONS: undefined, ...extra}, launcher})
     expect(held.code, held.stderr).toBe(0)
     return startOf(held.stdout)
   }
@@ -86,6 +86,8 @@ describe('start-up from the snapshot', () => {
     expect(await startedFrom(launcher)).toEqual(fromSnapshot)
     expect(await startedFrom(launcher, {LOCKCTL_NO_SNAPSHOT: '1'})).toEqual(ordinary)
     expect(await startedFrom(launcher, {DEBUG: 'nothing-matches'})).toEqual(ordinary)
+    // V8 settings in NODE_OPTIONS would make Node refuse the snapshot (exit 14): the ordinary start honours them.
+    expect(await startedFrom(launcher, {NODE_OPTIONS: '--max-old-space-size=4096'})).toEqual(ordinary)
     // No snapshot at all (installed with --ignore-scripts): bin/snapshot.js builds one.
     rmSync(blob)
     expect(await startedFrom(launcher)).toEqual(ordinary)
