@@ -3,7 +3,8 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {DurableLog} from '../../src/server/durable-log.js'
-import {FENCE_BLOCK, LogCorruptError, WAL_MAGIC, type LoggedHolder, type RecoveredState, type SnapshotSource} from '../../src/server/log-format.js'
+import {crc32} from 'node:zlib'
+import {FENCE_BLOCK, frame, LogCorruptError, packr, WAL_MAGIC, type LoggedHolder, type RecoveredState, type SnapshotSource} from '../../src/server/log-format.js'
 import {LockTable} from '../../src/server/lock-table.js'
 import {FakeClock} from '../helpers/fake-clock.js'
 import {rng} from '../helpers/random.js'
@@ -64,6 +65,16 @@ async function buildLog(seed: number, commits: number): Promise<Written> {
 /** What the log's snapshots read from a table. */
 function sourceOf(table: LockTable): SnapshotSource {
   return {locks: () => table.heldLocks(), fence: () => table.lastFence}
+}
+
+/** Log what the table changed since the last call, and commit it (durably unless told not to). */
+async function commitChanges(table: LockTable, log: DurableLog, durable = true): Promise<void> {
+  log.append(
+    table.drainChanges().map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})),
+    table.lastFence,
+  )
+  table.drainEvents()
+  await log.commit(durable)
 }
 
 /** Wait (a bounded number of turns) until the snapshot the log is writing is named. */
@@ -201,9 +212,6 @@ describe('durable log recovery under damage (seeded, bounded)', () => {
   it('reads a log of the unversioned format and rewrites it as a snapshot', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'lockctl-legacy-'))
     scratch.push(dir)
-    const {Packr} = await import('msgpackr/pack')
-    const {crc32} = await import('node:zlib')
-    const packr = new Packr({useRecords: false, mapsAsObjects: true})
     const records = [
       {k: 'a', h: {token: 'ta', fence: 1, owner: 'o', leaseMs: 60_000, since: 0}, f: 1},
       {k: 'b', h: {token: 'tb', fence: 2, owner: 'o', leaseMs: 60_000, since: 0}, f: 2},
@@ -428,12 +436,7 @@ describe('durable log: a damaged snapshot', () => {
     // A log past the (tiny) threshold starts a snapshot of 7-lock slices.
     const {log} = await DurableLog.open(dir, sourceOf(table), {snapshotBytes: 100, snapshotSlice: 7})
     for (let i = 0; i < 40; i++) table.acquire({key: `k${i}`, leaseMs: 60_000, waitMs: 0, owner: 'a', from: {session: 's', wid: i}, limit: i % 5 === 0 ? 2 : 1})
-    log.append(
-      table.drainChanges().map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})),
-      table.lastFence,
-    )
-    table.drainEvents()
-    await log.commit()
+    await commitChanges(table, log)
     await snapshotWritten(log)
     await log.close()
     const snapshot = readFileSync(join(dir, 'snapshot'))
@@ -468,6 +471,59 @@ describe('durable log: a damaged snapshot', () => {
     const {log: last, state} = await DurableLog.open(dir, NOTHING)
     await last.close()
     expect([...state.holders.values()].flat().length).toBe(40)
+    rmSync(dir, {recursive: true, force: true})
+  })
+})
+
+describe('durable log: a data directory written before snapshots were sliced', () => {
+  it('its one-document snapshot and the log after it are read; the next snapshot is written in the new form', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lockctl-log-'))
+    const checked = (value: unknown) => {
+      const body = packr.pack(value)
+      const header = Buffer.alloc(4)
+      header.writeUInt32BE(crc32(body), 0)
+      return Buffer.concat([header, body])
+    }
+    const holder = (token: string, fence: number): LoggedHolder => ({token, fence, owner: 'old', leaseMs: 60_000, since: 1})
+    // As the lockd of the last release left it: fence mark, snapshot of generation 3, its log.
+    writeFileSync(join(dir, 'fence'), checked({reserved: 20_000}))
+    writeFileSync(
+      join(dir, 'snapshot'),
+      checked({
+        gen: 3,
+        fence: 12,
+        locks: [
+          {key: 'a', holder: holder('ta', 11)},
+          {key: 'b', holders: [holder('tb1', 9), holder('tb2', 12)]},
+        ],
+      }),
+    )
+    writeFileSync(join(dir, 'wal-3.log'), Buffer.concat([WAL_MAGIC, frame(packr.pack({k: 'c', h: holder('tc', 13), f: 13}))]))
+    const table = new LockTable(new FakeClock())
+    const {log, state} = await DurableLog.open(dir, sourceOf(table), {snapshotBytes: 1})
+    expect(tokensOf(state)).toEqual(
+      new Map([
+        ['a', 'ta'],
+        ['b', 'tb1,tb2'],
+        ['c', 'tc'],
+      ]),
+    )
+    expect(state.fence).toBe(20_000)
+    table.recover(state.fence, state.holders)
+    // The next snapshot (the tiny threshold starts one at the next commit) is in the sliced form.
+    table.release('a', 'ta')
+    await commitChanges(table, log)
+    await snapshotWritten(log)
+    await log.close()
+    expect(readFileSync(join(dir, 'snapshot')).subarray(0, 8).toString('latin1')).toBe('locksnp2')
+    const {log: again, state: after} = await DurableLog.open(dir, NOTHING)
+    await again.close()
+    expect(tokensOf(after)).toEqual(
+      new Map([
+        ['b', 'tb1,tb2'],
+        ['c', 'tc'],
+      ]),
+    )
     rmSync(dir, {recursive: true, force: true})
   })
 })
