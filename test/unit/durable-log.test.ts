@@ -24,37 +24,13 @@ async function buildLog(seed: number, commits: number): Promise<Written> {
   const table = new LockTable(clock)
   const {log} = await DurableLog.open(dir, sourceOf(table), {snapshotBytes: 1 << 30})
   // key -> its holders' tokens in grant order; every third key is a semaphore of 3 (records
-  // with several holders), the others locks (records in the format of before semaphores).
+  // by token), the others locks (records in the format of before semaphores).
   const tokens = new Map<string, string[]>()
   const ends: Written['ends'] = [{offset: WAL_MAGIC.length, holders: new Map(), fence: 0}]
   let size = WAL_MAGIC.length
   for (let i = 0; i < commits; i++) {
-    const n = Math.floor(random() * 12)
-    const key = `k${n}`
-    const limit = n % 3 === 0 ? 3 : 1
-    const held = tokens.get(key) ?? []
-    const r = random()
-    if (held.length > 0 && r < 0.4) {
-      const token = held[Math.floor(random() * held.length)]
-      table.release(key, token)
-      const left = held.filter((t) => t !== token)
-      if (left.length > 0) tokens.set(key, left)
-      else tokens.delete(key)
-    } else if (held.length < limit && r < 0.8) {
-      const result = table.acquire({key, leaseMs: 60_000, waitMs: 0, owner: `o${i}`, from: {session: 's', wid: i}, limit})
-      if (result.kind === 'granted') tokens.set(key, [...held, result.grant.token])
-    } else if (held.length > 0) {
-      clock.advance(10)
-      table.renew(key, held[0], 30_000 + i) // a new lease length is a new record
-    }
-    const changes = table.drainChanges()
-    table.drainEvents()
-    if (changes.length === 0) continue
-    log.append(
-      changes.map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})),
-      table.lastFence,
-    )
-    await log.commit()
+    randomWork(table, clock, tokens, random, i, 12, 3)
+    if (!(await commitChanges(table, log))) continue
     size = readFileSync(join(dir, 'wal-0.log')).length
     ends.push({offset: size, holders: new Map([...tokens].map(([key, list]) => [key, list.join(',')])), fence: table.lastFence})
   }
@@ -67,14 +43,43 @@ function sourceOf(table: LockTable): SnapshotSource {
   return {locks: () => table.heldLocks(), fence: () => table.lastFence}
 }
 
-/** Log what the table changed since the last call, and commit it (durably unless told not to). */
-async function commitChanges(table: LockTable, log: DurableLog, durable = true): Promise<void> {
+/** Log what the table changed since the last call and commit it (durably unless told not to); false when nothing changed. */
+async function commitChanges(table: LockTable, log: DurableLog, durable = true): Promise<boolean> {
+  const changes = table.drainChanges()
+  table.drainEvents()
+  if (changes.length === 0) return false
   log.append(
-    table.drainChanges().map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})),
+    changes.map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})),
     table.lastFence,
   )
-  table.drainEvents()
   await log.commit(durable)
+  return true
+}
+
+/**
+ * One step of random work on a table: give back one of a name's grants, take one, or renew one
+ * to a new length (a new record). Names k0..k{names-1}; every `semaphoreEvery`th is a semaphore
+ * of 3 (records by token), the others locks. `tokens`: each name's grants, in grant order.
+ */
+function randomWork(table: LockTable, clock: FakeClock, tokens: Map<string, string[]>, random: () => number, step: number, names: number, semaphoreEvery: number): void {
+  const n = Math.floor(random() * names)
+  const key = `k${n}`
+  const limit = n % semaphoreEvery === 0 ? 3 : 1
+  const held = tokens.get(key) ?? []
+  const r = random()
+  if (held.length > 0 && r < 0.4) {
+    const token = held[Math.floor(random() * held.length)]
+    table.release(key, token)
+    const left = held.filter((t) => t !== token)
+    if (left.length > 0) tokens.set(key, left)
+    else tokens.delete(key)
+  } else if (held.length < limit && r < 0.8) {
+    const result = table.acquire({key, leaseMs: 600_000, waitMs: 0, owner: `o${step}`, from: {session: 's', wid: step}, limit})
+    if (result.kind === 'granted') tokens.set(key, [...held, result.grant.token])
+  } else if (held.length > 0) {
+    clock.advance(10)
+    table.renew(key, held[0], 300_000 + step)
+  }
 }
 
 /** Wait (a bounded number of turns) until the snapshot the log is writing is named. */
@@ -248,14 +253,7 @@ describe('durable log: names with many holders', () => {
     const table = new LockTable(new FakeClock())
     const {log} = await DurableLog.open(dir, sourceOf(table), {snapshotBytes: 1 << 30})
     const tokens: string[] = []
-    const commit = async () => {
-      log.append(
-        table.drainChanges().map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})),
-        table.lastFence,
-      )
-      table.drainEvents()
-      await log.commit()
-    }
+    const commit = () => commitChanges(table, log)
     for (let i = 0; i < 200; i++) {
       const result = table.acquire({key: 'backups', leaseMs: 60_000, waitMs: 0, owner: `o${i}`, from: {session: 's', wid: i}, limit: 200})
       if (result.kind === 'granted') tokens.push(result.grant.token)
@@ -298,33 +296,8 @@ describe('durable log: snapshots written while the table changes', () => {
     let midSnapshot = 0
     let snapshotsFinished = 0
     for (let step = 0; step < 600; step++) {
-      const n = Math.floor(random() * 30)
-      const key = `k${n}`
-      const limit = n % 4 === 0 ? 3 : 1
-      const mine = tokens.get(key) ?? []
-      const r = random()
-      if (mine.length > 0 && r < 0.45) {
-        const token = mine[Math.floor(random() * mine.length)]
-        table.release(key, token)
-        tokens.set(
-          key,
-          mine.filter((t) => t !== token),
-        )
-      } else if (mine.length < limit && r < 0.85) {
-        const result = table.acquire({key, leaseMs: 600_000, waitMs: 0, owner: `o${step}`, from: {session: 's', wid: step}, limit})
-        if (result.kind === 'granted') tokens.set(key, [...mine, result.grant.token])
-      } else if (mine.length > 0) {
-        table.renew(key, mine[0], 300_000 + step)
-      }
-      table.drainEvents()
-      const changes = table.drainChanges()
-      if (changes.length > 0) {
-        log.append(
-          changes.map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})),
-          table.lastFence,
-        )
-        await log.commit()
-      }
+      randomWork(table, clock, tokens, random, step, 30, 4)
+      await commitChanges(table, log)
       const wasSnapshotting = log.snapshotting
       for (let turns = Math.floor(random() * 4); turns > 0; turns--) await new Promise((resolve) => setImmediate(resolve))
       if (wasSnapshotting && !log.snapshotting) snapshotsFinished++
@@ -358,14 +331,7 @@ describe('durable log: what waits for the disk', () => {
     const table = new LockTable(new FakeClock())
     let flushes = 0
     const {log} = await DurableLog.open(dir, sourceOf(table), {snapshotBytes: 1 << 30, onFlush: () => flushes++})
-    const commit = (durable: boolean) => {
-      log.append(
-        table.drainChanges().map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})),
-        table.lastFence,
-      )
-      table.drainEvents()
-      return log.commit(durable)
-    }
+    const commit = (durable: boolean) => commitChanges(table, log, durable)
     const wal = join(dir, 'wal-0.log')
     const grant = table.acquire({key: 'k', leaseMs: 60_000, waitMs: 0, owner: 'a', from: {session: 's', wid: 1}})
     if (grant.kind !== 'granted') throw new Error('not granted')
@@ -405,12 +371,7 @@ describe('durable log: what waits for the disk', () => {
     for (let i = 0; flushes === 0; i++) {
       if (i > 50) throw new Error('no log switch')
       table.acquire({key: `k${i}`, leaseMs: 60_000, waitMs: 0, owner: 'a', from: {session: 's', wid: i}})
-      log.append(
-        table.drainChanges().map((c) => ({key: c.key, holders: c.holders, changed: c.changed, fence: table.lastFence})),
-        table.lastFence,
-      )
-      table.drainEvents()
-      await log.commit(false)
+      await commitChanges(table, log, false)
     }
     // The only fdatasync was the one before the switch to wal-1.log.
     expect(log.snapshotting).toBe(true)
