@@ -46,6 +46,8 @@ export interface DurableLogOptions {
   snapshotBytes?: number
   /** Locks written per slice of a snapshot: the longest a snapshot keeps lockd from other work. */
   snapshotSlice?: number
+  /** Told when a snapshot could not be written (it is tried again later; nothing is lost meanwhile). */
+  onSnapshotFailed?: (error: Error) => void
   /** Told how long each group commit's write and fdatasync took (metrics). */
   onFlush?: (seconds: number) => void
 }
@@ -80,9 +82,11 @@ export class DurableLog {
     this.nextSnapshotAt = snapshotBytes
     this.snapshotSlice = options.snapshotSlice ?? 2000
     this.onFlush = options.onFlush
+    this.onSnapshotFailed = options.onSnapshotFailed
   }
 
   private readonly onFlush?: (seconds: number) => void
+  private readonly onSnapshotFailed?: (error: Error) => void
 
   /** Bytes in the current log file. */
   get bytes(): number {
@@ -105,11 +109,7 @@ export class DurableLog {
     if (hasSnapshot) gen = readSnapshot(snapshotPath, state)
     // The logs to replay: the snapshot's generation and every later one, without a gap (a
     // snapshot being written had switched to the next log; it was not finished).
-    const gens = readdirSync(dir)
-      .map((name) => /^wal-(\d+)\.log$/.exec(name))
-      .filter((match) => match !== null)
-      .map((match) => Number(match[1]))
-      .sort((a, b) => a - b)
+    const gens = logGenerations(dir)
     const last = Math.max(gen, ...gens)
     let size = 0
     let legacy = false
@@ -241,7 +241,7 @@ export class DurableLog {
     await this.commit().catch(() => {})
     await this.flushing
     this.closed = true
-    if (this.unsynced) fdatasyncSync(this.fd)
+    this.flushToDisk()
     // An unfinished snapshot is dropped: the logs it would have replaced are all still there.
     if (this.snapshotRun) this.abandonSnapshot(this.snapshotRun)
     await closeAsync(this.fd)
@@ -250,10 +250,12 @@ export class DurableLog {
   private async flushLoop(): Promise<void> {
     // Let the current tick finish so requests from other connections join this batch.
     await new Promise((resolve) => setImmediate(resolve))
+    // The batch being written: told of a failure too, not left waiting forever.
+    let waiters: DurableLog['waiters'] = []
     try {
       while (this.waiters.length > 0) {
         const batch = Buffer.concat(this.pending, this.pendingBytes)
-        const waiters = this.waiters
+        waiters = this.waiters
         this.pending = []
         this.pendingBytes = 0
         this.waiters = []
@@ -269,22 +271,26 @@ export class DurableLog {
         // Only a batch someone waits on is flushed to the disk: a release's record (answered
         // already) becomes durable with the next grant's fdatasync, which covers every earlier
         // write of the file; a process crash keeps it anyway (the kernel has it).
-        if (this.unsynced && waiters.some((w) => w.durable)) {
-          const started = performance.now()
-          fdatasyncSync(this.fd)
-          this.unsynced = false
-          this.onFlush?.((performance.now() - started) / 1000)
-        }
+        if (waiters.some((w) => w.durable)) this.flushToDisk()
         if (this.size >= this.nextSnapshotAt && this.pendingBytes === 0 && !this.snapshotRun) this.startSnapshot()
-        for (const {done} of waiters) done()
+        for (const {done} of waiters.splice(0)) done()
       }
     } catch (error) {
       // A log that cannot be written must not acknowledge anything again: fail every waiter.
       this.failure = new Error(`cannot write the lock log in ${this.dir}: ${(error as Error).message}`)
-      for (const {done} of this.waiters.splice(0)) done()
+      for (const {done} of [...waiters.splice(0), ...this.waiters.splice(0)]) done()
     } finally {
       this.flushing = null
     }
+  }
+
+  /** fdatasync the current log if anything was written since the last one (timed for the metrics). */
+  private flushToDisk(): void {
+    if (!this.unsynced) return
+    const started = performance.now()
+    fdatasyncSync(this.fd)
+    this.unsynced = false
+    this.onFlush?.((performance.now() - started) / 1000)
   }
 
   /**
@@ -299,12 +305,7 @@ export class DurableLog {
   private startSnapshot(): void {
     // The log being left must be whole on disk: later grants are made durable in the next one
     // only, and recovery takes a torn end only in the last log.
-    if (this.unsynced) {
-      const started = performance.now()
-      fdatasyncSync(this.fd)
-      this.unsynced = false
-      this.onFlush?.((performance.now() - started) / 1000)
-    }
+    this.flushToDisk()
     const gen = this.gen + 1
     const path = join(this.dir, `wal-${gen}.log`)
     writeNewLog(path)
@@ -314,9 +315,11 @@ export class DurableLog {
     this.gen = gen
     this.size = WAL_MAGIC.length
     const tmp = join(this.dir, 'snapshot.tmp')
-    const run: SnapshotRun = {gen, tmp, fd: openSync(tmp, 'w'), locks: this.snapshotSource.locks(), count: 0, bytes: 0, state: 'writing'}
+    const run: SnapshotRun = {gen, tmp, fd: -1, locks: this.snapshotSource.locks(), count: 0, bytes: 0, state: 'writing'}
     this.snapshotRun = run
+    // From here a failure costs the snapshot only, never the log (which has everything).
     try {
+      run.fd = openSync(tmp, 'w')
       this.writeToSnapshot(run, SNAPSHOT_MAGIC)
     } catch (error) {
       this.abandonSnapshot(run, error as Error)
@@ -365,10 +368,7 @@ export class DurableLog {
         run.state = 'done'
         renameSync(run.tmp, join(this.dir, 'snapshot'))
         fsyncDir(this.dir)
-        for (const name of readdirSync(this.dir)) {
-          const match = /^wal-(\d+)\.log$/.exec(name)
-          if (match && Number(match[1]) < run.gen) unlinkSync(join(this.dir, name))
-        }
+        for (const g of logGenerations(this.dir)) if (g < run.gen) unlinkSync(join(this.dir, `wal-${g}.log`))
         this.nextSnapshotAt = Math.max(this.snapshotBytes, run.bytes)
         this.snapshotRun = null
       } catch (failure) {
@@ -392,7 +392,7 @@ export class DurableLog {
     run.state = 'abandoned'
     this.snapshotRun = null
     if (error) {
-      this.snapshotFailure = error
+      this.onSnapshotFailed?.(error)
       this.nextSnapshotAt = this.size + Math.max(this.snapshotBytes, run.bytes)
     }
     // A flush in flight closes the file when it ends.
@@ -400,11 +400,10 @@ export class DurableLog {
     try {
       closeSync(run.fd)
     } catch {}
-    rmSync(run.tmp, {force: true})
+    try {
+      rmSync(run.tmp, {force: true})
+    } catch {}
   }
-
-  /** Why the last snapshot failed, if it did (it is tried again later; nothing is lost meanwhile). */
-  snapshotFailure: Error | null = null
 }
 
 interface SnapshotRun {
@@ -425,6 +424,15 @@ function writeFileDurably(path: string, ...parts: Uint8Array[]): void {
   } finally {
     closeSync(fd)
   }
+}
+
+/** The generations of the log files in `dir`, in order. */
+function logGenerations(dir: string): number[] {
+  return readdirSync(dir)
+    .map((name) => /^wal-(\d+)\.log$/.exec(name))
+    .filter((match) => match !== null)
+    .map((match) => Number(match[1]))
+    .sort((a, b) => a - b)
 }
 
 function writeNewLog(path: string): void {

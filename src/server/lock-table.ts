@@ -120,11 +120,6 @@ export interface PersistedHolder {
   limit?: number
 }
 
-export interface TableSnapshot {
-  fence: number
-  locks: {key: string; holders: PersistedHolder[]}[]
-}
-
 /** The options of one acquire that decide whether it fits beside the holders. */
 export interface AcquireMode {
   /** 1 (a lock) or N (a semaphore of N). */
@@ -381,10 +376,6 @@ export class LockTable {
     let tokens = this.dirty.get(key)
     if (!tokens) this.dirty.set(key, (tokens = new Set()))
     tokens.add(token)
-  }
-
-  snapshot(): TableSnapshot {
-    return {fence: this.fenceCounter, locks: [...this.heldLocks()]}
   }
 
   /**

@@ -156,10 +156,11 @@ describe('LockTable: random schedules of semaphores and shared locks (seeded)', 
         } else if (r < 0.68) {
           table.dropSession(session)
         } else if (r < 0.69) {
-          // A restart: the table is rebuilt from its snapshot; waiters are gone with their connections.
-          const snapshot = table.snapshot()
+          // A restart: the table is rebuilt from what a snapshot reads; waiters are gone with their connections.
+          const fence = table.lastFence
+          const held = new Map([...table.heldLocks()].map((l) => [l.key, l.holders]))
           table = new LockTable(clock)
-          table.recover(snapshot.fence, new Map(snapshot.locks.map((l) => [l.key, l.holders])))
+          table.recover(fence, held)
           for (const queue of queues.values()) queue.length = 0
         } else {
           clock.advance(Math.floor(random() * 1500))
