@@ -189,6 +189,7 @@ export class LockServer {
       {
         snapshotBytes: this.options.snapshotBytes,
         snapshotSlice: this.options.snapshotSlice,
+        onSnapshotFailed: (error) => this.say(`lockd: a snapshot of ${dataDir} could not be written (${error.message}); the log keeps everything, the next one is tried as it grows`),
         onFlush: this.metrics ? (seconds) => this.metrics?.observeFsync(seconds) : undefined,
       },
     )

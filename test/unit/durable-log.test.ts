@@ -1,4 +1,4 @@
-import {cpSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync} from 'node:fs'
+import {closeSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -485,6 +485,47 @@ describe('durable log: a data directory written before snapshots were sliced', (
         ['c', 'tc'],
       ]),
     )
+    rmSync(dir, {recursive: true, force: true})
+  })
+})
+
+describe('durable log: a snapshot the disk refuses', () => {
+  it('costs the snapshot only: it is reported, every commit still succeeds, and everything is recovered from the logs', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lockctl-log-'))
+    const table = new LockTable(new FakeClock())
+    const failures: string[] = []
+    const {log} = await DurableLog.open(dir, sourceOf(table), {snapshotBytes: 200, onSnapshotFailed: (error) => failures.push(error.message)})
+    // snapshot.tmp cannot be opened as a file.
+    mkdirSync(join(dir, 'snapshot.tmp'))
+    for (let i = 0; i < 20; i++) {
+      table.acquire({key: `k${i}`, leaseMs: 60_000, waitMs: 0, owner: 'a', from: {session: 's', wid: i}})
+      await commitChanges(table, log)
+    }
+    expect(failures.length).toBeGreaterThan(0)
+    expect(failures[0]).toMatch(/EISDIR/)
+    expect(log.snapshotting).toBe(false)
+    await log.close()
+    rmSync(join(dir, 'snapshot.tmp'), {recursive: true})
+    const {log: again, state} = await DurableLog.open(dir, NOTHING)
+    await again.close()
+    expect(state.holders.size).toBe(20)
+    rmSync(dir, {recursive: true, force: true})
+  })
+})
+
+describe('durable log: a log the disk refuses', () => {
+  it('fails the batch being written and every later commit, instead of leaving them waiting', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lockctl-log-'))
+    const table = new LockTable(new FakeClock())
+    const {log} = await DurableLog.open(dir, sourceOf(table), {snapshotBytes: 1 << 30})
+    table.acquire({key: 'a', leaseMs: 60_000, waitMs: 0, owner: 'a', from: {session: 's', wid: 1}})
+    await commitChanges(table, log)
+    // The disk goes away under the log: its file descriptor is closed behind its back.
+    closeSync((log as unknown as {fd: number}).fd)
+    table.acquire({key: 'b', leaseMs: 60_000, waitMs: 0, owner: 'a', from: {session: 's', wid: 2}})
+    await expect(commitChanges(table, log)).rejects.toThrow(/cannot write the lock log/)
+    table.acquire({key: 'c', leaseMs: 60_000, waitMs: 0, owner: 'a', from: {session: 's', wid: 3}})
+    await expect(commitChanges(table, log)).rejects.toThrow(/cannot write the lock log/)
     rmSync(dir, {recursive: true, force: true})
   })
 })
