@@ -56,21 +56,14 @@ async function startLockd(args, serverBin = bin) {
   return {child, endpoint: `lockd://127.0.0.1:${port}`}
 }
 
-function timeProcess(args, env) {
-  const start = performance.now()
-  const r = spawnSync(process.execPath, args, {env: {...process.env, ...env}, encoding: 'utf8'})
-  const elapsed = performance.now() - start
-  if (r.status !== 0) throw new Error(`${args.join(' ')} exited ${r.status}: ${r.stderr}`)
-  return {elapsed, stdout: r.stdout}
-}
-
 async function processBench() {
   const runs = quick ? 5 : 15
   const ca = process.env.NODE_EXTRA_CA_CERTS
   // Every process is started without the machine's extra CA bundle (it costs every Node start
   // ~30 ms here, and users' machines mostly do not set it); then the same with it, if set.
   for (const withCa of ca ? [false, true] : [false]) {
-    const base = {HOME: work, XDG_STATE_HOME: join(work, 'state'), LOCKCTL_ENDPOINTS: '', NODE_EXTRA_CA_CERTS: withCa ? ca : undefined}
+    // (Without NODE_OPTIONS: with it, bin/lockctl takes the ordinary start; docs/startup.md.)
+    const base = {HOME: work, XDG_STATE_HOME: join(work, 'state'), LOCKCTL_ENDPOINTS: '', NODE_EXTRA_CA_CERTS: withCa ? ca : undefined, NODE_OPTIONS: undefined}
     const env = Object.fromEntries(Object.entries({...process.env, ...base}).filter(([, v]) => v !== undefined))
     console.log(`\nCLI process wall time, median of ${runs} interleaved runs, embedded lockd running; NODE_EXTRA_CA_CERTS ${withCa ? 'set' : 'unset'}`)
     console.log('  lockctl = the package\'s bin (bin/lockctl: the hot commands from the start-up snapshot); bin/run.js = the ordinary start')
