@@ -18,25 +18,40 @@ import * as cli from '../cli/commands.js'
 // Imported lazily by the commands; evaluated now so that a run finds them ready.
 import '../client/lock-client.js'
 import '../cli/profiles.js'
+import {warmUp} from './warm-up.js'
 
 // The root plugin (package.json and oclif.manifest.json read and parsed) as oclif would load it
 // at the start of every run. The snapshot is taken once the event loop is empty, after this.
 const rootPlugin = new Plugin({root: process.env.LOCKCTL_SNAPSHOT_ROOT!, isRoot: true, type: 'core'})
 let loaded = false
-void rootPlugin.load().then(() => (loaded = true))
+void rootPlugin.load().then(async () => {
+  // bin/snapshot.js starts a throw-away lockd for the build and names it here.
+  const warmUpEndpoint = process.env.LOCKCTL_SNAPSHOT_WARM_UP
+  if (warmUpEndpoint) {
+    prepareRun(rootPlugin.root)
+    await warmUp(cli, warmUpEndpoint, {root: rootPlugin.root, plugins: new Map([[rootPlugin.name, rootPlugin]])})
+  }
+  loaded = true
+})
 
 v8.startupSnapshot.setDeserializeMainFunction(() => {
   // bin/lockctl passes the package root first.
   const launcherRoot = process.argv.splice(1, 1)[0]
   if (!loaded || !launcherRoot) throw new Error('lockctl: the start-up snapshot is incomplete; rebuild it with `npm rebuild lockctl`')
   const root = resolve(launcherRoot)
-  installHooks(root, () => cli)
+  prepareRun(root)
   rootPlugin.root = root
-  // As bin/run.js: oclif's check of its own engines costs ~13 ms and says nothing package.json does not.
-  process.env.OCLIF_DISABLE_ENGINE_WARNING ??= '1'
-  cli.settings.enableAutoTranspile = false
   void cli.execute({args: process.argv.slice(1), loadOptions: {root, plugins: new Map([[rootPlugin.name, rootPlugin]])}}).then(() => {
     // As bin/run.js: whatever a library leaves pending must not keep a script waiting.
     setTimeout(() => process.exit(), 1000).unref()
   })
 })
+
+/** What a run of the CLI needs before oclif starts (a run, and the build's warm-up). */
+function prepareRun(root: string): void {
+  // oclif's import of the command module must find the commands this bundle holds.
+  installHooks(root, () => cli)
+  // As bin/run.js: oclif's check of its own engines costs ~13 ms and says nothing package.json does not.
+  process.env.OCLIF_DISABLE_ENGINE_WARNING ??= '1'
+  cli.settings.enableAutoTranspile = false
+}

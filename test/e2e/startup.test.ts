@@ -1,5 +1,5 @@
 import {spawnSync} from 'node:child_process'
-import {cpSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync} from 'node:fs'
+import {cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync} from 'node:fs'
 import {join, resolve} from 'node:path'
 import {describe, expect, it} from 'vitest'
 import {BIN, LAUNCHER, ROOT, runCli, sharedLockd, tempDir} from '../helpers/processes.js'
@@ -91,9 +91,33 @@ describe('start-up from the snapshot', () => {
     // No snapshot at all (installed with --ignore-scripts): bin/snapshot.js builds one.
     rmSync(blob)
     expect(await startedFrom(launcher)).toEqual(ordinary)
-    const built = spawnSync(process.execPath, [join(root, 'bin', 'snapshot.js')], {encoding: 'utf8'})
+    // The build runs the hot commands once against a throw-away lockd, which it removes after.
+    const buildTmp = join(root, 'build-tmp')
+    mkdirSync(buildTmp)
+    const built = spawnSync(process.execPath, [join(root, 'bin', 'snapshot.js')], {encoding: 'utf8', env: {...process.env, TMPDIR: buildTmp}})
     expect(built.status, built.stderr).toBe(0)
-    expect(built.stdout).toMatch(/start-up snapshot built for node v\d+/)
+    expect(built.stdout).toMatch(/start-up snapshot built for node v[\d.]+ \(.*; the hot commands run once\)/)
+    expect(readdirSync(buildTmp)).toEqual([])
+    expect(processesNaming(buildTmp)).toEqual([])
+    expect(await startedFrom(launcher)).toEqual(fromSnapshot)
+    // No throw-away lockd for the warm-up (here: no temporary directory for its socket): the same
+    // snapshot without it, used the same way.
+    const cold = spawnSync(process.execPath, [join(root, 'bin', 'snapshot.js')], {encoding: 'utf8', env: {...process.env, TMPDIR: join(root, 'no-such-directory')}})
+    expect(cold.status, cold.stderr).toBe(0)
+    expect(cold.stdout).toMatch(/start-up snapshot built for node v[\d.]+ \(.*; without the warm-up: .*no-such-directory/)
     expect(await startedFrom(launcher)).toEqual(fromSnapshot)
   })
 })
+
+/** Processes whose command line names this path (read from /proc: no pgrep needed). */
+function processesNaming(path: string): string[] {
+  const found: string[] = []
+  for (const pid of readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(path)) found.push(pid)
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found
+}
