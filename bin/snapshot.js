@@ -30,7 +30,8 @@ const buildSnapshot = (extraEnv) =>
     env: {...env, LOCKCTL_SNAPSHOT_ROOT: root, ...extraEnv, NO_COLOR: '1', FORCE_COLOR: '0', DEBUG: '', NODE_OPTIONS: ''},
     stdio: ['ignore', 'ignore', 'pipe'],
     encoding: 'utf8',
-    timeout: 120_000,
+    // A warm-up that hangs (a lockd that never answers: 5 s per request) must not hold up an install.
+    timeout: 60_000,
   })
 // With the hot commands run once against a throw-away lockd (src/snapshot/warm-up.ts), or, when
 // that lockd does not start or the warm-up fails, without: the same snapshot, slower to run.

@@ -13,7 +13,7 @@ import './build-hooks.js'
 import {installHooks} from './hooks.js'
 import {resolve} from 'node:path'
 import v8 from 'node:v8'
-import {Plugin} from '@oclif/core'
+import {Config, Plugin} from '@oclif/core'
 import * as cli from '../cli/commands.js'
 // Imported lazily by the commands; evaluated now so that a run finds them ready.
 import '../client/lock-client.js'
@@ -54,4 +54,7 @@ function prepareRun(root: string): void {
   // As bin/run.js: oclif's check of its own engines costs ~13 ms and says nothing package.json does not.
   process.env.OCLIF_DISABLE_ENGINE_WARNING ??= '1'
   cli.settings.enableAutoTranspile = false
+  // A theme colours oclif's help and messages: help takes the ordinary start, and the snapshot's
+  // oclif never colours (docs/startup.md). Reading theme.json would only cost a file read per run.
+  ;(Config.prototype as unknown as {loadTheme(): Promise<undefined>}).loadTheme = async () => undefined
 }
