@@ -60,19 +60,6 @@ interface Waiter extends WaiterRef {
   shared: boolean
 }
 
-/**
- * One name: its holders in the order they were granted, its FIFO queue, and its limit — 1 for
- * a lock (one exclusive holder, or any number of shared ones), N for a semaphore of N. The
- * limit is fixed while the name has holders or waiters (docs/semantics.md, "Semaphores and
- * shared locks").
- */
-interface Entry {
-  key: string
-  holders: Holder[]
-  waiters: Waiter[]
-  limit: number
-}
-
 /** What the table did, in order; the server turns these into acks, pushes and log records. */
 export type TableEvent =
   | {type: 'granted'; key: string; holder: Holder; to?: WaiterRef}
@@ -138,8 +125,20 @@ export interface LockTableOptions {
   newToken?: () => string
 }
 
+/**
+ * A name's state is its holders in the order they were granted (`holdersByKey`), its FIFO queue
+ * (`queues`, only while anyone waits) and its limit — 1 for a lock (one exclusive holder, or any
+ * number of shared ones), N for a semaphore of N (`limits`, only for N > 1). The limit is fixed
+ * while the name has holders or waiters (docs/semantics.md, "Semaphores and shared locks").
+ * Most names are plain locks nobody waits for: their whole state is the map's value, the array
+ * of holders, with no object around it (a million held locks, ~56 MB less), and a restart takes
+ * the recovered map over as it is.
+ */
 export class LockTable {
-  private entries = new Map<string, Entry>()
+  /** Every name anyone holds or waits for (its array is empty only while a change is under way). */
+  private holdersByKey = new Map<string, Holder[]>()
+  private readonly queues = new Map<string, Waiter[]>()
+  private readonly limits = new Map<string, number>()
   private readonly waitersBySession = new Map<string, Map<number, Waiter>>()
   /** Queued waiters that carry an attempt id, by that id (at most one each). */
   private readonly waitersByAttempt = new Map<string, Waiter>()
@@ -168,7 +167,7 @@ export class LockTable {
   }
 
   get size(): number {
-    return this.entries.size
+    return this.holdersByKey.size
   }
 
   get waiters(): number {
@@ -190,14 +189,15 @@ export class LockTable {
     const now = this.clock.now()
     const limit = args.limit ?? 1
     const shared = limit === 1 && args.shared === true
-    const entry = this.entries.get(args.key)
-    const same = entry?.holders.find((h) => (args.token !== undefined && h.token === args.token) || (args.attempt !== undefined && h.attempt === args.attempt))
+    const holders = this.holdersByKey.get(args.key)
+    const same = holders?.find((h) => (args.token !== undefined && h.token === args.token) || (args.attempt !== undefined && h.attempt === args.attempt))
     if (same) {
       same.session = args.from.session
       this.extend(args.key, same, args.leaseMs, now)
       return {kind: 'granted', grant: same, reentrant: true}
     }
-    if (entry && entry.limit !== limit) return {kind: 'mismatch', limit: entry.limit}
+    const namedLimit = holders ? this.limitOf(args.key) : limit
+    if (namedLimit !== limit) return {kind: 'mismatch', limit: namedLimit}
     // The same attempt still queued from a connection that has not been seen to drop: the new
     // request takes over its place (below), so a reconnect keeps the queue order and never
     // leaves two waiters for one grant. Asked in another mode, it is a new request: the old
@@ -209,12 +209,12 @@ export class LockTable {
     }
     // FIFO: a request that fits beside the holders still waits behind anyone already queued,
     // so a stream of shared requests never starves an exclusive one.
-    if (!entry || (entry.waiters.length === 0 && fits(entry, shared))) {
+    if (!holders || (this.queueOf(args.key).length === 0 && fits(holders, limit, shared))) {
       const granted = this.grant(args.key, args.owner, args.leaseMs, now, {limit, shared}, undefined, args.attempt, args.from.session)
       return {kind: 'granted', grant: granted, reentrant: false}
     }
     // An entry always has a holder: a name with waiters and no holder grants at once (pump).
-    const blocking = entry.holders[0]
+    const blocking = holders[0]
     if (args.waitMs === 0) return {kind: 'held', holder: blocking}
     // Waiters are named by (session, wid): a second one under the same name could never be
     // cancelled or dropped with its connection. The server refuses such a request before here.
@@ -229,18 +229,19 @@ export class LockTable {
       attempt: args.attempt,
       shared,
     }
-    const place = earlier ? entry.waiters.indexOf(earlier) : -1
+    const place = earlier ? this.queueOf(args.key).indexOf(earlier) : -1
     if (earlier) this.removeWaiter(earlier, 'disconnected', false)
-    if (entry.waiters === NO_WAITERS) entry.waiters = []
-    if (place >= 0) entry.waiters.splice(place, 0, waiter)
-    else entry.waiters.push(waiter)
+    let queue = this.queues.get(args.key)
+    if (!queue) this.queues.set(args.key, (queue = []))
+    if (place >= 0) queue.splice(place, 0, waiter)
+    else queue.push(waiter)
     if (waiter.attempt !== undefined) this.waitersByAttempt.set(waiter.attempt, waiter)
     this.waiterCount++
     let bySession = this.waitersBySession.get(waiter.session)
     if (!bySession) this.waitersBySession.set(waiter.session, (bySession = new Map()))
     bySession.set(waiter.wid, waiter)
     if (waiter.deadline !== Number.POSITIVE_INFINITY) this.deadlines.push(waiter.deadline, waiter)
-    const position = entry.waiters.indexOf(waiter) + 1
+    const position = queue.indexOf(waiter) + 1
     this.events.push({type: 'queued', key: args.key, waiter: args.from, position})
     return {kind: 'queued', position, holder: blocking}
   }
@@ -256,7 +257,7 @@ export class LockTable {
       this.removeWaiter(waiter, reason)
       return {released: false}
     }
-    const holder = this.entries.get(key)?.holders.find((h) => h.origin && h.origin.session === ref.session && h.origin.wid === ref.wid)
+    const holder = this.holdersByKey.get(key)?.find((h) => h.origin && h.origin.session === ref.session && h.origin.wid === ref.wid)
     if (holder) {
       this.releaseHolder(key, holder, false, ref.session)
       return {released: true}
@@ -271,15 +272,15 @@ export class LockTable {
    * holder released.
    */
   release(key: string, token: string | undefined, force = false, by?: string): TokenResult {
-    const entry = this.entries.get(key)
+    const holders = this.holdersByKey.get(key)
     if (!force) {
-      const holder = token === undefined ? undefined : entry?.holders.find((h) => h.token === token)
+      const holder = token === undefined ? undefined : holders?.find((h) => h.token === token)
       if (!holder) return {ok: false}
       this.releaseHolder(key, holder, false, by)
       return {ok: true, holder}
     }
-    if (!entry || entry.holders.length === 0) return {ok: false}
-    const all = [...entry.holders]
+    if (!holders || holders.length === 0) return {ok: false}
+    const all = [...holders]
     for (const each of all) this.releaseHolder(key, each, true, by)
     return {ok: true, holder: all[0]}
   }
@@ -295,7 +296,7 @@ export class LockTable {
 
   /** The holder if `token` holds `key` now, else null. Changes nothing. */
   check(key: string, token: string): Holder | null {
-    return this.entries.get(key)?.holders.find((h) => h.token === token) ?? null
+    return this.holdersByKey.get(key)?.find((h) => h.token === token) ?? null
   }
 
   /**
@@ -313,10 +314,7 @@ export class LockTable {
     }
     this.waitersBySession.delete(session)
     const now = this.clock.now()
-    for (const key of keys) {
-      const entry = this.entries.get(key)
-      if (entry) this.pump(entry, now)
-    }
+    for (const key of keys) this.pump(key, now)
   }
 
   /** Expire leases and waits that are due; hand expired locks to the next waiter. */
@@ -325,17 +323,17 @@ export class LockTable {
     for (let at = this.deadlines.peekAt(); at !== undefined && at <= now; at = this.deadlines.peekAt()) {
       const due = this.deadlines.pop()!
       if (isHolder(due)) {
-        const entry = this.entries.get(due.key)
+        const holders = this.holdersByKey.get(due.key)
         // Stale heap entries (renewed or released holders) are skipped here.
-        if (!entry?.holders.includes(due) || due.expiresAt !== at) continue
+        if (!holders?.includes(due) || due.expiresAt !== at) continue
         this.events.push({type: 'expired', key: due.key, holder: due})
-        this.removeHolder(entry, due, now)
+        this.removeHolder(due.key, holders, due, now)
       } else if (this.waitersBySession.get(due.session)?.get(due.wid) === due) {
         this.removeWaiter(due, 'timeout')
         this.events.push({type: 'wait_timeout', key: due.key, waiter: due})
       }
     }
-    if (this.deadlines.size > 1024 && this.deadlines.size > 4 * (this.entries.size + this.waiterCount)) {
+    if (this.deadlines.size > 1024 && this.deadlines.size > 4 * (this.holdersByKey.size + this.waiterCount)) {
       this.deadlines.compact((item, at) => this.isLive(item, at))
     }
   }
@@ -345,15 +343,15 @@ export class LockTable {
   }
 
   inspect(key: string): LockView | null {
-    const entry = this.entries.get(key)
-    return entry ? view(entry) : null
+    const holders = this.holdersByKey.get(key)
+    return holders ? this.view(key, holders) : null
   }
 
   list(prefix: string, limit = Number.POSITIVE_INFINITY): {locks: LockView[]; total: number} {
-    const matching: Entry[] = []
-    for (const entry of this.entries.values()) if (entry.key.startsWith(prefix)) matching.push(entry)
-    matching.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
-    return {locks: matching.slice(0, limit).map(view), total: matching.length}
+    const matching: [string, Holder[]][] = []
+    for (const named of this.holdersByKey) if (named[0].startsWith(prefix)) matching.push(named)
+    matching.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    return {locks: matching.slice(0, limit).map(([key, holders]) => this.view(key, holders)), total: matching.length}
   }
 
   /** Events since the last call, in the order they happened. */
@@ -367,7 +365,7 @@ export class LockTable {
    * only those of a name with many holders.
    */
   drainChanges(): {key: string; holders: PersistedHolder[]; changed: string[]}[] {
-    const changes = [...this.dirty].map(([key, tokens]) => ({key, holders: (this.entries.get(key)?.holders ?? []).map(persisted), changed: [...tokens]}))
+    const changes = [...this.dirty].map(([key, tokens]) => ({key, holders: (this.holdersByKey.get(key) ?? []).map(persisted), changed: [...tokens]}))
     this.dirty.clear()
     return changes
   }
@@ -383,7 +381,7 @@ export class LockTable {
    * table goes on changing (a Map's iterator visits each entry that is still there when reached).
    */
   *heldLocks(): Generator<{key: string; holders: PersistedHolder[]}> {
-    for (const entry of this.entries.values()) if (entry.holders.length > 0) yield {key: entry.key, holders: entry.holders.map(persisted)}
+    for (const [key, holders] of this.holdersByKey) if (holders.length > 0) yield {key, holders: holders.map(persisted)}
   }
 
   /**
@@ -398,28 +396,30 @@ export class LockTable {
     this.fenceCounter = Math.max(this.fenceCounter, fence)
     // A restart of a million locks: the saved holders become the table's (no copy), and their
     // leases go into the deadline heap in one heapify. An empty table adopts the recovered map
-    // itself, each value replaced by its entry in place: a second map of a million keys costs
-    // more than the rest of the restart together (its growth and rehashing).
-    const adopt = this.entries.size === 0
-    const entries = adopt ? (holders as unknown as Map<string, Entry | PersistedHolder[]>) : this.entries
+    // itself, whose values are already what the table keeps (a name's holders): setting a
+    // million keys again costs more than the rest of the table's part of a restart.
+    const adopt = this.holdersByKey.size === 0
+    const holdersByKey = adopt ? (holders as Map<string, Holder[]>) : this.holdersByKey
     const ats: number[] = []
     const items: Deadline[] = []
-    for (const [key, saved] of holders) {
+    for (const [key, saved] of holders as Map<string, Holder[]>) {
       if (saved.length === 0) {
-        if (adopt) entries.delete(key)
+        if (adopt) holdersByKey.delete(key)
         continue
       }
-      const entry: Entry = {key, holders: saved as Holder[], waiters: NO_WAITERS, limit: saved[0].limit ?? 1}
-      for (const holder of entry.holders) {
+      const limit = saved[0].limit ?? 1
+      if (limit > 1) this.limits.set(key, limit)
+      else this.limits.delete(key)
+      for (const holder of saved) {
         if (holder.fence > this.fenceCounter) this.fenceCounter = holder.fence
         holder.key = key
         holder.expiresAt = leaseEnd(now, holder.leaseMs)
         ats.push(holder.expiresAt)
         items.push(holder)
       }
-      entries.set(key, entry)
+      if (!adopt) holdersByKey.set(key, saved)
     }
-    if (adopt) this.entries = entries as Map<string, Entry>
+    this.holdersByKey = holdersByKey
     this.deadlines.pushAll(ats, items)
   }
 
@@ -439,11 +439,15 @@ export class LockTable {
     if (attempt !== undefined) holder.attempt = attempt
     if (mode.shared) holder.shared = true
     if (mode.limit > 1) holder.limit = mode.limit
-    let entry = this.entries.get(key)
+    const holders = this.holdersByKey.get(key)
     // A new name's holders array is made with its one holder: an empty one grown by push()
     // reserves room for 16 (about 150 bytes per held lock, a million locks over).
-    if (!entry) this.entries.set(key, (entry = {key, holders: [holder], waiters: NO_WAITERS, limit: mode.limit}))
-    else entry.holders.push(holder)
+    if (!holders) {
+      this.holdersByKey.set(key, [holder])
+      if (mode.limit > 1) this.limits.set(key, mode.limit)
+    } else {
+      holders.push(holder)
+    }
     this.deadlines.push(holder.expiresAt, holder)
     this.markDirty(key, holder.token)
     this.events.push({type: 'granted', key, holder, to})
@@ -460,34 +464,58 @@ export class LockTable {
 
   private releaseHolder(key: string, holder: Holder, force: boolean, by?: string): void {
     this.events.push({type: 'released', key, holder, force, by})
-    this.removeHolder(this.entries.get(key)!, holder, this.clock.now())
+    this.removeHolder(key, this.holdersByKey.get(key)!, holder, this.clock.now())
   }
 
   /** The holder is gone: waiters at the head of the queue that now fit get the lock. */
-  private removeHolder(entry: Entry, holder: Holder, now: number): void {
-    entry.holders.splice(entry.holders.indexOf(holder), 1)
-    this.markDirty(entry.key, holder.token)
-    this.pump(entry, now)
+  private removeHolder(key: string, holders: Holder[], holder: Holder, now: number): void {
+    holders.splice(holders.indexOf(holder), 1)
+    this.markDirty(key, holder.token)
+    this.pump(key, now)
   }
 
   /**
    * Grant the head of the queue while it fits beside the holders (strict FIFO: the first that
    * does not fit stops everyone behind it); drop the name when nobody holds or waits.
    */
-  private pump(entry: Entry, now: number): void {
-    for (let next = entry.waiters[0]; next && fits(entry, next.shared); next = entry.waiters[0]) {
+  private pump(key: string, now: number): void {
+    const holders = this.holdersByKey.get(key)
+    if (!holders) return
+    const limit = this.limitOf(key)
+    // The queue's array itself: removeWaiter takes its head out of it (and the array out of
+    // `queues` once it is empty).
+    const queue = this.queueOf(key)
+    for (let next = queue[0]; next && fits(holders, limit, next.shared); next = queue[0]) {
       this.removeWaiter(next, 'granted', false)
-      this.grant(entry.key, next.owner, next.leaseMs, now, {limit: entry.limit, shared: next.shared}, next, next.attempt)
+      this.grant(key, next.owner, next.leaseMs, now, {limit, shared: next.shared}, next, next.attempt)
     }
-    if (entry.holders.length === 0 && entry.waiters.length === 0) this.entries.delete(entry.key)
+    if (holders.length === 0 && queue.length === 0) {
+      this.holdersByKey.delete(key)
+      this.limits.delete(key)
+    }
+  }
+
+  /** The name's limit: N for a semaphore of N, else 1. */
+  private limitOf(key: string): number {
+    return this.limits.size === 0 ? 1 : (this.limits.get(key) ?? 1)
+  }
+
+  /** The name's queue, oldest first (the shared empty one when nobody waits). */
+  private queueOf(key: string): Waiter[] {
+    return this.queues.size === 0 ? NO_WAITERS : (this.queues.get(key) ?? NO_WAITERS)
+  }
+
+  private view(key: string, holders: Holder[]): LockView {
+    return {key, holder: holders[0] ?? null, holders, waiters: this.queueOf(key).length, limit: this.limitOf(key)}
   }
 
   /** `pump`: grant whoever fits now that this waiter is gone (not while a batch is removed). */
   private removeWaiter(waiter: Waiter, reason: 'granted' | 'cancelled' | 'timeout' | 'disconnected', pump = true): void {
-    const entry = this.entries.get(waiter.key)
-    if (entry) {
-      const index = entry.waiters.indexOf(waiter)
-      if (index >= 0) entry.waiters.splice(index, 1)
+    const queue = this.queues.get(waiter.key)
+    if (queue) {
+      const index = queue.indexOf(waiter)
+      if (index >= 0) queue.splice(index, 1)
+      if (queue.length === 0) this.queues.delete(waiter.key)
     }
     if (waiter.attempt !== undefined && this.waitersByAttempt.get(waiter.attempt) === waiter) this.waitersByAttempt.delete(waiter.attempt)
     const bySession = this.waitersBySession.get(waiter.session)
@@ -495,11 +523,11 @@ export class LockTable {
     if (bySession?.size === 0) this.waitersBySession.delete(waiter.session)
     this.waiterCount--
     this.events.push({type: 'dequeued', key: waiter.key, waiter: {session: waiter.session, wid: waiter.wid}, reason})
-    if (pump && entry) this.pump(entry, this.clock.now())
+    if (pump) this.pump(waiter.key, this.clock.now())
   }
 
   private isLive(item: Deadline, at: number): boolean {
-    if (isHolder(item)) return (this.entries.get(item.key)?.holders.includes(item) ?? false) && item.expiresAt === at
+    if (isHolder(item)) return (this.holdersByKey.get(item.key)?.includes(item) ?? false) && item.expiresAt === at
     return this.waitersBySession.get(item.session)?.get(item.wid) === item
   }
 
@@ -515,18 +543,17 @@ export class LockTable {
 
   /** Queue length of a key now. */
   waitersOf(key: string): number {
-    return this.entries.get(key)?.waiters.length ?? 0
+    return this.queueOf(key).length
   }
 
   /** Position (1-based) of a waiter in its queue, or 0 if it is not queued. */
   positionOf(ref: WaiterRef, key: string): number {
-    const waiters = this.entries.get(key)?.waiters ?? []
-    return waiters.findIndex((w) => w.session === ref.session && w.wid === ref.wid) + 1
+    return this.queueOf(key).findIndex((w) => w.session === ref.session && w.wid === ref.wid) + 1
   }
 
   /** The oldest holder of a key, or null when nobody holds it. */
   holderOf(key: string): Holder | null {
-    return this.entries.get(key)?.holders[0] ?? null
+    return this.holdersByKey.get(key)?.[0] ?? null
   }
 }
 
@@ -543,13 +570,9 @@ function leaseEnd(now: number, leaseMs: number): number {
  * Does a request fit beside the holders now? A semaphore: fewer holders than its limit. A
  * lock: nobody holds it, or (shared) only shared grants hold it.
  */
-function fits(entry: Entry, shared: boolean): boolean {
-  if (entry.limit > 1) return entry.holders.length < entry.limit
-  return entry.holders.length === 0 || (shared && entry.holders.every((h) => h.shared === true))
-}
-
-function view(entry: Entry): LockView {
-  return {key: entry.key, holder: entry.holders[0] ?? null, holders: entry.holders, waiters: entry.waiters.length, limit: entry.limit}
+function fits(holders: Holder[], limit: number, shared: boolean): boolean {
+  if (limit > 1) return holders.length < limit
+  return holders.length === 0 || (shared && holders.every((h) => h.shared === true))
 }
 
 function persisted(holder: Holder): PersistedHolder {
