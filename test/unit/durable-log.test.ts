@@ -4,7 +4,7 @@ import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {DurableLog} from '../../src/server/durable-log.js'
 import {crc32} from 'node:zlib'
-import {FENCE_BLOCK, frame, LogCorruptError, packr, WAL_MAGIC, type LoggedHolder, type RecoveredState, type SnapshotSource} from '../../src/server/log-format.js'
+import {FENCE_BLOCK, frame, headerCrc, LogCorruptError, packr, WAL_MAGIC, type LoggedHolder, type RecoveredState, type SnapshotSource} from '../../src/server/log-format.js'
 import {LockTable} from '../../src/server/lock-table.js'
 import {FakeClock} from '../helpers/fake-clock.js'
 import {rng} from '../helpers/random.js'
@@ -122,6 +122,19 @@ function damage(wal: string, d: Damage, random: () => number): void {
   }
   writeFileSync(wal, data)
 }
+
+describe('durable log: record headers', () => {
+  it("a header's checksum is zlib's CRC-32 of its 8 bytes, at any offset (seeded random bytes)", () => {
+    const random = rng(7)
+    const data = Buffer.from(Array.from({length: 4096}, () => Math.floor(random() * 256)))
+    for (let offset = 0; offset + 8 <= data.length; offset += 1 + Math.floor(random() * 7)) {
+      expect(headerCrc(data, offset), `offset ${offset}`).toBe(crc32(data.subarray(offset, offset + 8)))
+    }
+    // The frames the log writes (zlib's) are read back by it.
+    const framed = frame(Buffer.from('a record'))
+    expect(headerCrc(framed, 0)).toBe(framed.readUInt32BE(8))
+  })
+})
 
 describe('durable log recovery under damage (seeded, bounded)', () => {
   const SEED = 20261123
