@@ -43,13 +43,13 @@ warmUp.stop?.()
 let warmedUp = true
 if (!result || result.status !== 0 || !existsSync(temporary)) {
   warmedUp = false
-  if (result) warmUp.failed = `the build with it failed: ${lastLine(result)}`
+  if (result) warmUp.failed = `the build with it failed: ${whyFailed(result)}`
   rmSync(temporary, {force: true})
   result = buildSnapshot({})
 }
 if (result.status !== 0 || !existsSync(temporary)) {
   rmSync(temporary, {force: true})
-  process.stderr.write(`lockctl: no start-up snapshot for node ${process.version} (${lastLine(result)}); commands start without it\n`)
+  process.stderr.write(`lockctl: no start-up snapshot for node ${process.version} (${whyFailed(result)}); commands start without it\n`)
   process.exit(0)
 }
 renameSync(temporary, blob)
@@ -65,10 +65,11 @@ if (!quiet) {
   process.stdout.write(`lockctl: start-up snapshot built for node ${process.version} (${node}; ${how})\n`)
 }
 
-/** What a failed build said (its first line that is not one of Node's warnings), or how it ended. */
-function lastLine(build) {
-  const said = (build.stderr ?? '').split('\n').find((line) => line.trim() && !/Warning|It may still|To request|--trace-warnings/.test(line))
-  return said ?? `exit ${build.status ?? build.signal}`
+/** What a failed build said (its error's line, else its first line that is not one of Node's warnings), or how it ended. */
+function whyFailed(build) {
+  const lines = (build.stderr ?? '').split('\n')
+  const said = lines.find((line) => /Error\b/.test(line)) ?? lines.find((line) => line.trim() && !/Warning|It may still|To request|--trace-warnings/.test(line))
+  return said?.trim() ?? `exit ${build.status ?? build.signal}`
 }
 
 /**
@@ -80,7 +81,7 @@ async function startWarmUpLockd() {
   const warmDir = mkdtempSync(join(tmpdir(), 'lockctl-snapshot-'))
   const socket = join(warmDir, 'lockd.sock')
   const lockd = spawn(process.execPath, [join(root, 'bin', 'run.js'), 'server', '--in-memory', '--socket', socket], {
-    env: {...process.env, NODE_OPTIONS: ''},
+    env: {...env, NODE_OPTIONS: ''},
     stdio: ['ignore', 'ignore', 'pipe'],
   })
   const stop = () => {

@@ -42,6 +42,8 @@ export async function warmUp(cli: WarmUpCli, endpoint: string, loadOptions: Inte
   try {
     await cli.execute({args: ['--version'], loadOptions})
     const token = await run('lock', KEY, '--lease', '30s')
+    // Not the path a run takes (the lockd did not answer as it should): build without it.
+    if (!/^[\w-]{16,}$/.test(token)) throw new Error(`the warm-up's lock printed ${JSON.stringify(token)}, not a token`)
     await run('lock', KEY) // held: the refusal's path
     await run('status', KEY)
     await run('status', KEY, '--json')
