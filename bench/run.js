@@ -57,7 +57,7 @@ async function startLockd(args, serverBin = bin) {
 }
 
 async function processBench() {
-  const runs = quick ? 5 : 15
+  const runs = quick ? 5 : 25
   const ca = process.env.NODE_EXTRA_CA_CERTS
   // Every process is started without the machine's extra CA bundle (it costs every Node start
   // ~30 ms here, and users' machines mostly do not set it); then the same with it, if set.
