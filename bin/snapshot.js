@@ -27,9 +27,7 @@ const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !n
 const buildSnapshot = (extraEnv) =>
   spawnSync(process.execPath, ['--snapshot-blob', temporary, '--build-snapshot', entry], {
     cwd: dir,
-    // OCLIF_DISABLE_ENGINE_WARNING: oclif checks its own engines as it loads, with semver, whose
-    // regular expressions would make the snapshot 320 KB larger (every run deserializes them).
-    env: {...env, LOCKCTL_SNAPSHOT_ROOT: root, ...extraEnv, NO_COLOR: '1', FORCE_COLOR: '0', DEBUG: '', NODE_OPTIONS: '', OCLIF_DISABLE_ENGINE_WARNING: '1'},
+    env: {...env, LOCKCTL_SNAPSHOT_ROOT: root, ...extraEnv, NO_COLOR: '1', FORCE_COLOR: '0', DEBUG: '', NODE_OPTIONS: ''},
     stdio: ['ignore', 'ignore', 'pipe'],
     encoding: 'utf8',
     // A warm-up that hangs (a lockd that never answers: 5 s per request) must not hold up an install.

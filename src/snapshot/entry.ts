@@ -13,7 +13,7 @@ import './build-hooks.js'
 import {installHooks} from './hooks.js'
 import {resolve} from 'node:path'
 import v8 from 'node:v8'
-import {Config, Plugin} from '@oclif/core'
+import {Config, type Interfaces, Plugin} from '@oclif/core'
 import * as cli from '../cli/commands.js'
 // Imported lazily by the commands; evaluated now so that a run finds them ready.
 import '../client/lock-client.js'
@@ -29,7 +29,7 @@ void rootPlugin.load().then(async () => {
   const warmUpEndpoint = process.env.LOCKCTL_SNAPSHOT_WARM_UP
   if (warmUpEndpoint) {
     prepareRun(rootPlugin.root)
-    await warmUp(cli, warmUpEndpoint, {root: rootPlugin.root, plugins: new Map([[rootPlugin.name, rootPlugin]])})
+    await warmUp(cli, warmUpEndpoint, loadOptions(rootPlugin.root))
   }
   loaded = true
 })
@@ -41,17 +41,23 @@ v8.startupSnapshot.setDeserializeMainFunction(() => {
   const root = resolve(launcherRoot)
   prepareRun(root)
   rootPlugin.root = root
-  void cli.execute({args: process.argv.slice(1), loadOptions: {root, plugins: new Map([[rootPlugin.name, rootPlugin]])}}).then(() => {
+  void cli.execute({args: process.argv.slice(1), loadOptions: loadOptions(root)}).then(() => {
     // As bin/run.js: whatever a library leaves pending must not keep a script waiting.
     setTimeout(() => process.exit(), 1000).unref()
   })
 })
 
+/** oclif's options for a run from `root`: the root plugin is the one already loaded. */
+function loadOptions(root: string): Interfaces.LoadOptions {
+  return {root, plugins: new Map([[rootPlugin.name, rootPlugin]])}
+}
+
 /** What a run of the CLI needs before oclif starts (a run, and the build's warm-up). */
 function prepareRun(root: string): void {
   // oclif's import of the command module must find the commands this bundle holds.
   installHooks(root, () => cli)
-  // As bin/run.js: oclif's check of its own engines costs ~13 ms and says nothing package.json does not.
+  // oclif read it as it loaded, in the build (./build-hooks.ts); set as bin/run.js sets it, so the
+  // command `hold` runs gets the same environment from either start.
   process.env.OCLIF_DISABLE_ENGINE_WARNING ??= '1'
   cli.settings.enableAutoTranspile = false
   // A theme colours oclif's help and messages: help takes the ordinary start, and the snapshot's
