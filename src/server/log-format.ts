@@ -96,7 +96,7 @@ export function frame(body: Buffer): Buffer {
   const framed = Buffer.allocUnsafe(RECORD_HEADER + body.length)
   framed.writeUInt32BE(body.length, 0)
   framed.writeUInt32BE(crc32(body), 4)
-  framed.writeUInt32BE(crc32(framed.subarray(0, 8)), 8)
+  framed.writeUInt32BE(headerCrc(framed, 0), 8)
   body.copy(framed, RECORD_HEADER)
   return framed
 }
@@ -127,7 +127,7 @@ export function readSnapshot(path: string, state: RecoveredState): number {
   let offset = SNAPSHOT_MAGIC.length
   let count = 0
   while (offset < data.length) {
-    if (data.length - offset < RECORD_HEADER || crc32(data.subarray(offset, offset + 8)) !== data.readUInt32BE(offset + 8)) throw refuse(`bad frame header at byte ${offset}`)
+    if (data.length - offset < RECORD_HEADER || headerCrc(data, offset) !== data.readUInt32BE(offset + 8)) throw refuse(`bad frame header at byte ${offset}`)
     const length = data.readUInt32BE(offset)
     const body = data.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + length)
     if (body.length !== length || crc32(body) !== data.readUInt32BE(offset + 4)) throw refuse(`bad frame at byte ${offset}`)
