@@ -50,6 +50,8 @@ export interface DurableLogOptions {
   onSnapshotFailed?: (error: Error) => void
   /** Told how long each group commit's write and fdatasync took (metrics). */
   onFlush?: (seconds: number) => void
+  /** Makes each recovered holder into what the caller keeps (RecoveredState.restore). */
+  restore?: RecoveredState['restore']
 }
 
 export class DurableLog {
@@ -96,7 +98,7 @@ export class DurableLog {
   /** Read the state on disk, repair a torn tail, reserve fences, and open the log for appending. */
   static async open(dir: string, snapshotSource: SnapshotSource, options: DurableLogOptions = {}): Promise<{log: DurableLog; state: RecoveredState}> {
     makeDirectories(dir)
-    const state: RecoveredState = {fence: 0, holders: new Map(), notes: []}
+    const state: RecoveredState = {fence: 0, holders: new Map(), notes: [], restore: options.restore}
     let gen = 0
     const snapshotPath = join(dir, 'snapshot')
     const fencePath = join(dir, 'fence')

@@ -412,7 +412,8 @@ export class LockTable {
       else this.limits.delete(key)
       for (const holder of saved) {
         if (holder.fence > this.fenceCounter) this.fenceCounter = holder.fence
-        holder.key = key
+        // (Already the holder's own when restoredHolders() made it.)
+        if (holder.key !== key) holder.key = key
         holder.expiresAt = leaseEnd(now, holder.leaseMs)
         ats.push(holder.expiresAt)
         items.push(holder)
@@ -573,6 +574,29 @@ function leaseEnd(now: number, leaseMs: number): number {
 function fits(holders: Holder[], limit: number, shared: boolean): boolean {
   if (limit > 1) return holders.length < limit
   return holders.length === 0 || (shared && holders.every((h) => h.shared === true))
+}
+
+/**
+ * Makes holders as recovery reads them (DurableLog's `restore`): the same fields in the same
+ * order as a grant made here, so every holder has one object shape with its fields in the object
+ * (a decoded holder given the table's fields afterwards grew a second store for them), and one
+ * string per owner, as while serving (decoded, every holder had its own copy). A million locks of
+ * a few owners: ~40 MB less after a restart. `recover` sets the lease.
+ */
+export function restoredHolders(): (key: string, saved: PersistedHolder) => Holder {
+  const owners = new Map<string, string>()
+  return (key, saved) => {
+    let {owner} = saved
+    const known = owners.get(owner)
+    if (known !== undefined) owner = known
+    // (The first few thousand owners only: a table with an owner per lock would gain nothing.)
+    else if (owners.size < 4096) owners.set(owner, owner)
+    const holder: Holder = {key, session: undefined, token: saved.token, fence: saved.fence, owner, leaseMs: saved.leaseMs, expiresAt: 0, since: saved.since}
+    if (saved.attempt !== undefined) holder.attempt = saved.attempt
+    if (saved.shared) holder.shared = true
+    if (saved.limit !== undefined) holder.limit = saved.limit
+    return holder
+  }
 }
 
 function persisted(holder: Holder): PersistedHolder {

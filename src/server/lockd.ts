@@ -14,7 +14,7 @@ import {ServerStartError} from './errors.js'
 import {handleRequest, type HandlerContext} from './handlers.js'
 import {greet} from './handshake.js'
 import {claimDataDir, Listeners} from './listeners.js'
-import {LockTable, systemClock, type Clock, type TableEvent} from './lock-table.js'
+import {LockTable, restoredHolders, systemClock, type Clock, type TableEvent} from './lock-table.js'
 import type {ServerMetrics} from './metrics.js'
 import {Outbox} from './outbox.js'
 import {Subscriptions} from './subscriptions.js'
@@ -191,6 +191,7 @@ export class LockServer {
         snapshotSlice: this.options.snapshotSlice,
         onSnapshotFailed: (error) => this.say(`lockd: a snapshot of ${dataDir} could not be written (${error.message}); the log keeps everything, the next one is tried as it grows`),
         onFlush: this.metrics ? (seconds) => this.metrics?.observeFsync(seconds) : undefined,
+        restore: restoredHolders(),
       },
     )
     this.log = log

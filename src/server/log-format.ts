@@ -64,6 +64,12 @@ export interface RecoveredState {
   holders: Map<string, LoggedHolder[]>
   /** What recovery had to do that an operator should know about. */
   notes: string[]
+  /**
+   * Makes each holder read into what the state keeps (default: the decoded object itself). The
+   * lock table gives one that builds its own holders as they are read, so a million decoded
+   * objects die young instead of being kept and changed after (RestoredHolders in lock-table.ts).
+   */
+  restore?: (key: string, logged: LoggedHolder) => LoggedHolder
 }
 
 /** The state on disk cannot be trusted; lockd refuses to start rather than forget a grant. */
@@ -113,7 +119,7 @@ export function readSnapshot(path: string, state: RecoveredState): number {
     for (const entry of locks as SnapshotEntry[]) {
       const holders = decodeHolders(entry?.holders ?? entry?.holder)
       if (typeof entry?.key !== 'string' || !holders) throw refuse('not a snapshot')
-      if (holders.length > 0) state.holders.set(entry.key, holders)
+      if (holders.length > 0) state.holders.set(entry.key, restoreAll(state, entry.key, holders))
     }
   }
   if (!data.subarray(0, SNAPSHOT_MAGIC.length).equals(SNAPSHOT_MAGIC)) {
@@ -316,15 +322,22 @@ function apply(record: DecodedRecord, whole: LoggedHolder[] | null, state: Recov
   let holders: LoggedHolder[]
   if (whole === null) {
     const gone = new Set([...record.x!, ...record.s!.map((h) => h.token)])
-    holders = [...(state.holders.get(record.k) ?? []).filter((h) => !gone.has(h.token)), ...record.s!]
+    holders = [...(state.holders.get(record.k) ?? []).filter((h) => !gone.has(h.token)), ...restoreAll(state, record.k, record.s!)]
     // Grant order is fence order: recovery keeps the oldest holder first.
     holders.sort((a, b) => a.fence - b.fence)
   } else {
-    holders = whole
+    holders = restoreAll(state, record.k, whole)
   }
   if (holders.length > 0) state.holders.set(record.k, holders)
   else state.holders.delete(record.k)
   state.fence = Math.max(state.fence, record.f)
+}
+
+/** The holders as the state keeps them (in place: `holders` is a fresh array of decoded holders). */
+function restoreAll(state: RecoveredState, key: string, holders: LoggedHolder[]): LoggedHolder[] {
+  const {restore} = state
+  if (restore) for (let i = 0; i < holders.length; i++) holders[i] = restore(key, holders[i])
+  return holders
 }
 
 export function corrupt(path: string, offset: number, why: string): LogCorruptError {

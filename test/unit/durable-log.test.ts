@@ -5,7 +5,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {DurableLog} from '../../src/server/durable-log.js'
 import {crc32} from 'node:zlib'
 import {FENCE_BLOCK, frame, headerCrc, LogCorruptError, packr, WAL_MAGIC, type LoggedHolder, type RecoveredState, type SnapshotSource} from '../../src/server/log-format.js'
-import {LockTable} from '../../src/server/lock-table.js'
+import {LockTable, restoredHolders} from '../../src/server/lock-table.js'
 import {FakeClock} from '../helpers/fake-clock.js'
 import {rng} from '../helpers/random.js'
 
@@ -306,6 +306,7 @@ describe('durable log: snapshots written while the table changes', () => {
     const recoveredOf = (state: RecoveredState) => new Map([...state.holders].map(([key, holders]) => [key, holders.map((h) => `${h.token}@${h.fence}`).join(',')]))
     const tokens = new Map<string, string[]>()
     let copies = 0
+    let restoredCopies = 0
     let midSnapshot = 0
     let snapshotsFinished = 0
     // 600 steps, then on (bounded) until the schedule has done what it is for: how many snapshots
@@ -322,11 +323,27 @@ describe('durable log: snapshots written while the table changes', () => {
         if (log.snapshotting) midSnapshot++
         const copy = mkdtempSync(join(tmpdir(), 'lockctl-log-copy-'))
         cpSync(dir, copy, {recursive: true})
-        const {log: reopened, state} = await DurableLog.open(copy, NOTHING)
+        // Every other copy is read as lockd reads it: into holders the table makes as they are
+        // read (restoredHolders), then recovered into a table, which must hold every grant whole.
+        const asLockd = random() < 0.5
+        const {log: reopened, state} = await DurableLog.open(copy, NOTHING, asLockd ? {restore: restoredHolders()} : {})
         await reopened.close()
         rmSync(copy, {recursive: true, force: true})
         expect(recoveredOf(state), `seed ${seed}, step ${step}`).toEqual(held())
         expect(state.fence, `seed ${seed}, step ${step}`).toBeGreaterThanOrEqual(table.lastFence)
+        if (asLockd) {
+          const restarted = new LockTable(new FakeClock())
+          restarted.recover(state.fence, state.holders)
+          const whole = (t: LockTable) => new Map([...t.heldLocks()].map(({key, holders}) => [key, holders]))
+          expect(whole(restarted), `seed ${seed}, step ${step}`).toEqual(whole(table))
+          // One object shape for every holder, recovered or granted (the order of their fields).
+          const granted = Object.keys(restarted.acquire({key: 'shape', leaseMs: 1000, waitMs: 0, owner: 'o', from: {session: 's', wid: 0}}).kind === 'granted' ? restarted.holderOf('shape')! : {})
+          for (const {key} of restarted.heldLocks()) {
+            const holder = restarted.holderOf(key)!
+            if (holder.limit === undefined && holder.attempt === undefined && !holder.shared) expect(Object.keys(holder)).toEqual(granted)
+          }
+          restoredCopies++
+        }
       }
     }
     await log.close()
@@ -338,6 +355,7 @@ describe('durable log: snapshots written while the table changes', () => {
     expect(snapshotsFinished).toBeGreaterThan(3)
     expect(midSnapshot).toBeGreaterThan(3)
     expect(copies).toBeGreaterThan(midSnapshot)
+    expect(restoredCopies).toBeGreaterThan(3)
   })
 })
 
