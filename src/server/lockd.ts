@@ -96,7 +96,8 @@ export class LockServer {
 
   constructor(private readonly options: LockServerOptions = {}) {
     this.clock = options.clock ?? systemClock
-    this.table = new LockTable(this.clock)
+    // Only a lockd with a log needs to know what changed in each batch.
+    this.table = new LockTable(this.clock, {tracksChanges: Boolean(options.dataDir)})
     this.subscriptions = new Subscriptions(
       this.table,
       () => this.clock.now(),

@@ -217,6 +217,17 @@ describe('LockTable', () => {
     expect(table.drainChanges()).toEqual([])
     table.release('k', token)
     expect(table.drainChanges()).toEqual([{key: 'k', holders: [], changed: [token]}])
+    // Several changes of one name in a batch: each grant that changed, once.
+    const first = table.acquire({key: 's', leaseMs: 1000, waitMs: 0, owner: 'A', from: {session: 'a', wid: 1}, limit: 3})
+    const second = table.acquire({key: 's', leaseMs: 1000, waitMs: 0, owner: 'B', from: {session: 'b', wid: 1}, limit: 3})
+    const [t1, t2] = [first, second].map((r) => (r.kind === 'granted' ? r.grant.token : ''))
+    table.renew('s', t1, 2000)
+    table.release('s', t2)
+    expect(table.drainChanges()).toEqual([{key: 's', holders: [expect.objectContaining({owner: 'A', leaseMs: 2000})], changed: [t1, t2]}])
+    // A table that keeps no log (in-memory lockd) keeps no changes either.
+    const unlogged = new LockTable(clock, {tracksChanges: false})
+    unlogged.acquire({key: 'k', leaseMs: 1000, waitMs: 0, owner: 'A', from: {session: 'a', wid: 1}})
+    expect(unlogged.drainChanges()).toEqual([])
   })
 
   it('an attempt asked again from a new connection gets the grant made to it, renewed; no other attempt does', () => {
