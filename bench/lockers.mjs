@@ -1,6 +1,7 @@
 // One client process of the multi-process benchmark (bench/run.js, "Side by side"): runs
 // LOCKERS lockers, each taking and giving back its own lock until DURATION ms are over (and at
-// most 1M pairs in all), then prints {"pairs": N, "latencies": [...sampled pair times in ms]}.
+// most 1M pairs in all), then prints {"pairs": N, "latencies": [...sampled pair times in ms],
+// "cpuUs": CPU time (user + system, µs) this process spent while the lockers ran}.
 //
 //   node bench/lockers.mjs lockd|redis ENDPOINT_OR_PORT LOCKERS DURATION_MS TAG
 import {randomBytes} from 'node:crypto'
@@ -10,6 +11,7 @@ const lockers = Number(lockersText)
 const durationMs = Number(durationText)
 let pairs = 0
 const latencies = []
+let cpuAtStart = null
 const sample = (ms) => {
   if (latencies.length < 20_000) latencies.push(ms)
 }
@@ -18,6 +20,7 @@ if (kind === 'lockd') {
   const {connect} = await import('../dist/client/index.js')
   const clients = await Promise.all(Array.from({length: lockers}, (_, i) => connect({endpoints: target, owner: `${tag}-${i}`})))
   const deadline = performance.now() + durationMs
+  cpuAtStart = process.cpuUsage()
   await Promise.all(
     clients.map(async (client, i) => {
       const lock = client.createLock(`mp-${tag}-${i}`)
@@ -41,6 +44,7 @@ if (kind === 'lockd') {
     c.defineCommand('unlock', {numberOfKeys: 1, lua: "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"})
   }
   const deadline = performance.now() + durationMs
+  cpuAtStart = process.cpuUsage()
   await Promise.all(
     clients.map(async (client, i) => {
       const key = `mp-${tag}-${i}`
@@ -56,4 +60,5 @@ if (kind === 'lockd') {
   )
   await Promise.all(clients.map((c) => c.quit()))
 }
-process.stdout.write(`${JSON.stringify({pairs, latencies})}\n`)
+const cpu = process.cpuUsage(cpuAtStart)
+process.stdout.write(`${JSON.stringify({pairs, latencies, cpuUs: cpu.user + cpu.system})}\n`)

@@ -11,7 +11,7 @@
 //   node bench/run.js --side-by-side  only lockd next to Redis (multi-process lockers)
 import {spawn, spawnSync} from 'node:child_process'
 import {mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
-import {tmpdir} from 'node:os'
+import {availableParallelism, tmpdir} from 'node:os'
 import {dirname, join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {connect} from '../dist/client/index.js'
@@ -431,8 +431,21 @@ async function startRedis(persist) {
   throw new Error('redis-server did not answer')
 }
 
-/** `processes` client processes of bench/lockers.mjs, `lockers` lockers in all: pairs/s and pair times. */
-async function lockersRun(kind, target, lockers, processes, durationMs) {
+/** CPU time (user + system, µs) a process has used so far, from /proc (null where there is none). */
+function cpuUsOf(pid) {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+    return ((Number(fields[11]) + Number(fields[12])) * 1e6) / 100 // utime + stime, in USER_HZ (100/s)
+  } catch {
+    return null
+  }
+}
+
+/**
+ * `processes` client processes of bench/lockers.mjs, `lockers` lockers in all: pairs/s, pair
+ * times, and the CPU per pair of the server (`serverPid`) and of the clients.
+ */
+async function lockersRun(kind, target, lockers, processes, durationMs, serverPid) {
   const each = Math.max(1, Math.floor(lockers / processes))
   const runs = Array.from({length: processes}, (_, i) =>
     new Promise((resolve, reject) => {
@@ -444,10 +457,15 @@ async function lockersRun(kind, target, lockers, processes, durationMs) {
     }),
   )
   const start = performance.now()
+  const serverCpuBefore = cpuUsOf(serverPid)
   const results = await Promise.all(runs)
   const seconds = (performance.now() - start) / 1000
+  const serverCpuAfter = cpuUsOf(serverPid)
   const latencies = results.flatMap((r) => r.latencies)
-  return {rate: results.reduce((sum, r) => sum + r.pairs, 0) / seconds, p50: pct(latencies, 50), p99: pct(latencies, 99)}
+  const pairs = results.reduce((sum, r) => sum + r.pairs, 0)
+  const serverCpu = serverCpuBefore === null || serverCpuAfter === null ? null : (serverCpuAfter - serverCpuBefore) / pairs
+  const clientCpu = results.reduce((sum, r) => sum + r.cpuUs, 0) / pairs
+  return {rate: pairs / seconds, p50: pct(latencies, 50), p99: pct(latencies, 99), serverCpu, clientCpu}
 }
 
 /**
@@ -470,11 +488,12 @@ async function sideBySide() {
     ['Redis no persistence', async () => startRedis(false), 'redis'],
   ]
   const figures = {}
+  const cores = availableParallelism()
   for (const [name, start, kind] of systems) {
     const server = await start()
     const target = kind === 'lockd' ? server.endpoint : server.port
-    const one = await lockersRun(kind, target, 1, 1, durationMs)
-    const many = await lockersRun(kind, target, 64, 4, durationMs)
+    const one = await lockersRun(kind, target, 1, 1, durationMs, server.child.pid)
+    const many = await lockersRun(kind, target, 64, 4, durationMs, server.child.pid)
     figures[name] = {one, many}
     server.child.kill('SIGKILL')
   }
@@ -486,6 +505,14 @@ async function sideBySide() {
     row('  pair p99, one locker', us(a.one.p99), `${us(b.one.p99)}`, `${(a.one.p99 / b.one.p99).toFixed(2)}×`)
     row('  pairs/s, 64 lockers in 4 processes', Math.round(a.many.rate).toLocaleString('en'), Math.round(b.many.rate).toLocaleString('en'), `${(a.many.rate / b.many.rate).toFixed(2)}×`)
     row('  pair p99, 64 lockers', us(a.many.p99), `${us(b.many.p99)}`, `${(a.many.p99 / b.many.p99).toFixed(2)}×`)
+    if (a.many.serverCpu !== null && b.many.serverCpu !== null) {
+      // Where pairs/s goes when the clients share the machine's cores with the server: the CPU
+      // of one pair, server and clients (their own process.cpuUsage), and the rate those allow.
+      const cpu = (f) => `${f.serverCpu.toFixed(1)} + ${f.clientCpu.toFixed(1)} µs`
+      row('  CPU per pair at 64 lockers: server + clients', cpu(a.many), cpu(b.many), `${((a.many.serverCpu + a.many.clientCpu) / (b.many.serverCpu + b.many.clientCpu)).toFixed(2)}×`)
+      const ceiling = (f) => Math.round((cores * 1e6) / (f.serverCpu + f.clientCpu)).toLocaleString('en')
+      row(`  pairs/s ${cores} cores allow at that CPU`, ceiling(a.many), ceiling(b.many))
+    }
   }
   pair('lockd durable', 'Redis appendfsync always')
   pair('lockd in memory', 'Redis no persistence')
