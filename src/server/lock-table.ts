@@ -118,6 +118,24 @@ export interface AcquireMode {
 type Deadline = Holder | Waiter
 const isHolder = (item: Deadline): item is Holder => (item as Holder).token !== undefined
 
+/**
+ * A name's holders as the table keeps them: the one holder itself (a plain lock, by far the most
+ * names: no array around it, ~56 bytes less per held lock), or an array in grant order once a
+ * name has had several holders or is between holders (empty only while a change is under way).
+ */
+type Held = Holder | Holder[]
+
+/** The holders of a name as an array (a new one for a single holder: for reads, not for changes). */
+const holdersIn = (held: Held): Holder[] => (Array.isArray(held) ? held : [held])
+const countOf = (held: Held): number => (Array.isArray(held) ? held.length : 1)
+const firstOf = (held: Held): Holder | undefined => (Array.isArray(held) ? held[0] : held)
+const findIn = (held: Held | undefined, match: (holder: Holder) => boolean): Holder | undefined => {
+  if (held === undefined) return undefined
+  if (!Array.isArray(held)) return match(held) ? held : undefined
+  return held.find(match)
+}
+const holds = (held: Held | undefined, holder: Holder): boolean => held !== undefined && (held === holder || (Array.isArray(held) && held.includes(holder)))
+
 /** The waiters of a name nobody waits for: shared (most names), replaced by an array of their own on the first waiter. */
 const NO_WAITERS: Waiter[] = Object.freeze([]) as unknown as Waiter[]
 
@@ -135,13 +153,13 @@ export interface LockTableOptions {
  * (`queues`, only while anyone waits) and its limit — 1 for a lock (one exclusive holder, or any
  * number of shared ones), N for a semaphore of N (`limits`, only for N > 1). The limit is fixed
  * while the name has holders or waiters (docs/semantics.md, "Semaphores and shared locks").
- * Most names are plain locks nobody waits for: their whole state is the map's value, the array
- * of holders, with no object around it (a million held locks, ~56 MB less), and a restart takes
- * the recovered map over as it is.
+ * Most names are plain locks nobody waits for: their whole state is the map's value, their one
+ * holder, with neither an object nor an array around it (a million held locks, ~110 MB less
+ * than both), and a restart takes the recovered map over as it is.
  */
 export class LockTable {
-  /** Every name anyone holds or waits for (its array is empty only while a change is under way). */
-  private holdersByKey = new Map<string, Holder[]>()
+  /** Every name anyone holds or waits for (an empty array only while a change is under way). */
+  private holdersByKey = new Map<string, Held>()
   private readonly queues = new Map<string, Waiter[]>()
   private readonly limits = new Map<string, number>()
   private readonly waitersBySession = new Map<string, Map<number, Waiter>>()
@@ -200,7 +218,7 @@ export class LockTable {
     const limit = args.limit ?? 1
     const shared = limit === 1 && args.shared === true
     const holders = this.holdersByKey.get(args.key)
-    const same = holders?.find((h) => (args.token !== undefined && h.token === args.token) || (args.attempt !== undefined && h.attempt === args.attempt))
+    const same = findIn(holders, (h) => (args.token !== undefined && h.token === args.token) || (args.attempt !== undefined && h.attempt === args.attempt))
     if (same) {
       same.session = args.from.session
       this.extend(args.key, same, args.leaseMs, now)
@@ -224,7 +242,7 @@ export class LockTable {
       return {kind: 'granted', grant: granted, reentrant: false}
     }
     // An entry always has a holder: a name with waiters and no holder grants at once (pump).
-    const blocking = holders[0]
+    const blocking = firstOf(holders)!
     if (args.waitMs === 0) return {kind: 'held', holder: blocking}
     // Waiters are named by (session, wid): a second one under the same name could never be
     // cancelled or dropped with its connection. The server refuses such a request before here.
@@ -267,7 +285,7 @@ export class LockTable {
       this.removeWaiter(waiter, reason)
       return {released: false}
     }
-    const holder = this.holdersByKey.get(key)?.find((h) => h.origin && h.origin.session === ref.session && h.origin.wid === ref.wid)
+    const holder = findIn(this.holdersByKey.get(key), (h) => h.origin !== undefined && h.origin.session === ref.session && h.origin.wid === ref.wid)
     if (holder) {
       this.releaseHolder(key, holder, false, ref.session)
       return {released: true}
@@ -284,13 +302,13 @@ export class LockTable {
   release(key: string, token: string | undefined, force = false, by?: string): TokenResult {
     const holders = this.holdersByKey.get(key)
     if (!force) {
-      const holder = token === undefined ? undefined : holders?.find((h) => h.token === token)
+      const holder = token === undefined ? undefined : findIn(holders, (h) => h.token === token)
       if (!holder) return {ok: false}
       this.releaseHolder(key, holder, false, by)
       return {ok: true, holder}
     }
-    if (!holders || holders.length === 0) return {ok: false}
-    const all = [...holders]
+    if (!holders || countOf(holders) === 0) return {ok: false}
+    const all = Array.isArray(holders) ? [...holders] : [holders]
     for (const each of all) this.releaseHolder(key, each, true, by)
     return {ok: true, holder: all[0]}
   }
@@ -306,7 +324,7 @@ export class LockTable {
 
   /** The holder if `token` holds `key` now, else null. Changes nothing. */
   check(key: string, token: string): Holder | null {
-    return this.holdersByKey.get(key)?.find((h) => h.token === token) ?? null
+    return findIn(this.holdersByKey.get(key), (h) => h.token === token) ?? null
   }
 
   /**
@@ -333,11 +351,10 @@ export class LockTable {
     for (let at = this.deadlines.peekAt(); at !== undefined && at <= now; at = this.deadlines.peekAt()) {
       const due = this.deadlines.pop()!
       if (isHolder(due)) {
-        const holders = this.holdersByKey.get(due.key)
         // Stale heap entries (renewed or released holders) are skipped here.
-        if (!holders?.includes(due) || due.expiresAt !== at) continue
+        if (!holds(this.holdersByKey.get(due.key), due) || due.expiresAt !== at) continue
         this.events.push({type: 'expired', key: due.key, holder: due})
-        this.removeHolder(due.key, holders, due, now)
+        this.removeHolder(due.key, due, now)
       } else if (this.waitersBySession.get(due.session)?.get(due.wid) === due) {
         this.removeWaiter(due, 'timeout')
         this.events.push({type: 'wait_timeout', key: due.key, waiter: due})
@@ -358,7 +375,7 @@ export class LockTable {
   }
 
   list(prefix: string, limit = Number.POSITIVE_INFINITY): {locks: LockView[]; total: number} {
-    const matching: [string, Holder[]][] = []
+    const matching: [string, Held][] = []
     for (const named of this.holdersByKey) if (named[0].startsWith(prefix)) matching.push(named)
     matching.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     return {locks: matching.slice(0, limit).map(([key, holders]) => this.view(key, holders)), total: matching.length}
@@ -378,7 +395,8 @@ export class LockTable {
     if (this.dirty.size === 0) return []
     const changes: {key: string; holders: PersistedHolder[]; changed: string[]}[] = []
     for (const [key, tokens] of this.dirty) {
-      changes.push({key, holders: (this.holdersByKey.get(key) ?? []).map(persisted), changed: typeof tokens === 'string' ? [tokens] : [...tokens]})
+      const held = this.holdersByKey.get(key)
+      changes.push({key, holders: held === undefined ? [] : holdersIn(held).map(persisted), changed: typeof tokens === 'string' ? [tokens] : [...tokens]})
     }
     this.dirty.clear()
     return changes
@@ -397,7 +415,7 @@ export class LockTable {
    * table goes on changing (a Map's iterator visits each entry that is still there when reached).
    */
   *heldLocks(): Generator<{key: string; holders: PersistedHolder[]}> {
-    for (const [key, holders] of this.holdersByKey) if (holders.length > 0) yield {key, holders: holders.map(persisted)}
+    for (const [key, held] of this.holdersByKey) if (countOf(held) > 0) yield {key, holders: holdersIn(held).map(persisted)}
   }
 
   /**
@@ -412,10 +430,11 @@ export class LockTable {
     this.fenceCounter = Math.max(this.fenceCounter, fence)
     // A restart of a million locks: the saved holders become the table's (no copy), and their
     // leases go into the deadline heap in one heapify. An empty table adopts the recovered map
-    // itself, whose values are already what the table keeps (a name's holders): setting a
-    // million keys again costs more than the rest of the table's part of a restart.
+    // itself, whose values (arrays of holders) the table can keep: setting a million keys again
+    // (to keep a plain lock's one holder without its array, as a grant does) costs more than the
+    // rest of the table's part of a restart, and frees nothing until a full collection.
     const adopt = this.holdersByKey.size === 0
-    const holdersByKey = adopt ? (holders as Map<string, Holder[]>) : this.holdersByKey
+    const holdersByKey = adopt ? (holders as Map<string, Held>) : this.holdersByKey
     const ats: number[] = []
     const items: Deadline[] = []
     for (const [key, saved] of holders as Map<string, Holder[]>) {
@@ -457,13 +476,15 @@ export class LockTable {
     if (mode.shared) holder.shared = true
     if (mode.limit > 1) holder.limit = mode.limit
     const holders = this.holdersByKey.get(key)
-    // A new name's holders array is made with its one holder: an empty one grown by push()
-    // reserves room for 16 (about 150 bytes per held lock, a million locks over).
+    // A new name's one holder is the map's value itself; a second makes the array (an empty
+    // one grown by push() would reserve room for 16).
     if (!holders) {
-      this.holdersByKey.set(key, [holder])
+      this.holdersByKey.set(key, holder)
       if (mode.limit > 1) this.limits.set(key, mode.limit)
-    } else {
+    } else if (Array.isArray(holders)) {
       holders.push(holder)
+    } else {
+      this.holdersByKey.set(key, [holders, holder])
     }
     this.deadlines.push(holder.expiresAt, holder)
     this.markDirty(key, holder.token)
@@ -481,12 +502,16 @@ export class LockTable {
 
   private releaseHolder(key: string, holder: Holder, force: boolean, by?: string): void {
     this.events.push({type: 'released', key, holder, force, by})
-    this.removeHolder(key, this.holdersByKey.get(key)!, holder, this.clock.now())
+    this.removeHolder(key, holder, this.clock.now())
   }
 
   /** The holder is gone: waiters at the head of the queue that now fit get the lock. */
-  private removeHolder(key: string, holders: Holder[], holder: Holder, now: number): void {
-    holders.splice(holders.indexOf(holder), 1)
+  private removeHolder(key: string, holder: Holder, now: number): void {
+    const holders = this.holdersByKey.get(key)!
+    if (Array.isArray(holders)) holders.splice(holders.indexOf(holder), 1)
+    // A single holder leaves an empty array (waiters may be granted into it), or no name at all.
+    else if (this.queueOf(key).length > 0) this.holdersByKey.set(key, [])
+    else this.holdersByKey.delete(key)
     this.markDirty(key, holder.token)
     this.pump(key, now)
   }
@@ -496,17 +521,20 @@ export class LockTable {
    * does not fit stops everyone behind it); drop the name when nobody holds or waits.
    */
   private pump(key: string, now: number): void {
-    const holders = this.holdersByKey.get(key)
-    if (!holders) return
+    if (!this.holdersByKey.has(key)) {
+      this.limits.delete(key)
+      return
+    }
     const limit = this.limitOf(key)
     // The queue's array itself: removeWaiter takes its head out of it (and the array out of
-    // `queues` once it is empty).
+    // `queues` once it is empty). The holders are read again each time: a grant may replace a
+    // single holder by an array.
     const queue = this.queueOf(key)
-    for (let next = queue[0]; next && fits(holders, limit, next.shared); next = queue[0]) {
+    for (let next = queue[0]; next && fits(this.holdersByKey.get(key)!, limit, next.shared); next = queue[0]) {
       this.removeWaiter(next, 'granted', false)
       this.grant(key, next.owner, next.leaseMs, now, {limit, shared: next.shared}, next, next.attempt)
     }
-    if (holders.length === 0 && queue.length === 0) {
+    if (countOf(this.holdersByKey.get(key)!) === 0 && queue.length === 0) {
       this.holdersByKey.delete(key)
       this.limits.delete(key)
     }
@@ -522,7 +550,8 @@ export class LockTable {
     return this.queues.size === 0 ? NO_WAITERS : (this.queues.get(key) ?? NO_WAITERS)
   }
 
-  private view(key: string, holders: Holder[]): LockView {
+  private view(key: string, held: Held): LockView {
+    const holders = holdersIn(held)
     return {key, holder: holders[0] ?? null, holders, waiters: this.queueOf(key).length, limit: this.limitOf(key)}
   }
 
@@ -544,7 +573,7 @@ export class LockTable {
   }
 
   private isLive(item: Deadline, at: number): boolean {
-    if (isHolder(item)) return (this.holdersByKey.get(item.key)?.includes(item) ?? false) && item.expiresAt === at
+    if (isHolder(item)) return holds(this.holdersByKey.get(item.key), item) && item.expiresAt === at
     return this.waitersBySession.get(item.session)?.get(item.wid) === item
   }
 
@@ -570,7 +599,8 @@ export class LockTable {
 
   /** The oldest holder of a key, or null when nobody holds it. */
   holderOf(key: string): Holder | null {
-    return this.holdersByKey.get(key)?.[0] ?? null
+    const held = this.holdersByKey.get(key)
+    return held === undefined ? null : (firstOf(held) ?? null)
   }
 }
 
@@ -587,9 +617,10 @@ function leaseEnd(now: number, leaseMs: number): number {
  * Does a request fit beside the holders now? A semaphore: fewer holders than its limit. A
  * lock: nobody holds it, or (shared) only shared grants hold it.
  */
-function fits(holders: Holder[], limit: number, shared: boolean): boolean {
-  if (limit > 1) return holders.length < limit
-  return holders.length === 0 || (shared && holders.every((h) => h.shared === true))
+function fits(held: Held, limit: number, shared: boolean): boolean {
+  if (limit > 1) return countOf(held) < limit
+  if (!Array.isArray(held)) return shared && held.shared === true
+  return held.length === 0 || (shared && held.every((h) => h.shared === true))
 }
 
 /**

@@ -134,6 +134,9 @@ describe('LockTable: random schedules of semaphores and shared locks (seeded)', 
       const sharedWaits = new Set<string>() // `${session}:${wid}` of the shared acquires
       let lastFence = 0
       let grants = 0
+      // The model of who holds: every grant until it is released or its lease runs out. A grant
+      // that is lost without either is as bad as one too many (its holder still believes it holds).
+      const live = new Map<string, {key: string; expiresAt: number}>()
       const sameRef = (a: WaiterRef, b: WaiterRef) => a.session === b.session && a.wid === b.wid
       for (let step = 0; step < 4000; step++) {
         const {key, limit} = names[Math.floor(random() * names.length)]
@@ -162,6 +165,13 @@ describe('LockTable: random schedules of semaphores and shared locks (seeded)', 
           table = new LockTable(clock)
           table.recover(fence, held)
           for (const queue of queues.values()) queue.length = 0
+          for (const [token, grant] of live) {
+            const holder = table.check(grant.key, token)
+            expect(holder, `seed ${seed} step ${step}: a grant lost in the restart`).not.toBeNull()
+            // Its whole lease again, from now: never less than it had.
+            expect(holder!.expiresAt).toBeGreaterThanOrEqual(grant.expiresAt)
+            grant.expiresAt = holder!.expiresAt
+          }
         } else {
           clock.advance(Math.floor(random() * 1500))
           table.tick()
@@ -176,13 +186,26 @@ describe('LockTable: random schedules of semaphores and shared locks (seeded)', 
             queue.splice(at, 1)
           }
           if (event.type === 'granted') {
+            expect(live.has(event.holder.token), `seed ${seed} step ${step}: a token granted twice`).toBe(false)
+            live.set(event.holder.token, {key: event.key, expiresAt: event.holder.expiresAt})
+          } else if (event.type === 'renewed') {
+            live.get(event.holder.token)!.expiresAt = event.holder.expiresAt
+          } else if (event.type === 'released' || event.type === 'expired') {
+            const grant = live.get(event.holder.token)
+            expect(grant, `seed ${seed} step ${step}: ${event.type} a grant that did not hold`).toBeDefined()
+            if (event.type === 'expired') expect(clock.now(), `seed ${seed} step ${step}: expired before its lease ran out`).toBeGreaterThanOrEqual(grant!.expiresAt)
+            live.delete(event.holder.token)
+          }
+          if (event.type === 'granted') {
             expect(event.holder.fence, `seed ${seed} step ${step}`).toBeGreaterThan(lastFence)
             lastFence = event.holder.fence
             grants++
             tokens.set(event.key, [...(tokens.get(event.key) ?? []), event.holder.token])
           }
         }
+        for (const [token, grant] of live) expect(table.check(grant.key, token)?.expiresAt, `seed ${seed} step ${step}: a grant was lost`).toBe(grant.expiresAt)
         for (const name of names) {
+          expect(table.inspect(name.key)?.holders.length ?? 0, `seed ${seed} step ${step}: holders the model does not know`).toBe([...live.values()].filter((g) => g.key === name.key).length)
           checkHolders(name.key, name.limit)
           expect(table.waitersOf(name.key)).toBe(queues.get(name.key)!.length)
           // Nobody waits who would fit now: the head of a queue is blocked by the holders.
