@@ -74,7 +74,10 @@ function randomWork(table: LockTable, clock: FakeClock, tokens: Map<string, stri
     if (left.length > 0) tokens.set(key, left)
     else tokens.delete(key)
   } else if (held.length < limit && r < 0.8) {
-    const result = table.acquire({key, leaseMs: 600_000, waitMs: 0, owner: `o${step}`, from: {session: 's', wid: step}, limit})
+    // Some grants carry an attempt id, some locks are taken shared: both are kept through the log.
+    const attempt = random() < 0.3 ? `attempt-${step}` : undefined
+    const shared = limit === 1 && random() < 0.3
+    const result = table.acquire({key, leaseMs: 600_000, waitMs: 0, owner: `o${step}`, from: {session: 's', wid: step}, limit, attempt, shared})
     if (result.kind === 'granted') tokens.set(key, [...held, result.grant.token])
   } else if (held.length > 0) {
     clock.advance(10)
