@@ -425,34 +425,37 @@ export class LockTable {
    * An empty table takes `holders` over (its values become the table's entries): the caller
    * reads nothing from it afterwards.
    */
-  recover(fence: number, holders: Map<string, PersistedHolder[]>): void {
+  recover(fence: number, holders: Map<string, PersistedHolder | PersistedHolder[]>): void {
     const now = this.clock.now()
     this.fenceCounter = Math.max(this.fenceCounter, fence)
     // A restart of a million locks: the saved holders become the table's (no copy), and their
     // leases go into the deadline heap in one heapify. An empty table adopts the recovered map
-    // itself, whose values (arrays of holders) the table can keep: setting a million keys again
-    // (to keep a plain lock's one holder without its array, as a grant does) costs more than the
-    // rest of the table's part of a restart, and frees nothing until a full collection.
+    // itself, whose values are already what the table keeps (a name's one holder, or an array of
+    // several): setting a million keys again costs more than the rest of the table's part of a
+    // restart.
     const adopt = this.holdersByKey.size === 0
     const holdersByKey = adopt ? (holders as Map<string, Held>) : this.holdersByKey
     const ats: number[] = []
     const items: Deadline[] = []
-    for (const [key, saved] of holders as Map<string, Holder[]>) {
-      if (saved.length === 0) {
+    const restore = (key: string, holder: Holder) => {
+      if (holder.fence > this.fenceCounter) this.fenceCounter = holder.fence
+      // (Already the holder's own when restoredHolders() made it.)
+      if (holder.key !== key) holder.key = key
+      holder.expiresAt = leaseEnd(now, holder.leaseMs)
+      ats.push(holder.expiresAt)
+      items.push(holder)
+    }
+    for (const [key, saved] of holders as Map<string, Held>) {
+      const first = firstOf(saved)
+      if (first === undefined) {
         if (adopt) holdersByKey.delete(key)
         continue
       }
-      const limit = saved[0].limit ?? 1
+      const limit = first.limit ?? 1
       if (limit > 1) this.limits.set(key, limit)
       else this.limits.delete(key)
-      for (const holder of saved) {
-        if (holder.fence > this.fenceCounter) this.fenceCounter = holder.fence
-        // (Already the holder's own when restoredHolders() made it.)
-        if (holder.key !== key) holder.key = key
-        holder.expiresAt = leaseEnd(now, holder.leaseMs)
-        ats.push(holder.expiresAt)
-        items.push(holder)
-      }
+      if (Array.isArray(saved)) for (const holder of saved) restore(key, holder)
+      else restore(key, saved)
       if (!adopt) holdersByKey.set(key, saved)
     }
     this.holdersByKey = holdersByKey

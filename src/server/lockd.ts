@@ -200,7 +200,7 @@ export class LockServer {
     // Counted first: the table takes the recovered map over.
     const names = state.holders.size
     let grants = 0
-    for (const holders of state.holders.values()) grants += holders.length
+    for (const holders of state.holders.values()) grants += Array.isArray(holders) ? holders.length : 1
     this.table.recover(state.fence, state.holders)
     log.recovered()
     if (names > 0) {

@@ -59,9 +59,18 @@ export interface LogRecord {
   fence: number
 }
 
+/** A name's recovered holders: its one holder itself (most names: no array around it), or several in grant order. */
+export type RecoveredHolders = LoggedHolder | LoggedHolder[]
+
+/** The holders of a recovered name as an array (empty: none). */
+export function holdersOf(value: RecoveredHolders | undefined): LoggedHolder[] {
+  if (value === undefined) return []
+  return Array.isArray(value) ? value : [value]
+}
+
 export interface RecoveredState {
   fence: number
-  holders: Map<string, LoggedHolder[]>
+  holders: Map<string, RecoveredHolders>
   /** What recovery had to do that an operator should know about. */
   notes: string[]
   /**
@@ -117,9 +126,15 @@ export function readSnapshot(path: string, state: RecoveredState): number {
   const load = (locks: unknown) => {
     if (!Array.isArray(locks)) throw refuse('not a snapshot')
     for (const entry of locks as SnapshotEntry[]) {
-      const holders = decodeHolders(entry?.holders ?? entry?.holder)
-      if (typeof entry?.key !== 'string' || !holders) throw refuse('not a snapshot')
-      if (holders.length > 0) state.holders.set(entry.key, restoreAll(state, entry.key, holders))
+      if (typeof entry?.key !== 'string') throw refuse('not a snapshot')
+      // A plain lock's one holder (most entries) is kept without an array around it.
+      if (entry.holders === undefined && isHolder(entry.holder)) {
+        state.holders.set(entry.key, state.restore ? state.restore(entry.key, entry.holder) : entry.holder)
+        continue
+      }
+      const holders = decodeHolders(entry.holders ?? entry.holder)
+      if (!holders) throw refuse('not a snapshot')
+      if (holders.length > 0) state.holders.set(entry.key, kept(restoreAll(state, entry.key, holders)))
     }
   }
   if (!data.subarray(0, SNAPSHOT_MAGIC.length).equals(SNAPSHOT_MAGIC)) {
@@ -322,15 +337,20 @@ function apply(record: DecodedRecord, whole: LoggedHolder[] | null, state: Recov
   let holders: LoggedHolder[]
   if (whole === null) {
     const gone = new Set([...record.x!, ...record.s!.map((h) => h.token)])
-    holders = [...(state.holders.get(record.k) ?? []).filter((h) => !gone.has(h.token)), ...restoreAll(state, record.k, record.s!)]
+    holders = [...holdersOf(state.holders.get(record.k)).filter((h) => !gone.has(h.token)), ...restoreAll(state, record.k, record.s!)]
     // Grant order is fence order: recovery keeps the oldest holder first.
     holders.sort((a, b) => a.fence - b.fence)
   } else {
     holders = restoreAll(state, record.k, whole)
   }
-  if (holders.length > 0) state.holders.set(record.k, holders)
+  if (holders.length > 0) state.holders.set(record.k, kept(holders))
   else state.holders.delete(record.k)
   state.fence = Math.max(state.fence, record.f)
+}
+
+/** What the state keeps for a name with these holders (at least one): the one holder itself, or the array. */
+function kept(holders: LoggedHolder[]): RecoveredHolders {
+  return holders.length === 1 ? holders[0] : holders
 }
 
 /** The holders as the state keeps them (in place: `holders` is a fresh array of decoded holders). */

@@ -4,7 +4,7 @@ import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {DurableLog} from '../../src/server/durable-log.js'
 import {crc32} from 'node:zlib'
-import {FENCE_BLOCK, frame, headerCrc, LogCorruptError, packr, WAL_MAGIC, type LoggedHolder, type RecoveredState, type SnapshotSource} from '../../src/server/log-format.js'
+import {FENCE_BLOCK, frame, headerCrc, holdersOf, LogCorruptError, packr, WAL_MAGIC, type LoggedHolder, type RecoveredState, type SnapshotSource} from '../../src/server/log-format.js'
 import {LockTable, restoredHolders} from '../../src/server/lock-table.js'
 import {FakeClock} from '../helpers/fake-clock.js'
 import {rng} from '../helpers/random.js'
@@ -96,7 +96,14 @@ async function snapshotWritten(log: DurableLog): Promise<void> {
 const NOTHING: SnapshotSource = {locks: () => [][Symbol.iterator](), fence: () => 0}
 
 function tokensOf(state: RecoveredState): Map<string, string> {
-  return new Map([...state.holders].map(([key, holders]: [string, LoggedHolder[]]) => [key, holders.map((h) => h.token).join(',')]))
+  return new Map(
+    [...state.holders].map(([key, holders]) => [
+      key,
+      holdersOf(holders)
+        .map((h: LoggedHolder) => h.token)
+        .join(','),
+    ]),
+  )
 }
 
 type Damage = {kind: 'flip' | 'length' | 'zero-header' | 'truncate' | 'zero-tail' | 'garbage-tail'; at: number}
@@ -285,8 +292,8 @@ describe('durable log: names with many holders', () => {
     expect(readFileSync(join(dir, 'wal-0.log')).length).toBeLessThan(300 * 200)
     const {log: again, state} = await DurableLog.open(dir, NOTHING, {snapshotBytes: 1 << 30})
     await again.close()
-    expect(state.holders.get('backups')?.map((h) => h.token)).toEqual(tokens.filter((_, i) => i % 2 === 0))
-    expect(state.holders.get('backups')?.every((h) => h.limit === 200)).toBe(true)
+    expect(holdersOf(state.holders.get('backups')).map((h) => h.token)).toEqual(tokens.filter((_, i) => i % 2 === 0))
+    expect(holdersOf(state.holders.get('backups')).every((h) => h.limit === 200)).toBe(true)
     rmSync(dir, {recursive: true, force: true})
   })
 })
@@ -306,7 +313,15 @@ describe('durable log: snapshots written while the table changes', () => {
     const table = new LockTable(clock)
     const {log} = await DurableLog.open(dir, sourceOf(table), {snapshotBytes: 1500, snapshotSlice: 2})
     const held = () => new Map([...table.heldLocks()].map(({key, holders}) => [key, holders.map((h) => `${h.token}@${h.fence}`).join(',')]))
-    const recoveredOf = (state: RecoveredState) => new Map([...state.holders].map(([key, holders]) => [key, holders.map((h) => `${h.token}@${h.fence}`).join(',')]))
+    const recoveredOf = (state: RecoveredState) =>
+      new Map(
+        [...state.holders].map(([key, holders]) => [
+          key,
+          holdersOf(holders)
+            .map((h) => `${h.token}@${h.fence}`)
+            .join(','),
+        ]),
+      )
     const tokens = new Map<string, string[]>()
     let copies = 0
     let restoredCopies = 0
@@ -335,7 +350,8 @@ describe('durable log: snapshots written while the table changes', () => {
         expect(recoveredOf(state), `seed ${seed}, step ${step}`).toEqual(held())
         expect(state.fence, `seed ${seed}, step ${step}`).toBeGreaterThanOrEqual(table.lastFence)
         if (asLockd) {
-          const restarted = new LockTable(new FakeClock())
+          const restartedClock = new FakeClock()
+          const restarted = new LockTable(restartedClock)
           restarted.recover(state.fence, state.holders)
           const whole = (t: LockTable) => new Map([...t.heldLocks()].map(({key, holders}) => [key, holders]))
           expect(whole(restarted), `seed ${seed}, step ${step}`).toEqual(whole(table))
@@ -345,6 +361,13 @@ describe('durable log: snapshots written while the table changes', () => {
             const holder = restarted.holderOf(key)!
             if (holder.limit === undefined && holder.attempt === undefined && !holder.shared) expect(Object.keys(holder)).toEqual(granted)
           }
+          // Every recovered lease runs out (each is in the deadlines), and not before its length.
+          restartedClock.advance(299_999)
+          restarted.tick()
+          expect(restarted.size, `seed ${seed}, step ${step}`).toBe(whole(table).size)
+          restartedClock.advance(600_000 + 3000)
+          restarted.tick()
+          expect(restarted.size, `seed ${seed}, step ${step}: recovered leases that never end`).toBe(0)
           restoredCopies++
         }
       }
@@ -396,7 +419,7 @@ describe('durable log: what waits for the disk', () => {
     await log.close()
     const {log: reopened, state} = await DurableLog.open(dir, NOTHING)
     await reopened.close()
-    expect(state.holders.get('k')?.map((h) => h.owner)).toEqual(['c'])
+    expect(holdersOf(state.holders.get('k')).map((h) => h.owner)).toEqual(['c'])
     rmSync(dir, {recursive: true, force: true})
   })
 
@@ -468,7 +491,7 @@ describe('durable log: a damaged snapshot', () => {
     // Undamaged, it reads back every holder.
     const {log: last, state} = await DurableLog.open(dir, NOTHING)
     await last.close()
-    expect([...state.holders.values()].flat().length).toBe(40)
+    expect([...state.holders.values()].flatMap(holdersOf).length).toBe(40)
     rmSync(dir, {recursive: true, force: true})
   })
 })
