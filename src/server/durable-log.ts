@@ -40,6 +40,7 @@ import {
  *                   snapshot being written has switched to the next)
  */
 const closeAsync = promisify(close)
+const isDurable = (waiter: {durable: boolean}) => waiter.durable
 
 export interface DurableLogOptions {
   /** Start a snapshot once the log is this big (or as big as the last snapshot, if that is bigger). */
@@ -60,7 +61,8 @@ export class DurableLog {
   private waiters: {durable: boolean; done: () => void}[] = []
   /** Records written to the current log since its last fdatasync. */
   private unsynced = false
-  private flushing: Promise<void> | null = null
+  /** A flush is due at the next turn of the event loop (setImmediate). */
+  private flushScheduled = false
   private failure: Error | null = null
   private size: number
   private closed = false
@@ -231,17 +233,21 @@ export class DurableLog {
    */
   commit(durable = true): Promise<void> {
     if (this.failure) return Promise.reject(this.failure)
-    if (this.pendingBytes === 0 && !this.flushing && !(durable && this.unsynced)) return Promise.resolve()
+    if (this.pendingBytes === 0 && !this.flushScheduled && !(durable && this.unsynced)) return Promise.resolve()
     return new Promise<void>((resolve, reject) => {
       this.waiters.push({durable, done: () => (this.failure ? reject(this.failure) : resolve())})
-      if (!this.flushing) this.flushing = this.flushLoop()
+      if (!this.flushScheduled) {
+        this.flushScheduled = true
+        // Let the current turn finish so requests from other connections join this batch.
+        setImmediate(this.flush)
+      }
     })
   }
 
   async close(): Promise<void> {
     if (this.closed) return
+    // (The flush runs whole in one turn: once this commit has resolved, no write is under way.)
     await this.commit().catch(() => {})
-    await this.flushing
     this.closed = true
     this.flushToDisk()
     // An unfinished snapshot is dropped: the logs it would have replaced are all still there.
@@ -249,14 +255,17 @@ export class DurableLog {
     await closeAsync(this.fd)
   }
 
-  private async flushLoop(): Promise<void> {
-    // Let the current tick finish so requests from other connections join this batch.
-    await new Promise((resolve) => setImmediate(resolve))
+  /**
+   * Write (and flush, when someone waits for the disk) everything appended, then tell the
+   * waiters. A plain callback, not an async function: it runs once per batch, and its promises
+   * were a good part of the garbage of each durable lock+unlock.
+   */
+  private readonly flush = (): void => {
     // The batch being written: told of a failure too, not left waiting forever.
     let waiters: DurableLog['waiters'] = []
     try {
       while (this.waiters.length > 0) {
-        const batch = Buffer.concat(this.pending, this.pendingBytes)
+        const batch = this.pending.length === 1 ? this.pending[0] : Buffer.concat(this.pending, this.pendingBytes)
         waiters = this.waiters
         this.pending = []
         this.pendingBytes = 0
@@ -273,7 +282,7 @@ export class DurableLog {
         // Only a batch someone waits on is flushed to the disk: a release's record (answered
         // already) becomes durable with the next grant's fdatasync, which covers every earlier
         // write of the file; a process crash keeps it anyway (the kernel has it).
-        if (waiters.some((w) => w.durable)) this.flushToDisk()
+        if (waiters.some(isDurable)) this.flushToDisk()
         if (this.size >= this.nextSnapshotAt && this.pendingBytes === 0 && !this.snapshotRun) this.startSnapshot()
         for (const {done} of waiters.splice(0)) done()
       }
@@ -282,7 +291,7 @@ export class DurableLog {
       this.failure = new Error(`cannot write the lock log in ${this.dir}: ${(error as Error).message}`)
       for (const {done} of [...waiters.splice(0), ...this.waiters.splice(0)]) done()
     } finally {
-      this.flushing = null
+      this.flushScheduled = false
     }
   }
 
