@@ -76,7 +76,7 @@ export interface RecoveredState {
   /**
    * Makes each holder read into what the state keeps (default: the decoded object itself). The
    * lock table gives one that builds its own holders as they are read, so a million decoded
-   * objects die young instead of being kept and changed after (RestoredHolders in lock-table.ts).
+   * objects die young instead of being kept and changed after (restoredHolders() in lock-table.ts).
    */
   restore?: (key: string, logged: LoggedHolder) => LoggedHolder
 }
@@ -126,15 +126,10 @@ export function readSnapshot(path: string, state: RecoveredState): number {
   const load = (locks: unknown) => {
     if (!Array.isArray(locks)) throw refuse('not a snapshot')
     for (const entry of locks as SnapshotEntry[]) {
-      if (typeof entry?.key !== 'string') throw refuse('not a snapshot')
-      // A plain lock's one holder (most entries) is kept without an array around it.
-      if (entry.holders === undefined && isHolder(entry.holder)) {
-        state.holders.set(entry.key, state.restore ? state.restore(entry.key, entry.holder) : entry.holder)
-        continue
-      }
-      const holders = decodeHolders(entry.holders ?? entry.holder)
-      if (!holders) throw refuse('not a snapshot')
-      if (holders.length > 0) state.holders.set(entry.key, kept(restoreAll(state, entry.key, holders)))
+      const h = entry?.holders ?? entry?.holder
+      if (typeof entry?.key !== 'string' || !isHolderField(h)) throw refuse('not a snapshot')
+      const value = keptHolders(state, entry.key, h)
+      if (value !== undefined) state.holders.set(entry.key, value)
     }
   }
   if (!data.subarray(0, SNAPSHOT_MAGIC.length).equals(SNAPSHOT_MAGIC)) {
@@ -173,9 +168,7 @@ export function readSnapshot(path: string, state: RecoveredState): number {
   throw refuse('it has no end')
 }
 
-/** Write these bytes as the whole file, and fsync it. */
-
-/** Create a log file holding just the magic, durably. */
+/** The msgpack value of a file written by writeChecked (crc32 + msgpack), or why it is refused. */
 export function readChecked(path: string): unknown {
   const data = readFileSync(path)
   if (data.length < 5 || crc32(data.subarray(4)) !== data.readUInt32BE(0)) {
@@ -222,8 +215,7 @@ export function replay(data: Buffer, path: string, state: RecoveredState): Repla
       if (RECORD_HEADER + length === rest && zerosFrom < data.length) return {intact: offset, torn}
       throw corrupt(path, offset, 'its body fails its checksum')
     }
-    const [record, holders] = decode(body, path, offset)
-    apply(record, holders, state)
+    apply(decode(body, path, offset), state)
     offset += RECORD_HEADER + length
   }
   return {intact: offset, torn}
@@ -258,8 +250,7 @@ export function replayLegacy(data: Buffer, path: string, state: RecoveredState):
     if (LEGACY_RECORD_HEADER + length > rest) return {intact: offset, torn}
     const body = data.subarray(offset + LEGACY_RECORD_HEADER, offset + LEGACY_RECORD_HEADER + length)
     if (length === 0 || crc32(body) !== data.readUInt32BE(offset + 4)) throw corrupt(path, offset, 'it fails its checksum')
-    const [record, holders] = decode(body, path, offset)
-    apply(record, holders, state)
+    apply(decode(body, path, offset), state)
     offset += LEGACY_RECORD_HEADER + length
   }
   return {intact: offset, torn}
@@ -302,12 +293,8 @@ export interface SnapshotEntry {
 
 const isHolder = (h: unknown): h is LoggedHolder => typeof h === 'object' && h !== null && typeof (h as LoggedHolder).token === 'string' && Number.isSafeInteger((h as LoggedHolder).fence)
 
-/** The holders a record or snapshot entry names, or null when it is not a valid holder field. */
-function decodeHolders(h: unknown): LoggedHolder[] | null {
-  if (h === null) return []
-  if (Array.isArray(h)) return h.every(isHolder) ? h : null
-  return isHolder(h) ? [h] : null
-}
+/** A record's `h` or a snapshot entry's holder(s): null (free), one holder, or an array of them. */
+const isHolderField = (h: unknown): h is LoggedHolder | LoggedHolder[] | null => h === null || isHolder(h) || (Array.isArray(h) && h.every(isHolder))
 
 /**
  * What `h` is written as: null (free), the holder itself for a plain lock (the format of
@@ -319,8 +306,8 @@ export function onDisk(holders: LoggedHolder[]): LoggedHolder | LoggedHolder[] |
   return holders
 }
 
-/** A record, and its holders when it names them whole (null: by token). */
-function decode(body: Buffer, path: string, offset: number): [DecodedRecord, LoggedHolder[] | null] {
+/** A record: its holders whole (`h`), or by token (`s` and `x`, no `h`). */
+function decode(body: Buffer, path: string, offset: number): DecodedRecord {
   let record: DecodedRecord
   try {
     record = packr.unpack(body) as DecodedRecord
@@ -328,24 +315,34 @@ function decode(body: Buffer, path: string, offset: number): [DecodedRecord, Log
     throw corrupt(path, offset, 'it cannot be decoded')
   }
   const byToken = record?.h === undefined && Array.isArray(record?.s) && record.s.every(isHolder) && Array.isArray(record.x) && record.x.every((t) => typeof t === 'string')
-  const holders = byToken ? null : decodeHolders(record?.h)
-  if (typeof record?.k !== 'string' || !Number.isSafeInteger(record.f) || (!byToken && holders === null)) throw corrupt(path, offset, 'it is not a lock record')
-  return [record, holders]
+  if (typeof record?.k !== 'string' || !Number.isSafeInteger(record.f) || (!byToken && !isHolderField(record?.h))) throw corrupt(path, offset, 'it is not a lock record')
+  return record
 }
 
-function apply(record: DecodedRecord, whole: LoggedHolder[] | null, state: RecoveredState): void {
-  let holders: LoggedHolder[]
-  if (whole === null) {
+function apply(record: DecodedRecord, state: RecoveredState): void {
+  let value: RecoveredHolders | undefined
+  if (record.h === undefined) {
     const gone = new Set([...record.x!, ...record.s!.map((h) => h.token)])
-    holders = [...holdersOf(state.holders.get(record.k)).filter((h) => !gone.has(h.token)), ...restoreAll(state, record.k, record.s!)]
+    const holders = [...holdersOf(state.holders.get(record.k)).filter((h) => !gone.has(h.token)), ...restoreAll(state, record.k, record.s!)]
     // Grant order is fence order: recovery keeps the oldest holder first.
     holders.sort((a, b) => a.fence - b.fence)
+    value = holders.length === 0 ? undefined : kept(holders)
   } else {
-    holders = restoreAll(state, record.k, whole)
+    value = keptHolders(state, record.k, record.h)
   }
-  if (holders.length > 0) state.holders.set(record.k, kept(holders))
+  if (value !== undefined) state.holders.set(record.k, value)
   else state.holders.delete(record.k)
   state.fence = Math.max(state.fence, record.f)
+}
+
+/**
+ * A name's holder field as the state keeps it, each holder restored: the one holder itself (a
+ * plain lock, most names: no array around it), the array of several, or undefined (free).
+ */
+function keptHolders(state: RecoveredState, key: string, h: LoggedHolder | LoggedHolder[] | null): RecoveredHolders | undefined {
+  if (h === null) return undefined
+  if (!Array.isArray(h)) return state.restore ? state.restore(key, h) : h
+  return h.length === 0 ? undefined : kept(restoreAll(state, key, h))
 }
 
 /** What the state keeps for a name with these holders (at least one): the one holder itself, or the array. */
