@@ -61,7 +61,10 @@ const record = (key: string): LogRecord => ({key, holders: [], fence: 1})
 const grant = (id: number, key: string): ServerMessage => ({t: 'res', id, code: 'OK', grant: {key, token: `t${id}`, fence: id, leaseMs: 1000}}) as unknown as ServerMessage
 const released = (id: number): ServerMessage => ({t: 'res', id, code: 'OK', holder: {owner: 'o', fence: 1}}) as unknown as ServerMessage
 const ids = (messages: ServerMessage[]) => messages.map((m) => (m as {id?: number}).id)
-/** Let the outbox's promise chain run. */
+/**
+ * Let the outbox's promise chain run as far as the log's commits allow: a timer fires only after
+ * every promise job already queued has run, so nothing is left to happen when this resolves.
+ */
 const settle = () => new Promise((resolve) => setTimeout(resolve, 0))
 
 describe('Outbox: what waits for the disk', () => {
