@@ -2,6 +2,7 @@
 // one file to load at start instead of oclif's few hundred. Run by `npm run build` after tsc.
 import {build} from 'esbuild'
 import {readdirSync, readFileSync, rmSync} from 'node:fs'
+import {createRequire} from 'node:module'
 import {dirname, join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 
@@ -38,12 +39,51 @@ await build({
 // `node --build-snapshot` can evaluate (bin/snapshot.js turns it into the snapshot for the Node
 // that runs it). Minified: V8 keeps the source in the snapshot, and a smaller heap loads sooner.
 const snapshotDir = join(root, 'dist', 'snapshot')
+// Everything in vendor/ is built below: nothing of an earlier build may linger there.
+rmSync(join(snapshotDir, 'vendor'), {recursive: true, force: true})
 // A snapshot has no import(): dynamic imports become requires, which the banner routes through
 // the hooks (src/snapshot/hooks.ts), as do import.meta.url and oclif's __dirname.
 const throughHooks = {
   supported: {'dynamic-import': false},
   define: {'import.meta.url': 'globalThis.__lockctlSnapshot.bundleUrl', __dirname: 'globalThis.__lockctlSnapshot.oclifDir'},
   banner: {js: 'var __lockctlBuiltinRequire = require; var require = (id) => (globalThis.__lockctlSnapshot?.require ?? __lockctlBuiltinRequire)(id);'},
+}
+/**
+ * Packages oclif requires as it loads but that no command started from the snapshot uses on its
+ * usual paths: help templates (ejs), finding commands by glob (tinyglobby, minimatch), reading other
+ * plugins' settings (lilconfig), spinner frames, the engines check (turned off: semver), colour
+ * conversion and emoji widths for wrapped error text. Every byte and object of the snapshot is
+ * deserialized by every run (docs/startup.md), and these were a third of its source: in the
+ * snapshot each is a stub (src/snapshot/lazy-module.ts) that loads the package, bundled beside it
+ * in vendor/, the first time anything is read from it (the build's own uses included). What a stub
+ * answers without loading, whether the package is an ES module (__esModule) and a function
+ * (typeof), is read from the package here.
+ */
+/** vendor/ file name -> the package's entry, as esbuild resolved it from its importer. */
+const lazyFiles = new Map()
+const lazyPackages = {
+  name: 'lazy-packages',
+  setup(build) {
+    const names = ['ejs', 'tinyglobby', 'minimatch', 'lilconfig', 'cli-spinners', 'semver', 'color-convert', 'emoji-regex']
+    const filter = new RegExp(`^(${names.join('|')})$`)
+    build.onResolve({filter}, async (args) => {
+      if (args.pluginData?.lazy) return undefined
+      const resolved = await build.resolve(args.path, {resolveDir: args.resolveDir, kind: args.kind, importer: args.importer, pluginData: {lazy: true}})
+      if (resolved.errors.length > 0) return {errors: resolved.errors}
+      let file = [...lazyFiles].find(([, path]) => path === resolved.path)?.[0]
+      if (!file) {
+        // (Two versions of one package, each from its own importers: one file each.)
+        file = lazyFiles.has(`lazy-${args.path}.cjs`) ? `lazy-${args.path}-${lazyFiles.size}.cjs` : `lazy-${args.path}.cjs`
+        lazyFiles.set(file, resolved.path)
+      }
+      return {path: resolved.path, namespace: 'lazy-package', pluginData: {file}}
+    })
+    build.onLoad({filter: /.*/, namespace: 'lazy-package'}, ({path, pluginData}) => {
+      const real = createRequire(import.meta.url)(path)
+      const shape = [JSON.stringify(pluginData.file), String(JSON.stringify(real.__esModule)), typeof real === 'function']
+      return {contents: `module.exports = globalThis.__lockctlSnapshot.lazy(${shape.join(', ')})`, loader: 'js'}
+    })
+  },
 }
 await build({
   absWorkingDir: root,
@@ -73,9 +113,14 @@ await build({
         }))
       },
     },
+    lazyPackages,
   ],
   logLevel: 'warning',
 })
+// The packages left lazy above, each bundled as it is, for their stubs to load on first use.
+for (const [file, path] of lazyFiles) {
+  await build({absWorkingDir: root, entryPoints: [path], outfile: join(snapshotDir, 'vendor', file), bundle: true, minify: true, format: 'cjs', platform: 'node', target: 'node20', logLevel: 'warning'})
+}
 // The ES-module-only packages a hot command may need (a spinner, a password prompt), as CommonJS.
 // The snapshot's `import(name)` became `require(name)` with module.exports as the default export
 // (Node's rule for CommonJS): a package's own default export goes there, its other exports beside it.

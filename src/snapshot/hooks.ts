@@ -12,12 +12,17 @@
 import {createRequire} from 'node:module'
 import {dirname, join} from 'node:path'
 import {pathToFileURL} from 'node:url'
+import {lazyModule} from './lazy-module.js'
 
 export interface SnapshotHooks {
   require(id: string): unknown
+  /** A package the snapshot holds only a stub of (./lazy-module.ts), from dist/snapshot/vendor/FILE on first use. */
+  lazy(file: string, esModule: unknown, callable: boolean): unknown
   import(url: string): Promise<unknown>
   /** Where import.meta.url points in the ESM build: dist/bundle/lockctl.js, to find files beside it. */
   readonly bundleUrl: string
+  /** dist/snapshot/vendor/ of the package this run is from. */
+  readonly vendorDir: string
   /** @oclif/core's lib/ directory, which oclif reads its own package.json from. */
   readonly oclifDir: string
 }
@@ -35,6 +40,9 @@ export function installHooks(root: string, commandModule: () => unknown): void {
   let oclifDir: string | undefined
   globalThis.__lockctlSnapshot = {
     require: (id) => packageRequire(id in VENDORED ? join(root, 'dist', 'snapshot', 'vendor', VENDORED[id]) : id),
+    // Made while the snapshot is built; loads through the hooks of the run that first uses it.
+    lazy: (file, esModule, callable) => lazyModule(() => globalThis.__lockctlSnapshot.require(join(globalThis.__lockctlSnapshot.vendorDir, file)), {esModule, callable}),
+    vendorDir: join(root, 'dist', 'snapshot', 'vendor'),
     // oclif imports the module package.json names (dist/bundle/lockctl.js) to find the commands:
     // the snapshot already holds that module's contents.
     import: async (url) => {
