@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Builds lockctl's start-up snapshot (docs/startup.md) for the Node that runs this script:
 // dist/snapshot/lockctl.blob, and beside it the stamp bin/lockctl checks before using it (which
-// `node` it was built for, and that binary's modification time as its own). Run by `npm run
+// `node` it was built for, and that binary's modification time as its own; then what the snapshot
+// answers to `--version`). Run by `npm run
 // build` and after `npm install` (postinstall; `npm rebuild lockctl` runs it again after a Node
 // upgrade). Never fails an install: without a snapshot, every command starts through bin/run.js.
 import {spawn, spawnSync} from 'node:child_process'
@@ -52,7 +53,12 @@ if (result.status !== 0 || !existsSync(temporary)) {
 }
 renameSync(temporary, blob)
 const node = nodeOnPath()
-writeFileSync(`${stamp}.${process.pid}`, `${node}\n`)
+// The stamp's second line is the snapshot's own answer to `--version` (oclif's user agent: the
+// package's name and version, this platform and this Node), which depends on nothing a run can
+// change: bin/lockctl prints it without starting Node wherever it would start this snapshot.
+const version = spawnSync(process.execPath, ['--snapshot-blob', blob, root, '--version'], {env: {...env, NODE_OPTIONS: ''}, encoding: 'utf8', timeout: 10_000})
+const answer = version.status === 0 && /^[^\s/]+\/\S+ \S+ node-v\S+\n$/.test(version.stdout) ? version.stdout : ''
+writeFileSync(`${stamp}.${process.pid}`, `${node}\n${answer}`)
 // bin/lockctl compares modification times with `test -nt` both ways (no stat in a shell without
 // a process): equal times and the same path say this is the binary the snapshot was built by.
 const {atime, mtime} = statSync(node)

@@ -1,5 +1,6 @@
 import {spawnSync} from 'node:child_process'
 import {cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync} from 'node:fs'
+import {createRequire} from 'node:module'
 import {join, resolve} from 'node:path'
 import {describe, expect, it} from 'vitest'
 import {BIN, LAUNCHER, ROOT, eventually, runCli, sharedLockd, tempDir} from '../helpers/processes.js'
@@ -47,6 +48,24 @@ describe('start-up from the snapshot', () => {
     }
   })
 
+  it('every package the snapshot holds only a stub of is beside it, loads, and is what its stub says', () => {
+    // scripts/bundle.js writes each stub as `lazy("FILE",__esModule,callable)` (minified).
+    const source = readFileSync(join(ROOT, 'dist', 'snapshot', 'lockctl.cjs'), 'utf8')
+    const stubs = [...source.matchAll(/\.lazy\("([^"]+)",([^,]+),([^)]+)\)/g)].map(([, file, esModule, callable]) => ({file, esModule, callable}))
+    expect(stubs.map(({file}) => file).sort()).toEqual(
+      readdirSync(join(ROOT, 'dist', 'snapshot', 'vendor'))
+        .filter((file) => file.startsWith('lazy-'))
+        .sort(),
+    )
+    expect(stubs.length).toBeGreaterThanOrEqual(5)
+    const requireHere = createRequire(import.meta.url)
+    for (const {file, esModule, callable} of stubs) {
+      const real = requireHere(join(ROOT, 'dist', 'snapshot', 'vendor', file)) as {__esModule?: boolean}
+      expect({file, esModule: real.__esModule === true, callable: typeof real === 'function'}).toEqual({file, esModule: esModule === '!0', callable: callable === '!0'})
+      expect(Object.keys(real).length + (typeof real === 'function' ? 1 : 0), file).toBeGreaterThan(0)
+    }
+  })
+
   /** A copy of the installed package somewhere else, run through a link as npm's node_modules/.bin does. */
   function copyOfPackage(): {launcher: string; root: string} {
     const root = join(tempDir('lockctl-copy-'), 'lockctl')
@@ -73,16 +92,34 @@ describe('start-up from the snapshot', () => {
     const ordinary = {script: join(root, 'bin', 'run.js')}
     expect(await startedFrom(launcher)).toEqual(fromSnapshot)
     const original = readFileSync(stamp, 'utf8')
+    const [builtBy, versionAnswer] = original.split('\n')
+    // The stamp's second line is the snapshot's own `--version`, which the launcher prints without
+    // starting Node (shown by a stamp that says something else) wherever it would use the snapshot.
+    const version = (extra: NodeJS.ProcessEnv = {}) => spawnSync(launcher, ['--version'], {encoding: 'utf8', env: {...process.env, ...env, NODE_OPTIONS: undefined, ...extra}})
+    expect(versionAnswer).toBe(version({LOCKCTL_NO_SNAPSHOT: '1'}).stdout.trim())
+    const {mtime} = statSync(builtBy)
+    const stampSaying = (text: string) => {
+      writeFileSync(stamp, text)
+      utimesSync(stamp, mtime, mtime)
+    }
+    stampSaying(`${builtBy}\nlockctl/0.0.0-from-the-stamp\n`)
+    expect(version().stdout).toBe('lockctl/0.0.0-from-the-stamp\n')
+    expect(version({LOCKCTL_NO_SNAPSHOT: '1'}).stdout).toBe(`${versionAnswer}\n`)
+    // A stamp of an older build (no answer): the snapshot answers.
+    stampSaying(`${builtBy}\n`)
+    expect(version().stdout).toBe(`${versionAnswer}\n`)
+    expect(await startedFrom(launcher)).toEqual(fromSnapshot)
     // The node binary changed in place (its modification time differs from the stamp's).
+    stampSaying(`${builtBy}\nlockctl/0.0.0-from-the-stamp\n`)
     utimesSync(stamp, new Date(), new Date(Date.now() - 3_600_000))
     expect(await startedFrom(launcher)).toEqual(ordinary)
+    expect(version().stdout).toBe(`${versionAnswer}\n`)
     // Built by another node.
-    writeFileSync(stamp, '/opt/other/node\n')
+    writeFileSync(stamp, '/opt/other/node\nlockctl/0.0.0-from-the-stamp\n')
     expect(await startedFrom(launcher)).toEqual(ordinary)
+    expect(version().stdout).toBe(`${versionAnswer}\n`)
     // The way out, and DEBUG (which oclif reads as it loads).
-    writeFileSync(stamp, original)
-    const {mtime} = statSync(original.trim())
-    utimesSync(stamp, mtime, mtime)
+    stampSaying(original)
     expect(await startedFrom(launcher)).toEqual(fromSnapshot)
     expect(await startedFrom(launcher, {LOCKCTL_NO_SNAPSHOT: '1'})).toEqual(ordinary)
     expect(await startedFrom(launcher, {DEBUG: 'nothing-matches'})).toEqual(ordinary)
