@@ -138,6 +138,19 @@ export class DurableLog {
       }
       if (data === null || unstarted) {
         if (!isLast) throw corrupt(walPath, 0, 'a log followed by another one has no records header')
+        // Shorter than its magic is a crash while the log was being made, which only a log newer
+        // than everything else can show: one a snapshot had just started (a generation after the
+        // snapshot's), or a new data directory's first log (its fence mark is written once the
+        // log's magic is on disk). The snapshot's own log, or a first log beside a fence mark, was
+        // whole on disk before they were written: cut short now, it is damage that would forget
+        // every grant in it (docs/recovery.md).
+        if (unstarted && g === gen && (hasSnapshot || hadFenceFile)) {
+          throw corrupt(
+            walPath,
+            data.length,
+            `the log is cut shorter than its ${WAL_MAGIC.length}-byte magic, yet the ${hasSnapshot ? 'snapshot' : 'fence mark'} beside it was written after it was whole`,
+          )
+        }
         continue
       }
       legacy ||= unversioned

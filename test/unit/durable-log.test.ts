@@ -221,6 +221,56 @@ describe('durable log recovery under damage (seeded, bounded)', () => {
     expect(state.fence).toBeLessThanOrEqual(built.maxFence + FENCE_BLOCK)
   })
 
+  it('a log cut shorter than its magic: damage beside a fence mark or a snapshot that came after it, a crash only where nothing came after it', async () => {
+    // The first log of a data directory with a fence mark (written once the log's magic was on
+    // disk): emptied, or cut inside the magic, it would forget every grant in it.
+    for (const length of [0, 5]) {
+      const dir = mkdtempSync(join(tmpdir(), 'lockctl-short-'))
+      scratch.push(dir)
+      cpSync(built.dir, dir, {recursive: true})
+      truncateSync(join(dir, 'wal-0.log'), length)
+      await expect(DurableLog.open(dir, NOTHING), `cut to ${length}`).rejects.toThrow(
+        new RegExp(`wal-0\\.log: corrupt at byte ${length} \\(the log is cut shorter than its 8-byte magic.*refusing to start`),
+      )
+    }
+    // A new data directory's first log, cut short as it was made (no fence mark yet): a crash; it starts empty.
+    const fresh = mkdtempSync(join(tmpdir(), 'lockctl-short-'))
+    scratch.push(fresh)
+    writeFileSync(join(fresh, 'wal-0.log'), WAL_MAGIC.subarray(0, 3))
+    const started = await DurableLog.open(fresh, NOTHING)
+    await started.log.close()
+    expect(started.state.holders.size).toBe(0)
+    expect(readFileSync(join(fresh, 'wal-0.log')).subarray(0, 8).equals(WAL_MAGIC)).toBe(true)
+
+    // After a snapshot: its own log cut short is damage; the log a later snapshot had just
+    // started, cut short as it was made, is a crash, and everything is recovered.
+    const dir = mkdtempSync(join(tmpdir(), 'lockctl-short-'))
+    scratch.push(dir)
+    const table = new LockTable(new FakeClock())
+    const {log} = await DurableLog.open(dir, sourceOf(table), {snapshotBytes: 200})
+    for (let i = 0; !log.snapshotting; i++) {
+      if (i > 50) throw new Error('no snapshot started')
+      table.acquire({key: `k${i}`, leaseMs: 60_000, waitMs: 0, owner: 'a', from: {session: 's', wid: i}})
+      await commitChanges(table, log)
+    }
+    await snapshotWritten(log)
+    table.acquire({key: 'after-the-snapshot', leaseMs: 60_000, waitMs: 0, owner: 'a', from: {session: 's', wid: 99}})
+    await commitChanges(table, log)
+    await log.close()
+    const expected = new Map([...table.heldLocks()].map(({key, holders}) => [key, holders.map((h) => h.token).join(',')]))
+    expect(expected.size).toBeGreaterThan(1)
+    const snapshotLog = join(dir, 'wal-1.log')
+    const crashed = mkdtempSync(join(tmpdir(), 'lockctl-short-'))
+    scratch.push(crashed)
+    cpSync(dir, crashed, {recursive: true})
+    writeFileSync(join(crashed, 'wal-2.log'), WAL_MAGIC.subarray(0, 5))
+    const again = await DurableLog.open(crashed, NOTHING)
+    await again.log.close()
+    expect(tokensOf(again.state)).toEqual(expected)
+    truncateSync(snapshotLog, 0)
+    await expect(DurableLog.open(dir, NOTHING)).rejects.toThrow(/wal-1\.log: corrupt at byte 0 \(the log is cut shorter than its 8-byte magic, yet the snapshot beside it/)
+  })
+
   it('a missing or damaged fence mark refuses to start', async () => {
     for (const change of ['remove', 'flip'] as const) {
       const dir = mkdtempSync(join(tmpdir(), 'lockctl-fence-'))
