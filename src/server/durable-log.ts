@@ -114,6 +114,10 @@ export class DurableLog {
     // The logs to replay: the snapshot's generation and every later one, without a gap (a
     // snapshot being written had switched to the next log; it was not finished).
     const gens = logGenerations(dir)
+    if (!hasSnapshot && gens.length > 0 && gens[0] > 0) {
+      // Only a snapshot lets the logs before a generation go: without one, they begin at wal-0.log.
+      throw new LogCorruptError(`${snapshotPath} is missing (the logs begin at wal-${gens[0]}.log, which only a snapshot can come before); refusing to start rather than forget locks. ${MOVE_ASIDE}`)
+    }
     const last = Math.max(gen, ...gens)
     let size = 0
     let legacy = false
