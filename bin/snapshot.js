@@ -2,9 +2,9 @@
 // Builds lockctl's start-up snapshot (docs/startup.md) for the Node that runs this script:
 // dist/snapshot/lockctl.blob, and beside it the stamp bin/lockctl checks before using it (which
 // `node` it was built for, and that binary's modification time as its own; then what the snapshot
-// answers to `--version`). Run by `npm run
-// build` and after `npm install` (postinstall; `npm rebuild lockctl` runs it again after a Node
-// upgrade). Never fails an install: without a snapshot, every command starts through bin/run.js.
+// answers to `--version`). Run by `npm run build` and after `npm install` (postinstall; `npm
+// rebuild lockctl` runs it again after a Node upgrade). Never fails an install: without a
+// snapshot, every command starts through bin/run.js.
 import {spawn, spawnSync} from 'node:child_process'
 import {existsSync, mkdtempSync, realpathSync, renameSync, rmSync, statSync, utimesSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
