@@ -76,6 +76,9 @@ describe('lockd over TLS', () => {
       expect(failure.code, failure.stderr).toBe(4)
       expect(oneLine(failure)).toMatch(/^lockctl: /)
     }
+    // The two mix-ups say what to do about them.
+    expect(oneLine(failures[2])).toBe(`lockctl: lockd://127.0.0.1:${secure.port}: closed before answering the hello (if it serves TLS, use lockds:// or --cacert)`)
+    expect(oneLine(failures[3])).toBe(`lockctl: lockds://127.0.0.1:${plain.port}: the server does not speak TLS (for a plain lockd, use lockd:// without --cacert)`)
     expect(Date.now() - started).toBeLessThan(15_000) // never a hang
     await secure.stop()
     await plain.stop()

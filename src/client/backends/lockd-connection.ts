@@ -57,6 +57,7 @@ export class LockdConnection {
           : createConnection(target as never)
       socket.setNoDelay(true)
       const connection = new LockdConnection(socket, options)
+      connection.transport = 'path' in target ? 'unix' : target.tls ? 'tls' : 'tcp'
       const timer = setTimeout(() => {
         socket.destroy()
         reject(new UnreachableError(`${options.label}: no answer within ${options.connectTimeoutMs}ms`))
@@ -102,10 +103,17 @@ export class LockdConnection {
       for (const message of messages) this.dispatch(message as Record<string, unknown>)
     })
     this.socket.on('error', (error: NodeJS.ErrnoException) => this.shutdown(new UnreachableError(`${this.options.label}: ${describeSocketError(error)}`, {cause: error})))
-    this.socket.on('close', () => this.shutdown(new UnreachableError(`${this.options.label}: connection lost`)))
+    this.socket.on('close', () => this.shutdown(new UnreachableError(`${this.options.label}: ${this.closedWithoutAWord() ? closedBeforeHello(this.transport) : 'connection lost'}`)))
   }
 
   private helloWaiter: ((reply: HelloReply) => void) | null = null
+
+  private transport: 'unix' | 'tcp' | 'tls' = 'tcp'
+
+  /** Closed by the peer before it said anything (lockd answers every hello, even a refusal). */
+  private closedWithoutAWord(): boolean {
+    return this.helloWaiter !== null && this.socket.bytesRead === 0
+  }
 
   private hello(): Promise<HelloReply> {
     return new Promise((resolve, reject) => {
@@ -214,8 +222,19 @@ export class LockdConnection {
   }
 }
 
+/**
+ * Why a peer may close a new connection without a word: a TLS server sent a plain client's hello
+ * (it drops what is not a TLS handshake), or something that is not lockd listens there.
+ */
+function closedBeforeHello(transport: 'unix' | 'tcp' | 'tls'): string {
+  return `closed before answering the hello (${transport === 'tcp' ? 'if it serves TLS, use lockds:// or --cacert' : 'is lockd listening there?'})`
+}
+
 function describeSocketError(error: NodeJS.ErrnoException): string {
   switch (error.code) {
+    case 'ERR_SSL_WRONG_VERSION_NUMBER':
+      // What OpenSSL says when the answer to its TLS handshake is not TLS.
+      return 'the server does not speak TLS (for a plain lockd, use lockd:// without --cacert)'
     case 'ECONNREFUSED':
       return 'connection refused (is lockd running?)'
     case 'ENOENT':
