@@ -2,7 +2,7 @@ import {Command, Flags} from '@oclif/core'
 import type {ConnectOptions, LockClient} from '../client/lock-client.js'
 import {ErrorCode} from '../protocol/errors.js'
 import {ExitCode, exitCodeFor} from './exit-codes.js'
-import {durationFlag} from './flags.js'
+import {durationFlag, markDashTokens} from './flags.js'
 import type {ReplSession} from './session.js'
 
 /** The global flags every command gets (see BaseCommand.baseFlags). */
@@ -76,6 +76,12 @@ export abstract class BaseCommand extends Command {
   protected quietConflicts = false
   private clientPromise: Promise<LockClient> | null = null
   private interruptController: AbortController | null = null
+
+  async init(): Promise<void> {
+    // A token that begins with '-' would be taken for flags (flags.ts, markDashTokens).
+    this.argv = markDashTokens(this.argv)
+    await super.init()
+  }
 
   /** The client, connected on first use (commands that never need one never pay for it). */
   protected async client(flags: GlobalFlags, options: Partial<ConnectOptions> = {}): Promise<LockClient> {

@@ -74,15 +74,32 @@ export const durationFlag = (options: {description: string; defaultMs: number; m
     parse: async (input, _ctx, flag) => durationFlagValue(flag.name, input, options.min, options.max, false),
   })()
 
+/** Marks a --token value that begins with '-' (markDashTokens); never in a process's argv, which cannot hold NUL. */
+const DASH_TOKEN_MARK = '\u0000'
+
+/**
+ * Shields a `--token T` whose T begins with '-' from oclif, which refuses any option value that
+ * starts like one of the command's short flags, `--token=T` included: `unlock K --token -yK3...`
+ * was read as --yes and a --token without a value (exit 2). lockd's tokens are base64url and
+ * older ones can begin with '-' (new ones never do: src/server/tokens.ts). T gets a mark that
+ * tokenFlag takes off again. Only before `--` (what follows is hold's command), and only a token's
+ * shape: a mistaken `--token --yes` or `--token -y` still says that --token has no value.
+ */
+export function markDashTokens(argv: string[]): string[] {
+  const end = argv.indexOf('--')
+  return argv.map((arg, i) => (i > 0 && argv[i - 1] === '--token' && (end === -1 || i < end) && /^-[A-Za-z0-9_][A-Za-z0-9_-]{14,}$/.test(arg) ? DASH_TOKEN_MARK + arg : arg))
+}
+
 /** --token. $LOCKCTL_TOKEN is not read here: a REPL session's own token comes first (see defaultToken). */
 export const tokenFlag = (description: string) =>
   Flags.custom<string>({
     description,
     helpValue: 'TOKEN',
     parse: async (input) => {
-      const problem = tokenProblem(input)
+      const token = input.startsWith(DASH_TOKEN_MARK) ? input.slice(DASH_TOKEN_MARK.length) : input
+      const problem = tokenProblem(token)
       if (problem) throw new UsageError(`--token: ${problem}; pass the token printed by lockctl lock`)
-      return input
+      return token
     },
   })()
 

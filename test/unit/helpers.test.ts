@@ -106,4 +106,19 @@ describe('TokenSource', () => {
     expect(new Set(tokens).size).toBe(2000)
     for (const token of tokens) expect(token).toMatch(/^[A-Za-z0-9_-]{24}$/)
   })
+
+  it("never begins a token with '-' (an option parser would take it for flags), and every other first character comes", () => {
+    const source = new TokenSource()
+    const firsts = new Map<string, number>()
+    // One in 64 candidates begins with '-': 64,000 tokens would have ~1,000 of them.
+    for (let i = 0; i < 64_000; i++) {
+      const first = source.next()[0]
+      firsts.set(first, (firsts.get(first) ?? 0) + 1)
+    }
+    expect(firsts.has('-')).toBe(false)
+    expect([...firsts.keys()].sort().join('')).toBe('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz')
+    // Uniform over the other 63: ~1,016 each (a character below 800 or above 1,250 is a bias).
+    for (const [first, count] of firsts) expect(count, first).toBeGreaterThan(800)
+    for (const [first, count] of firsts) expect(count, first).toBeLessThan(1250)
+  })
 })

@@ -1,7 +1,7 @@
 import {describe, expect, it} from 'vitest'
 import {Packr} from 'msgpackr'
 import {createCodec, encodeFrame, FrameDecoder} from '../../src/protocol/framing.js'
-import {parseDuration} from '../../src/cli/flags.js'
+import {markDashTokens, parseDuration} from '../../src/cli/flags.js'
 import {describeEndpoint, parseEndpoint} from '../../src/client/endpoint.js'
 import {keyProblem, tokenProblem} from '../../src/protocol/validate.js'
 
@@ -92,5 +92,18 @@ describe('formatMs', () => {
   it('shows a tenth under 10 s (a 1.5s wait is not "2s"), whole units above', async () => {
     const {formatMs} = await import('../../src/client/errors.js')
     expect([500, 1500, 2000, 9949, 15_000, 90_000, 3_600_000].map(formatMs)).toEqual(['500ms', '1.5s', '2s', '9.9s', '15s', '1m30s', '1h'])
+  })
+})
+
+describe("--token values that begin with '-'", () => {
+  it('are marked for tokenFlag (oclif would take them for short flags); nothing else is touched', () => {
+    const token = '-yK3abcdefghijklmnopqr'
+    expect(markDashTokens(['unlock', 'k', '--token', token])).toEqual(['unlock', 'k', '--token', `\u0000${token}`])
+    // Not after `--` (hold's command), not a value of another flag, not a flag's shape.
+    expect(markDashTokens(['hold', 'k', '--', 'cmd', '--token', token])).toEqual(['hold', 'k', '--', 'cmd', '--token', token])
+    expect(markDashTokens(['lock', 'k', '--owner', token])).toEqual(['lock', 'k', '--owner', token])
+    for (const value of ['-y', '--yes', '--token', '-abc']) expect(markDashTokens(['unlock', 'k', '--token', value])).toEqual(['unlock', 'k', '--token', value])
+    // A token that does not begin with '-' is left as it is.
+    expect(markDashTokens(['unlock', 'k', '--token', 'yK3abcdefghijklmnopqr'])).toEqual(['unlock', 'k', '--token', 'yK3abcdefghijklmnopqr'])
   })
 })
