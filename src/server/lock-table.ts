@@ -1,5 +1,6 @@
 import {WAIT_FOREVER} from '../protocol/messages.js'
 import {DeadlineHeap} from './deadline-heap.js'
+import {holdersOf} from './log-format.js'
 import {TokenSource} from './tokens.js'
 
 /**
@@ -125,8 +126,6 @@ const isHolder = (item: Deadline): item is Holder => (item as Holder).token !== 
  */
 type Held = Holder | Holder[]
 
-/** The holders of a name as an array (a new one for a single holder: for reads, not for changes). */
-const holdersIn = (held: Held): Holder[] => (Array.isArray(held) ? held : [held])
 const countOf = (held: Held): number => (Array.isArray(held) ? held.length : 1)
 const firstOf = (held: Held): Holder | undefined => (Array.isArray(held) ? held[0] : held)
 const findIn = (held: Held | undefined, match: (holder: Holder) => boolean): Holder | undefined => {
@@ -308,7 +307,8 @@ export class LockTable {
       return {ok: true, holder}
     }
     if (!holders || countOf(holders) === 0) return {ok: false}
-    const all = Array.isArray(holders) ? [...holders] : [holders]
+    // (A copy: each release takes its holder out of the name's array.)
+    const all = [...holdersOf(holders)]
     for (const each of all) this.releaseHolder(key, each, true, by)
     return {ok: true, holder: all[0]}
   }
@@ -396,7 +396,7 @@ export class LockTable {
     const changes: {key: string; holders: PersistedHolder[]; changed: string[]}[] = []
     for (const [key, tokens] of this.dirty) {
       const held = this.holdersByKey.get(key)
-      changes.push({key, holders: held === undefined ? [] : holdersIn(held).map(persisted), changed: typeof tokens === 'string' ? [tokens] : [...tokens]})
+      changes.push({key, holders: holdersOf(held).map(persisted), changed: typeof tokens === 'string' ? [tokens] : [...tokens]})
     }
     this.dirty.clear()
     return changes
@@ -415,7 +415,7 @@ export class LockTable {
    * table goes on changing (a Map's iterator visits each entry that is still there when reached).
    */
   *heldLocks(): Generator<{key: string; holders: PersistedHolder[]}> {
-    for (const [key, held] of this.holdersByKey) if (countOf(held) > 0) yield {key, holders: holdersIn(held).map(persisted)}
+    for (const [key, held] of this.holdersByKey) if (countOf(held) > 0) yield {key, holders: holdersOf(held).map(persisted)}
   }
 
   /**
@@ -554,7 +554,7 @@ export class LockTable {
   }
 
   private view(key: string, held: Held): LockView {
-    const holders = holdersIn(held)
+    const holders = holdersOf(held)
     return {key, holder: holders[0] ?? null, holders, waiters: this.queueOf(key).length, limit: this.limitOf(key)}
   }
 

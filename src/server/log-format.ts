@@ -62,8 +62,12 @@ export interface LogRecord {
 /** A name's recovered holders: its one holder itself (most names: no array around it), or several in grant order. */
 export type RecoveredHolders = LoggedHolder | LoggedHolder[]
 
-/** The holders of a recovered name as an array (empty: none). */
-export function holdersOf(value: RecoveredHolders | undefined): LoggedHolder[] {
+/**
+ * A name's holders as an array, from what recovery (and the lock table) keep for it: its one
+ * holder itself, or the array of several (empty: none). For reading: a single holder gets a new
+ * array, an array is returned as it is.
+ */
+export function holdersOf<H extends LoggedHolder>(value: H | H[] | undefined): H[] {
   if (value === undefined) return []
   return Array.isArray(value) ? value : [value]
 }
