@@ -9,6 +9,8 @@ import {AbortedError, LimitError, NotPermittedError, ProtocolError, UnreachableE
 /** A unix socket, or TCP (with `tls`: TLS, verified against `ca`, or the system's CAs). */
 export type SocketTarget = {path: string} | {host: string; port: number; tls?: Pick<TlsOptions, 'ca' | 'cert' | 'key'>}
 
+type Transport = 'unix' | 'tcp' | 'tls'
+
 export interface ConnectionOptions {
   /** Give up connecting (and the hello) after this long. */
   connectTimeoutMs: number
@@ -45,6 +47,8 @@ export class LockdConnection {
   private constructor(
     private readonly socket: Socket,
     private readonly options: ConnectionOptions,
+    /** What carries it: says what a peer that closes without a word probably is. */
+    private readonly transport: Transport,
   ) {}
 
   static async connect(target: SocketTarget, options: ConnectionOptions): Promise<LockdConnection> {
@@ -56,8 +60,7 @@ export class LockdConnection {
           ? connectTls({host: target.host, port: target.port, ...target.tls, ...(isIP(target.host) ? {} : {servername: target.host})})
           : createConnection(target as never)
       socket.setNoDelay(true)
-      const connection = new LockdConnection(socket, options)
-      connection.transport = 'path' in target ? 'unix' : target.tls ? 'tls' : 'tcp'
+      const connection = new LockdConnection(socket, options, 'path' in target ? 'unix' : target.tls ? 'tls' : 'tcp')
       const timer = setTimeout(() => {
         socket.destroy()
         reject(new UnreachableError(`${options.label}: no answer within ${options.connectTimeoutMs}ms`))
@@ -107,8 +110,6 @@ export class LockdConnection {
   }
 
   private helloWaiter: ((reply: HelloReply) => void) | null = null
-
-  private transport: 'unix' | 'tcp' | 'tls' = 'tcp'
 
   /** Closed by the peer before it said anything (lockd answers every hello, even a refusal). */
   private closedWithoutAWord(): boolean {
@@ -226,7 +227,7 @@ export class LockdConnection {
  * Why a peer may close a new connection without a word: a TLS server sent a plain client's hello
  * (it drops what is not a TLS handshake), or something that is not lockd listens there.
  */
-function closedBeforeHello(transport: 'unix' | 'tcp' | 'tls'): string {
+function closedBeforeHello(transport: Transport): string {
   return `closed before answering the hello (${transport === 'tcp' ? 'if it serves TLS, use lockds:// or --cacert' : 'is lockd listening there?'})`
 }
 
