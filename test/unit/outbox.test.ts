@@ -59,6 +59,7 @@ function connection(session: string): {conn: Connection; written: ServerMessage[
 
 const record = (key: string): LogRecord => ({key, holders: [], fence: 1})
 const grant = (id: number, key: string): ServerMessage => ({t: 'res', id, code: 'OK', grant: {key, token: `t${id}`, fence: id, leaseMs: 1000}}) as unknown as ServerMessage
+const refused = (id: number): ServerMessage => ({t: 'res', id, code: 'LOCK_HELD', msg: 'held'}) as unknown as ServerMessage
 const released = (id: number): ServerMessage => ({t: 'res', id, code: 'OK', holder: {owner: 'o', fence: 1}}) as unknown as ServerMessage
 const ids = (messages: ServerMessage[]) => messages.map((m) => (m as {id?: number}).id)
 /**
@@ -92,8 +93,8 @@ describe('Outbox: what waits for the disk', () => {
     outbox.send(a.conn, grant(1, 'k'))
     outbox.endBatch([record('k')], 1)
     // Nothing new to log: a's refusal would leave at once, but a's grant is still waiting.
-    outbox.send(a.conn, {t: 'res', id: 2, code: 'LOCK_HELD', msg: 'held'} as unknown as ServerMessage)
-    outbox.send(b.conn, {t: 'res', id: 3, code: 'LOCK_HELD', msg: 'held'} as unknown as ServerMessage)
+    outbox.send(a.conn, refused(2))
+    outbox.send(b.conn, refused(3))
     outbox.endBatch([], 1)
     await settle()
     expect(a.written).toEqual([])
