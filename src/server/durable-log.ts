@@ -1,4 +1,4 @@
-import {close, closeSync, existsSync, fdatasyncSync, fsync, fsyncSync, ftruncateSync, openSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync} from 'node:fs'
+import {close, closeSync, existsSync, fdatasyncSync, fsync, fsyncSync, ftruncateSync, openSync, readdirSync, renameSync, rmSync, unlinkSync, writeSync} from 'node:fs'
 import {join} from 'node:path'
 import {promisify} from 'node:util'
 import {crc32} from 'node:zlib'
@@ -14,6 +14,7 @@ import {
   packr,
   readChecked,
   readSnapshot,
+  readWhole,
   replay,
   replayLegacy,
   SNAPSHOT_MAGIC,
@@ -123,7 +124,7 @@ export class DurableLog {
     let legacy = false
     for (let g = gen; g <= last; g++) {
       const walPath = join(dir, `wal-${g}.log`)
-      const data = existsSync(walPath) ? readFileSync(walPath) : null
+      const data = existsSync(walPath) ? readWhole(walPath) : null
       const isLast = g === last
       // No records yet: empty, or its magic cut short by a crash as the file was made.
       const unstarted = data !== null && data.length < WAL_MAGIC.length && WAL_MAGIC.subarray(0, data.length).equals(data)

@@ -10,7 +10,7 @@ import {VERSION} from '../version.js'
 import {PasswordCheck} from './auth.js'
 import {newConnection, type Connection} from './connection.js'
 import {DurableLog} from './durable-log.js'
-import {ServerStartError} from './errors.js'
+import {ServerStartError, unreadableAsStartError} from './errors.js'
 import {handleRequest, type HandlerContext} from './handlers.js'
 import {greet} from './handshake.js'
 import {claimDataDir, Listeners} from './listeners.js'
@@ -183,18 +183,20 @@ export class LockServer {
       const {code, path} = error as NodeJS.ErrnoException
       throw new ServerStartError(`--data-dir: cannot create ${path ?? dataDir}: ${code ?? (error as Error).message}`)
     }
-    this.dirMutex = await claimDataDir(dataDir)
-    const {log, state} = await DurableLog.open(
-      dataDir,
-      {locks: () => this.table.heldLocks(), fence: () => this.table.lastFence},
-      {
-        snapshotBytes: this.options.snapshotBytes,
-        snapshotSlice: this.options.snapshotSlice,
-        onSnapshotFailed: (error) => this.say(`lockd: a snapshot of ${dataDir} could not be written (${error.message}); the log keeps everything, the next one is tried as it grows`),
-        onFlush: this.metrics ? (seconds) => this.metrics?.observeFsync(seconds) : undefined,
-        restore: restoredHolders(),
-      },
-    )
+    const {log, state} = await unreadableAsStartError(dataDir, async () => {
+      this.dirMutex = await claimDataDir(dataDir)
+      return DurableLog.open(
+        dataDir,
+        {locks: () => this.table.heldLocks(), fence: () => this.table.lastFence},
+        {
+          snapshotBytes: this.options.snapshotBytes,
+          snapshotSlice: this.options.snapshotSlice,
+          onSnapshotFailed: (error) => this.say(`lockd: a snapshot of ${dataDir} could not be written (${error.message}); the log keeps everything, the next one is tried as it grows`),
+          onFlush: this.metrics ? (seconds) => this.metrics?.observeFsync(seconds) : undefined,
+          restore: restoredHolders(),
+        },
+      )
+    })
     this.log = log
     for (const note of state.notes) this.say(`lockd: ${note}`)
     // Counted first: the table takes the recovered map over.

@@ -110,6 +110,20 @@ export const packr = new Packr({useRecords: false, mapsAsObjects: true})
  */
 export const snapshotPackr = new Packr({useRecords: true, mapsAsObjects: true})
 
+/**
+ * A file of the data directory, whole. Node's read errors do not name the file (a directory where
+ * the file belongs gives a bare EISDIR): the error is given its path, for the one-line refusal.
+ */
+export function readWhole(path: string): Buffer {
+  try {
+    return readFileSync(path)
+  } catch (error) {
+    const failure = error as NodeJS.ErrnoException
+    failure.path ??= path
+    throw failure
+  }
+}
+
 /** A record or snapshot frame: u32 length, u32 crc32(body), u32 crc32(the first 8 bytes), body. */
 export function frame(body: Buffer): Buffer {
   const framed = Buffer.allocUnsafe(RECORD_HEADER + body.length)
@@ -125,7 +139,7 @@ export function frame(body: Buffer): Buffer {
  * was complete and synced before it was named: any damage in it is refused.
  */
 export function readSnapshot(path: string, state: RecoveredState): number {
-  const data = readFileSync(path)
+  const data = readWhole(path)
   const refuse = (why: string) => new LogCorruptError(`${path} is corrupt (${why}); refusing to start rather than forget locks. ${MOVE_ASIDE}`)
   const load = (locks: unknown) => {
     if (!Array.isArray(locks)) throw refuse('not a snapshot')
@@ -174,7 +188,7 @@ export function readSnapshot(path: string, state: RecoveredState): number {
 
 /** The msgpack value of a file written by writeChecked (crc32 + msgpack), or why it is refused. */
 export function readChecked(path: string): unknown {
-  const data = readFileSync(path)
+  const data = readWhole(path)
   if (data.length < 5 || crc32(data.subarray(4)) !== data.readUInt32BE(0)) {
     throw new LogCorruptError(`${path} is corrupt (checksum mismatch); refusing to start rather than forget locks or repeat a fence. ${MOVE_ASIDE}`)
   }

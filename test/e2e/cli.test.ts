@@ -1,5 +1,5 @@
 import {execFileSync, spawnSync} from 'node:child_process'
-import {chmodSync, existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
+import {chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
 import {createServer, connect as netConnect} from 'node:net'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
@@ -319,13 +319,30 @@ describe('lockctl server', () => {
     expect(existsSync(socket)).toBe(false)
   })
 
-  it('cannot start: an address in use, or a data directory that cannot be made, is one line and exit 1', async () => {
+  it('cannot start: an address in use, or a data directory that cannot be made or read, is one line and exit 1', async () => {
     const running = await startLockd()
     const blocker = join(tempDir(), 'a-file')
     writeFileSync(blocker, '')
+    // A data directory whose files are directories (an operator's mistake, a bad restore):
+    // Node's bare EISDIR, with a stack, was all it said before.
+    const made = tempDir()
+    const stopped = runCli(['server', '--listen', '127.0.0.1:0', '--data-dir', made])
+    await eventually(() => existsSync(join(made, 'fence')))
+    stopped.child.kill('SIGTERM')
+    expect((await stopped).code).toBe(0)
+    const withDirectory = (name: string) => {
+      const dir = tempDir()
+      for (const file of readdirSync(made)) copyFileSync(join(made, file), join(dir, file))
+      rmSync(join(dir, name))
+      mkdirSync(join(dir, name))
+      return dir
+    }
     for (const [args, message] of [
       [['--in-memory', '--listen', `127.0.0.1:${running.port}`], `^lockctl: --listen 127.0.0.1:${running.port}: address already in use \\(EADDRINUSE\\)$`],
       [['--data-dir', join(blocker, 'data'), '--listen', '127.0.0.1:0'], `^lockctl: --data-dir: cannot create .*a-file/data: ENOTDIR$`],
+      [['--data-dir', blocker, '--listen', '127.0.0.1:0'], `^lockctl: --data-dir .*a-file: cannot scandir .*a-file: not a directory \\(ENOTDIR\\); refusing to start$`],
+      [['--data-dir', withDirectory('fence'), '--listen', '127.0.0.1:0'], `^lockctl: --data-dir .*: cannot read .*/fence: a directory where a file belongs \\(EISDIR\\); refusing to start$`],
+      [['--data-dir', withDirectory('wal-0.log'), '--listen', '127.0.0.1:0'], `^lockctl: --data-dir .*: cannot read .*/wal-0\\.log: a directory where a file belongs \\(EISDIR\\); refusing to start$`],
     ] as const) {
       const result = await runCli(['server', ...args])
       expect(result.code).toBe(1)
