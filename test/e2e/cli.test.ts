@@ -326,10 +326,7 @@ describe('lockctl server', () => {
     // A data directory whose files are directories (an operator's mistake, a bad restore):
     // Node's bare EISDIR, with a stack, was all it said before.
     const made = tempDir()
-    const stopped = runCli(['server', '--listen', '127.0.0.1:0', '--data-dir', made])
-    await eventually(() => existsSync(join(made, 'fence')))
-    stopped.child.kill('SIGTERM')
-    expect((await stopped).code).toBe(0)
+    expect(await (await startLockd({dataDir: made})).stop()).toBe(0)
     const withDirectory = (name: string) => {
       const dir = tempDir()
       for (const file of readdirSync(made)) copyFileSync(join(made, file), join(dir, file))
