@@ -42,8 +42,8 @@ export abstract class BaseCommand extends Command {
       helpGroup: 'TLS AND AUTH',
       helpValue: 'FILE',
     }),
-    cert: Flags.string({description: 'client certificate (PEM)', env: 'LOCKCTL_ETCD_CERT', helpGroup: 'TLS AND AUTH', helpValue: 'FILE'}),
-    key: Flags.string({description: 'client private key (PEM)', env: 'LOCKCTL_ETCD_KEY', helpGroup: 'TLS AND AUTH', helpValue: 'FILE'}),
+    cert: Flags.string({description: 'client certificate (PEM; needs --key)', env: 'LOCKCTL_ETCD_CERT', helpGroup: 'TLS AND AUTH', helpValue: 'FILE'}),
+    key: Flags.string({description: 'private key of --cert (PEM)', env: 'LOCKCTL_ETCD_KEY', helpGroup: 'TLS AND AUTH', helpValue: 'FILE'}),
     user: Flags.string({description: 'user name (password from $LOCKCTL_PASSWORD, or asked on a terminal)', env: 'LOCKCTL_ETCD_USER', helpGroup: 'TLS AND AUTH', helpValue: 'NAME'}),
     timeout: durationFlag({
       description: 'deadline of each request to the lock service',

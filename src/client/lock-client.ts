@@ -1,4 +1,3 @@
-import {readFileSync} from 'node:fs'
 import {hostname, userInfo} from 'node:os'
 import {keyProblem, leaseProblem, modeProblem} from '../protocol/validate.js'
 import type {ConnectionState, GrantInfo, HolderInfo, LockBackend, LockInfo} from './backend.js'
@@ -9,6 +8,7 @@ import {checkOwner, checkToken, DistributedLock, type DistributedLockOptions} fr
 import {connectEmbedded, embeddedPaths, stateDir} from './embedded.js'
 import {describeEndpoint, parseEndpoint, type Endpoint} from './endpoint.js'
 import {BadInputError, quoteKey} from './errors.js'
+import {anyTlsFile, readTlsFiles} from './tls-files.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from './watch.js'
 
 export interface ConnectOptions {
@@ -204,7 +204,7 @@ export async function connect(options: ConnectOptions = {}): Promise<LockClient>
     case 'tcp': {
       const credentials = options.credentials ?? options.etcd ?? {}
       const auth = lockdAuth(label, credentials)
-      const tls = endpoint.kind === 'tcp' && (endpoint.tls || credentials.cacert !== undefined) ? readTlsFiles(credentials) : undefined
+      const tls = endpoint.kind === 'tcp' && (endpoint.tls || anyTlsFile(credentials)) ? readTlsFiles(credentials) : undefined
       const target = endpoint.kind === 'unix' ? {path: endpoint.path} : {host: endpoint.host, port: endpoint.port, tls}
       return new LockClient(new LockdBackend({label, open: () => LockdConnection.connect(target, {...connection, label, auth})}), owner)
     }
@@ -230,18 +230,4 @@ function lockdAuth(label: string, credentials: Credentials): {user: string; pass
   if (credentials.user === undefined) return undefined
   if (credentials.password === undefined) throw new BadInputError(`${label}: --user needs a password ($LOCKCTL_PASSWORD)`)
   return {user: credentials.user, password: credentials.password}
-}
-
-/** The PEM files of a TLS connection to lockd, read now (a missing file is a usage error). */
-function readTlsFiles(credentials: Credentials): {ca?: Buffer; cert?: Buffer; key?: Buffer} {
-  const read = (path: string | undefined, flag: string) => {
-    if (path === undefined) return undefined
-    try {
-      return readFileSync(path)
-    } catch (error) {
-      throw new BadInputError(`--${flag}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
-    }
-  }
-  const files = {ca: read(credentials.cacert, 'cacert'), cert: read(credentials.cert, 'cert'), key: read(credentials.key, 'key')}
-  return Object.fromEntries(Object.entries(files).filter(([, value]) => value !== undefined))
 }

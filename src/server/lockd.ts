@@ -1,5 +1,4 @@
 import {randomBytes} from 'node:crypto'
-import {readFileSync} from 'node:fs'
 import type {Server, Socket} from 'node:net'
 import type {SecureContextOptions, TLSSocket} from 'node:tls'
 import {ErrorCode} from '../protocol/errors.js'
@@ -18,6 +17,7 @@ import {LockTable, restoredHolders, systemClock, type Clock, type TableEvent} fr
 import type {ServerMetrics} from './metrics.js'
 import {Outbox} from './outbox.js'
 import {Subscriptions} from './subscriptions.js'
+import {readServerTls, type ServerTlsPaths} from './tls-files.js'
 
 export {AlreadyRunningError, ServerStartError} from './errors.js'
 
@@ -49,7 +49,7 @@ export interface LockServerOptions {
   /** Waiting acquires one connection may have at once (default 10,000). */
   maxWaitersPerConnection?: number
   /** TLS on every TCP listener (PEM files); `clientCa`: require client certificates it signed. */
-  tls?: {cert: string; key: string; clientCa?: string}
+  tls?: ServerTlsPaths
   /** Clients must authenticate with a user of this file (NAME:HASH lines; docs/protocol.md). */
   authFile?: string
   /** Users who may force-release a lock they do not hold (docs/protocol.md, "Authentication"). */
@@ -212,18 +212,9 @@ export class LockServer {
     }
   }
 
-  /** The TLS files, read now (at start, and again on SIGHUP). */
+  /** The TLS files, read and checked now (at start, and again on SIGHUP). */
   private secureContext(): SecureContextOptions {
-    const {tls} = this.options
-    if (!tls) return {}
-    const read = (path: string, flag: string) => {
-      try {
-        return readFileSync(path)
-      } catch (error) {
-        throw new ServerStartError(`${flag}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
-      }
-    }
-    return {cert: read(tls.cert, '--tls-cert'), key: read(tls.key, '--tls-key'), ...(tls.clientCa ? {ca: read(tls.clientCa, '--tls-client-ca')} : {})}
+    return this.options.tls ? readServerTls(this.options.tls) : {}
   }
 
   /**

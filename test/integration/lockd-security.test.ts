@@ -34,7 +34,18 @@ function makeCertificates(dir: string) {
   ca('other-ca')
   signed('server', '127.0.0.1', 'subjectAltName=IP:127.0.0.1\n')
   signed('alice', 'alice', 'extendedKeyUsage=clientAuth\n')
-  return {ca: file('ca.pem'), otherCa: file('other-ca.pem'), cert: file('server.pem'), key: file('server-key.pem'), aliceCert: file('alice.pem'), aliceKey: file('alice-key.pem')}
+  signed('named', 'localhost', 'subjectAltName=DNS:localhost\n')
+  return {
+    ca: file('ca.pem'),
+    otherCa: file('other-ca.pem'),
+    cert: file('server.pem'),
+    key: file('server-key.pem'),
+    aliceCert: file('alice.pem'),
+    aliceKey: file('alice-key.pem'),
+    namedCert: file('named.pem'),
+    namedKey: file('named-key.pem'),
+    notPem: file('named.cnf'),
+  }
 }
 
 /** `lockctl server --hash-password`, the password piped on stdin. */
@@ -76,12 +87,57 @@ describe('lockd over TLS', () => {
       expect(failure.code, failure.stderr).toBe(4)
       expect(oneLine(failure)).toMatch(/^lockctl: /)
     }
-    // The two mix-ups say what to do about them.
+    // Each says what to do about it.
+    for (const failure of failures.slice(0, 2)) expect(oneLine(failure)).toMatch(/: lockd's certificate is not signed by a CA this client trusts \(give that CA with --cacert\)$/)
     expect(oneLine(failures[2])).toBe(`lockctl: lockd://127.0.0.1:${secure.port}: closed before answering the hello (if it serves TLS, use lockds:// or --cacert)`)
     expect(oneLine(failures[3])).toBe(`lockctl: lockds://127.0.0.1:${plain.port}: the server does not speak TLS (for a plain lockd, use lockd:// without --cacert)`)
     expect(Date.now() - started).toBeLessThan(15_000) // never a hang
     await secure.stop()
     await plain.stop()
+  })
+
+  it('a certificate that does not name the address: one line saying which names it has, exit 4', async () => {
+    const lockd = await startLockd({args: ['--tls-cert', certs.namedCert, '--tls-key', certs.namedKey]})
+    const result = await runCli(['lock', 'tls/named', '--endpoints', `lockds://127.0.0.1:${lockd.port}`, '--cacert', certs.ca, '--timeout', '2s'])
+    expect(result.code).toBe(4)
+    expect(oneLine(result)).toBe(`lockctl: lockds://127.0.0.1:${lockd.port}: lockd's certificate is not for this address (it names DNS:localhost): connect by one of its names, or add this one to it`)
+    await lockd.stop()
+  })
+
+  it('TLS files that are not what their flag needs: the client says so before connecting (exit 2), lockd before listening (exit 1), SIGHUP keeps the files in force', async () => {
+    for (const [args, message] of [
+      [['--cacert', certs.notPem], `^lockctl: --cacert: .*named\\.cnf holds no PEM certificate`],
+      [['--cacert', certs.ca, '--cert', certs.aliceCert], '^lockctl: --cert needs --key: a client certificate and its private key go together$'],
+      [['--cacert', certs.ca, '--key', certs.aliceKey], '^lockctl: --key needs --cert'],
+      [['--cacert', certs.ca, '--cert', certs.aliceCert, '--key', certs.aliceCert], `^lockctl: --key: .*alice\\.pem holds no PEM private key`],
+    ] as const) {
+      for (const endpoint of ['lockds://127.0.0.1:1', 'etcd://127.0.0.1:1']) {
+        const result = await runCli(['lock', 'tls/files', '--endpoints', endpoint, ...args])
+        expect(result.code, result.stderr).toBe(2)
+        expect(oneLine(result)).toMatch(new RegExp(message))
+      }
+    }
+    for (const [args, message] of [
+      [['--tls-cert', certs.notPem, '--tls-key', certs.key], `^lockctl: --tls-cert: .*named\\.cnf holds no PEM certificate`],
+      [['--tls-cert', certs.cert, '--tls-key', certs.aliceKey], `^lockctl: --tls-key .*alice-key\\.pem is not the private key of --tls-cert .*server\\.pem$`],
+      [['--tls-cert', certs.cert, '--tls-key', certs.key, '--tls-client-ca', certs.notPem], `^lockctl: --tls-client-ca: .*named\\.cnf holds no PEM certificate`],
+    ] as const) {
+      const result = await runCli(['server', '--listen', '127.0.0.1:0', '--in-memory', ...args])
+      expect(result.code, result.stderr).toBe(1)
+      expect(oneLine(result)).toMatch(new RegExp(message))
+    }
+    // A key replaced by one that does not match: the reload is refused, the old pair serves on.
+    const dir = tempDir()
+    const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')]
+    writeFileSync(cert, readFileSync(certs.cert))
+    writeFileSync(key, readFileSync(certs.key))
+    const lockd = await startLockd({args: ['--tls-cert', cert, '--tls-key', key]})
+    writeFileSync(key, readFileSync(certs.aliceKey))
+    lockd.child.kill('SIGHUP')
+    await eventually(() => /reload failed, keeping the previous configuration: --tls-key .* is not the private key of --tls-cert/.test(lockd.stderr()))
+    const still = await runCli(['lock', 'tls/reload', '--endpoints', `lockds://127.0.0.1:${lockd.port}`, '--cacert', certs.ca])
+    expect(still.code, still.stderr).toBe(0)
+    await lockd.stop()
   })
 
   it('--tls-client-ca: a client without a certificate signed by it is refused; with one it works', async () => {

@@ -236,6 +236,19 @@ function describeSocketError(error: NodeJS.ErrnoException): string {
     case 'ERR_SSL_WRONG_VERSION_NUMBER':
       // What OpenSSL says when the answer to its TLS handshake is not TLS.
       return 'the server does not speak TLS (for a plain lockd, use lockd:// without --cacert)'
+    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
+    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
+      return `${error.message}: lockd's certificate is not signed by a CA this client trusts (give that CA with --cacert)`
+    case 'CERT_HAS_EXPIRED':
+    case 'CERT_NOT_YET_VALID':
+      return `${error.message}: lockd's certificate is outside its validity dates (renew it, then SIGHUP lockd)`
+    case 'ERR_TLS_CERT_ALTNAME_INVALID': {
+      // Node's text ends "... is not in the cert's list: " when the list is of the other kind.
+      const names = (error as NodeJS.ErrnoException & {cert?: {subjectaltname?: string}}).cert?.subjectaltname
+      return `lockd's certificate is not for this address${names ? ` (it names ${names})` : ''}: connect by one of its names, or add this one to it`
+    }
     case 'ECONNREFUSED':
       return 'connection refused (is lockd running?)'
     case 'ENOENT':

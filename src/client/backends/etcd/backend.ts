@@ -1,4 +1,4 @@
-import {readFileSync} from 'node:fs'
+import {anyTlsFile, readTlsFiles, type TlsFilePaths} from '../../tls-files.js'
 // Types only: etcd3 itself is imported lazily (it costs ~200 ms to load).
 import type {Etcd3, IKeyValue, IOptions, IRequestOp, Watcher} from 'etcd3'
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo, type LockInfo} from '../../../protocol/messages.js'
@@ -24,18 +24,12 @@ import {watchLocks} from './watch.js'
  * the deletions under the lock's name, counting its place from the events without reading.
  */
 
-export interface EtcdTlsOptions {
-  /** Paths to PEM files. */
-  cacert?: string
-  cert?: string
-  key?: string
-}
-
 export interface EtcdBackendOptions {
   hosts: {host: string; port: number}[]
   secure: boolean
   label: string
-  tls?: EtcdTlsOptions
+  /** Paths to PEM files. */
+  tls?: TlsFilePaths
   auth?: {username: string; password: string}
   requestTimeoutMs: number
   connectTimeoutMs: number
@@ -53,21 +47,11 @@ const LIST_CONCURRENCY = 16
 
 export async function createEtcdBackend(options: EtcdBackendOptions): Promise<EtcdBackend> {
   const [etcd3, {isBrokenCircuitError, ExponentialBackoff}] = await Promise.all([import('etcd3'), import('cockatiel')])
-  const read = (path: string | undefined, what: string) => {
-    if (!path) return undefined
-    try {
-      return readFileSync(path)
-    } catch (error) {
-      throw new BadInputError(`--${what}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
-    }
-  }
-  const rootCertificate = read(options.tls?.cacert, 'cacert')
-  const certChain = read(options.tls?.cert, 'cert')
-  const privateKey = read(options.tls?.key, 'key')
-  const secure = options.secure || Boolean(rootCertificate)
+  const files = readTlsFiles(options.tls ?? {})
+  const secure = options.secure || anyTlsFile(options.tls ?? {})
   const client = new etcd3.Etcd3({
     hosts: options.hosts.map((h) => `${secure ? 'https' : 'http'}://${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`),
-    credentials: secure ? {rootCertificate: rootCertificate ?? Buffer.alloc(0), certChain, privateKey} : undefined,
+    credentials: secure ? {rootCertificate: files.ca ?? Buffer.alloc(0), certChain: files.cert, privateKey: files.key} : undefined,
     auth: options.auth,
     dialTimeout: options.connectTimeoutMs,
     defaultCallOptions: (context) => (context.isStream ? {} : {deadline: Date.now() + options.requestTimeoutMs}),

@@ -1,0 +1,47 @@
+import {readFileSync} from 'node:fs'
+import {createSecureContext, type SecureContextOptions} from 'node:tls'
+import {ServerStartError} from './errors.js'
+
+/** lockd's TLS files, as paths: its certificate and key, and the CA of client certificates. */
+export interface ServerTlsPaths {
+  cert: string
+  key: string
+  clientCa?: string
+}
+
+const CERTIFICATE = /-----BEGIN (TRUSTED |X509 )?CERTIFICATE-----/
+const PRIVATE_KEY = /-----BEGIN ([A-Z]+ )?PRIVATE KEY-----/
+
+/**
+ * Read lockd's TLS files (at start, and again on SIGHUP) and check that they make a working
+ * context, so that a mistake is one line naming the flag (exit 1 at start; on SIGHUP the old files
+ * stay in force) rather than OpenSSL's text with a stack, or — a client CA file that is not
+ * PEM — a lockd that refuses every client certificate without saying why.
+ */
+export function readServerTls(paths: ServerTlsPaths): SecureContextOptions {
+  const read = (path: string, flag: string, block: RegExp, what: string): Buffer => {
+    let data: Buffer
+    try {
+      data = readFileSync(path)
+    } catch (error) {
+      throw new ServerStartError(`${flag}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
+    }
+    if (!block.test(data.toString('latin1'))) throw new ServerStartError(`${flag}: ${path} holds no PEM ${what}`)
+    return data
+  }
+  const files: SecureContextOptions = {
+    cert: read(paths.cert, '--tls-cert', CERTIFICATE, 'certificate (-----BEGIN CERTIFICATE-----)'),
+    key: read(paths.key, '--tls-key', PRIVATE_KEY, 'private key (-----BEGIN PRIVATE KEY-----)'),
+    ...(paths.clientCa ? {ca: read(paths.clientCa, '--tls-client-ca', CERTIFICATE, 'certificate (-----BEGIN CERTIFICATE-----)')} : {}),
+  }
+  try {
+    createSecureContext(files)
+  } catch (error) {
+    const {code, message} = error as NodeJS.ErrnoException
+    if (code === 'ERR_OSSL_X509_KEY_VALUES_MISMATCH') throw new ServerStartError(`--tls-key ${paths.key} is not the private key of --tls-cert ${paths.cert}`)
+    if (code === 'ERR_OSSL_BAD_DECRYPT' || code === 'ERR_MISSING_PASSPHRASE')
+      throw new ServerStartError(`--tls-key ${paths.key} is encrypted: lockd takes an unencrypted key (openssl pkey -in KEY -out PLAIN)`)
+    throw new ServerStartError(`--tls-cert ${paths.cert} / --tls-key ${paths.key}: ${message.replace(/^error:[0-9A-F]+:/, '')}`)
+  }
+  return files
+}
