@@ -43,6 +43,7 @@ export function readAuthFile(path: string): Map<string, string> {
     throw new ServerStartError(`--auth-file: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
   }
   const users = new Map<string, string>()
+  const lines = new Map<string, number>()
   for (const [index, raw] of text.split('\n').entries()) {
     const line = raw.trim()
     if (line === '' || line.startsWith('#')) continue
@@ -50,6 +51,9 @@ export function readAuthFile(path: string): Map<string, string> {
     const name = line.slice(0, colon)
     const hash = line.slice(colon + 1)
     if (colon <= 0 || !HASH.test(hash)) throw new ServerStartError(`--auth-file: ${path} line ${index + 1} is not NAME:HASH (make HASH with lockctl server --hash-password)`)
+    // Which of two passwords counts would be the file's order, an accident: refused instead.
+    if (lines.has(name)) throw new ServerStartError(`--auth-file: ${path} line ${index + 1} names ${JSON.stringify(name)} again (line ${lines.get(name)}): one line per user`)
+    lines.set(name, index + 1)
     users.set(name, hash)
   }
   return users

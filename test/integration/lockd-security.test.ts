@@ -193,7 +193,31 @@ describe('lockd with users', () => {
     await eventually(() => /reloaded .*users: 3 user\(s\)/.test(lockd.stderr()))
     const carolAgain = await runCli(['lock', 'team/other', ...endpoints, '--user', 'carol'], {env: {LOCKCTL_PASSWORD: 'carol-secret'}})
     expect(carolAgain.code, carolAgain.stderr).toBe(0)
+
+    // A second line for a user (which password would count?) is refused; the users in force stay.
+    writeFileSync(authFile, `${readFileSync(authFile, 'utf8')}carol:${hash('another')}\n`)
+    lockd.child.kill('SIGHUP')
+    await eventually(() => /reload failed, keeping the previous configuration: --auth-file: .* line 5 names "carol" again \(line 4\): one line per user/.test(lockd.stderr()))
+    expect((await runCli(['lock', 'team/third', ...endpoints, '--user', 'carol'], {env: {LOCKCTL_PASSWORD: 'carol-secret'}})).code).toBe(0)
     await lockd.stop()
+  })
+
+  it('an auth file that cannot be used: lockd does not start, one line, exit 1', async () => {
+    const dir = tempDir()
+    const file = (name: string, text: string) => {
+      writeFileSync(join(dir, name), text)
+      return join(dir, name)
+    }
+    const line = `alice:${hash('pw')}\n`
+    for (const [path, message] of [
+      [join(dir, 'missing'), /^lockctl: --auth-file: cannot read .*missing: ENOENT$/],
+      [file('plain', 'alice:pw\n'), /^lockctl: --auth-file: .*plain line 1 is not NAME:HASH \(make HASH with lockctl server --hash-password\)$/],
+      [file('twice', `# users\n${line}${line}`), /^lockctl: --auth-file: .*twice line 3 names "alice" again \(line 2\): one line per user$/],
+    ] as const) {
+      const result = await runCli(['server', '--listen', '127.0.0.1:0', '--in-memory', '--auth-file', path])
+      expect(result.code, result.stderr).toBe(1)
+      expect(oneLine(result)).toMatch(message)
+    }
   })
 })
 
