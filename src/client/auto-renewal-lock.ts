@@ -70,7 +70,8 @@ export class AutoRenewalLock {
   private renewTimer: NodeJS.Timeout | null = null
   private watchdog: NodeJS.Timeout | null = null
   private retryIndex = 0
-  private inFlight: Promise<unknown> | null = null
+  /** The acquire in flight, which close() waits for (aborted, it ends at once; a grant still on its way is given back). */
+  private acquiring: Promise<unknown> | null = null
   private acquireAbort = new AbortController()
   private grantAbort: AbortController | null = null
   private lastError: Error | null = null
@@ -187,7 +188,7 @@ export class AutoRenewalLock {
           signal: this.acquireAbort.signal,
           onQueued: this.options.onQueued,
         })
-        this.inFlight = attempt
+        this.acquiring = attempt
         const grant = await attempt
         if (this.phase !== 'acquiring' || generation !== this.generation) {
           await lock.close() // closed while the grant was on its way: give it back
@@ -223,7 +224,7 @@ export class AutoRenewalLock {
         this.options.onRetry?.(error as Error, delay)
         await sleep(delay, this.acquireAbort.signal)
       } finally {
-        this.inFlight = null
+        this.acquiring = null
       }
     }
   }
@@ -251,10 +252,8 @@ export class AutoRenewalLock {
   private async renew(): Promise<void> {
     const lock = this.current
     if (!lock || this.phase !== 'held') return
-    const attempt = lock.updateLease(this.options.leaseMs)
-    this.inFlight = attempt
     try {
-      await attempt
+      await lock.updateLease(this.options.leaseMs)
       if (this.current !== lock || this.phase !== 'held') return
       this.retryIndex = 0
       this.lastError = null
@@ -272,8 +271,6 @@ export class AutoRenewalLock {
       const delay = Math.min(this.nextRetryDelay(), Math.max(rest / 2, 50))
       this.options.onRetry?.(error as Error, delay)
       if (rest > 0) this.scheduleRenewal(delay)
-    } finally {
-      if (this.inFlight === attempt) this.inFlight = null
     }
   }
 
@@ -314,12 +311,15 @@ export class AutoRenewalLock {
       this.grantAbort = null
       this.grantSignal = null
       this.acquireAbort.abort()
-      await this.inFlight?.catch(() => {})
+      await this.acquiring?.catch(() => {})
       const lock = this.current
       this.current = null
       this.unsubscribe()
       this.readyReject(new LockError(ErrorCode.CLOSED, `the auto-renewing lock on ${quoteKey(this.key)} was closed`))
-      if (lock && wasHeld && options.release !== false) await lock.unlock().catch(() => {})
+      // Released by its token at once, without waiting for a renewal in flight: a service that
+      // does not answer would hold close() (and a lost or finished hold's exit) for the
+      // renewal's whole request deadline. The renewal's late answer changes nothing.
+      if (lock && wasHeld && options.release !== false) await lock.close()
     })()
     return this.closing
   }

@@ -168,8 +168,12 @@ export class DistributedLock {
   private async renewNow(leaseMs: number): Promise<GrantInfo> {
     if (this.state !== 'locked' || !this.grant) throw new NotHolderError(this.key, `${quoteKey(this.key)} is not held by this lock object`)
     const sentAt = performance.now()
+    const {token} = this.grant
     try {
-      const grant = await this.backend.renew(this.key, this.grant.token, leaseMs)
+      const grant = await this.backend.renew(this.key, token, leaseMs)
+      // Ended while the renewal was out — close(), or the service's word that it ended (an etcd
+      // watch event can overtake the renewal's answer): it stays ended, never held again here.
+      if (this.state !== 'locked' || this.grant?.token !== token) throw new NotHolderError(this.key, `${quoteKey(this.key)} ended while its renewal was on the way`)
       this.hold(grant, sentAt + leaseMs)
       return grant
     } catch (error) {

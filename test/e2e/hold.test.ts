@@ -224,6 +224,29 @@ describe('hold: lock loss while the child runs', () => {
     expect(result.stderr).toMatch(/lost gone \(.*lease ran out/)
   })
 
+  it('the server paused (SIGSTOP) past the lease: lost, the child killed and exit 3 without waiting for the hung renewal (--timeout 60s)', async () => {
+    const own = await startLockd()
+    const dir = tempDir()
+    const ready = join(dir, 'ready')
+    const started = Date.now()
+    const run = runCli(['hold', 'paused', '--lease', '2s', '--timeout', '60s', '--grace', '300ms', '--', 'sh', '-c', `touch ${ready}; while :; do sleep 0.05; done`], {
+      env: {LOCKCTL_ENDPOINTS: own.endpoint},
+      timeoutMs: 90_000,
+    })
+    await eventually(() => existsSync(ready))
+    own.child.kill('SIGSTOP')
+    try {
+      const result = await run
+      expect(result.code, result.stderr).toBe(3)
+      expect(result.stderr).toMatch(/lost paused \(.*lease ran out/)
+      // A renewal went out at 1 s and hangs until its 60 s deadline; close() used to wait for it.
+      expect(Date.now() - started).toBeLessThan(30_000)
+    } finally {
+      own.child.kill('SIGCONT')
+      await own.stop()
+    }
+  })
+
   it('--on-lost ignore: reports the loss, keeps the child without taking the lock again, exits 3 when it ends', async () => {
     const dir = tempDir()
     const ready = join(dir, 'ready')

@@ -1,7 +1,8 @@
 import {afterEach, beforeEach, describe, expect, it, vi} from 'vitest'
 import type {AcquireRequest, AcquireResult, ConnectionState, GrantInfo, HolderInfo, LockBackend} from '../../src/client/backend.js'
 import {AutoRenewalLock} from '../../src/client/auto-renewal-lock.js'
-import {NotHolderError, UnreachableError} from '../../src/client/errors.js'
+import {DistributedLock} from '../../src/client/distributed-lock.js'
+import {ErrorCode, NotHolderError, UnreachableError} from '../../src/client/errors.js'
 
 /** A scripted lock service: the test decides whether acquires and renewals succeed. */
 class FakeBackend implements LockBackend {
@@ -146,24 +147,43 @@ describe('AutoRenewalLock (fake clock, fake backend)', () => {
     expect(events.filter((e) => e === 'lost')).toHaveLength(7) // close is not a loss
   })
 
-  it('close waits for an in-flight renewal, then releases', async () => {
+  it('close does not wait for a renewal that hangs: the work stops first, the release goes out at once, the late answer revives nothing', async () => {
+    // A service that stops answering (SIGSTOP, a partition) held close() for the renewal's
+    // whole request deadline: a lost hold exited that much later.
     const backend = new FakeBackend()
-    let releaseRenewal!: () => void
+    let answerRenewal!: () => void
     const original = backend.renew.bind(backend)
-    backend.renew = (...args) => new Promise((resolve) => (releaseRenewal = () => resolve(original(...args))))
+    backend.renew = (...args) => new Promise((resolve) => (answerRenewal = () => resolve(original(...args))))
     const lock = new AutoRenewalLock('k', backend, {leaseMs: 4000, owner: 'me'})
     await vi.advanceTimersByTimeAsync(2000) // renewal starts and hangs
-    let closed = false
     const signal = lock.signal
-    const closing = lock.close().then(() => (closed = true))
+    const closing = lock.close()
     // The work under the lock is told to stop before anything else happens.
     expect(signal.aborted).toBe(true)
-    await vi.advanceTimersByTimeAsync(10)
-    expect(closed).toBe(false)
-    expect(backend.releases).toEqual([])
-    releaseRenewal()
     await closing
     expect(backend.releases).toEqual(['t1'])
+    answerRenewal()
+    await vi.advanceTimersByTimeAsync(10_000)
+    expect(lock.isHeldByCurrentClient()).toBe(false)
+    expect(backend.releases).toEqual(['t1'])
+  })
+
+  it('a DistributedLock ended while its renewal was out stays ended when the renewal answers (an etcd watch event can overtake it)', async () => {
+    const backend = new FakeBackend()
+    let answerRenewal!: () => void
+    const original = backend.renew.bind(backend)
+    const lock = new DistributedLock('k', backend, 'me')
+    await lock.acquire({leaseMs: 4000})
+    // The service renews it, then it ends (here: closed) before the renewal's answer arrives.
+    backend.renew = (...args) => {
+      const answer = original(...args)
+      return new Promise((resolve, reject) => (answerRenewal = () => void answer.then(resolve, reject)))
+    }
+    const renewing = lock.updateLease(4000)
+    await lock.close()
+    answerRenewal()
+    await expect(renewing).rejects.toMatchObject({code: ErrorCode.NOT_HOLDER})
+    expect(lock.isHeldByCurrentClient()).toBe(false)
   })
 
   it('a queued grant whose catch-up renewal fails is kept and renewed in time, not thrown away and queued for again', async () => {
