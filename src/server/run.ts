@@ -10,18 +10,6 @@ export async function runServer(options: LockServerOptions, announce = true): Pr
   const log = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`))
   const server = new LockServer({...options, log})
   await server.start()
-  if (announce) {
-    const where = [
-      ...server.addresses.tcp.map((a) => `${options.tls ? 'lockds' : 'lockd'}://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`),
-      ...(server.addresses.socket ? [`unix://${server.addresses.socket}`] : []),
-    ]
-    log(
-      `lockd ${process.pid} listening on ${where.join(', ')}; ` +
-        (options.dataDir ? `state in ${options.dataDir}` : 'state in memory only (no --data-dir)') +
-        (server.metricsPort !== undefined ? `; metrics on http://${options.metrics!.host}:${server.metricsPort}/metrics` : '') +
-        (options.authFile ? `; users from ${options.authFile}` : ''),
-    )
-  }
   const stop = (signal: string) => {
     log(`lockd: ${signal}, shutting down`)
     void server.close()
@@ -34,6 +22,19 @@ export async function runServer(options: LockServerOptions, announce = true): Pr
   // file and the TLS files.
   const onHup = () => server.reload()
   process.on('SIGHUP', onHup)
+  // Announced only now: whoever waits for this line (systemd, a script, a test) may signal at once.
+  if (announce) {
+    const where = [
+      ...server.addresses.tcp.map((a) => `${options.tls ? 'lockds' : 'lockd'}://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`),
+      ...(server.addresses.socket ? [`unix://${server.addresses.socket}`] : []),
+    ]
+    log(
+      `lockd ${process.pid} listening on ${where.join(', ')}; ` +
+        (options.dataDir ? `state in ${options.dataDir}` : 'state in memory only (no --data-dir)') +
+        (server.metricsPort !== undefined ? `; metrics on http://${options.metrics!.host}:${server.metricsPort}/metrics` : '') +
+        (options.authFile ? `; users from ${options.authFile}` : ''),
+    )
+  }
   try {
     await server.closed
   } finally {

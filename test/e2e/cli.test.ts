@@ -319,6 +319,21 @@ describe('lockctl server', () => {
     expect(existsSync(socket)).toBe(false)
   })
 
+  it('a SIGHUP sent as soon as lockd says it listens is handled (a reload), never the signal that ends it', async () => {
+    // The line used to come before the handlers: one SIGHUP in about eight, sent on the line,
+    // killed lockd. Ten at once, each signalled as soon as its line is read.
+    const servers = await Promise.all(
+      Array.from({length: 10}, async () => {
+        const lockd = await startLockd()
+        lockd.child.kill('SIGHUP')
+        return lockd
+      }),
+    )
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    for (const lockd of servers) expect(lockd.child.exitCode, lockd.stderr()).toBeNull()
+    for (const lockd of servers) expect(await lockd.stop()).toBe(0)
+  })
+
   it('cannot start: an address in use, or a data directory that cannot be made or read, is one line and exit 1', async () => {
     const running = await startLockd()
     const blocker = join(tempDir(), 'a-file')

@@ -134,7 +134,7 @@ describe('lockd over TLS', () => {
     const lockd = await startLockd({args: ['--tls-cert', cert, '--tls-key', key]})
     writeFileSync(key, readFileSync(certs.aliceKey))
     lockd.child.kill('SIGHUP')
-    await eventually(() => /reload failed, keeping the previous configuration: --tls-key .* is not the private key of --tls-cert/.test(lockd.stderr()))
+    await eventually(() => expect(lockd.stderr()).toMatch(/reload failed, keeping the previous configuration: --tls-key .* is not the private key of --tls-cert/))
     const still = await runCli(['lock', 'tls/reload', '--endpoints', `lockds://127.0.0.1:${lockd.port}`, '--cacert', certs.ca])
     expect(still.code, still.stderr).toBe(0)
     await lockd.stop()
