@@ -205,7 +205,14 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
       ).catch(() => 'cancel' as const)
     }
     if (choice === 'cancel') return false
-    await Promise.all([...session.holds.values()].map((hold) => hold.close({release: choice === 'release'})))
+    await Promise.all(
+      [...session.holds.values()].map(async (hold) => {
+        const held = hold.isHeldByCurrentClient()
+        await hold.close({release: choice === 'release'})
+        // As a foreground hold says it, and as the session's plain locks below do.
+        if (held && choice === 'release') options.output.write(`released ${hold.key}\n`)
+      }),
+    )
     if (choice === 'release') {
       for (const lock of session.locks.values()) {
         await client.release(lock.key, lock.token).then(

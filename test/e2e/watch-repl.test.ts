@@ -120,6 +120,15 @@ describe('the REPL with piped input (a script)', () => {
     }
   })
 
+  it('leaving says "released" for a background hold that held, as for a plain lock', async () => {
+    // The third line waits 1 s (for a lock the session holds itself): time for the hold's grant.
+    const result = replScript('hold rhold --lease 2s\nlock rplain\nlock rplain --wait 1s\n')
+    expect(result.stdout).toMatch(/acquired rhold \(fence \d+, lease 2s\)/)
+    expect(result.stdout).toMatch(/^released rhold$/m)
+    expect(result.stdout).toMatch(/^released rplain$/m)
+    expect(JSON.parse((await runCli(['status', 'rhold', '--json'], {env})).stdout).holder).toBeNull()
+  })
+
   it('a semaphore slot and a shared lock in the REPL: a second slot of one key is refused (it would hide the first), and leaving releases them', async () => {
     const result = replScript('lock rsem --limit 2\nlock rsem --limit 2\nlock rshared --shared\nlocks\n')
     expect(result.code).toBe(2) // the refused line
