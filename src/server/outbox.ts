@@ -130,20 +130,32 @@ export class Outbox {
   }
 
   private deliver(outgoing: Outgoing[]): void {
-    const touched = new Set<Connection>()
+    /** Per connection: the bytes of each answer written now (by request id), and the largest. */
+    const touched = new Map<Connection, {answers: Map<number, number>; largest: number}>()
     for (const {conn, message, sent} of outgoing) {
       if (conn.socket.destroyed) continue
-      if (!touched.has(conn)) {
-        touched.add(conn)
+      let written = touched.get(conn)
+      if (!written) {
+        written = {answers: new Map(), largest: 0}
+        touched.set(conn, written)
         conn.socket.cork()
       }
-      conn.socket.write(encode(conn, message))
+      const frame = encode(conn, message)
+      conn.socket.write(frame)
+      const answering = message.t === 'res' || (message.t === 'push' && message.ev === 'part') ? message.id : undefined
+      if (answering !== undefined) {
+        const bytes = (written.answers.get(answering) ?? 0) + frame.length
+        written.answers.set(answering, bytes)
+        if (bytes > written.largest) written.largest = bytes
+      }
       sent?.()
     }
-    for (const conn of touched) {
+    for (const [conn, {largest}] of touched) {
       conn.socket.uncork()
-      // A peer that never reads its pushes must not make the server hold unbounded memory.
-      if (conn.socket.writableLength > MAX_OUTPUT_BUFFER) conn.socket.destroy()
+      // A peer that does not read must not make the server hold unbounded memory. One answer it
+      // asked for may be large, and goes whole (status --json of a million locks is ~100 MB, in
+      // parts): the limit is over that answer. More unread on top of it ends the connection.
+      if (conn.socket.writableLength > MAX_OUTPUT_BUFFER + largest) conn.socket.destroy()
     }
   }
 }

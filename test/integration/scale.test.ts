@@ -1,13 +1,17 @@
+import {connect as netConnect} from 'node:net'
 import {describe, expect, it} from 'vitest'
 import type {LockEvent, LockInfo} from '../../src/client/index.js'
+import {createCodec, encodeFrame} from '../../src/protocol/framing.js'
+import {PROTOCOL_VERSION} from '../../src/protocol/messages.js'
 import {clientFactory} from '../helpers/clients.js'
 import {eventually, runCli, startLockd} from '../helpers/processes.js'
 
 const client = clientFactory()
-const LOCKS = 100_000
+/** Enough that one answer of them all (~25 MB) is over lockd's 16 MB limit of unread output. */
+const LOCKS = 250_000
 
-describe('lockd with 100k locks: large answers come in parts under the frame limit', () => {
-  it('status --json lists them all, watch gets its whole snapshot, and other requests on the connection go on', {timeout: 120_000}, async () => {
+describe('lockd with 250k locks: large answers come in parts under the frame limit', () => {
+  it('status --json lists them all (an answer over the unread-output limit goes whole), watch gets its whole snapshot, and other requests on the connection go on', {timeout: 180_000}, async () => {
     const lockd = await startLockd()
     const a = await client(lockd.endpoint, 'A')
     // Acquire in bounded batches over one connection.
@@ -36,6 +40,22 @@ describe('lockd with 100k locks: large answers come in parts under the frame lim
     expect(first.locks).toHaveLength(LOCKS)
     const listed = await b.list('big/0000')
     expect(listed.total).toBe(100)
+
+    // A peer that asks and never reads is cut off once what it left unread passes the limit
+    // (40 answers of 10,000 locks, ~1 MB each); everyone else is served as before.
+    const codec = createCodec()
+    const connections = async (): Promise<number> => ((await b.info()) as {connections: number}).connections
+    const before = await connections()
+    const greedy = netConnect({host: '127.0.0.1', port: lockd.port})
+    await new Promise((resolve) => greedy.once('connect', resolve))
+    greedy.pause() // (a paused socket does not see its own end either: lockd's count tells)
+    greedy.on('error', () => {})
+    greedy.write(encodeFrame(codec, {t: 'hello', v: PROTOCOL_VERSION}))
+    await eventually(async () => (await connections()) === before + 1)
+    for (let id = 1; id <= 40; id++) greedy.write(encodeFrame(codec, {t: 'req', id, op: 'list', prefix: 'big/00'}))
+    await eventually(async () => (await connections()) === before)
+    greedy.destroy()
+    expect((await b.inspect('big/000003'))?.holder?.owner).toBe('A')
 
     // Events still flow on that connection, and the waiter still waits and is granted.
     await a.release('big/000001', undefined, {force: true})
