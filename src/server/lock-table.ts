@@ -375,10 +375,16 @@ export class LockTable {
   }
 
   list(prefix: string, limit = Number.POSITIVE_INFINITY): {locks: LockView[]; total: number} {
-    const matching: [string, Held][] = []
-    for (const named of this.holdersByKey) if (named[0].startsWith(prefix)) matching.push(named)
-    matching.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-    return {locks: matching.slice(0, limit).map(([key, holders]) => this.view(key, holders)), total: matching.length}
+    // The first `limit` names in key order, kept in a max-heap as the names go by instead of
+    // sorting every match: `status` (1,000 of a million names) held lockd up for ~0.3 s.
+    const first = new FirstKeys(limit)
+    let total = 0
+    for (const key of this.holdersByKey.keys()) {
+      if (!key.startsWith(prefix)) continue
+      total++
+      first.offer(key)
+    }
+    return {locks: first.sorted().map((key) => this.view(key, this.holdersByKey.get(key)!)), total}
   }
 
   /** Events since the last call, in the order they happened. */
@@ -655,4 +661,46 @@ function persisted(holder: Holder): PersistedHolder {
   if (holder.shared) saved.shared = true
   if (holder.limit !== undefined) saved.limit = holder.limit
   return saved
+}
+
+/** The `limit` smallest keys offered (in code-unit order, as `status` sorts), without sorting them all. */
+class FirstKeys {
+  /** A max-heap: the largest kept key on top, the first to go when a smaller one comes. */
+  private readonly heap: string[] = []
+
+  constructor(private readonly limit: number) {}
+
+  offer(key: string): void {
+    const {heap} = this
+    // No limit: every key is kept, and sorted() orders them all (no heap to keep up).
+    if (this.limit === Number.POSITIVE_INFINITY) {
+      heap.push(key)
+    } else if (heap.length < this.limit) {
+      heap.push(key)
+      let i = heap.length - 1
+      while (i > 0) {
+        const parent = (i - 1) >> 1
+        if (heap[parent] >= heap[i]) break
+        ;[heap[parent], heap[i]] = [heap[i], heap[parent]]
+        i = parent
+      }
+    } else if (heap.length > 0 && key < heap[0]) {
+      heap[0] = key
+      let i = 0
+      for (;;) {
+        const left = 2 * i + 1
+        const right = left + 1
+        let largest = i
+        if (left < heap.length && heap[left] > heap[largest]) largest = left
+        if (right < heap.length && heap[right] > heap[largest]) largest = right
+        if (largest === i) break
+        ;[heap[largest], heap[i]] = [heap[i], heap[largest]]
+        i = largest
+      }
+    }
+  }
+
+  sorted(): string[] {
+    return this.heap.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+  }
 }

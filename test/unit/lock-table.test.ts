@@ -3,6 +3,7 @@ import {LockTable, type TableEvent} from '../../src/server/lock-table.js'
 import {WAIT_FOREVER} from '../../src/protocol/messages.js'
 import {lockInfo} from '../../src/server/wire.js'
 import {FakeClock} from '../helpers/fake-clock.js'
+import {rng} from '../helpers/random.js'
 
 let clock: FakeClock
 let table: LockTable
@@ -272,6 +273,33 @@ describe('LockTable', () => {
     restarted.recover(holder.fence, new Map([['k', [holder]]]))
     const again = restarted.acquire({key: 'k', leaseMs: 5000, waitMs: 0, owner: 'A', attempt: 'attempt-a', from: {session: 'A2', wid: 1}})
     expect(again).toMatchObject({kind: 'granted', grant: {token: holder.token, fence: holder.fence}})
+  })
+
+  it('lists the first N names of a prefix in key order, whatever order they came in (seeded)', () => {
+    const seeds = (process.env.LOCKCTL_TABLE_SEEDS ?? '1,2,3').split(',').map(Number)
+    for (const seed of seeds) {
+      const random = rng(seed)
+      const own = new LockTable(clock)
+      const keys = new Set<string>()
+      const alphabet = ['a', 'b', 'B', '/', '-', 'é', '0', '9']
+      while (keys.size < 300) {
+        let key = ''
+        for (let i = 1 + Math.floor(random() * 6); i > 0; i--) key += alphabet[Math.floor(random() * alphabet.length)]
+        keys.add(key)
+      }
+      for (const key of keys) own.acquire({key, leaseMs: 10_000, waitMs: 0, owner: 'A', from: {session: 'A', wid: 0}})
+      for (const prefix of ['', 'a', 'b/', 'é']) {
+        const expected = [...keys].filter((k) => k.startsWith(prefix)).sort((x, y) => (x < y ? -1 : x > y ? 1 : 0))
+        for (const limit of [1, 2, 7, 50, 299, 300, 1000, Number.POSITIVE_INFINITY]) {
+          const {locks, total} = own.list(prefix, limit)
+          expect(total, `seed ${seed}, prefix ${prefix}, limit ${limit}`).toBe(expected.length)
+          expect(
+            locks.map((l) => l.key),
+            `seed ${seed}, prefix ${prefix}, limit ${limit}`,
+          ).toEqual(expected.slice(0, limit))
+        }
+      }
+    }
   })
 
   it('lists by prefix in key order; the wire form never shows tokens', () => {
