@@ -143,7 +143,11 @@ export class DistributedLock {
         try {
           await this.renewNow(leaseMs)
         } catch (error) {
-          if (error instanceof LockError && error.code === ErrorCode.NOT_HOLDER) throw error
+          // The service let the grant go before its catch-up renewal came (this process was
+          // paused, or the grant's push was slow): granted and lost, not "the token does not hold".
+          if (error instanceof LockError && error.code === ErrorCode.NOT_HOLDER) {
+            throw new LeaseLostError(this.key, 'granted after the wait, but its lease ran out before this client could renew it (was the process paused?)')
+          }
           if (!this.isHeldByCurrentClient()) {
             const {token} = this.grant!
             this.drop()

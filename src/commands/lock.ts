@@ -9,7 +9,7 @@ import {rememberGrant} from '../cli/session.js'
 export default class Lock extends BaseCommand {
   static summary = 'Acquire a lock and print its token.'
   static description = `The lock stays held after lockctl exits, until its lease runs out or \`lockctl unlock\` releases it with the token.
-Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 4 unreachable, 130 interrupted.`
+Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 3 granted after the wait but its lease ran out first (the process was paused), 4 unreachable, 130 interrupted.`
 
   static examples = [
     'token=$(<%= config.bin %> lock deploy --lease 2m --wait 30s) || exit 1',

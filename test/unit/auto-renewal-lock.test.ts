@@ -243,6 +243,21 @@ describe('AutoRenewalLock (fake clock, fake backend)', () => {
     await lock.close()
   })
 
+  it('a queued grant the service let go before the catch-up renewal (the waiter was paused) is LEASE_LOST, not "the token does not hold"', async () => {
+    const backend = new FakeBackend()
+    backend.acquire = async (request) => {
+      await new Promise((r) => setTimeout(r, 12_000)) // granted late; the service has let it go meanwhile
+      backend.renewMode = 'not_holder'
+      return backend.issue(request.leaseMs, true)
+    }
+    const lock = new DistributedLock('k', backend, 'me')
+    const acquiring = lock.acquire({leaseMs: 10_000, waitMs: 60_000})
+    const outcome = expect(acquiring).rejects.toMatchObject({code: ErrorCode.LEASE_LOST, message: expect.stringMatching(/^lost "k": granted after the wait, but its lease ran out/)})
+    await vi.advanceTimersByTimeAsync(12_000)
+    await outcome
+    expect(lock.isHeldByCurrentClient()).toBe(false)
+  })
+
   it('a bounded first wait that fails rejects ready and closes', async () => {
     const backend = new FakeBackend()
     backend.acquire = async () => {
