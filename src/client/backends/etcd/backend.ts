@@ -270,7 +270,7 @@ export class EtcdBackend implements LockBackend {
             // would have expired it, and then "nobody ahead" means nothing).
             const mine = await this.call('range', () => this.client.kv.range({key: buf(myKey)}))
             if (mine.kvs[0]?.create_revision !== revision) {
-              throw new QueuePlaceLostError(`${this.label}: lost our place in the queue for ${quoteKey(key)} (its lease expired while no etcd member could keep it alive)`)
+              throw new QueuePlaceLostError(`${this.label}: lost our place in the queue for ${quoteKey(key)} (its lease expired before it could be kept alive: no etcd member answered, or this process was paused)`)
             }
             // Start the grant on a fresh keepalive where we can; else the last one etcd confirmed counts.
             await this.sessions.keepalive(session.id).catch(() => {})
