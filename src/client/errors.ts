@@ -28,8 +28,10 @@ export class LockHeldError extends LockError {
   constructor(
     readonly key: string,
     readonly holder: HolderInfo | null,
+    /** The limit asked for: a semaphore's refusal says that every slot is taken. */
+    limit = 1,
   ) {
-    super(ErrorCode.LOCK_HELD, `${quoteKey(key)} is held by ${describeHolder(holder)}`)
+    super(ErrorCode.LOCK_HELD, limit > 1 ? `${quoteKey(key)} is full: all ${limit} slots are held (the oldest by ${describeHolder(holder)})` : `${quoteKey(key)} is held by ${describeHolder(holder)}`)
   }
 }
 

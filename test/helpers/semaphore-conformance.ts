@@ -89,6 +89,10 @@ export function semaphoreSuite(endpoint: () => string): void {
     expect(await b.tryLock({leaseMs: 30_000})).toBe(true)
     expect(await c.tryLock({leaseMs: 30_000})).toBe(false)
     expect(a.fence).not.toBe(b.fence)
+    // The refusal says the semaphore is full, not that one holder has "it".
+    const full = await runCli(['lock', k, '--limit', '2'], {env: env()})
+    expect(full.code).toBe(1)
+    expect(full.stderr.trim()).toMatch(new RegExp(`^lockctl: "${k}" is full: all 2 slots are held \\(the oldest by A \\(fence \\d+, .* left\\)\\)$`))
     const status = JSON.parse((await runCli(['status', k, '--json'], {env: env()})).stdout)
     expect(status).toMatchObject({limit: 2, waiters: 0})
     expect(status.holders.map((h: {owner: string; mode: string}) => `${h.owner} ${h.mode}`)).toEqual(['A limit=2', 'B limit=2'])

@@ -167,7 +167,7 @@ export class LockdBackend implements LockBackend {
     }
     if (response.code !== 'QUEUED') {
       this.slots.delete(wid)
-      throw responseError(request.key, response)
+      throw responseError(request.key, response, request.limit)
     }
 
     request.onQueued?.({position: response.position, holder: response.holder})
@@ -331,8 +331,8 @@ export class LockdBackend implements LockBackend {
 }
 
 /** A refusal (or an answer the caller did not expect) as the typed error it means. */
-function responseError(key: string, response: ServerResponse): LockError {
-  if (response.code === ErrorCode.LOCK_HELD) return new LockHeldError(key, response.holder)
+function responseError(key: string, response: ServerResponse, limit?: number): LockError {
+  if (response.code === ErrorCode.LOCK_HELD) return new LockHeldError(key, response.holder, limit)
   const msg = 'msg' in response ? response.msg : response.code
   switch (response.code) {
     case ErrorCode.NOT_HOLDER:

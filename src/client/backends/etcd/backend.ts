@@ -220,7 +220,7 @@ export class EtcdBackend implements LockBackend {
       if (waitMs === 0) {
         const holder = await this.holderInfo((await this.readWaiters(key, {limit: 1})).kvs[0] ?? ahead[0]).catch(() => null)
         await this.giveUp(session, key, revision)
-        throw new LockHeldError(key, holder)
+        throw new LockHeldError(key, holder, mode.limit)
       }
       // From here on our key is our place in the queue: waitForTurn keeps it through etcd
       // trouble until the wait's end.
@@ -270,7 +270,9 @@ export class EtcdBackend implements LockBackend {
             // would have expired it, and then "nobody ahead" means nothing).
             const mine = await this.call('range', () => this.client.kv.range({key: buf(myKey)}))
             if (mine.kvs[0]?.create_revision !== revision) {
-              throw new QueuePlaceLostError(`${this.label}: lost our place in the queue for ${quoteKey(key)} (its lease expired before it could be kept alive: no etcd member answered, or this process was paused)`)
+              throw new QueuePlaceLostError(
+                `${this.label}: lost our place in the queue for ${quoteKey(key)} (its lease expired before it could be kept alive: no etcd member answered, or this process was paused)`,
+              )
             }
             // Start the grant on a fresh keepalive where we can; else the last one etcd confirmed counts.
             await this.sessions.keepalive(session.id).catch(() => {})
