@@ -35,6 +35,12 @@ export interface Connection {
    * of one client process: one string, not a million).
    */
   owner: string | null
+  /**
+   * Bytes of unread output allowed beyond the limit: the largest answer written since the output
+   * was last empty. A large answer the peer asked for (status --json of a million locks) is read
+   * over a while; smaller answers and pushes meanwhile must not count it against the peer.
+   */
+  answerAllowance: number
 }
 
 /** `owner` as the connection's one copy of it. */
@@ -46,5 +52,5 @@ export function sharedOwner(conn: Connection, owner: string): string {
 
 export function newConnection(socket: Socket, session: string, maxFrame: number): Connection {
   const codec = createCodec()
-  return {session, socket, codec, decoder: new FrameDecoder(codec, maxFrame), greeted: false, peerMaxFrame: null, subscriptions: new Map(), user: null, held: null, owner: null}
+  return {session, socket, codec, decoder: new FrameDecoder(codec, maxFrame), greeted: false, peerMaxFrame: null, subscriptions: new Map(), user: null, held: null, owner: null, answerAllowance: 0}
 }

@@ -130,32 +130,35 @@ export class Outbox {
   }
 
   private deliver(outgoing: Outgoing[]): void {
-    /** Per connection: the bytes of each answer written now (by request id), and the largest. */
-    const touched = new Map<Connection, {answers: Map<number, number>; largest: number}>()
+    /** Per connection: the bytes of each answer written now, by request id. */
+    const touched = new Map<Connection, Map<number, number>>()
     for (const {conn, message, sent} of outgoing) {
       if (conn.socket.destroyed) continue
-      let written = touched.get(conn)
-      if (!written) {
-        written = {answers: new Map(), largest: 0}
-        touched.set(conn, written)
+      let answers = touched.get(conn)
+      if (!answers) {
+        answers = new Map()
+        touched.set(conn, answers)
+        // Everything written before was read: no earlier answer is still being read.
+        if (conn.socket.writableLength === 0) conn.answerAllowance = 0
         conn.socket.cork()
       }
       const frame = encode(conn, message)
       conn.socket.write(frame)
       const answering = message.t === 'res' || (message.t === 'push' && message.ev === 'part') ? message.id : undefined
       if (answering !== undefined) {
-        const bytes = (written.answers.get(answering) ?? 0) + frame.length
-        written.answers.set(answering, bytes)
-        if (bytes > written.largest) written.largest = bytes
+        const bytes = (answers.get(answering) ?? 0) + frame.length
+        answers.set(answering, bytes)
+        if (bytes > conn.answerAllowance) conn.answerAllowance = bytes
       }
       sent?.()
     }
-    for (const [conn, {largest}] of touched) {
+    for (const conn of touched.keys()) {
       conn.socket.uncork()
       // A peer that does not read must not make the server hold unbounded memory. One answer it
       // asked for may be large, and goes whole (status --json of a million locks is ~100 MB, in
-      // parts): the limit is over that answer. More unread on top of it ends the connection.
-      if (conn.socket.writableLength > MAX_OUTPUT_BUFFER + largest) conn.socket.destroy()
+      // parts), read over a while: the limit is over the largest answer since the output was
+      // last empty. More unread on top of that ends the connection.
+      if (conn.socket.writableLength > MAX_OUTPUT_BUFFER + conn.answerAllowance) conn.socket.destroy()
     }
   }
 }

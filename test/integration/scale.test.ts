@@ -55,6 +55,21 @@ describe('lockd with 250k locks: large answers come in parts under the frame lim
     for (let id = 1; id <= 40; id++) greedy.write(encodeFrame(codec, {t: 'req', id, op: 'list', prefix: 'big/00'}))
     await eventually(async () => (await connections()) === before)
     greedy.destroy()
+    // A peer reading one large answer slowly (here: not yet) keeps its connection while it asks
+    // small things meanwhile, each its own delivery: the answer it asked for is not held against it.
+    const slow = netConnect({host: '127.0.0.1', port: lockd.port})
+    await new Promise((resolve) => slow.once('connect', resolve))
+    slow.pause()
+    slow.on('error', () => {})
+    slow.write(encodeFrame(codec, {t: 'hello', v: PROTOCOL_VERSION, maxFrame: 1 << 20}))
+    slow.write(encodeFrame(codec, {t: 'req', id: 1, op: 'list', prefix: ''}))
+    for (let id = 2; id <= 6; id++) {
+      await new Promise((resolve) => setTimeout(resolve, 100))
+      slow.write(encodeFrame(codec, {t: 'req', id, op: 'ping'}))
+    }
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    expect(await connections()).toBe(before + 1)
+    slow.destroy()
     expect((await b.inspect('big/000003'))?.holder?.owner).toBe('A')
 
     // Events still flow on that connection, and the waiter still waits and is granted.
