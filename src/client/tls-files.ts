@@ -1,4 +1,5 @@
 import {readFileSync} from 'node:fs'
+import {holdsPem, PEM_BLOCKS, type PemKind} from '../util/pem.js'
 import {BadInputError} from './errors.js'
 
 /** The PEM files of a TLS connection (lockds:// or etcd), as paths. */
@@ -15,12 +16,8 @@ export interface TlsFiles {
   key?: Buffer
 }
 
-/** What each file must hold: Node's TLS takes PEM only, and ignores a file without it in silence. */
-const PEM = {
-  cacert: {block: /-----BEGIN (TRUSTED |X509 )?CERTIFICATE-----/, what: 'PEM certificate (-----BEGIN CERTIFICATE-----)'},
-  cert: {block: /-----BEGIN (TRUSTED |X509 )?CERTIFICATE-----/, what: 'PEM certificate (-----BEGIN CERTIFICATE-----)'},
-  key: {block: /-----BEGIN ([A-Z]+ )?PRIVATE KEY-----/, what: 'PEM private key (-----BEGIN PRIVATE KEY-----)'},
-} as const
+/** What each flag's file must hold. */
+const KIND: Record<'cacert' | 'cert' | 'key', PemKind> = {cacert: 'certificate', cert: 'certificate', key: 'privateKey'}
 
 /**
  * Read the PEM files now, so that a mistake is a usage error (exit 2) naming the flag, not a
@@ -32,7 +29,7 @@ export function readTlsFiles(paths: TlsFilePaths): TlsFiles {
   if ((paths.cert === undefined) !== (paths.key === undefined)) {
     throw new BadInputError(`--${paths.cert === undefined ? 'key' : 'cert'} needs --${paths.cert === undefined ? 'cert' : 'key'}: a client certificate and its private key go together`)
   }
-  const read = (flag: keyof typeof PEM): Buffer | undefined => {
+  const read = (flag: keyof typeof KIND): Buffer | undefined => {
     const path = paths[flag]
     if (path === undefined) return undefined
     let data: Buffer
@@ -41,7 +38,7 @@ export function readTlsFiles(paths: TlsFilePaths): TlsFiles {
     } catch (error) {
       throw new BadInputError(`--${flag}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
     }
-    if (!PEM[flag].block.test(data.toString('latin1'))) throw new BadInputError(`--${flag}: ${path} holds no ${PEM[flag].what}`)
+    if (!holdsPem(data, KIND[flag])) throw new BadInputError(`--${flag}: ${path} holds no ${PEM_BLOCKS[KIND[flag]].what}`)
     return data
   }
   const files: TlsFiles = {}

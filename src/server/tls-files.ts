@@ -1,5 +1,6 @@
 import {readFileSync} from 'node:fs'
 import {createSecureContext, type SecureContextOptions} from 'node:tls'
+import {holdsPem, PEM_BLOCKS, type PemKind} from '../util/pem.js'
 import {ServerStartError} from './errors.js'
 
 /** lockd's TLS files, as paths: its certificate and key, and the CA of client certificates. */
@@ -9,9 +10,6 @@ export interface ServerTlsPaths {
   clientCa?: string
 }
 
-const CERTIFICATE = /-----BEGIN (TRUSTED |X509 )?CERTIFICATE-----/
-const PRIVATE_KEY = /-----BEGIN ([A-Z]+ )?PRIVATE KEY-----/
-
 /**
  * Read lockd's TLS files (at start, and again on SIGHUP) and check that they make a working
  * context, so that a mistake is one line naming the flag (exit 1 at start; on SIGHUP the old files
@@ -19,20 +17,20 @@ const PRIVATE_KEY = /-----BEGIN ([A-Z]+ )?PRIVATE KEY-----/
  * PEM — a lockd that refuses every client certificate without saying why.
  */
 export function readServerTls(paths: ServerTlsPaths): SecureContextOptions {
-  const read = (path: string, flag: string, block: RegExp, what: string): Buffer => {
+  const read = (path: string, flag: string, kind: PemKind): Buffer => {
     let data: Buffer
     try {
       data = readFileSync(path)
     } catch (error) {
       throw new ServerStartError(`${flag}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
     }
-    if (!block.test(data.toString('latin1'))) throw new ServerStartError(`${flag}: ${path} holds no PEM ${what}`)
+    if (!holdsPem(data, kind)) throw new ServerStartError(`${flag}: ${path} holds no ${PEM_BLOCKS[kind].what}`)
     return data
   }
   const files: SecureContextOptions = {
-    cert: read(paths.cert, '--tls-cert', CERTIFICATE, 'certificate (-----BEGIN CERTIFICATE-----)'),
-    key: read(paths.key, '--tls-key', PRIVATE_KEY, 'private key (-----BEGIN PRIVATE KEY-----)'),
-    ...(paths.clientCa ? {ca: read(paths.clientCa, '--tls-client-ca', CERTIFICATE, 'certificate (-----BEGIN CERTIFICATE-----)')} : {}),
+    cert: read(paths.cert, '--tls-cert', 'certificate'),
+    key: read(paths.key, '--tls-key', 'privateKey'),
+    ...(paths.clientCa ? {ca: read(paths.clientCa, '--tls-client-ca', 'certificate')} : {}),
   }
   try {
     createSecureContext(files)
