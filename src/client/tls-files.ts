@@ -1,5 +1,4 @@
-import {readFileSync} from 'node:fs'
-import {holdsPem, PEM_BLOCKS, type PemKind} from '../util/pem.js'
+import {readPemFile, type PemKind} from '../util/pem.js'
 import {BadInputError} from './errors.js'
 
 /** The PEM files of a TLS connection (lockds:// or etcd), as paths. */
@@ -31,24 +30,11 @@ export function readTlsFiles(paths: TlsFilePaths): TlsFiles {
   }
   const read = (flag: keyof typeof KIND): Buffer | undefined => {
     const path = paths[flag]
-    if (path === undefined) return undefined
-    let data: Buffer
-    try {
-      data = readFileSync(path)
-    } catch (error) {
-      throw new BadInputError(`--${flag}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
-    }
-    if (!holdsPem(data, KIND[flag])) throw new BadInputError(`--${flag}: ${path} holds no ${PEM_BLOCKS[KIND[flag]].what}`)
-    return data
+    return path === undefined ? undefined : readPemFile(path, `--${flag}`, KIND[flag], (message) => new BadInputError(message))
   }
-  const files: TlsFiles = {}
-  const ca = read('cacert')
-  const cert = read('cert')
-  const key = read('key')
-  if (ca) files.ca = ca
-  if (cert) files.cert = cert
-  if (key) files.key = key
-  return files
+  const [ca, cert, key] = [read('cacert'), read('cert'), read('key')]
+  // Only the files given: the result is spread into tls.connect's options as it is.
+  return {...(ca && {ca}), ...(cert && {cert}), ...(key && {key})}
 }
 
 /** Whether any TLS file is given: each of them switches a TCP endpoint to TLS. */

@@ -1,6 +1,5 @@
-import {readFileSync} from 'node:fs'
 import {createSecureContext, type SecureContextOptions} from 'node:tls'
-import {holdsPem, PEM_BLOCKS, type PemKind} from '../util/pem.js'
+import {readPemFile, type PemKind} from '../util/pem.js'
 import {ServerStartError} from './errors.js'
 
 /** lockd's TLS files, as paths: its certificate and key, and the CA of client certificates. */
@@ -17,16 +16,7 @@ export interface ServerTlsPaths {
  * PEM — a lockd that refuses every client certificate without saying why.
  */
 export function readServerTls(paths: ServerTlsPaths): SecureContextOptions {
-  const read = (path: string, flag: string, kind: PemKind): Buffer => {
-    let data: Buffer
-    try {
-      data = readFileSync(path)
-    } catch (error) {
-      throw new ServerStartError(`${flag}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
-    }
-    if (!holdsPem(data, kind)) throw new ServerStartError(`${flag}: ${path} holds no ${PEM_BLOCKS[kind].what}`)
-    return data
-  }
+  const read = (path: string, flag: string, kind: PemKind) => readPemFile(path, flag, kind, (message) => new ServerStartError(message))
   const files: SecureContextOptions = {
     cert: read(paths.cert, '--tls-cert', 'certificate'),
     key: read(paths.key, '--tls-key', 'privateKey'),
