@@ -329,8 +329,14 @@ describe('lockctl server', () => {
         return lockd
       }),
     )
-    await new Promise((resolve) => setTimeout(resolve, 500))
-    for (const lockd of servers) expect(lockd.child.exitCode, lockd.stderr()).toBeNull()
+    // A signal is delivered before its process runs again: a lockd that answers after it was
+    // signalled has handled the SIGHUP (its default action would have ended it first).
+    for (const lockd of servers) {
+      const probe = await connect({endpoints: lockd.endpoint, owner: 'probe'})
+      expect(await probe.info()).toMatchObject({server: 'lockd'})
+      await probe.close()
+      expect(lockd.child.exitCode, lockd.stderr()).toBeNull()
+    }
     for (const lockd of servers) expect(await lockd.stop()).toBe(0)
   })
 
