@@ -2,7 +2,7 @@ import {Args, Flags} from '@oclif/core'
 import {WAIT_FOREVER} from '../protocol/messages.js'
 import {keyProblem, MAX_LEASE_MS, MAX_LIMIT, MAX_WAIT_MS, MIN_LEASE_MS, modeProblem, tokenProblem, ownerProblem} from '../protocol/validate.js'
 import {UsageError} from './usage-error.js'
-import {quoteKey} from '../client/errors.js'
+import {quoteStart} from '../client/errors.js'
 
 export {UsageError}
 
@@ -141,9 +141,7 @@ export function checkKeyArg(key: string): string {
   // invalid keys would become one. Refuse it here (a library caller can pass U+FFFD on purpose).
   const problem = keyProblem(key) ?? (key.includes('\uFFFD') ? 'a key must be valid UTF-8 (this one has a byte that is not, or U+FFFD)' : null)
   if (problem) {
-    // A long key is shown by its start: the error stays one readable line.
-    const shown = key.length > 60 ? `${JSON.stringify(key.slice(0, 40)).slice(0, -1)}…"` : quoteKey(key)
-    throw new UsageError(`KEY ${shown}: ${problem}`)
+    throw new UsageError(`KEY ${quoteStart(key)}: ${problem}`)
   }
   return key
 }

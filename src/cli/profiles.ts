@@ -62,9 +62,10 @@ export function loadProfile(name: string | undefined, file = configFile()): Prof
   }
   const result: Profile = {}
   for (const [field, value] of Object.entries(profile)) {
-    if (!(FIELDS as readonly string[]).includes(field) || typeof value !== 'string') {
-      throw new UsageError(`profile ${JSON.stringify(chosen)} in ${file}: ${JSON.stringify(field)} must be one of ${FIELDS.join(', ')}, as a string`)
-    }
+    const where = `profile ${JSON.stringify(chosen)} in ${file}`
+    if (field === 'password') throw new UsageError(`${where}: a password never goes in the file; give it in LOCKCTL_PASSWORD, or let lockctl ask on a terminal`)
+    if (!(FIELDS as readonly string[]).includes(field)) throw new UsageError(`${where}: ${JSON.stringify(field)} is not a profile field (known: ${FIELDS.join(', ')})`)
+    if (typeof value !== 'string') throw new UsageError(`${where}: ${JSON.stringify(field)} must be a string, not ${JSON.stringify(value)}`)
     result[field as (typeof FIELDS)[number]] = value
   }
   return result

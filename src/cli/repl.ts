@@ -3,7 +3,7 @@ import {dirname} from 'node:path'
 import {clearLine, cursorTo} from 'node:readline'
 import {createInterface} from 'node:readline/promises'
 import {loadHelpClass, type Config} from '@oclif/core'
-import {AbortedError} from '../client/errors.js'
+import {AbortedError, quoteStart} from '../client/errors.js'
 import type {LockClient} from '../client/lock-client.js'
 import {describeError, type BaseCommand} from './base-command.js'
 import {ExitCode} from './exit-codes.js'
@@ -145,7 +145,7 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
       return
     }
     if (NOT_IN_REPL.has(id) || !config.findCommand(id)) {
-      fail(NOT_IN_REPL.has(id) ? `${id} cannot run inside the REPL` : `unknown command ${JSON.stringify(id)} (try help)`, ExitCode.USAGE)
+      fail(NOT_IN_REPL.has(id) ? `${id} cannot run inside the REPL` : `unknown command ${quoteStart(id)} (try help)`, ExitCode.USAGE)
       return
     }
     if (options.json && !argv.includes('--json')) {

@@ -8,7 +8,16 @@ export {ErrorCode}
  * bidi overrides) escaped as \uXXXX, so that two keys that look alike never read alike.
  */
 export function quoteKey(key: string): string {
-  return JSON.stringify(key).replace(/[\p{Cf}\p{Zl}\p{Zp}\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]/gu, (c) => `\\u${c.codePointAt(0)!.toString(16).padStart(4, '0')}`)
+  return quoteText(key)
+}
+
+/** `quoteKey` for a word the user typed; a long one is shown by its start, so an error stays one readable line. */
+export function quoteStart(text: string): string {
+  return text.length > 60 ? `${quoteText(text.slice(0, 40)).slice(0, -1)}…"` : quoteText(text)
+}
+
+function quoteText(text: string): string {
+  return JSON.stringify(text).replace(/[\p{Cf}\p{Zl}\p{Zp}\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]/gu, (c) => `\\u${c.codePointAt(0)!.toString(16).padStart(4, '0')}`)
 }
 
 /** Base of every error the client throws; `code` is stable and safe to switch on. */

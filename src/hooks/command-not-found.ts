@@ -1,5 +1,6 @@
 import type {Hook} from '@oclif/core'
 import {ExitCode} from '../cli/exit-codes.js'
+import {quoteStart} from '../client/errors.js'
 
 /**
  * `lockctl lokc`: one line in lockctl's own format (or JSON with --json), the closest command
@@ -11,7 +12,7 @@ const hook: Hook.CommandNotFound = async function ({id: fullId, argv}) {
   const known = this.config.commandIDs
   const closest = known.map((name) => ({name, distance: editDistance(id, name)})).sort((a, b) => a.distance - b.distance)[0]
   const hint = closest && closest.distance <= 2 ? `did you mean ${closest.name}?` : `commands: ${[...known].sort().join(', ')}`
-  const message = `unknown command ${JSON.stringify(id)}; ${hint}`
+  const message = `unknown command ${quoteStart(id)}; ${hint}`
   if (argv?.includes('--json')) {
     process.stdout.write(`${JSON.stringify({error: {code: 'BAD_INPUT', message, exitCode: ExitCode.USAGE}})}\n`)
   } else {

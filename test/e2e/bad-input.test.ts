@@ -83,6 +83,7 @@ describe('bad input, in-process', () => {
     [['status', 'k', '--prefix', 'p/'], /give KEY or --prefix, not both/],
     [['status', '--token', 'abcdefghijkl'], /--token needs KEY/],
     [['lokc', 'k'], /^lockctl: unknown command "lokc"; did you mean lock\?$/m],
+    [['z'.repeat(5000)], /^lockctl: unknown command "z{40}…"; commands: /m],
     [['lock', 'k', '--nope'], /Nonexistent flag: --nope/],
     [['server', '--listen', 'nope'], /--listen: "nope" is not HOST:PORT/],
     [['lock'], /^lockctl: missing KEY \(see --help\)$/m],
