@@ -78,6 +78,10 @@ export abstract class BaseCommand extends Command {
   private interruptController: AbortController | null = null
 
   async init(): Promise<void> {
+    // Node's deprecation warnings are for the developers of the code that triggers them, and a
+    // CLI's stderr is its users': gRPC connecting to etcds://10.0.0.1 makes Node warn (DEP0123,
+    // an IP address as the TLS server name) on every command, around the one line an error gets.
+    process.noDeprecation = true
     // A token that begins with '-' would be taken for flags (flags.ts, markDashTokens).
     this.argv = markDashTokens(this.argv)
     await super.init()

@@ -212,7 +212,9 @@ export class AutoRenewalLock {
         const code = (error as LockError).code
         const left = deadline - performance.now()
         const gaveUp = bounded && (code === ErrorCode.LOCK_HELD || code === ErrorCode.WAIT_TIMEOUT || left <= 0)
-        if (gaveUp || code === ErrorCode.BAD_INPUT) {
+        // Bad input and refused credentials (a wrong password, a missing role) are the same on
+        // every try: retrying them would leave `hold` "suspended" forever instead of exit 2 or 6.
+        if (gaveUp || code === ErrorCode.BAD_INPUT || code === ErrorCode.NOT_PERMITTED) {
           this.readyReject(error as Error)
           await this.close()
           return

@@ -53,10 +53,24 @@ describeEtcd('etcd over TLS with authentication', () => {
     expect(hold.code).toBe(0)
   })
 
-  it('a wrong password is a usage error (exit 2), not an outage', async () => {
+  it('a wrong password is "not permitted" (exit 6, as on lockd), not an outage', async () => {
     const result = await runCli(['lock', 'tls/k', '--cacert', certs.ca, '--user', 'locker'], {env: {LOCKCTL_ENDPOINTS: endpoint, LOCKCTL_ETCD_PASSWORD: 'wrong'}})
-    expect(result.code).toBe(2)
-    expect(result.stderr).toMatch(/etcd refused the credentials/)
+    expect(result.stderr).toMatch(/^lockctl: .*etcd refused the credentials/)
+    expect(result.stderr.trim().split('\n')).toHaveLength(1)
+    expect(result.code).toBe(6)
+  })
+
+  it('a key outside the user\'s role is "not permitted" (exit 6) and says what is missing', async () => {
+    const env = {LOCKCTL_ENDPOINTS: endpoint, LOCKCTL_ETCD_PASSWORD: 'locker-secret', LOCKCTL_ETCD_CACERT: certs.ca, LOCKCTL_ETCD_USER: 'locker'}
+    for (const args of [
+      ['lock', 'elsewhere/k'],
+      ['hold', 'elsewhere/h', '--wait', '5s', '--', 'true'],
+      ['status', 'elsewhere/k'],
+    ]) {
+      const result = await runCli(args, {env})
+      expect(result.stderr, args.join(' ')).toMatch(/does not permit this user/)
+      expect(result.code, args.join(' ')).toBe(6)
+    }
   })
 
   it('--user without a password and no terminal: a clear usage error', async () => {

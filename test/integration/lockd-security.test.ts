@@ -168,6 +168,13 @@ describe('lockd with users', () => {
     const wrong = await runCli(['lock', 'team/k', ...endpoints, '--user', 'bob'], {env: {LOCKCTL_PASSWORD: 'nope'}})
     expect(wrong.code).toBe(6)
     expect(oneLine(wrong)).toMatch(/authentication failed for user "bob"/)
+    // hold waits forever by default for a service it cannot reach, but not for one that refuses
+    // it: the same answer on every try (it said "suspended ... retrying" until killed).
+    for (const args of [['--user', 'bob'], []]) {
+      const holdRefused = await runCli(['hold', 'team/h', ...endpoints, ...args, '--', 'true'], {env: {LOCKCTL_PASSWORD: 'nope'}, timeoutMs: 15_000})
+      expect(holdRefused.stderr).not.toMatch(/suspended/)
+      expect(holdRefused.code, holdRefused.stderr).toBe(6)
+    }
 
     const bob = as('bob', 'bob-secret')
     const taken = await runCli(['lock', 'team/k', '--json', ...endpoints, ...bob.user], {env: bob.env})

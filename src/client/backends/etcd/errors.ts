@@ -1,6 +1,6 @@
 import type * as Etcd3Module from 'etcd3'
 import type {isBrokenCircuitError as IsBrokenCircuit} from 'cockatiel'
-import {BadInputError, LockError, ServerError, UnreachableError} from '../../errors.js'
+import {LockError, NotPermittedError, ServerError, UnreachableError} from '../../errors.js'
 
 /** etcd3's and cockatiel's error types, loaded with etcd3 (lazily: never on lockd's path). */
 export interface EtcdErrorTypes {
@@ -23,13 +23,13 @@ export function mapEtcdError(types: EtcdErrorTypes, label: string, what: string,
   if (etcd3.isRecoverableError(error) || types.isBrokenCircuitError(error) || error instanceof etcd3.ClientClosedError) {
     return new UnreachableError(`${label}: ${what}: no etcd member answered (${detail})`, {cause: error})
   }
-  if (
-    error instanceof etcd3.EtcdAuthenticationFailedError ||
-    error instanceof etcd3.EtcdPermissionDeniedError ||
-    error instanceof etcd3.EtcdInvalidAuthTokenError ||
-    error instanceof etcd3.GRPCUnauthenticatedError
-  ) {
-    return new BadInputError(`${label}: ${what}: etcd refused the credentials (${detail})`)
+  // Exit 6 as for lockd (docs/exit-codes.md): a wrong password or a missing role is not a typo
+  // in a flag, and a script must be able to tell it from one.
+  if (error instanceof etcd3.EtcdAuthenticationFailedError || error instanceof etcd3.EtcdInvalidAuthTokenError || error instanceof etcd3.GRPCUnauthenticatedError) {
+    return new NotPermittedError(`${label}: ${what}: etcd refused the credentials (${detail})`)
+  }
+  if (error instanceof etcd3.EtcdPermissionDeniedError) {
+    return new NotPermittedError(`${label}: ${what}: etcd does not permit this user that: a role with read-write on the lock's keys is needed (${detail})`)
   }
   return new ServerError(`${label}: ${what}: ${detail}`, {cause: error})
 }
