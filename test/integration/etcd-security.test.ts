@@ -79,6 +79,28 @@ describeEtcd('etcd over TLS with authentication', () => {
     expect(result.stderr).toMatch(/--user needs a password \(\$LOCKCTL_PASSWORD\)/)
   })
 
+  it('TLS mistakes say what to do (exit 4, one line): a plain client on a TLS member, no CA for it, a TLS client on a plain member', async () => {
+    const port = etcd.members[0].clientPort
+    const plain = await startEtcd(1)
+    try {
+      for (const [args, message] of [
+        [['--endpoints', `etcd://127.0.0.1:${port}`], /the member serves TLS: use etcds:\/\//],
+        [['--endpoints', `etcds://127.0.0.1:${port}`], /etcd's certificate is not signed by a CA this client trusts \(give that CA with --cacert\)/],
+        [
+          ['--endpoints', `etcd://127.0.0.1:${plain.members[0].clientPort}`, '--cacert', certs.ca],
+          /closed the connection during the TLS handshake \(if it does not serve TLS, use etcd:\/\/ without --cacert\)/,
+        ],
+      ] as const) {
+        const result = await runCli(['lock', 'tls/x', ...args, '--timeout', '3s'])
+        expect(result.stderr.trim().split('\n'), result.stderr).toHaveLength(1)
+        expect(result.stderr, args.join(' ')).toMatch(message)
+        expect(result.code).toBe(4)
+      }
+    } finally {
+      await plain.stop()
+    }
+  })
+
   it('a CA file that cannot be read is named in the error', async () => {
     const result = await runCli(['lock', 'tls/k', '--cacert', '/nonexistent/ca.pem'], {env: {LOCKCTL_ENDPOINTS: endpoint}})
     expect(result.code).toBe(2)

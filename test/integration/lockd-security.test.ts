@@ -9,7 +9,7 @@ function makeCertificates(dir: string) {
   const file = (name: string) => join(dir, name)
   const openssl = (...args: string[]) => execFileSync('openssl', args, {stdio: 'pipe'})
   const ca = (name: string) => openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', `/CN=${name}`, '-keyout', file(`${name}-key.pem`), '-out', file(`${name}.pem`))
-  const signed = (name: string, cn: string, extensions: string) => {
+  const signed = (name: string, cn: string, extensions: string, by = 'ca') => {
     openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=${cn}`, '-keyout', file(`${name}-key.pem`), '-out', file(`${name}.csr`))
     writeFileSync(file(`${name}.cnf`), extensions)
     openssl(
@@ -18,9 +18,9 @@ function makeCertificates(dir: string) {
       '-in',
       file(`${name}.csr`),
       '-CA',
-      file('ca.pem'),
+      file(`${by}.pem`),
       '-CAkey',
-      file('ca-key.pem'),
+      file(`${by}-key.pem`),
       '-CAcreateserial',
       '-days',
       '1',
@@ -35,6 +35,7 @@ function makeCertificates(dir: string) {
   signed('server', '127.0.0.1', 'subjectAltName=IP:127.0.0.1\n')
   signed('alice', 'alice', 'extendedKeyUsage=clientAuth\n')
   signed('named', 'localhost', 'subjectAltName=DNS:localhost\n')
+  signed('mallory', 'mallory', 'extendedKeyUsage=clientAuth\n', 'other-ca')
   return {
     ca: file('ca.pem'),
     otherCa: file('other-ca.pem'),
@@ -44,6 +45,8 @@ function makeCertificates(dir: string) {
     aliceKey: file('alice-key.pem'),
     namedCert: file('named.pem'),
     namedKey: file('named-key.pem'),
+    malloryCert: file('mallory.pem'),
+    malloryKey: file('mallory-key.pem'),
     notPem: file('named.cnf'),
   }
 }
@@ -145,7 +148,11 @@ describe('lockd over TLS', () => {
     const url = `lockds://127.0.0.1:${lockd.port}`
     const without = await runCli(['lock', 'mtls/k', '--endpoints', url, '--cacert', certs.ca, '--timeout', '2s'])
     expect(without.code).toBe(4)
-    oneLine(without)
+    expect(oneLine(without)).toMatch(/lockd requires a client certificate: give --cert and --key/)
+    // Signed by another CA: TLS 1.3 lets the client finish its handshake, then lockd closes.
+    const foreign = await runCli(['lock', 'mtls/k', '--endpoints', url, '--cacert', certs.ca, '--cert', certs.malloryCert, '--key', certs.malloryKey, '--timeout', '2s'])
+    expect(foreign.code).toBe(4)
+    expect(oneLine(foreign)).toMatch(/lockd refused this client's certificate/)
     const withCert = await runCli(['lock', 'mtls/k', '--endpoints', url, '--cacert', certs.ca, '--cert', certs.aliceCert, '--key', certs.aliceKey])
     expect(withCert.code, withCert.stderr).toBe(0)
     await lockd.stop()

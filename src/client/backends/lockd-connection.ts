@@ -5,6 +5,7 @@ import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder} from '../../p
 import {PROTOCOL_VERSION, type HelloReply, type LockInfo, type Op, type Push, type RequestOf, type ServerResponse} from '../../protocol/messages.js'
 import {ErrorCode} from '../../protocol/errors.js'
 import {AbortedError, LimitError, NotPermittedError, ProtocolError, UnreachableError} from '../errors.js'
+import {describeTlsError} from '../tls-errors.js'
 
 /** A unix socket, or TCP (with `tls`: TLS, verified against `ca`, or the system's CAs). */
 export type SocketTarget = {path: string} | {host: string; port: number; tls?: Pick<TlsOptions, 'ca' | 'cert' | 'key'>}
@@ -49,6 +50,8 @@ export class LockdConnection {
     private readonly options: ConnectionOptions,
     /** What carries it: says what a peer that closes without a word probably is. */
     private readonly transport: Transport,
+    /** A client certificate was offered: a TLS server that closes at once probably refused it. */
+    private readonly clientCertificate = false,
   ) {}
 
   static async connect(target: SocketTarget, options: ConnectionOptions): Promise<LockdConnection> {
@@ -60,7 +63,7 @@ export class LockdConnection {
           ? connectTls({host: target.host, port: target.port, ...target.tls, ...(isIP(target.host) ? {} : {servername: target.host})})
           : createConnection(target as never)
       socket.setNoDelay(true)
-      const connection = new LockdConnection(socket, options, 'path' in target ? 'unix' : target.tls ? 'tls' : 'tcp')
+      const connection = new LockdConnection(socket, options, 'path' in target ? 'unix' : target.tls ? 'tls' : 'tcp', 'host' in target && target.tls?.cert !== undefined)
       const timer = setTimeout(() => {
         socket.destroy()
         reject(new UnreachableError(`${options.label}: no answer within ${options.connectTimeoutMs}ms`))
@@ -106,7 +109,9 @@ export class LockdConnection {
       for (const message of messages) this.dispatch(message as Record<string, unknown>)
     })
     this.socket.on('error', (error: NodeJS.ErrnoException) => this.shutdown(new UnreachableError(`${this.options.label}: ${describeSocketError(error)}`, {cause: error})))
-    this.socket.on('close', () => this.shutdown(new UnreachableError(`${this.options.label}: ${this.closedWithoutAWord() ? closedBeforeHello(this.transport) : 'connection lost'}`)))
+    this.socket.on('close', () =>
+      this.shutdown(new UnreachableError(`${this.options.label}: ${this.closedWithoutAWord() ? closedBeforeHello(this.transport, this.clientCertificate) : 'connection lost'}`)),
+    )
   }
 
   private helloWaiter: ((reply: HelloReply) => void) | null = null
@@ -227,28 +232,18 @@ export class LockdConnection {
  * Why a peer may close a new connection without a word: a TLS server sent a plain client's hello
  * (it drops what is not a TLS handshake), or something that is not lockd listens there.
  */
-function closedBeforeHello(transport: Transport): string {
-  return `closed before answering the hello (${transport === 'tcp' ? 'if it serves TLS, use lockds:// or --cacert' : 'is lockd listening there?'})`
+function closedBeforeHello(transport: Transport, clientCertificate: boolean): string {
+  if (transport === 'tcp') return 'closed before answering the hello (if it serves TLS, use lockds:// or --cacert)'
+  // Over TLS 1.3 a server that refuses a client certificate closes after the handshake, without an alert.
+  if (transport === 'tls' && clientCertificate)
+    return "closed before answering the hello: lockd refused this client's certificate (is it signed by the CA of lockd's --tls-client-ca, and still valid?)"
+  return 'closed before answering the hello (is lockd listening there?)'
 }
 
 function describeSocketError(error: NodeJS.ErrnoException): string {
+  const tls = describeTlsError(error, 'lockd', 'lockd://')
+  if (tls) return tls
   switch (error.code) {
-    case 'ERR_SSL_WRONG_VERSION_NUMBER':
-      // What OpenSSL says when the answer to its TLS handshake is not TLS.
-      return 'the server does not speak TLS (for a plain lockd, use lockd:// without --cacert)'
-    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
-    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
-    case 'SELF_SIGNED_CERT_IN_CHAIN':
-    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
-      return `${error.message}: lockd's certificate is not signed by a CA this client trusts (give that CA with --cacert)`
-    case 'CERT_HAS_EXPIRED':
-    case 'CERT_NOT_YET_VALID':
-      return `${error.message}: lockd's certificate is outside its validity dates (renew it, then SIGHUP lockd)`
-    case 'ERR_TLS_CERT_ALTNAME_INVALID': {
-      // Node's text ends "... is not in the cert's list: " when the list is of the other kind.
-      const names = (error as NodeJS.ErrnoException & {cert?: {subjectaltname?: string}}).cert?.subjectaltname
-      return `lockd's certificate is not for this address${names ? ` (it names ${names})` : ''}: connect by one of its names, or add this one to it`
-    }
     case 'ECONNREFUSED':
       return 'connection refused (is lockd running?)'
     case 'ENOENT':
@@ -262,6 +257,7 @@ function describeSocketError(error: NodeJS.ErrnoException): string {
     case 'EPIPE':
       return 'connection lost'
     default:
-      return error.message
+      // OpenSSL's texts end in a newline: the error stays one line.
+      return error.message.trim().split('\n')[0]
   }
 }

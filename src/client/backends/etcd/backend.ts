@@ -7,6 +7,7 @@ import type {AcquireRequest, AcquireResult, ConnectionState, LockBackend} from '
 import {AbortedError, BadInputError, ErrorCode, LockError, LockHeldError, NotHolderError, quoteKey, UnreachableError, WaitTimeoutError} from '../../errors.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
 import {ConnectionStateEmitter} from '../../connection-state.js'
+import {diagnoseTls} from './diagnose.js'
 import {isLeaseGone, mapEtcdError, type EtcdErrorTypes} from './errors.js'
 import {buf, byCreateRevision, describeKey, fitsBehind, holdingKeys, lockNameOf, makeToken, modeOfKey, parseLockValue, parseToken, prefixEnd, type KeyMode, type LockValue} from './keys.js'
 import {describeLimit} from '../../../protocol/limits.js'
@@ -60,7 +61,7 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
     // (etcd3 types this with an older cockatiel's IBackoff; it only calls next() and reads duration.)
     faultHandling: {watchBackoff: new ExponentialBackoff({initialDelay: 100, maxDelay: WATCH_BACKOFF_MAX_MS}) as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>},
   })
-  return new EtcdBackend(client, options, {etcd3, isBrokenCircuitError})
+  return new EtcdBackend(client, options, {etcd3, isBrokenCircuitError}, () => diagnoseTls(options.hosts[0], secure, files, Math.min(options.connectTimeoutMs, 2000)))
 }
 
 export class EtcdBackend implements LockBackend {
@@ -70,11 +71,15 @@ export class EtcdBackend implements LockBackend {
   private suspendTimer: NodeJS.Timeout | null = null
   private closed = false
   private readonly sessions: SessionPool
+  /** Some call has succeeded: from then on a failure is an outage, never a TLS mistake. */
+  private answered = false
+  private tlsHint: Promise<string | undefined> | null = null
 
   constructor(
     private readonly client: Etcd3,
     private readonly options: EtcdBackendOptions,
     private readonly types: EtcdErrorTypes,
+    private readonly diagnoseTls: () => Promise<string | undefined> = async () => undefined,
   ) {
     this.label = options.label
     this.sessions = new SessionPool(client, (what, operation) => this.call(what, operation), this.label, options.requestTimeoutMs)
@@ -96,12 +101,19 @@ export class EtcdBackend implements LockBackend {
   private async call<T>(what: string, operation: () => Promise<T>): Promise<T> {
     try {
       const result = await operation()
+      this.answered = true
       if (this.suspendTimer) clearTimeout(this.suspendTimer)
       this.suspendTimer = null
       this.states.set('connected')
       return result
     } catch (error) {
-      const mapped = mapEtcdError(this.types, this.label, what, error as Error)
+      let mapped = mapEtcdError(this.types, this.label, what, error as Error)
+      if (mapped.code === ErrorCode.UNREACHABLE && !this.answered && !(error instanceof LockError)) {
+        // Asked once per client: every failing call before the first success says the same.
+        this.tlsHint ??= this.diagnoseTls()
+        const hint = await this.tlsHint
+        if (hint) mapped = new UnreachableError(`${this.label}: ${what}: ${hint}`, {cause: error})
+      }
       if (mapped.code === ErrorCode.UNREACHABLE && !this.suspendTimer && this.states.state !== 'suspended' && !this.closed) {
         this.suspendTimer = setTimeout(() => {
           this.suspendTimer = null
