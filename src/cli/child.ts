@@ -44,6 +44,12 @@ export class SupervisedChild {
   private readonly groupBefore: Map<number, string> | null
   /** Our own process group (the terminal's foreground job), read once; used only when sharing it. */
   private readonly group: number
+  /**
+   * `LOCKCTL_TOKEN=<this grant's token>` as it stands in a process's environment: every process
+   * the command starts inherits it, even one that left the group and session (`setsid`, a
+   * daemon's double fork), which no process-group or parent walk finds once its parent is gone.
+   */
+  private readonly marker: Buffer | null
 
   constructor(command: string[], env: NodeJS.ProcessEnv, options: {interactive: boolean}) {
     this.ownGroup = !options.interactive
@@ -52,6 +58,7 @@ export class SupervisedChild {
     const processes = this.ownGroup ? null : listProcesses()
     this.group = processes?.get(process.pid)?.pgrp ?? process.pid
     this.groupBefore = processes && new Map([...processes.values()].filter((p) => p.pgrp === this.group).map((p) => [p.pid, p.start]))
+    this.marker = env.LOCKCTL_TOKEN ? Buffer.from(`LOCKCTL_TOKEN=${env.LOCKCTL_TOKEN}\0`) : null
     const child = spawn(command[0], command.slice(1), {stdio: 'inherit', env, detached: this.ownGroup})
     this.pid = child.pid
     this.exited = new Promise((resolve) => {
@@ -70,22 +77,33 @@ export class SupervisedChild {
     return this.pid !== undefined
   }
 
-  /** Send a signal to everything the command started (its group, or what it left in ours). */
-  signal(signal: NodeJS.Signals): void {
+  /**
+   * Send a signal to everything the command started (its group, or what it left in ours). A
+   * forwarded signal (Ctrl-C, SIGHUP) stops there; `escaped` (ending it: the lock is lost, or the
+   * command is over) also reaches the processes that left the group (`marker`).
+   */
+  signal(signal: NodeJS.Signals, escaped = false): void {
     if (this.pid === undefined) return
+    const pids = this.ownGroup ? (escaped ? this.escaped() : []) : this.leftovers()
     if (this.ownGroup) {
       try {
         process.kill(-this.pid, signal)
       } catch {
         // Already gone.
       }
-      return
     }
-    for (const pid of this.leftovers()) {
+    for (const pid of pids) {
       try {
         process.kill(pid, signal)
       } catch {}
     }
+  }
+
+  /** Processes that carry this grant's marker outside the command's own group (each signalled once). */
+  private escaped(): number[] {
+    if (!this.marker || this.pid === undefined) return []
+    const ownGroup = this.ownGroup ? this.pid : null
+    return processesCarrying(this.marker).filter((pid) => pid !== process.pid && (ownGroup === null || groupOf(pid) !== ownGroup))
   }
 
   /**
@@ -96,12 +114,13 @@ export class SupervisedChild {
    */
   private leftovers(): number[] {
     if (this.pid === undefined) return []
-    // Its own group, and the kernel says the group is empty: nothing to look for. Reading /proc
-    // costs ~1 ms per 70 processes (13 ms on a server running a thousand), on every hold.
-    if (this.ownGroup && !groupExists(this.pid)) return []
+    const escaped = this.escaped()
+    // Its own group, and the kernel says the group is empty: only what left it is left. Reading
+    // every /proc/N/stat costs ~1 ms per 70 processes (13 ms on a server running a thousand).
+    if (this.ownGroup && !groupExists(this.pid)) return escaped
     const processes = listProcesses()
     if (this.ownGroup && processes.size === 0) return groupExists(this.pid) ? [this.pid] : [] // no /proc: ask the kernel about the group
-    if (this.ownGroup) return [...processes.values()].filter((p) => p.pgrp === this.pid && !p.zombie).map((p) => p.pid)
+    if (this.ownGroup) return [...[...processes.values()].filter((p) => p.pgrp === this.pid && !p.zombie).map((p) => p.pid), ...escaped]
     const before = this.groupBefore!
     const group = this.group
     const isOld = (pid: number) => before.get(pid) === processes.get(pid)?.start
@@ -115,20 +134,21 @@ export class SupervisedChild {
       }
       return true
     }
-    const found: number[] = []
+    const found = new Set<number>()
     for (const p of processes.values()) {
       if (p.zombie || p.pid === process.pid || isOld(p.pid)) continue
-      if (p.pid === this.pid || descendsFrom(processes, p.pid, this.pid) || (p.pgrp === group && fromCommand(p.pid))) found.push(p.pid)
+      if (p.pid === this.pid || descendsFrom(processes, p.pid, this.pid) || (p.pgrp === group && fromCommand(p.pid))) found.add(p.pid)
     }
-    return found
+    for (const pid of escaped) if (!isOld(pid)) found.add(pid)
+    return [...found]
   }
 
   /** `signal` now to everything the command started, SIGKILL after `graceMs` (counted once, from the first call). */
   terminate(signal: NodeJS.Signals, graceMs: number): void {
-    this.signal(signal)
+    this.signal(signal, true)
     this.killAt ??= Date.now() + graceMs
     if (this.killTimer || this.done) return
-    this.killTimer = setTimeout(() => this.signal('SIGKILL'), graceMs)
+    this.killTimer = setTimeout(() => this.signal('SIGKILL', true), graceMs)
   }
 
   /**
@@ -143,7 +163,7 @@ export class SupervisedChild {
     // Bounded: a process that SIGKILL cannot end (uninterruptible I/O) is not waited for forever.
     for (let round = 0; round < 2000 && this.leftovers().length > 0; round++) {
       if (!killed && Date.now() >= this.killAt!) {
-        this.signal('SIGKILL')
+        this.signal('SIGKILL', true)
         killed = true
       }
       await new Promise((resolve) => setTimeout(resolve, 20))
@@ -186,6 +206,45 @@ function descendsFrom(processes: Map<number, ProcessEntry>, pid: number, ancesto
     if (at.ppid === ancestor) return true
   }
   return false
+}
+
+/**
+ * Live processes whose environment holds `marker` as a whole entry (Linux /proc; none elsewhere,
+ * nor those of other users: their environment cannot be read). A zombie's reads empty.
+ */
+function processesCarrying(marker: Buffer): number[] {
+  const found: number[] = []
+  let entries: string[]
+  try {
+    entries = readdirSync('/proc')
+  } catch {
+    return found
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue
+    let environ: Buffer
+    try {
+      environ = readFileSync(`/proc/${entry}/environ`)
+    } catch {
+      continue
+    }
+    for (let at = environ.indexOf(marker); at !== -1; at = environ.indexOf(marker, at + 1)) {
+      if (at === 0 || environ[at - 1] === 0) {
+        found.push(Number(entry))
+        break
+      }
+    }
+  }
+  return found
+}
+
+function groupOf(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2])
+  } catch {
+    return null
+  }
 }
 
 function groupExists(pgrp: number): boolean {

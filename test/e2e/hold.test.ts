@@ -186,6 +186,40 @@ describe('hold: nothing the command started outlives the lock', () => {
     expect(result.code).toBe(3)
     expect(alive(Number(readFileSync(pidFile, 'utf8')))).toBe(false)
   })
+
+  /**
+   * A daemon: a new session (setsid, as Node's `detached` does), its parent gone at once, SIGTERM
+   * ignored. Neither the process group nor a walk up from the command finds it; the grant's
+   * LOCKCTL_TOKEN in its environment does. It outlived the lock before.
+   */
+  const daemonScript = (dir: string, pidFile: string, then: string) => {
+    const starter = join(dir, 'daemon.cjs')
+    writeFileSync(
+      starter,
+      `const c = require('node:child_process').spawn('sh', ['-c', 'trap "" TERM; exec sleep 304'], {detached: true, stdio: 'ignore'})\nrequire('node:fs').writeFileSync(${JSON.stringify(pidFile)}, String(c.pid))\nc.unref()\n`,
+    )
+    return `${JSON.stringify(process.execPath)} ${starter}; ${then}`
+  }
+
+  it('a daemon the command started in a session of its own (setsid), ignoring SIGTERM, is killed before hold releases and exits', async () => {
+    const dir = tempDir()
+    const pidFile = join(dir, 'pid')
+    const result = await runCli(['hold', 'daemon', '--grace', '300ms', '--', 'sh', '-c', daemonScript(dir, pidFile, 'exit 0')], {env})
+    expect(result.code, result.stderr).toBe(0)
+    expect(alive(Number(readFileSync(pidFile, 'utf8')))).toBe(false)
+    expect(await holderOf('daemon')).toBeNull()
+  })
+
+  it('on loss: a daemon the command started in a session of its own is gone before exit 3', async () => {
+    const dir = tempDir()
+    const pidFile = join(dir, 'pid')
+    const run = runCli(['hold', 'daemon-lost', '--lease', '1m', '--grace', '300ms', '--', 'sh', '-c', daemonScript(dir, pidFile, 'exec sleep 305')], {env})
+    await eventually(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '')
+    expect((await runCli(['unlock', 'daemon-lost', '--force'], {env})).code).toBe(0)
+    const result = await run
+    expect(result.code).toBe(3)
+    expect(alive(Number(readFileSync(pidFile, 'utf8')))).toBe(false)
+  })
 })
 
 describe('hold: lock loss while the child runs', () => {
