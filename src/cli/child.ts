@@ -180,22 +180,26 @@ interface ProcessEntry {
   start: string
 }
 
+/** The pids of /proc (Linux); none elsewhere. */
+function procPids(): number[] {
+  try {
+    return readdirSync('/proc')
+      .filter((entry) => /^\d+$/.test(entry))
+      .map(Number)
+  } catch {
+    return []
+  }
+}
+
 /** Every process on the machine (Linux /proc); empty elsewhere. */
 function listProcesses(): Map<number, ProcessEntry> {
   const processes = new Map<number, ProcessEntry>()
-  let entries: string[]
-  try {
-    entries = readdirSync('/proc')
-  } catch {
-    return processes
-  }
-  for (const entry of entries) {
-    if (!/^\d+$/.test(entry)) continue
+  for (const pid of procPids()) {
     try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
       // The command name may contain spaces and parentheses: the fields follow the last ')'.
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-      processes.set(Number(entry), {pid: Number(entry), ppid: Number(fields[1]), pgrp: Number(fields[2]), zombie: fields[0] === 'Z', start: fields[19]})
+      processes.set(pid, {pid, ppid: Number(fields[1]), pgrp: Number(fields[2]), zombie: fields[0] === 'Z', start: fields[19]})
     } catch {}
   }
   return processes
@@ -213,29 +217,16 @@ function descendsFrom(processes: Map<number, ProcessEntry>, pid: number, ancesto
  * nor those of other users: their environment cannot be read). A zombie's reads empty.
  */
 function processesCarrying(marker: Buffer): number[] {
-  const found: number[] = []
-  let entries: string[]
-  try {
-    entries = readdirSync('/proc')
-  } catch {
-    return found
-  }
-  for (const entry of entries) {
-    if (!/^\d+$/.test(entry)) continue
+  return procPids().filter((pid) => {
     let environ: Buffer
     try {
-      environ = readFileSync(`/proc/${entry}/environ`)
+      environ = readFileSync(`/proc/${pid}/environ`)
     } catch {
-      continue
+      return false
     }
-    for (let at = environ.indexOf(marker); at !== -1; at = environ.indexOf(marker, at + 1)) {
-      if (at === 0 || environ[at - 1] === 0) {
-        found.push(Number(entry))
-        break
-      }
-    }
-  }
-  return found
+    for (let at = environ.indexOf(marker); at !== -1; at = environ.indexOf(marker, at + 1)) if (at === 0 || environ[at - 1] === 0) return true
+    return false
+  })
 }
 
 function groupOf(pid: number): number | null {
