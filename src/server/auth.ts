@@ -72,11 +72,16 @@ export class PasswordCheck {
     this.users = readAuthFile(path)
   }
 
-  /** Read the file again (SIGHUP); on a bad file the old users stay, and the error is thrown. */
-  reload(): number {
-    this.users = readAuthFile(this.path)
+  /**
+   * Read the file again (SIGHUP); on a bad file the old users stay, and the error is thrown.
+   * Returns the users now in force, and those removed or given a new password since.
+   */
+  reload(): {users: number; revoked: Set<string>} {
+    const users = readAuthFile(this.path)
+    const revoked = new Set([...this.users].filter(([name, hash]) => users.get(name) !== hash).map(([name]) => name))
+    this.users = users
     this.verified.clear()
-    return this.users.size
+    return {users: users.size, revoked}
   }
 
   async check(user: unknown, password: unknown): Promise<boolean> {
@@ -86,6 +91,8 @@ export class PasswordCheck {
     const digest = createHash('sha256').update(user).update('\0').update(password).digest('hex')
     if (this.verified.get(digest) === stored) return true
     const ok = await verifyPassword(password, stored)
+    // A reload while scrypt ran may have taken this password away: the file in force decides.
+    if (this.users.get(user) !== stored) return false
     if (ok) this.verified.set(digest, stored)
     return ok
   }

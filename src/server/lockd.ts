@@ -223,7 +223,19 @@ export class LockServer {
    */
   reload(): void {
     try {
-      if (this.passwords) this.say(`lockd: reloaded ${this.options.authFile}: ${this.passwords.reload()} user(s)`)
+      if (this.passwords) {
+        const {users, revoked} = this.passwords.reload()
+        // A removed user, or one whose password changed, keeps no connection opened with the
+        // old password: an SRE who takes someone's access away means now, not at their next
+        // connect. Their grants stay until their leases end, as after any disconnect.
+        let closed = 0
+        for (const conn of [...this.connections.values()]) {
+          if (conn.user === null || !revoked.has(conn.user)) continue
+          this.fail(conn, ErrorCode.NOT_PERMITTED, `user ${JSON.stringify(conn.user)} was removed from the auth file or given a new password: connect again with valid credentials`)
+          closed++
+        }
+        this.say(`lockd: reloaded ${this.options.authFile}: ${users} user(s)${closed ? `; closed ${closed} connection(s) of removed or changed users` : ''}`)
+      }
       if (this.options.tls) {
         this.listeners.setSecureContext(this.secureContext())
         this.say(`lockd: reloaded the TLS certificate and key`)

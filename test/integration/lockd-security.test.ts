@@ -216,6 +216,37 @@ describe('lockd with users', () => {
     await lockd.stop()
   })
 
+  it('SIGHUP that removes a user (or changes a password) closes the connections opened with it; the others go on', async () => {
+    const dir = tempDir()
+    const authFile = join(dir, 'users')
+    const alice = `alice:${hash('alice-secret')}\n`
+    writeFileSync(authFile, `${alice}bob:${hash('bob-secret')}\n`)
+    const lockd = await startLockd({args: ['--auth-file', authFile]})
+    const env = (password: string) => ({env: {LOCKCTL_ENDPOINTS: lockd.endpoint, LOCKCTL_PASSWORD: password}})
+    // bob holds a lock under hold (one connection, renewing); alice watches (another).
+    const bobHold = runCli(['hold', 'team/bob', '--user', 'bob', '--lease', '2s', '--', 'sleep', '30'], env('bob-secret'))
+    const aliceWatch = runCli(['watch', 'team/bob', '--user', 'alice'], {...env('alice-secret'), timeoutMs: 30_000})
+    let watched = ''
+    aliceWatch.child.stdout!.on('data', (chunk) => (watched += chunk))
+    // Seen held: in its first state, or as an event if the watch came first.
+    await eventually(() => /(state|acquired) +team\/bob holder=\S+ fence=\d/.test(watched))
+
+    writeFileSync(authFile, alice)
+    lockd.child.kill('SIGHUP')
+    await eventually(() => /reloaded .*users: 1 user\(s\); closed 1 connection\(s\) of removed or changed users/.test(lockd.stderr()))
+    // bob cannot renew (nor connect again): lost when the lease runs out, the command killed.
+    const held = await bobHold
+    expect(held.stderr).toMatch(/lost team\/bob/)
+    expect(held.code).toBe(3)
+    expect((await runCli(['lock', 'team/x', '--user', 'bob'], env('bob-secret'))).code).toBe(6)
+    // alice's connection stayed: her watch saw bob's grant end without a disconnect.
+    await eventually(() => /(expired|released) +team\/bob/.test(watched))
+    expect(watched).not.toMatch(/disconnected/)
+    aliceWatch.child.kill('SIGINT')
+    await aliceWatch
+    await lockd.stop()
+  })
+
   it('an auth file that cannot be used: lockd does not start, one line, exit 1', async () => {
     const dir = tempDir()
     const file = (name: string, text: string) => {
