@@ -50,7 +50,7 @@ export default class Status extends BaseCommand {
     if (process.stdout.isTTY)
       this.log(
         info.server === 'etcd'
-          ? `etcd ${String(info.version)} at ${client.endpoint}: ${(info.members as unknown[]).length} member(s), leader ${String(info.leader)}, raft term ${String(info.raftTerm)}`
+          ? `etcd ${String(info.version)} at ${client.endpoint}: ${(info.members as unknown[]).length} member(s), leader ${String(info.leader)}, raft term ${String(info.raftTerm)}${silentEndpoints(info)}`
           : `${String(info.server)} ${String(info.version)} at ${client.endpoint}: ${String(info.locks)} lock(s), ${String(info.waiters)} waiter(s)`,
       )
     await this.render(locks, total, flags['no-headers'])
@@ -147,4 +147,10 @@ export default class Status extends BaseCommand {
     if (shortened) this.log('(long keys are shortened in the middle; --json shows them whole)')
     if (more) this.log(more)
   }
+}
+
+/** `; not answering: h:p, ...` for the etcd endpoints given that did not answer (info's `endpoints`). */
+function silentEndpoints(info: Record<string, unknown>): string {
+  const silent = ((info.endpoints ?? []) as {endpoint: string; answering: boolean}[]).filter((e) => !e.answering).map((e) => e.endpoint)
+  return silent.length ? `; not answering: ${silent.join(', ')}` : ''
 }

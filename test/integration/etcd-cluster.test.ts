@@ -55,6 +55,9 @@ describeEtcd('etcd: a 3-member cluster losing its leader', () => {
     // A new leader is elected. Stay past the whole lease (10 s): the waiters' keys must be kept
     // alive through the surviving members, not expire while their processes still wait.
     await etcd.leader()
+    // status names the endpoint that no longer answers, and which member each other one is.
+    const cluster = JSON.parse((await runCli(['status', '--json'], {env})).stdout).server
+    expect(cluster.endpoints).toEqual(etcd.members.map((m) => ({endpoint: `127.0.0.1:${m.clientPort}`, member: m === leader ? null : m.name, answering: m !== leader})))
     await new Promise((r) => setTimeout(r, 12_000))
     const during = JSON.parse((await runCli(['status', 'failover', '--json'], {env})).stdout)
     expect(during.waiters).toBe(2)

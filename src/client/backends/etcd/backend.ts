@@ -50,9 +50,14 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
   const [etcd3, {isBrokenCircuitError, ExponentialBackoff}] = await Promise.all([import('etcd3'), import('cockatiel')])
   const files = readTlsFiles(options.tls ?? {})
   const secure = options.secure || anyTlsFile(options.tls ?? {})
+  const urlOf = (h: {host: string; port: number}) => `${secure ? 'https' : 'http'}://${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`
+  const credentials = secure ? {rootCertificate: files.ca ?? Buffer.alloc(0), certChain: files.cert, privateKey: files.key} : undefined
+  /** A client of one endpoint alone, for `status`'s question "which endpoints answer?". */
+  const oneEndpoint = (h: {host: string; port: number}, timeoutMs: number) =>
+    new etcd3.Etcd3({hosts: [urlOf(h)], credentials, auth: options.auth, dialTimeout: timeoutMs, defaultCallOptions: () => ({deadline: Date.now() + timeoutMs})})
   const client = new etcd3.Etcd3({
-    hosts: options.hosts.map((h) => `${secure ? 'https' : 'http'}://${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`),
-    credentials: secure ? {rootCertificate: files.ca ?? Buffer.alloc(0), certChain: files.cert, privateKey: files.key} : undefined,
+    hosts: options.hosts.map(urlOf),
+    credentials,
     auth: options.auth,
     dialTimeout: options.connectTimeoutMs,
     defaultCallOptions: (context) => (context.isStream ? {} : {deadline: Date.now() + options.requestTimeoutMs}),
@@ -61,7 +66,7 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
     // (etcd3 types this with an older cockatiel's IBackoff; it only calls next() and reads duration.)
     faultHandling: {watchBackoff: new ExponentialBackoff({initialDelay: 100, maxDelay: WATCH_BACKOFF_MAX_MS}) as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>},
   })
-  return new EtcdBackend(client, options, {etcd3, isBrokenCircuitError}, () => diagnoseTls(options.hosts[0], secure, files, Math.min(options.connectTimeoutMs, 2000)))
+  return new EtcdBackend(client, options, {etcd3, isBrokenCircuitError}, () => diagnoseTls(options.hosts[0], secure, files, Math.min(options.connectTimeoutMs, 2000)), oneEndpoint)
 }
 
 export class EtcdBackend implements LockBackend {
@@ -80,6 +85,7 @@ export class EtcdBackend implements LockBackend {
     private readonly options: EtcdBackendOptions,
     private readonly types: EtcdErrorTypes,
     private readonly diagnoseTls: () => Promise<string | undefined> = async () => undefined,
+    private readonly oneEndpoint: ((host: {host: string; port: number}, timeoutMs: number) => Etcd3) | null = null,
   ) {
     this.label = options.label
     this.sessions = new SessionPool(client, (what, operation) => this.call(what, operation), this.label, options.requestTimeoutMs)
@@ -570,7 +576,30 @@ export class EtcdBackend implements LockBackend {
       leader: leader?.name ?? status.leader,
       members: members.members.map((m) => ({name: m.name, id: m.ID, clientURLs: m.clientURLs})),
       raftTerm: Number(status.raftTerm),
+      // Which of the endpoints given answer, and as which member: with a member down the
+      // cluster still serves, and this is where an SRE sees which one. The endpoints, not the
+      // members' advertised URLs, which a client behind NAT or a proxy may not reach.
+      endpoints: await this.endpointHealth(new Map(members.members.map((m) => [m.ID, m.name]))),
     }
+  }
+
+  private async endpointHealth(names: Map<string, string>): Promise<{endpoint: string; member: string | null; answering: boolean}[]> {
+    const timeoutMs = Math.min(this.options.requestTimeoutMs, 1000)
+    return Promise.all(
+      this.options.hosts.map(async (host) => {
+        const endpoint = `${host.host}:${host.port}`
+        const one = this.oneEndpoint?.(host, timeoutMs)
+        if (!one) return {endpoint, member: null, answering: false}
+        try {
+          const answer = await one.maintenance.status()
+          return {endpoint, member: names.get(answer.header.member_id) ?? answer.header.member_id, answering: true}
+        } catch {
+          return {endpoint, member: null, answering: false}
+        } finally {
+          one.close()
+        }
+      }),
+    )
   }
 
   /** The holder watches its own key: its deletion (by anyone, or its lease expiring) ends the grant. */
