@@ -3,6 +3,7 @@ import type {ConnectOptions, LockClient} from '../client/lock-client.js'
 import {ErrorCode} from '../protocol/errors.js'
 import {ExitCode, exitCodeFor} from './exit-codes.js'
 import {durationFlag, markDashTokens} from './flags.js'
+import {UsageError} from './usage-error.js'
 import type {ReplSession} from './session.js'
 
 /** The global flags every command gets (see BaseCommand.baseFlags). */
@@ -105,6 +106,7 @@ export abstract class BaseCommand extends Command {
       }
       const endpoints = flags.endpoints || (flags.endpoints === undefined ? profile.endpoints : undefined)
       const user = flags.user ?? profile.user
+      if (user === '') throw new UsageError('--user: a user name must not be empty')
       let password = process.env.LOCKCTL_PASSWORD ?? process.env.LOCKCTL_ETCD_PASSWORD
       if (user !== undefined && password === undefined && process.stdin.isTTY && process.stderr.isTTY) {
         const {password: ask} = await import('@inquirer/prompts')

@@ -44,7 +44,7 @@ With a command (after --): start it once the lock is held, without a shell, with
     wait: waitFlag({defaultMs: WAIT_FOREVER, description: 'how long to wait for the first grant: 0 = try once, a duration, or forever'}),
     retry: Flags.string({description: 'delays between failed renewals; the last one repeats', default: '1s,10s,30s,60s', helpValue: 'D,D,...'}),
     'on-lost': Flags.string({description: 'what to do with the command when the lock is lost', options: ['kill', 'ignore'], default: 'kill'}),
-    'kill-signal': Flags.string({description: 'signal sent to the command when the lock is lost', default: 'SIGTERM', helpValue: 'SIGNAL'}),
+    'kill-signal': Flags.string({description: 'signal sent to the command when the lock is lost: a name (SIGTERM, TERM) or a number (15)', default: 'SIGTERM', helpValue: 'SIGNAL'}),
     grace: durationFlag({description: 'time between --kill-signal and SIGKILL', defaultMs: 5000, min: 0, max: 3_600_000}),
     owner: ownerFlag(),
     limit: semaphoreLimitFlag(),
@@ -117,7 +117,9 @@ function parseRetry(text: string): number[] {
 }
 
 function parseSignal(text: string): NodeJS.Signals {
-  const name = (/^sig/i.test(text) ? text : `SIG${text}`).toUpperCase()
+  // A number as kill(1) takes it (`--kill-signal 9`), else a name with or without SIG.
+  const byNumber = /^\d+$/.test(text) ? Object.entries(constants.signals).find(([, number]) => number === Number(text))?.[0] : undefined
+  const name = byNumber ?? (/^sig/i.test(text) ? text : `SIG${text}`).toUpperCase()
   if (!(name in constants.signals)) throw new UsageError(`--kill-signal: ${JSON.stringify(text)} is not a signal; use e.g. SIGTERM, SIGINT, SIGKILL`)
   return name as NodeJS.Signals
 }

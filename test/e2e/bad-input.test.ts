@@ -79,6 +79,8 @@ describe('bad input, in-process', () => {
     [['lock', 'k', '--endpoints', 'ftp://x'], /unknown scheme "ftp"/],
     [['hold', 'k', '--retry', 'often', '--', 'true'], /--retry: "often" is not a list of durations/],
     [['hold', 'k', '--kill-signal', 'SIGNOPE', '--', 'true'], /--kill-signal: "SIGNOPE" is not a signal/],
+    [['hold', 'k', '--kill-signal', '99', '--', 'true'], /--kill-signal: "99" is not a signal/],
+    [['lock', 'k', '--user', ''], /^lockctl: --user: a user name must not be empty$/m],
     [['hold', 'k', '--'], /missing command after --/],
     [['status', 'k', '--prefix', 'p/'], /give KEY or --prefix, not both/],
     [['status', '--token', 'abcdefghijkl'], /--token needs KEY/],

@@ -187,6 +187,17 @@ describe('hold: nothing the command started outlives the lock', () => {
     expect(alive(Number(readFileSync(pidFile, 'utf8')))).toBe(false)
   })
 
+  it('--kill-signal by number, as kill(1) takes it: 10 is SIGUSR1, which the command traps on loss', async () => {
+    const dir = tempDir()
+    const [ready, caught] = [join(dir, 'ready'), join(dir, 'caught')]
+    const script = `trap 'echo usr1 > ${caught}; exit 0' USR1; touch ${ready}; while :; do sleep 0.05; done`
+    const run = runCli(['hold', 'by-number', '--lease', '1m', '--kill-signal', '10', '--', 'sh', '-c', script], {env})
+    await eventually(() => existsSync(ready))
+    expect((await runCli(['unlock', 'by-number', '--force'], {env})).code).toBe(0)
+    expect((await run).code).toBe(3)
+    expect(readFileSync(caught, 'utf8').trim()).toBe('usr1')
+  })
+
   /**
    * A daemon: a new session (setsid, as Node's `detached` does), its parent gone at once, SIGTERM
    * ignored. Neither the process group nor a walk up from the command finds it; the grant's
