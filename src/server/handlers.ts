@@ -16,6 +16,8 @@ export interface HandlerContext {
   now(): number
   info(): ServerInfo
   maxWaitersPerConnection: number
+  /** Names held at once (--max-locks): a new name past it is refused, held ones still serve. */
+  maxLocks: number
   /** May this connection force-release a lock it does not hold? */
   mayForce(conn: Connection): boolean
 }
@@ -64,6 +66,9 @@ function answer(ctx: HandlerContext, conn: Connection, request: Request): Answer
     case 'acquire': {
       if (request.waitMs !== 0 && table.waitingOf(conn.session) >= ctx.maxWaitersPerConnection && table.holderOf(request.key) !== null) {
         return {code: ErrorCode.LIMIT, msg: `this connection already has ${ctx.maxWaitersPerConnection} waiting acquires, lockd's limit (--max-waiters-per-connection)`}
+      }
+      if (table.size >= ctx.maxLocks && table.holderOf(request.key) === null) {
+        return {code: ErrorCode.LIMIT, msg: `lockd holds ${table.size} locks, its limit (--max-locks): release some, or raise the limit`}
       }
       const result = table.acquire({
         key: request.key,

@@ -48,6 +48,8 @@ export interface LockServerOptions {
   maxConnections?: number
   /** Waiting acquires one connection may have at once (default 10,000). */
   maxWaitersPerConnection?: number
+  /** Names held at once; an acquire of another name is refused with LIMIT (default 5,000,000). */
+  maxLocks?: number
   /** TLS on every TCP listener (PEM files); `clientCa`: require client certificates it signed. */
   tls?: ServerTlsPaths
   /** Clients must authenticate with a user of this file (NAME:HASH lines; docs/protocol.md). */
@@ -62,6 +64,12 @@ export interface LockServerOptions {
 
 export const DEFAULT_MAX_CONNECTIONS = 10_000
 export const DEFAULT_MAX_WAITERS_PER_CONNECTION = 10_000
+/**
+ * A lockd that ran out of heap would not start again either: recovery needs at least the memory
+ * the table had. ~400 bytes a lock at peak: 5M locks stay well inside Node's heap limit (4 GB
+ * with pointer compression, ~2 GB on a small machine), restart included (docs/protocol.md).
+ */
+export const DEFAULT_MAX_LOCKS = 5_000_000
 
 const HELLO_TIMEOUT_MS = 10_000
 
@@ -109,6 +117,7 @@ export class LockServer {
       now: () => this.clock.now(),
       info: () => this.info(),
       maxWaitersPerConnection: options.maxWaitersPerConnection ?? DEFAULT_MAX_WAITERS_PER_CONNECTION,
+      maxLocks: options.maxLocks ?? DEFAULT_MAX_LOCKS,
       mayForce: (conn) => this.mayForce(conn),
     }
   }

@@ -505,6 +505,40 @@ describe('lockd against a misbehaving peer', () => {
     await lockd.stop()
   })
 
+  it('--max-locks: a new name past it is refused with LIMIT (exit 4, one line); held names go on; a release makes room; a restart keeps the limit', async () => {
+    const dataDir = tempDir()
+    const args = ['--max-locks', '3']
+    let lockd = await startLockd({args, dataDir})
+    const a = await client(lockd.endpoint, 'A')
+    const sem = a.createSemaphore('sem', {limit: 2})
+    await sem.acquire({leaseMs: 60_000})
+    const held = a.createLock('held')
+    await held.acquire({leaseMs: 60_000})
+    await a.createLock('third').acquire({leaseMs: 60_000})
+    await expect(a.createLock('fourth').acquire()).rejects.toMatchObject({code: 'LIMIT', message: expect.stringMatching(/lockd holds 3 locks, its limit \(--max-locks\)/)})
+    const cli = await runCli(['lock', 'fourth', '--endpoints', lockd.endpoint])
+    expect(cli.stderr.trim().split('\n'), cli.stderr).toHaveLength(1)
+    expect(cli.code).toBe(4)
+    // Held names go on: a renewal, a second slot of the semaphore, a waiter on a held lock.
+    await held.updateLease(60_000)
+    await (await client(lockd.endpoint, 'B')).createSemaphore('sem', {limit: 2}).acquire({leaseMs: 60_000})
+    const waiter = (await client(lockd.endpoint, 'C')).createLock('held').acquire({waitMs: 60_000})
+    await eventually(async () => (await a.inspect('held'))?.waiters === 1)
+    await held.unlock()
+    expect((await waiter).owner).toBe('C')
+    // A name released makes room.
+    expect((await runCli(['unlock', 'third', '--force', '--yes', '--endpoints', lockd.endpoint])).code).toBe(0)
+    expect((await a.createLock('fourth').acquire({leaseMs: 60_000})).owner).toBe('A')
+    await expect(a.createLock('fifth').acquire()).rejects.toMatchObject({code: 'LIMIT'})
+    // After a restart with the three names recovered, the limit holds as before.
+    lockd.child.kill('SIGKILL')
+    await lockd.exited
+    lockd = await startLockd({args, dataDir})
+    const d = await client(lockd.endpoint, 'D')
+    await expect(d.createLock('fifth').acquire()).rejects.toMatchObject({code: 'LIMIT'})
+    await lockd.stop()
+  })
+
   it('an unreachable endpoint fails with UNREACHABLE', async () => {
     const c = await client('lockd://127.0.0.1:1', 'A')
     await expect(c.createLock('k').acquire()).rejects.toMatchObject({code: 'UNREACHABLE'})
