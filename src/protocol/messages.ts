@@ -101,7 +101,11 @@ export type RequestBody =
   /** Does this token hold the lock now? No side effect (unlike renew). */
   | {op: 'check'; key: string; token: string}
   | {op: 'inspect'; key: string}
-  | {op: 'list'; prefix: string; limit?: number}
+  /**
+   * The first `limit` names under `prefix` in key order; `after`: only names after it (the next
+   * page of a larger list; needs the `list-after` feature). `total`: every name under `prefix`.
+   */
+  | {op: 'list'; prefix: string; limit?: number; after?: string}
   | {op: 'info'}
   | {op: 'ping'}
   /** Subscribe to events of one key or of every key under a prefix; the answer has a snapshot. */
@@ -130,6 +134,7 @@ export interface HelloReply {
    * What this server does beyond version 1's first form (docs/protocol.md, "Features"):
    * `semaphores` — acquire's `limit` and `shared`. A client does not send those to a server
    * that does not announce it (it would ignore them and grant an exclusive lock).
+   * `list-after` — list's `after`: a long list is read a page at a time.
    */
   features?: string[]
 }

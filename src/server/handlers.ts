@@ -43,7 +43,7 @@ const VALIDATORS: {[O in Op]: (request: RequestOf<O>) => string | null} = {
   renew: (r) => keyProblem(r.key) ?? tokenProblem(r.token) ?? optional(r.leaseMs, leaseProblem),
   check: (r) => keyProblem(r.key) ?? tokenProblem(r.token),
   inspect: (r) => keyProblem(r.key),
-  list: (r) => (typeof r.prefix === 'string' ? null : 'list needs a prefix string'),
+  list: (r) => (typeof r.prefix === 'string' ? optional(r.after, keyProblem) : 'list needs a prefix string'),
   watch: (r) => (typeof r.key === 'string' ? keyProblem(r.key) : typeof r.prefix === 'string' ? null : 'watch needs a key or a prefix'),
   unwatch: (r) => (typeof r.sub === 'number' ? null : 'unwatch needs the sub of the watch'),
   info: () => null,
@@ -117,7 +117,7 @@ function answer(ctx: HandlerContext, conn: Connection, request: Request): Answer
     }
     case 'list': {
       const limit = typeof request.limit === 'number' && request.limit > 0 ? request.limit : Number.POSITIVE_INFINITY
-      const {locks, total} = table.list(request.prefix, limit)
+      const {locks, total} = table.list(request.prefix, limit, request.after ?? undefined)
       const now = ctx.now()
       return {code: 'OK', locks: locks.map((view) => lockInfo(view, now)), total}
     }

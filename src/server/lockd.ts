@@ -374,7 +374,7 @@ export class LockServer {
       return
     }
     if (!conn.greeted) {
-      const greeting = greet(conn, m, {server: 'lockd', version: VERSION, serverId: this.serverId, maxFrame: this.options.maxFrame ?? DEFAULT_MAX_FRAME, features: ['semaphores']})
+      const greeting = greet(conn, m, {server: 'lockd', version: VERSION, serverId: this.serverId, maxFrame: this.options.maxFrame ?? DEFAULT_MAX_FRAME, features: ['semaphores', 'list-after']})
       if ('refuse' in greeting) {
         this.fail(conn, ErrorCode.PROTOCOL, greeting.refuse)
       } else if (this.passwords) {

@@ -437,10 +437,11 @@ describe('lockd against a misbehaving peer', () => {
         encodeFrame(codec, {t: 'req', id: 3, op: 'nope'}),
         encodeFrame(codec, {t: 'req', id: 4, op: 'ping'}),
         encodeFrame(codec, {t: 'req', id: 5, op: 'acquire', key: 'k', leaseMs: 5000, waitMs: 0, owner: 'x', attempt: 'short'}),
+        encodeFrame(codec, {t: 'req', id: 6, op: 'list', prefix: '', after: 42}),
       ]),
     )
-    // hello + five answers
-    await eventually(() => badValues.messages.length === 6)
+    // hello + six answers
+    await eventually(() => badValues.messages.length === 7)
     badValues.socket.end()
     const replies = (await badValues.received) as {id?: number; code?: string}[]
     expect(replies.filter((m) => m.id).map((m) => [m.id, m.code])).toEqual([
@@ -449,6 +450,7 @@ describe('lockd against a misbehaving peer', () => {
       [3, 'BAD_INPUT'],
       [4, 'OK'],
       [5, 'BAD_INPUT'],
+      [6, 'BAD_INPUT'],
     ])
 
     // Through all of that the well-behaved client kept its lock and its connection.

@@ -28,6 +28,8 @@ describe('lockd with 250k locks: large answers come in parts under the frame lim
     expect(document.total).toBe(LOCKS)
     expect(document.locks).toHaveLength(LOCKS)
     expect(new Set(document.locks.map((l) => l.key)).size).toBe(LOCKS)
+    // Read in pages of 20,000 (so lockd serves others in between): still every name, in order.
+    expect(document.locks.every((l, i) => i === 0 || document.locks[i - 1].key < l.key)).toBe(true)
 
     const controller = new AbortController()
     const updates = b.watch({prefix: ''}, {signal: controller.signal})[Symbol.asyncIterator]()

@@ -298,6 +298,23 @@ describe('LockTable', () => {
             `seed ${seed}, prefix ${prefix}, limit ${limit}`,
           ).toEqual(expected.slice(0, limit))
         }
+        // Pages: `after` a name (listed or not), the next names in key order; total stays all.
+        for (const after of [expected[0], expected[Math.floor(expected.length / 2)], expected.at(-1), 'a', 'é9', '']) {
+          if (after === undefined) continue
+          const rest = expected.filter((k) => k > after)
+          for (const limit of [1, 7, 300, Number.POSITIVE_INFINITY]) {
+            const {locks, total} = own.list(prefix, limit, after)
+            expect(total).toBe(expected.length)
+            expect(
+              locks.map((l) => l.key),
+              `seed ${seed}, prefix ${prefix}, after ${after}, limit ${limit}`,
+            ).toEqual(rest.slice(0, limit))
+          }
+        }
+        // Paging through 7 at a time gives the whole list, once each, in order.
+        const paged: string[] = []
+        for (let page = own.list(prefix, 7).locks; page.length > 0; page = own.list(prefix, 7, paged.at(-1)).locks) paged.push(...page.map((l) => l.key))
+        expect(paged, `seed ${seed}, prefix ${prefix}, paged`).toEqual(expected)
       }
     }
   })
