@@ -99,11 +99,20 @@ export class SupervisedChild {
     }
   }
 
-  /** Processes that carry this grant's marker outside the command's own group (each signalled once). */
+  /**
+   * Processes that carry this grant's marker outside the command's own group (each signalled
+   * once). Only those that started after lockctl itself have their environment read: anything
+   * the command started is younger, and reading a process's environment takes its memory map's
+   * lock, which an unrelated process stuck in I/O may hold (as `ps` can hang on one).
+   */
   private escaped(): number[] {
-    if (!this.marker || this.pid === undefined) return []
+    const marker = this.marker
+    if (!marker || this.pid === undefined) return []
     const ownGroup = this.ownGroup ? this.pid : null
-    return processesCarrying(this.marker).filter((pid) => pid !== process.pid && (ownGroup === null || groupOf(pid) !== ownGroup))
+    const processes = listProcesses()
+    const since = Number(processes.get(process.pid)?.start)
+    if (Number.isNaN(since)) return [] // no /proc
+    return [...processes.values()].filter((p) => !p.zombie && p.pid !== process.pid && Number(p.start) >= since && p.pgrp !== ownGroup && carries(p.pid, marker)).map((p) => p.pid)
   }
 
   /**
@@ -213,29 +222,18 @@ function descendsFrom(processes: Map<number, ProcessEntry>, pid: number, ancesto
 }
 
 /**
- * Live processes whose environment holds `marker` as a whole entry (Linux /proc; none elsewhere,
- * nor those of other users: their environment cannot be read). A zombie's reads empty.
+ * Whether a process's environment holds `marker` as a whole entry (Linux /proc; never for
+ * another user's process, whose environment cannot be read, nor a zombie's, which reads empty).
  */
-function processesCarrying(marker: Buffer): number[] {
-  return procPids().filter((pid) => {
-    let environ: Buffer
-    try {
-      environ = readFileSync(`/proc/${pid}/environ`)
-    } catch {
-      return false
-    }
-    for (let at = environ.indexOf(marker); at !== -1; at = environ.indexOf(marker, at + 1)) if (at === 0 || environ[at - 1] === 0) return true
-    return false
-  })
-}
-
-function groupOf(pid: number): number | null {
+function carries(pid: number, marker: Buffer): boolean {
+  let environ: Buffer
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2])
+    environ = readFileSync(`/proc/${pid}/environ`)
   } catch {
-    return null
+    return false
   }
+  for (let at = environ.indexOf(marker); at !== -1; at = environ.indexOf(marker, at + 1)) if (at === 0 || environ[at - 1] === 0) return true
+  return false
 }
 
 function groupExists(pgrp: number): boolean {
