@@ -26,7 +26,11 @@ const {execute, settings} = await import('../dist/bundle/lockctl.js')
 // NODE_ENV=development or test, and fail on src/*.ts): bin/dev.js is for that.
 settings.enableAutoTranspile = false
 
-await execute({dir: import.meta.url})
+// No user-installed oclif plugins (lockctl has none to offer): oclif would otherwise read
+// ~/.local/share/lockctl/package.json on every run, and warn with a stack-less "(node) [EACCES]"
+// line wherever HOME cannot be read (a service user, ProtectHome=).
+const {fileURLToPath} = await import('node:url')
+await execute({loadOptions: {root: fileURLToPath(import.meta.url), userPlugins: false}})
 // The command is over and its answer written (stdout and stderr are synchronous on Linux for
 // files, pipes and terminals). What is left should end by itself at once; a call that a client
 // library leaves pending after its server died (seen with gRPC after an etcd member was killed)

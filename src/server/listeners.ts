@@ -36,13 +36,20 @@ export class Listeners {
    * removed or replaced (the embedded lockd then exits: nobody could find it any more).
    */
   async listenUnix(path: string, options: {mode?: number; onRemoved?: () => void} = {}): Promise<void> {
-    // Permission bits at creation: no moment in which the socket is more open than asked.
-    const umask = process.umask(0o777 & ~(options.mode ?? 0o600))
-    makeDirectories(dirname(path))
+    // Its directories as any (0700): under the socket's umask below they came out 0600, which
+    // their owner cannot enter unless root, and the socket could then not be made in them.
+    try {
+      makeDirectories(dirname(path))
+    } catch (error) {
+      const {code, path: where} = error as NodeJS.ErrnoException
+      throw new ServerStartError(`--socket ${path}: cannot create ${where ?? dirname(path)}: ${code ?? (error as Error).message}`)
+    }
     if (existsSync(path)) {
       if (await answers(path)) throw new AlreadyRunningError(`another server is listening on ${path}`)
       unlinkSync(path)
     }
+    // Permission bits at creation: no moment in which the socket is more open than asked.
+    const umask = process.umask(0o777 & ~(options.mode ?? 0o600))
     try {
       await listenAs(`--socket ${path}`, this.newServer(), {path})
     } finally {
@@ -119,10 +126,15 @@ async function listenAs(what: string, server: Server, options: {host?: string; p
   try {
     return await listen(server, options)
   } catch (error) {
-    const {code} = error as NodeJS.ErrnoException
-    const why = code === 'EADDRINUSE' ? 'address already in use' : code === 'EACCES' ? 'permission denied' : code === 'EADDRNOTAVAIL' ? 'no such local address' : (error as Error).message
-    throw new ServerStartError(`${what}: ${why}${code ? ` (${code})` : ''}`)
+    throw listenError(what, error as NodeJS.ErrnoException)
   }
+}
+
+/** A listen() that failed (address in use, no permission), as a one-line start-up error naming the flag. */
+export function listenError(what: string, error: NodeJS.ErrnoException): ServerStartError {
+  const {code} = error
+  const why = code === 'EADDRINUSE' ? 'address already in use' : code === 'EACCES' ? 'permission denied' : code === 'EADDRNOTAVAIL' ? 'no such local address' : error.message
+  return new ServerStartError(`${what}: ${why}${code ? ` (${code})` : ''}`)
 }
 
 function answers(path: string): Promise<boolean> {

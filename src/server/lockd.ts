@@ -12,7 +12,7 @@ import {DurableLog} from './durable-log.js'
 import {ServerStartError, unreadableAsStartError} from './errors.js'
 import {handleRequest, type HandlerContext} from './handlers.js'
 import {greet} from './handshake.js'
-import {claimDataDir, Listeners} from './listeners.js'
+import {claimDataDir, Listeners, listenError} from './listeners.js'
 import {LockTable, restoredHolders, systemClock, type Clock, type TableEvent} from './lock-table.js'
 import type {ServerMetrics} from './metrics.js'
 import {Outbox} from './outbox.js'
@@ -158,7 +158,7 @@ export class LockServer {
           logBytes: () => this.log?.bytes ?? 0,
           healthy: () => !this.closing,
         }).catch((error: NodeJS.ErrnoException) => {
-          throw new ServerStartError(`--metrics ${this.options.metrics!.host}:${this.options.metrics!.port}: ${error.code ?? error.message}`)
+          throw listenError(`--metrics ${this.options.metrics!.host}:${this.options.metrics!.port}`, error)
         })
       }
       if (dataDir) await this.recover(dataDir)

@@ -357,6 +357,9 @@ describe('lockctl server', () => {
     }
     for (const [args, message] of [
       [['--in-memory', '--listen', `127.0.0.1:${running.port}`], `^lockctl: --listen 127.0.0.1:${running.port}: address already in use \\(EADDRINUSE\\)$`],
+      [['--in-memory', '--listen', '127.0.0.1:0', '--metrics', `127.0.0.1:${running.port}`], `^lockctl: --metrics 127.0.0.1:${running.port}: address already in use \\(EADDRINUSE\\)$`],
+      // A socket whose directory cannot be made: a stack trace and exit 70 before.
+      [['--in-memory', '--socket', join(blocker, 'run', 'lockd.sock')], `^lockctl: --socket .*a-file/run/lockd\\.sock: cannot create .*a-file/run: ENOTDIR$`],
       [['--data-dir', join(blocker, 'data'), '--listen', '127.0.0.1:0'], `^lockctl: --data-dir: cannot create .*a-file/data: ENOTDIR$`],
       [['--data-dir', blocker, '--listen', '127.0.0.1:0'], `^lockctl: --data-dir .*a-file: cannot scandir .*a-file: not a directory \\(ENOTDIR\\); refusing to start$`],
       [['--data-dir', withDirectory('fence'), '--listen', '127.0.0.1:0'], `^lockctl: --data-dir .*: cannot read .*/fence: a directory where a file belongs \\(EISDIR\\); refusing to start$`],

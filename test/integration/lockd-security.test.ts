@@ -1,4 +1,4 @@
-import {execFileSync, spawnSync} from 'node:child_process'
+import {execFileSync, spawn, spawnSync} from 'node:child_process'
 import {chmodSync, chownSync, mkdirSync, readFileSync, statSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {beforeAll, describe, expect, it} from 'vitest'
@@ -297,6 +297,29 @@ describe('a machine-wide lockd shared by two users', () => {
     expect(refused.stderr).toMatch(/permission denied/)
     await lockd.stop()
     await other.stop()
+  })
+
+  it.skipIf(!asRoot && !process.env.CI)('a user (not root) can serve on a socket in directories lockd makes (0700, as the state directory)', async () => {
+    const dir = tempDir()
+    chmodSync(dir, 0o755)
+    const home = join(dir, 'home')
+    mkdirSync(home)
+    chownSync(home, 65534, 65534)
+    const socket = join(home, 'run', 'lockd', 'lockd.sock')
+    // Made under the socket's own umask, the directories came out 0600: nobody could not enter them.
+    const server = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, BIN, 'server', '--in-memory', '--socket', socket], {stdio: ['ignore', 'ignore', 'pipe']})
+    let stderr = ''
+    server.stderr.on('data', (chunk) => (stderr += chunk))
+    try {
+      await eventually(() => expect(stderr).toMatch(/listening on unix:/))
+      // HOME is root's here, which nobody cannot read: oclif's look for user plugins there
+      // printed "(node:PID) [EACCES] ..." before lockd's own line.
+      expect(stderr).not.toMatch(/\(node:\d+\)|EACCES/)
+      expect(statSync(join(home, 'run')).mode & 0o777).toBe(0o700)
+      expect(statSync(socket).mode & 0o777).toBe(0o600)
+    } finally {
+      server.kill('SIGTERM')
+    }
   })
 })
 
