@@ -96,6 +96,10 @@ describeEtcd('etcd over TLS with authentication', () => {
         expect(result.stderr, args.join(' ')).toMatch(message)
         expect(result.code).toBe(4)
       }
+      // --user against a cluster without authentication: a flag to drop (exit 2), not an outage (4).
+      const login = await runCli(['lock', 'tls/x', '--endpoints', `etcd://127.0.0.1:${plain.members[0].clientPort}`, '--user', 'bob'], {env: {LOCKCTL_PASSWORD: 'pw'}})
+      expect(login.stderr).toMatch(/^lockctl: .*authentication is not enabled.*give no --user\n$/)
+      expect(login.code).toBe(2)
     } finally {
       await plain.stop()
     }

@@ -113,7 +113,7 @@ export class EtcdBackend implements LockBackend {
       this.states.set('connected')
       return result
     } catch (error) {
-      let mapped = mapEtcdError(this.types, this.label, what, error as Error)
+      let mapped = mapEtcdError(this.types, this.label, what, error as Error, this.options.auth !== undefined)
       if (mapped.code === ErrorCode.UNREACHABLE && !this.answered && !(error instanceof LockError)) {
         // Asked once per client: every failing call before the first success says the same.
         this.tlsHint ??= this.diagnoseTls()

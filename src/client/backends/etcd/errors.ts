@@ -1,6 +1,6 @@
 import type * as Etcd3Module from 'etcd3'
 import type {isBrokenCircuitError as IsBrokenCircuit} from 'cockatiel'
-import {LockError, NotPermittedError, ServerError, UnreachableError} from '../../errors.js'
+import {BadInputError, LockError, NotPermittedError, ServerError, UnreachableError} from '../../errors.js'
 
 /** etcd3's and cockatiel's error types, loaded with etcd3 (lazily: never on lockd's path). */
 export interface EtcdErrorTypes {
@@ -12,7 +12,7 @@ export interface EtcdErrorTypes {
  * Turn an error of the etcd3 client into lockctl's typed errors, by its type (etcd3 marks the
  * transient ones: network trouble, an unavailable member, a deadline), never by its message.
  */
-export function mapEtcdError(types: EtcdErrorTypes, label: string, what: string, error: Error): LockError {
+export function mapEtcdError(types: EtcdErrorTypes, label: string, what: string, error: Error, withLogin = false): LockError {
   if (error instanceof LockError) return error
   const {etcd3} = types
   // gRPC messages carry a status prefix and resolver notes nobody needs to read.
@@ -27,6 +27,11 @@ export function mapEtcdError(types: EtcdErrorTypes, label: string, what: string,
   // in a flag, and a script must be able to tell it from one.
   if (error instanceof etcd3.EtcdAuthenticationFailedError || error instanceof etcd3.EtcdInvalidAuthTokenError || error instanceof etcd3.GRPCUnauthenticatedError) {
     return new NotPermittedError(`${label}: ${what}: etcd refused the credentials (${detail})`)
+  }
+  // Of what lockctl calls, only the login of a --user can fail a precondition: the cluster has
+  // no authentication enabled (etcdctl says the same). A flag to drop, not an outage.
+  if (withLogin && error instanceof etcd3.GRPCFailedPreconditionError) {
+    return new BadInputError(`${label}: ${what}: etcd did not take the login (${detail}); without authentication on the cluster, give no --user`)
   }
   if (error instanceof etcd3.EtcdPermissionDeniedError) {
     return new NotPermittedError(`${label}: ${what}: etcd does not permit this user that: a role with read-write on the lock's keys is needed (${detail})`)
