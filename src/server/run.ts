@@ -1,3 +1,4 @@
+import {isIP} from 'node:net'
 import {AlreadyRunningError, LockServer, type LockServerOptions} from './lockd.js'
 
 export {AlreadyRunningError}
@@ -34,6 +35,10 @@ export async function runServer(options: LockServerOptions, announce = true): Pr
         (server.metricsPort !== undefined ? `; metrics on http://${options.metrics!.host}:${server.metricsPort}/metrics` : '') +
         (options.authFile ? `; users from ${options.authFile}` : ''),
     )
+    const exposed = options.authFile && !options.tls ? server.addresses.tcp.filter((a) => !isLoopback(a.host)) : []
+    if (exposed.length > 0) {
+      log(`lockd: warning: passwords reach ${exposed.map((a) => `${a.host}:${a.port}`).join(', ')} in clear text (no TLS): give --tls-cert and --tls-key, or listen on loopback or a unix socket`)
+    }
   }
   try {
     await server.closed
@@ -42,4 +47,11 @@ export async function runServer(options: LockServerOptions, announce = true): Pr
     process.off('SIGINT', onInt)
     process.off('SIGHUP', onHup)
   }
+}
+
+/** An address only this machine reaches (127.0.0.0/8, ::1, ::ffff:127.x): where a clear-text password does not travel. */
+export function isLoopback(host: string): boolean {
+  if (isIP(host) === 4) return host.startsWith('127.')
+  const lower = host.toLowerCase()
+  return lower === '::1' || lower.startsWith('::ffff:127.')
 }

@@ -8,6 +8,7 @@ import {loadProfile} from '../../src/cli/profiles.js'
 import {byCreateRevision, lockNameOf, makeToken, parseToken, prefixEnd} from '../../src/client/backends/etcd/keys.js'
 import {LockHeldError, NotPermittedError, UnreachableError} from '../../src/client/errors.js'
 import {DeadlineHeap} from '../../src/server/deadline-heap.js'
+import {isLoopback} from '../../src/server/run.js'
 
 describe('DeadlineHeap', () => {
   it('pops in deadline order for a seeded random mix of pushes, and compacts away dead entries', () => {
@@ -122,5 +123,12 @@ describe('TokenSource', () => {
     // Uniform over the other 63: ~1,016 each (a character below 800 or above 1,250 is a bias).
     for (const [first, count] of firsts) expect(count, first).toBeGreaterThan(800)
     for (const [first, count] of firsts) expect(count, first).toBeLessThan(1250)
+  })
+})
+
+describe('isLoopback: where lockd warns that passwords would travel in clear text', () => {
+  it('127.0.0.0/8, ::1 and IPv4-mapped loopback are local; any other address is not', () => {
+    for (const host of ['127.0.0.1', '127.1.2.3', '::1', '::ffff:127.0.0.1', '::FFFF:127.0.0.1']) expect(isLoopback(host), host).toBe(true)
+    for (const host of ['0.0.0.0', '::', '10.0.0.5', '192.168.1.1', '::ffff:10.0.0.1', 'fe80::1', '128.0.0.1']) expect(isLoopback(host), host).toBe(false)
   })
 })
