@@ -1,6 +1,7 @@
 import type {Socket} from 'node:net'
 import type {Packr} from 'msgpackr/pack'
 import {createCodec, FrameDecoder} from '../protocol/framing.js'
+import type {Holder} from './lock-table.js'
 
 /** A watch subscription: the id of its watch request, and what it watches. */
 export interface Subscription {
@@ -41,7 +42,16 @@ export interface Connection {
    * over a while; smaller answers and pushes meanwhile must not count it against the peer.
    */
   answerAllowance: number
+  /**
+   * The last few grants made at once to this connection's acquires, by request id: a client
+   * that got no answer in time cancels its acquire, and a grant made after it gave up is
+   * released instead of held, by a token nobody knows, for its whole lease (docs/protocol.md).
+   */
+  recentGrants: Map<number, Holder>
 }
+
+/** How many of a connection's direct grants a late cancel can still find. */
+export const RECENT_GRANTS = 16
 
 /** `owner` as the connection's one copy of it. */
 export function sharedOwner(conn: Connection, owner: string): string {
@@ -52,5 +62,18 @@ export function sharedOwner(conn: Connection, owner: string): string {
 
 export function newConnection(socket: Socket, session: string, maxFrame: number): Connection {
   const codec = createCodec()
-  return {session, socket, codec, decoder: new FrameDecoder(codec, maxFrame), greeted: false, peerMaxFrame: null, subscriptions: new Map(), user: null, held: null, owner: null, answerAllowance: 0}
+  return {
+    session,
+    socket,
+    codec,
+    decoder: new FrameDecoder(codec, maxFrame),
+    greeted: false,
+    peerMaxFrame: null,
+    subscriptions: new Map(),
+    user: null,
+    held: null,
+    owner: null,
+    answerAllowance: 0,
+    recentGrants: new Map(),
+  }
 }

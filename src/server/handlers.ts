@@ -2,7 +2,8 @@ import {ErrorCode} from '../protocol/errors.js'
 import type {Answer, AnswerTo, Op, Request, RequestOf, ServerInfo} from '../protocol/messages.js'
 import {attemptProblem, keyProblem, leaseProblem, modeProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
 import {describeLimit} from '../protocol/limits.js'
-import {sharedOwner, type Connection} from './connection.js'
+import {RECENT_GRANTS, sharedOwner, type Connection} from './connection.js'
+import type {Holder} from './lock-table.js'
 import type {LockTable} from './lock-table.js'
 import type {Subscriptions} from './subscriptions.js'
 import {grantInfo, holderInfo, lockInfo} from './wire.js'
@@ -85,14 +86,23 @@ function answer(ctx: HandlerContext, conn: Connection, request: Request): Answer
         return {code: ErrorCode.BAD_INPUT, msg: `${JSON.stringify(request.key)} is ${describeLimit(result.limit)}; asked as ${describeLimit(request.limit ?? 1)}`}
       }
       const now = ctx.now()
-      if (result.kind === 'granted') return {code: 'OK', grant: grantInfo(request.key, result.grant, now)}
+      if (result.kind === 'granted') {
+        if (!result.reentrant) rememberGrant(conn, request.id, result.grant)
+        return {code: 'OK', grant: grantInfo(request.key, result.grant, now)}
+      }
       if (result.kind === 'held') return {code: ErrorCode.LOCK_HELD, msg: `held by ${result.holder.owner}`, holder: holderInfo(result.holder, now)}
       if (request.progress === true) ctx.subscriptions.followPosition(conn, request.key, request.id, result.position)
       return {code: 'QUEUED', position: result.position, holder: holderInfo(result.holder, now)}
     }
-    case 'cancel':
+    case 'cancel': {
       // A wait the client gave up because its time ran out shows in watch as a timeout.
-      return {code: 'OK', released: table.cancel({session: conn.session, wid: request.wid}, request.key, request.reason === 'timeout' ? 'timeout' : 'cancelled').released}
+      if (table.cancel({session: conn.session, wid: request.wid}, request.key, request.reason === 'timeout' ? 'timeout' : 'cancelled').released) return {code: 'OK', released: true}
+      // Granted at once, but the client had given up before the answer came.
+      const granted = conn.recentGrants.get(request.wid)
+      if (granted === undefined || granted.key !== request.key) return {code: 'OK', released: false}
+      conn.recentGrants.delete(request.wid)
+      return {code: 'OK', released: table.release(granted.key, granted.token, false, conn.session).ok}
+    }
     case 'release': {
       if (request.force === true && !ctx.mayForce(conn)) {
         return {code: ErrorCode.NOT_PERMITTED, msg: `${conn.user === null ? 'an anonymous client' : `user ${JSON.stringify(conn.user)}`} may not force-release a lock it does not hold (lockd --admin)`}
@@ -134,4 +144,10 @@ function answer(ctx: HandlerContext, conn: Connection, request: Request): Answer
     case 'ping':
       return {code: 'OK'} satisfies AnswerTo<'ping'>
   }
+}
+
+function rememberGrant(conn: Connection, wid: number, holder: Holder): void {
+  const grants = conn.recentGrants
+  grants.set(wid, holder)
+  if (grants.size > RECENT_GRANTS) grants.delete(grants.keys().next().value as number)
 }

@@ -541,6 +541,31 @@ describe('lockd against a misbehaving peer', () => {
     await lockd.stop()
   })
 
+  it('an acquire that got no answer in time is not left granted: lockd paused, the client gives up, lockd resumes and grants it, the cancel behind it releases it', async () => {
+    const lockd = await startLockd()
+    const checker = await client(lockd.endpoint, 'checker')
+    for (const [close, key] of [
+      [true, 'late-1'],
+      [false, 'late-2'],
+    ] as const) {
+      const impatient = await connect({endpoints: lockd.endpoint, owner: 'impatient', requestTimeoutMs: 300})
+      await impatient.info()
+      lockd.child.kill('SIGSTOP')
+      try {
+        await expect(impatient.createLock(key).acquire({leaseMs: 3_600_000})).rejects.toMatchObject({code: 'UNREACHABLE'})
+        // A one-shot CLI closes at once; a library client may go on using its connection.
+        if (close) await impatient.close()
+      } finally {
+        lockd.child.kill('SIGCONT')
+      }
+      // Before: held for the whole hour by a token nobody had.
+      await eventually(async () => expect(await checker.inspect(key)).toBeNull())
+      expect((await checker.createLock(key).acquire()).owner).toBe('checker')
+      if (!close) await impatient.close()
+    }
+    await lockd.stop()
+  })
+
   it('an unreachable endpoint fails with UNREACHABLE', async () => {
     const c = await client('lockd://127.0.0.1:1', 'A')
     await expect(c.createLock('k').acquire()).rejects.toMatchObject({code: 'UNREACHABLE'})

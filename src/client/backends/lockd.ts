@@ -162,6 +162,11 @@ export class LockdBackend implements LockBackend {
       response = await sent.response
     } catch (error) {
       this.slots.delete(wid)
+      // No answer in time on a connection still open: lockd may grant it after we gave up, to a
+      // token nobody would know, held for its whole lease. lockd runs a connection's requests in
+      // order, so this cancel comes after the acquire and releases whatever it got (or leaves
+      // the queue). Not awaited: the caller is told at once, as before.
+      if (!connection.closed) connection.start({op: 'cancel', key: request.key, wid, reason: 'timeout'}).response.catch(() => {})
       throw error
     }
     if (response.code === 'OK') {
