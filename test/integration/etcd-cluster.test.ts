@@ -144,6 +144,36 @@ describeEtcd('etcd: a member that stops answering', () => {
       await Promise.all([a.close(), b.close()])
     }
   }, 60_000)
+
+  it('an acquire whose put got no answer leaves no key behind when the client closes at once (a one-shot CLI)', async () => {
+    const etcd = await startEtcd(1)
+    const pid = etcd.members[0].child!.pid!
+    const checker = await connect({endpoints: etcd.endpoint, owner: 'checker'})
+    try {
+      // The race (does etcd apply the put after the client gave up?) goes either way: several tries.
+      for (let i = 0; i < 4; i++) {
+        const key = `unanswered-${i}`
+        const impatient = await connect({endpoints: etcd.endpoint, owner: 'impatient', requestTimeoutMs: 1000})
+        const warm = impatient.createLock(`warm-${i}`) // its session (lease) exists: the put is the one call
+        await warm.acquire({leaseMs: 600_000})
+        await warm.unlock()
+        process.kill(pid, 'SIGSTOP')
+        try {
+          await expect(impatient.createLock(key).acquire({leaseMs: 600_000})).rejects.toMatchObject({code: 'UNREACHABLE'})
+          const closed = impatient.close()
+          setTimeout(() => process.kill(pid, 'SIGCONT'), 200)
+          await closed
+        } finally {
+          process.kill(pid, 'SIGCONT')
+        }
+        // Before: held by 'impatient' for its 10-minute lease, by a token nobody had.
+        await new Promise((resolve) => setTimeout(resolve, 1000))
+        expect(await checker.inspect(key), key).toBeNull()
+      }
+    } finally {
+      await checker.close()
+    }
+  }, 90_000)
 })
 
 describeEtcd('etcd: interoperability with etcdctl lock', () => {

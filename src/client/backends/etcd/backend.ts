@@ -43,11 +43,18 @@ export class QueuePlaceLostError extends UnreachableError {}
 const SUSPEND_AFTER_MS = 2000
 /** The longest pause before re-opening a broken watch stream. */
 const WATCH_BACKOFF_MAX_MS = 2000
+/** How long a member that failed 3 calls in a row is skipped. */
+const MEMBER_PAUSE_MS = 1000
+/** A key given up is looked for this many times after its put's answer was lost (giveUp). */
+const GIVE_UP_LOOKS = 3
+const GIVE_UP_RETRY_MS = 500
+/** The longest close() waits for keys given up to be deleted. */
+const CLOSE_CLEANUP_MS = 3000
 /** list(): lease look-ups in flight at once. */
 const LIST_CONCURRENCY = 16
 
 export async function createEtcdBackend(options: EtcdBackendOptions): Promise<EtcdBackend> {
-  const [etcd3, {isBrokenCircuitError, ExponentialBackoff}] = await Promise.all([import('etcd3'), import('cockatiel')])
+  const [etcd3, {isBrokenCircuitError, ExponentialBackoff, circuitBreaker, handleWhen, ConsecutiveBreaker}] = await Promise.all([import('etcd3'), import('cockatiel')])
   const files = readTlsFiles(options.tls ?? {})
   const secure = options.secure || anyTlsFile(options.tls ?? {})
   const urlOf = (h: {host: string; port: number}) => `${secure ? 'https' : 'http'}://${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`
@@ -64,7 +71,13 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
     // A waiter must see its turn soon after a failover: etcd3's default backoff for re-opening
     // the watch stream grows to 30 s. Its timer also keeps the process alive after close().
     // (etcd3 types this with an older cockatiel's IBackoff; it only calls next() and reads duration.)
-    faultHandling: {watchBackoff: new ExponentialBackoff({initialDelay: 100, maxDelay: WATCH_BACKOFF_MAX_MS}) as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>},
+    faultHandling: {
+      watchBackoff: new ExponentialBackoff({initialDelay: 100, maxDelay: WATCH_BACKOFF_MAX_MS}) as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>,
+      // A member that failed 3 calls in a row is skipped for a while: 1 s here, not etcd3's 5 s,
+      // in which every call to a one-member cluster failed at once even after it came back (a
+      // give-up's delete among them: its key would stay, held by nobody, for its lease).
+      host: () => circuitBreaker(handleWhen(etcd3.isRecoverableError), {halfOpenAfter: MEMBER_PAUSE_MS, breaker: new ConsecutiveBreaker(3)}),
+    },
   })
   return new EtcdBackend(client, options, {etcd3, isBrokenCircuitError}, () => diagnoseTls(options.hosts[0], secure, files, Math.min(options.connectTimeoutMs, 2000)), oneEndpoint)
 }
@@ -78,6 +91,10 @@ export class EtcdBackend implements LockBackend {
   private readonly sessions: SessionPool
   /** Some call has succeeded: from then on a failure is an outage, never a TLS mistake. */
   private answered = false
+  /** Deletions of keys of acquires that gave up, still being retried (giveUp). */
+  private readonly cleanups = new Set<Promise<void>>()
+  /** Until when close() lets those retries go on. */
+  private closeDeadline = 0
   private tlsHint: Promise<string | undefined> | null = null
 
   constructor(
@@ -411,25 +428,44 @@ export class EtcdBackend implements LockBackend {
    */
   private async giveUp(session: Session, key: string, revision: string | undefined): Promise<void> {
     const myKey = buf(`${key}/${session.hex}`)
+    // The put's answer never came (no revision): it may still land after etcd answers a delete.
+    // A session that holds nothing else is revoked instead, which also fails such a late put.
+    const revoke = revision === undefined && session.names.size === 1 && session.names.has(key)
+    if (revoke) this.sessions.forget(session)
     const compare = revision
       ? {key: myKey, result: 'Equal' as const, target: 'Create' as const, create_revision: revision}
       : {key: myKey, result: 'Equal' as const, target: 'Lease' as const, lease: session.id}
-    const attempt = async (): Promise<boolean> => {
+    // 'absent': no key of ours was found, though a late put may still make one: looked for again.
+    const attempt = async (): Promise<'done' | 'absent' | 'failed'> => {
       try {
-        await this.client.kv.txn({compare: [compare], success: [{request_delete_range: {key: myKey}}], failure: []})
+        if (revoke) {
+          await this.client.leaseClient.leaseRevoke({ID: session.id})
+          return 'done'
+        }
+        const txn = await this.client.kv.txn({compare: [compare], success: [{request_delete_range: {key: myKey}}], failure: []})
         this.sessions.free(session, key)
-        return true
+        return txn.succeeded || revision !== undefined ? 'done' : 'absent'
       } catch (error) {
-        if (isLeaseGone(this.types, error)) return true
-        return false
+        if (isLeaseGone(this.types, error)) return 'done'
+        return 'failed'
       }
     }
-    if (await attempt()) return
-    const retry = () => {
-      if (this.closed) return
-      setTimeout(() => void attempt().then((done) => done || retry()), 500).unref()
-    }
-    retry()
+    let absent = 0
+    const settled = (outcome: 'done' | 'absent' | 'failed') => outcome === 'done' || (outcome === 'absent' && ++absent >= GIVE_UP_LOOKS)
+    if (revision !== undefined && settled(await attempt())) return
+    // Retried in the background until etcd answers; close() waits a while for these, so that a
+    // one-shot CLI that gave up leaves no key behind to hold the lock, by a token nobody has,
+    // for its whole lease. A put whose answer never came is not waited for here: etcd did not
+    // answer it, and the caller is told that at once, not one request deadline later.
+    const retries = (async () => {
+      if (revision === undefined && settled(await attempt())) return
+      while (!this.closed || performance.now() < this.closeDeadline) {
+        await new Promise((resolve) => setTimeout(resolve, GIVE_UP_RETRY_MS).unref())
+        if (settled(await attempt())) return
+      }
+    })()
+    this.cleanups.add(retries)
+    void retries.finally(() => this.cleanups.delete(retries))
   }
 
   /** Our key, if the token still holds the lock (its key exists with its create revision). */
@@ -651,6 +687,9 @@ export class EtcdBackend implements LockBackend {
     if (this.closed) return
     this.closed = true
     if (this.suspendTimer) clearTimeout(this.suspendTimer)
+    // Keys of acquires that gave up, not yet deleted (etcd did not answer): a while longer.
+    this.closeDeadline = performance.now() + CLOSE_CLEANUP_MS
+    if (this.cleanups.size > 0) await Promise.race([Promise.all(this.cleanups), new Promise((resolve) => setTimeout(resolve, CLOSE_CLEANUP_MS).unref())])
     await this.sessions.close()
     this.client.close()
     this.states.set('closed')
