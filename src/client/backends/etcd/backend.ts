@@ -59,7 +59,6 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
   const secure = options.secure || anyTlsFile(options.tls ?? {})
   const urlOf = (h: {host: string; port: number}) => `${secure ? 'https' : 'http'}://${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`
   const credentials = secure ? {rootCertificate: files.ca ?? Buffer.alloc(0), certChain: files.cert, privateKey: files.key} : undefined
-  /** A client of one endpoint alone, for `status`'s question "which endpoints answer?". */
   const oneEndpoint = (h: {host: string; port: number}, timeoutMs: number) =>
     new etcd3.Etcd3({hosts: [urlOf(h)], credentials, auth: options.auth, dialTimeout: timeoutMs, defaultCallOptions: () => ({deadline: Date.now() + timeoutMs})})
   const client = new etcd3.Etcd3({
@@ -101,8 +100,10 @@ export class EtcdBackend implements LockBackend {
     private readonly client: Etcd3,
     private readonly options: EtcdBackendOptions,
     private readonly types: EtcdErrorTypes,
-    private readonly diagnoseTls: () => Promise<string | undefined> = async () => undefined,
-    private readonly oneEndpoint: ((host: {host: string; port: number}, timeoutMs: number) => Etcd3) | null = null,
+    /** Why the first member does not answer, if TLS is why (diagnose.ts). */
+    private readonly diagnoseTls: () => Promise<string | undefined>,
+    /** A client of one endpoint alone, for `status`'s question "which endpoints answer?". */
+    private readonly oneEndpoint: (host: {host: string; port: number}, timeoutMs: number) => Etcd3,
   ) {
     this.label = options.label
     this.sessions = new SessionPool(client, (what, operation) => this.call(what, operation), this.label, options.requestTimeoutMs)
@@ -624,8 +625,7 @@ export class EtcdBackend implements LockBackend {
     return Promise.all(
       this.options.hosts.map(async (host) => {
         const endpoint = `${host.host}:${host.port}`
-        const one = this.oneEndpoint?.(host, timeoutMs)
-        if (!one) return {endpoint, member: null, answering: false}
+        const one = this.oneEndpoint(host, timeoutMs)
         try {
           const answer = await one.maintenance.status()
           return {endpoint, member: names.get(answer.header.member_id) ?? answer.header.member_id, answering: true}
