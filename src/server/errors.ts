@@ -1,3 +1,5 @@
+import {makeDirectories} from '../util/fs.js'
+
 /** lockd could not start; the message says why in one line. Exit code 1 from the CLI. */
 export class ServerStartError extends Error {
   readonly exitCode = 1
@@ -34,4 +36,14 @@ const FS_ERRORS: Record<string, string> = {
   EIO: 'input/output error',
   ELOOP: 'too many symbolic links',
   ENAMETOOLONG: 'name too long',
+}
+
+/** mkdir -p of a directory lockd needs (`what`: the flag that names it), or one line saying why not (exit 1). */
+export function makeDirectoriesOrStartError(what: string, dir: string): void {
+  try {
+    makeDirectories(dir)
+  } catch (error) {
+    const {code, path} = error as NodeJS.ErrnoException
+    throw new ServerStartError(`${what}: cannot create ${path ?? dir}: ${code ?? (error as Error).message}`)
+  }
 }

@@ -3,8 +3,7 @@ import type {Answer, AnswerTo, Op, Request, RequestOf, ServerInfo} from '../prot
 import {attemptProblem, keyProblem, leaseProblem, modeProblem, ownerProblem, tokenProblem, waitProblem} from '../protocol/validate.js'
 import {describeLimit} from '../protocol/limits.js'
 import {RECENT_GRANTS, sharedOwner, type Connection} from './connection.js'
-import type {Holder} from './lock-table.js'
-import type {LockTable} from './lock-table.js'
+import type {Holder, LockTable} from './lock-table.js'
 import type {Subscriptions} from './subscriptions.js'
 import {grantInfo, holderInfo, lockInfo} from './wire.js'
 

@@ -3,8 +3,7 @@ import {chmodSync, existsSync, realpathSync, statSync, unlinkSync} from 'node:fs
 import {createConnection, createServer, type Server, type Socket} from 'node:net'
 import {createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer} from 'node:tls'
 import {dirname} from 'node:path'
-import {makeDirectories} from '../util/fs.js'
-import {AlreadyRunningError, ServerStartError} from './errors.js'
+import {AlreadyRunningError, makeDirectoriesOrStartError, ServerStartError} from './errors.js'
 
 /**
  * lockd's listening sockets: TCP addresses and a unix socket (with its permission bits, and a
@@ -38,12 +37,7 @@ export class Listeners {
   async listenUnix(path: string, options: {mode?: number; onRemoved?: () => void} = {}): Promise<void> {
     // Its directories as any (0700): under the socket's umask below they came out 0600, which
     // their owner cannot enter unless root, and the socket could then not be made in them.
-    try {
-      makeDirectories(dirname(path))
-    } catch (error) {
-      const {code, path: where} = error as NodeJS.ErrnoException
-      throw new ServerStartError(`--socket ${path}: cannot create ${where ?? dirname(path)}: ${code ?? (error as Error).message}`)
-    }
+    makeDirectoriesOrStartError(`--socket ${path}`, dirname(path))
     if (existsSync(path)) {
       if (await answers(path)) throw new AlreadyRunningError(`another server is listening on ${path}`)
       unlinkSync(path)

@@ -4,12 +4,11 @@ import type {SecureContextOptions, TLSSocket} from 'node:tls'
 import {ErrorCode} from '../protocol/errors.js'
 import {DEFAULT_MAX_FRAME, encodeFrame} from '../protocol/framing.js'
 import {PROTOCOL_VERSION, type Request, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
-import {makeDirectories} from '../util/fs.js'
 import {VERSION} from '../version.js'
 import {PasswordCheck} from './auth.js'
 import {newConnection, type Connection} from './connection.js'
 import {DurableLog} from './durable-log.js'
-import {ServerStartError, unreadableAsStartError} from './errors.js'
+import {makeDirectoriesOrStartError, unreadableAsStartError} from './errors.js'
 import {handleRequest, type HandlerContext} from './handlers.js'
 import {greet} from './handshake.js'
 import {claimDataDir, Listeners, listenError} from './listeners.js'
@@ -186,12 +185,7 @@ export class LockServer {
 
   /** Claim the data directory and rebuild the table from it (docs/recovery.md). */
   private async recover(dataDir: string): Promise<void> {
-    try {
-      makeDirectories(dataDir)
-    } catch (error) {
-      const {code, path} = error as NodeJS.ErrnoException
-      throw new ServerStartError(`--data-dir: cannot create ${path ?? dataDir}: ${code ?? (error as Error).message}`)
-    }
+    makeDirectoriesOrStartError('--data-dir', dataDir)
     const {log, state} = await unreadableAsStartError(dataDir, async () => {
       this.dirMutex = await claimDataDir(dataDir)
       return DurableLog.open(
