@@ -166,7 +166,9 @@ describeEtcd('etcd: a member that stops answering', () => {
         } finally {
           process.kill(pid, 'SIGCONT')
         }
-        // Before: held by 'impatient' for its 10-minute lease, by a token nobody had.
+        // Before: held by 'impatient' for its 10-minute lease, by a token nobody had. An absence:
+        // no event says a put stuck in etcd will never land, so this gives it a second to (it
+        // did within that, before the fix, in every run that failed).
         await new Promise((resolve) => setTimeout(resolve, 1000))
         expect(await checker.inspect(key), key).toBeNull()
       }
