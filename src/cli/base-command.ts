@@ -5,6 +5,7 @@ import {ExitCode, exitCodeFor} from './exit-codes.js'
 import {durationFlag, markDashTokens} from './flags.js'
 import {UsageError} from './usage-error.js'
 import type {ReplSession} from './session.js'
+import {StdoutGuard} from './stdout.js'
 
 /** The global flags every command gets (see BaseCommand.baseFlags). */
 export interface GlobalFlags {
@@ -75,6 +76,8 @@ export abstract class BaseCommand extends Command {
   protected conflictExitCode: number = ExitCode.NOT_ACQUIRED
   /** `--quiet`: a lock held by another (or a wait that ran out) ends without a line, as cron wants. */
   protected quietConflicts = false
+  /** What this command knows of its stdout (a write that failed: stdout.ts). Set by init. */
+  protected stdout!: StdoutGuard
   private clientPromise: Promise<LockClient> | null = null
   private interruptController: AbortController | null = null
 
@@ -83,6 +86,7 @@ export abstract class BaseCommand extends Command {
     // CLI's stderr is its users': gRPC connecting to etcds://10.0.0.1 makes Node warn (DEP0123,
     // an IP address as the TLS server name) on every command, around the one line an error gets.
     process.noDeprecation = true
+    this.stdout = StdoutGuard.install(!this.session)
     // A token that begins with '-' would be taken for flags (flags.ts, markDashTokens).
     this.argv = markDashTokens(this.argv)
     await super.init()
@@ -138,6 +142,15 @@ export abstract class BaseCommand extends Command {
     return this.interruptController.signal
   }
 
+  /**
+   * For a command that streams to stdout until interrupted (watch, status --watch, hold): ends
+   * on Ctrl-C/SIGTERM, or once stdout cannot be written (its reader gone, a full disk), instead of
+   * streaming on to nobody. A failure other than the reader leaving is reported at exit (74).
+   */
+  protected get streamSignal(): AbortSignal {
+    return AbortSignal.any([this.interruptSignal, this.stdout.gone])
+  }
+
   /** One JSON document on one line: easy for `jq` and for line-oriented scripts. */
   logJson(json: unknown): void {
     process.stdout.write(`${JSON.stringify(json)}\n`)
@@ -150,7 +163,8 @@ export abstract class BaseCommand extends Command {
     ;(this as unknown as {parsed: boolean}).parsed = true
     this.exitStatus = exitCode
     if (this.quietConflicts && (code === ErrorCode.LOCK_HELD || code === ErrorCode.WAIT_TIMEOUT)) return
-    if (this.jsonEnabled()) this.logJson({error: {code, message, exitCode}})
+    // (An error about stdout itself goes to stderr, where it can still be read.)
+    if (this.jsonEnabled() && code !== ErrorCode.OUTPUT) this.logJson({error: {code, message, exitCode}})
     else process.stderr.write(`${this.session?.errorPrefix ?? ''}lockctl: ${message}\n`)
   }
 

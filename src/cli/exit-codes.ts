@@ -15,6 +15,8 @@ export const ExitCode = {
   NOT_HOLDER: 5,
   /** Not permitted: authentication failed, or the user may not do that. */
   NOT_PERMITTED: 6,
+  /** lockctl could not write its output: stdout full or failing, or (lock, hold) its reader gone. sysexits' EX_IOERR. */
+  OUTPUT: 74,
   /** Interrupted (Ctrl-C) while waiting, as a shell reports SIGINT. */
   INTERRUPTED: 130,
   /** A bug in lockctl: an error nobody classified. */
@@ -42,6 +44,8 @@ export function exitCodeFor(code: string | undefined): number {
       return ExitCode.NOT_PERMITTED
     case ErrorCode.ABORTED:
       return ExitCode.INTERRUPTED
+    case ErrorCode.OUTPUT:
+      return ExitCode.OUTPUT
     default:
       return ExitCode.INTERNAL
   }

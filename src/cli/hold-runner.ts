@@ -17,6 +17,12 @@ export interface HoldOptions extends BackgroundHoldOptions {
   graceMs: number
   /** Aborted for Ctrl-C where it does not arrive as a signal (the REPL's raw-mode terminal). */
   interrupt?: AbortSignal
+  /**
+   * Without a command, the events are the output: once they cannot be written (the reader of
+   * `hold leader --json | consumer` died, a full disk) the hold ends, exit 74, rather than keep
+   * a leadership nobody acts on. Its reason: an OutputError (stdout.ts).
+   */
+  output?: {gone: AbortSignal; claim(): Error}
 }
 
 /**
@@ -35,8 +41,18 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
   let suspended = false
   let announcedWait = false
 
-  let stopRequested!: (signal: NodeJS.Signals) => void
-  const stop = new Promise<NodeJS.Signals>((resolve) => (stopRequested = resolve))
+  /** A signal, or 'output': nobody can read the events any more. */
+  let stopRequested!: (why: NodeJS.Signals | 'output') => void
+  const stop = new Promise<NodeJS.Signals | 'output'>((resolve) => (stopRequested = resolve))
+  // Claimed at once: this hold says it in its own line (with what became of the lock).
+  let outputFailure: Error | null = null
+  const onOutputGone = () => {
+    outputFailure = options.output!.claim()
+    stopRequested('output')
+  }
+  const outputGone = command ? undefined : options.output?.gone
+  if (outputGone?.aborted) onOutputGone()
+  outputGone?.addEventListener('abort', onOutputGone)
   const interactive = Boolean(command && process.stdin.isTTY)
   const onSignal = (signal: NodeJS.Signals) => {
     if (child?.started) {
@@ -105,12 +121,10 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
     const first = await Promise.race([lock.ready.then(() => null), stop])
     // Lost before the command could start (a forced release right after the grant).
     if (lost) return ExitCode.LOST
+    if (first === 'output') return ExitCode.OUTPUT
     // Interrupted while waiting for the first grant.
     if (first) return 128 + signalNumber(first)
-    if (!command) {
-      await stop
-      return ExitCode.OK
-    }
+    if (!command) return (await stop) === 'output' ? ExitCode.OUTPUT : ExitCode.OK
     child = new SupervisedChild(command, {...process.env, LOCKCTL_KEY: key, LOCKCTL_TOKEN: lock.token, LOCKCTL_FENCE: String(lock.fence)}, {interactive})
     const result = await child.exited
     if (result.spawnError) {
@@ -126,9 +140,11 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
   } finally {
     progress.stop()
     options.interrupt?.removeEventListener('abort', onInterrupt)
+    outputGone?.removeEventListener('abort', onOutputGone)
     const held = lock.isHeldByCurrentClient()
     await lock.close()
-    if (held) events.print('released', key)
+    if (outputFailure) process.stderr.write(`lockctl: ${(outputFailure as Error).message}; ${held ? `released ${key}` : `stopped waiting for ${key}`}\n`)
+    else if (held) events.print('released', key)
     for (const [signal, handler] of handlers) process.off(signal, handler)
   }
 }

@@ -84,6 +84,7 @@ With a command (after --): start it once the lock is held, without a shell, with
       this.log(`holding ${key} in the background (unlock ${key} to stop)`)
       return
     }
+    if (command) this.stdout.handOver()
     this.exitStatus = await runHold(client, {
       ...options,
       command,
@@ -92,6 +93,7 @@ With a command (after --): start it once the lock is held, without a shell, with
       graceMs: flags.grace,
       // In the REPL the terminal is in raw mode: Ctrl-C arrives as the session's interrupt.
       interrupt: this.session?.signal,
+      output: this.stdout,
     })
   }
 }

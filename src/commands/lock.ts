@@ -5,11 +5,12 @@ import {grantJson, ordinal, shellQuote} from '../cli/output.js'
 import {createProgress} from '../cli/progress.js'
 import {describeHolder} from '../client/errors.js'
 import {rememberGrant} from '../cli/session.js'
+import {OutputError} from '../cli/stdout.js'
 
 export default class Lock extends BaseCommand {
   static summary = 'Acquire a lock and print its token.'
   static description = `The lock stays held after lockctl exits, until its lease runs out or \`lockctl unlock\` releases it with the token.
-Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 3 granted after the wait but its lease ran out first (the process was paused), 4 unreachable, 130 interrupted.`
+Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 3 granted after the wait but its lease ran out first (the process was paused), 4 unreachable, 74 the token could not be written to stdout (the lock was released), 130 interrupted.`
 
   static examples = [
     'token=$(<%= config.bin %> lock deploy --lease 2m --wait 30s) || exit 1',
@@ -31,7 +32,7 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 3 g
     'conflict-exit-code': conflictExitCodeFlag,
   }
 
-  async run(): Promise<Record<string, unknown>> {
+  async run(): Promise<undefined> {
     const {args, flags} = await this.parse(Lock)
     this.conflictExitCode = flags['conflict-exit-code']
     const key = checkKeyArg(args.key ?? missingInput('KEY'))
@@ -59,13 +60,30 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 3 g
     }
     const session = this.session
     if (session) rememberGrant(session, grant, sentAt)
-    if (flags.export) {
-      this.log(`export LOCKCTL_KEY=${shellQuote(key)}`)
-      this.log(`export LOCKCTL_TOKEN=${shellQuote(grant.token)}`)
-      this.log(`export LOCKCTL_FENCE=${grant.fence}`)
-    } else {
-      this.log(grant.token)
+    const output = this.jsonEnabled()
+      ? `${JSON.stringify(grantJson(grant, lock.leaseRestMillis(), {endpoint: client.endpoint}))}\n`
+      : flags.export
+        ? `export LOCKCTL_KEY=${shellQuote(key)}\nexport LOCKCTL_TOKEN=${shellQuote(grant.token)}\nexport LOCKCTL_FENCE=${grant.fence}\n`
+        : `${grant.token}\n`
+    try {
+      await this.stdout.write(output)
+    } catch (error) {
+      // The token is the only key to this grant: one nobody can read would hold the lock for
+      // the whole lease with nobody able to release it, while the script's `token=$(...)`
+      // failed or went on without it. Release it, and say so.
+      if (session) session.locks.delete(key)
+      const released = await lock.unlock().then(
+        () => 'released it',
+        (why: Error) => `could not release it (${why.message}): it is held until its lease runs out`,
+      )
+      const failure = error as OutputError
+      throw new OutputError(
+        `lock ${key} acquired (fence ${grant.fence}) but its token ${failure.message.replace(/^cannot write to stdout: /, 'could not be written to stdout: ')}; ${released}`,
+        failure.errno,
+      )
     }
-    return grantJson(grant, lock.leaseRestMillis(), {endpoint: client.endpoint})
+    // Already printed, --json included (oclif prints a returned value after the client is
+    // closed, too late to release a grant whose token it could not write).
+    return undefined
   }
 }

@@ -78,7 +78,7 @@ export default class Status extends BaseCommand {
     // On a terminal LEASE LEFT and SINCE move on their own: redraw every second too.
     const ticker = process.stdout.isTTY ? setInterval(redraw, 1000) : null
     try {
-      for await (const update of client.watch(target, {signal: this.interruptSignal})) {
+      for await (const update of client.watch(target, {signal: this.streamSignal})) {
         if (update.type === 'disconnected') {
           this.log(`disconnected: ${update.reason}; reconnecting…`)
           continue

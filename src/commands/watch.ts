@@ -43,7 +43,7 @@ Exit codes: 0 after Ctrl-C, 4 if the lock service is unreachable at the start.`
         ? line(e.type, {key: e.key, waiters: e.waiters, reason: e.reason})
         : line(e.type, {key: e.key, holder: e.owner ?? null, fence: e.fence ?? null, waiters: e.waiters, reason: e.force ? 'forced' : undefined})
 
-    for await (const update of client.watch(target, {signal: this.interruptSignal})) {
+    for await (const update of client.watch(target, {signal: this.streamSignal})) {
       if (update.type === 'snapshot') {
         if (update.resync) line('resynced', {reason: 'events while disconnected may have been missed'})
         if (update.locks.length === 0 && target.key !== undefined) line('state', {key: target.key, holder: null, fence: null, waiters: 0})

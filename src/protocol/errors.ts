@@ -29,6 +29,8 @@ export const ErrorCode = {
   LIMIT: 'LIMIT',
   /** The server failed to do what it was asked (for example it could not write its log). */
   INTERNAL: 'INTERNAL',
+  /** The CLI could not write its output (stdout full, or its reader gone). Never on the wire. */
+  OUTPUT: 'OUTPUT',
 } as const
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]

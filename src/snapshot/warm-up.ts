@@ -23,8 +23,11 @@ const KEY = 'lockctl-snapshot-warm-up'
 export async function warmUp(cli: WarmUpCli, endpoint: string, loadOptions: Interfaces.LoadOptions): Promise<void> {
   let output = ''
   const restore = [
-    override(process.stdout, 'write', (chunk: string | Uint8Array) => {
+    // (A caller that waits for its write, as `lock` does, is told at once that it is done.)
+    override(process.stdout, 'write', (chunk: string | Uint8Array, ...rest: unknown[]) => {
       output += String(chunk)
+      const done = rest.find((arg) => typeof arg === 'function') as (() => void) | undefined
+      if (done) process.nextTick(done)
       return true
     }),
     override(process.stderr, 'write', () => true),
@@ -34,6 +37,8 @@ export async function warmUp(cli: WarmUpCli, endpoint: string, loadOptions: Inte
     }),
   ]
   const listeners = new Map(SIGNALS.map((signal) => [signal, process.listeners(signal)]))
+  // Each command watches stdout for write errors (cli/stdout.ts).
+  const stdoutErrorListeners = process.stdout.listeners('error')
   const run = async (...args: string[]): Promise<string> => {
     output = ''
     await cli.execute({args: [args[0], '--endpoints', endpoint, ...args.slice(1)], loadOptions})
@@ -58,6 +63,8 @@ export async function warmUp(cli: WarmUpCli, endpoint: string, loadOptions: Inte
       const before = new Set(listeners.get(signal))
       for (const listener of process.listeners(signal)) if (!before.has(listener)) process.removeListener(signal, listener)
     }
+    process.stdout.removeAllListeners('error')
+    for (const listener of stdoutErrorListeners) process.stdout.on('error', listener as (...args: unknown[]) => void)
   }
 }
 

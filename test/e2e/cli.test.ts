@@ -488,6 +488,46 @@ describe('the shell and terminal: help, output where it goes, input and messages
     await runCli(['unlock', 'quiet/k', '--token', held.stdout.trim()], {env})
   })
 
+  it('stdout that cannot be written: lock releases the grant whose token nobody got (exit 74), hold --json and watch stop when their reader is gone', async () => {
+    // A full disk behind stdout (ENOSPC): the token was lost with exit 0 and the lock held.
+    for (const flag of [[], ['--json'], ['--export']]) {
+      const full = spawnSync('sh', ['-c', `"${LAUNCHER}" lock out/full ${flag.join(' ')} > /dev/full`], {env: {...process.env, ...env}, encoding: 'utf8'})
+      expect(full.status, `${flag.join(' ')}: ${full.stderr}`).toBe(74)
+      expect(full.stderr.trim().split('\n'), flag.join(' ')).toHaveLength(1)
+      expect(full.stderr).toMatch(/^lockctl: lock out\/full acquired \(fence \d+\) but its token could not be written to stdout: .*ENOSPC.*; released it$/m)
+      expect((await runCli(['status', 'out/full', '--json'], {env})).stdout).toContain('"holder":null')
+    }
+    // The reader gone before the token is written (`lockctl lock k | false`): EPIPE.
+    const closedPipe = (args: string[]) => {
+      const run = runCli(args, {env})
+      run.child.stdout!.destroy()
+      return run
+    }
+    const piped = await closedPipe(['lock', 'out/pipe'])
+    expect(piped.code).toBe(74)
+    expect(piped.stderr).toMatch(/token could not be written to stdout: nobody reads it \(EPIPE\); released it/)
+    expect((await runCli(['status', 'out/pipe', '--json'], {env})).stdout).toContain('"holder":null')
+    // Leader election whose consumer died: the hold ends and releases (it held on, nobody acting).
+    const hold = await closedPipe(['hold', 'out/leader', '--json'])
+    expect(hold.code).toBe(74)
+    expect(hold.stderr.trim()).toMatch(/^lockctl: cannot write to stdout: nobody reads it \(EPIPE\); released out\/leader$/)
+    expect((await runCli(['status', 'out/leader', '--json'], {env})).stdout).toContain('"holder":null')
+    // watch | head: the end of a pipeline, quietly (it died with a stack trace, or ran on).
+    const watch = await closedPipe(['watch', 'out/watched'])
+    expect(watch.code).toBe(0)
+    expect(watch.stderr).toBe('')
+    // Read-only commands: a full disk is one line and exit 74 (it was exit 0, or a stack trace with --json).
+    for (const flag of ['', '--json']) {
+      const status = spawnSync('sh', ['-c', `"${LAUNCHER}" status ${flag} > /dev/full`], {env: {...process.env, ...env}, encoding: 'utf8'})
+      expect(status.status, flag).toBe(74)
+      expect(status.stderr.trim(), flag).toMatch(/^lockctl: cannot write to stdout: ENOSPC: no space left on device$/)
+    }
+    // `hold -- CMD`: stdout is the command's, and so is the exit code.
+    const command = spawnSync('sh', ['-c', `"${LAUNCHER}" hold out/cmd -- true > /dev/full`], {env: {...process.env, ...env}, encoding: 'utf8'})
+    expect(command.status, command.stderr).toBe(0)
+    expect(command.stderr).not.toMatch(/cannot write/)
+  })
+
   it('watch --prefix with nothing under it says so at once (a state line), in JSON too', async () => {
     const run = runCli(['watch', '--prefix', 'nothing-here/', '--json'], {env})
     let out = ''
