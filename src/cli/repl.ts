@@ -1,4 +1,5 @@
 import {appendFileSync, readFileSync} from 'node:fs'
+import {constants as osConstants} from 'node:os'
 import {dirname} from 'node:path'
 import {clearLine, cursorTo} from 'node:readline'
 import {createInterface} from 'node:readline/promises'
@@ -16,6 +17,8 @@ const BUILTINS = ['help', 'locks', 'exit', 'quit']
 /** Commands that make no sense inside a session (they would nest or block it). */
 const NOT_IN_REPL = new Set(['repl', 'server'])
 const HISTORY_LINES = 1000
+/** Signals that end the REPL as `exit` does (SIGINT cancels the running command instead). */
+const STOP_SIGNALS = ['SIGTERM', 'SIGHUP'] as const
 
 export interface ReplOptions {
   input: NodeJS.ReadStream
@@ -185,11 +188,34 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
     options.output.write(rows.length ? `${rows.join('\n')}\n` : 'this session holds no locks\n')
   }
 
+  /**
+   * SIGTERM, or SIGHUP (its terminal closed): leave as `exit` does, releasing what the session
+   * holds without asking (nobody is there to answer), and end with 128+N. The signal used to end
+   * the REPL on the spot, every lock and background hold left held until its lease ran out.
+   */
+  let stoppedBy: NodeJS.Signals | null = null
+  const stopHandlers = STOP_SIGNALS.map(
+    (signal) =>
+      [
+        signal,
+        () => {
+          stoppedBy = signal
+          controller.abort()
+          rl.close()
+        },
+      ] as const,
+  )
+  for (const [signal, handler] of stopHandlers) process.once(signal, handler)
+  const exitCode = (code: number) => {
+    for (const [signal, handler] of stopHandlers) process.off(signal, handler)
+    return stoppedBy ? 128 + (osConstants.signals[stoppedBy] ?? 0) : code
+  }
+
   /** Leaving: release what the session holds (on a terminal, ask first). Answers false to stay. */
   async function leave(): Promise<boolean> {
     if (session.locks.size === 0 && session.holds.size === 0) return true
     let choice: 'release' | 'keep' | 'cancel' = 'release'
-    if (interactive) {
+    if (interactive && !stoppedBy) {
       const {select} = await import('@inquirer/prompts')
       const count = session.locks.size + session.holds.size
       choice = await select(
@@ -229,13 +255,13 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
       if ((await runLine(line)) === 'exit') break
     }
     await leave()
-    return firstFailure ?? 0
+    return exitCode(firstFailure ?? 0)
   }
 
   options.output.write(`lockctl REPL on ${client.endpoint}: "help" for commands, Ctrl-D to leave\n`)
   // One readline per round: Ctrl-D closes it, and "cancel" at the exit question starts another.
   for (;;) {
-    if ((await interactiveRound()) === 'exit') return 0
+    if ((await interactiveRound()) === 'exit') return exitCode(0)
     rl = newInterface()
   }
 

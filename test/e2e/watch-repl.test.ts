@@ -1,4 +1,4 @@
-import {spawnSync} from 'node:child_process'
+import {spawn, spawnSync} from 'node:child_process'
 import {existsSync, readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
@@ -136,6 +136,34 @@ describe('the REPL with piped input (a script)', () => {
     expect(result.stdout).toMatch(/rsem {2}fence \d+, 1m left \(lock\)/)
     for (const key of ['rsem', 'rshared']) {
       expect(JSON.parse((await runCli(['status', key, '--json'], {env})).stdout).holder).toBeNull()
+    }
+  })
+})
+
+describe('the REPL ended by a signal', () => {
+  it('SIGTERM and SIGHUP (its terminal closed) release what the session holds, leave the queue it waits in, and exit 128+N', async () => {
+    for (const [signal, code] of [
+      ['SIGTERM', 143],
+      ['SIGHUP', 129],
+    ] as const) {
+      const blocker = await runCli(['lock', `rsig/busy-${signal}`, '--owner', 'someone-else'], {env})
+      const repl = spawn(process.execPath, [BIN, 'repl', '--owner', 'repl-user'], {env: {...process.env, ...env}, stdio: ['pipe', 'pipe', 'pipe']})
+      let out = ''
+      repl.stdout.on('data', (c: Buffer) => (out += c.toString()))
+      const exited = new Promise<number | null>((resolve) => repl.on('close', (status) => resolve(status)))
+      repl.stdin.write(`lock rsig/plain-${signal}\nhold rsig/hold-${signal}\nlock rsig/busy-${signal} --wait forever\n`)
+      await eventually(() => out.includes(`acquired rsig/hold-${signal}`))
+      await eventually(async () => JSON.parse((await runCli(['status', `rsig/busy-${signal}`, '--json'], {env})).stdout).waiters === 1)
+      repl.kill(signal)
+      expect(await exited, out).toBe(code)
+      expect(out).toMatch(new RegExp(`^released rsig/plain-${signal}$`, 'm'))
+      for (const key of [`rsig/plain-${signal}`, `rsig/hold-${signal}`]) {
+        expect(JSON.parse((await runCli(['status', key, '--json'], {env})).stdout).holder, key).toBeNull()
+      }
+      const busy = JSON.parse((await runCli(['status', `rsig/busy-${signal}`, '--json'], {env})).stdout)
+      expect(busy.waiters).toBe(0)
+      expect(busy.holder.owner).toBe('someone-else')
+      await runCli(['unlock', `rsig/busy-${signal}`, '--token', blocker.stdout.trim()], {env})
     }
   })
 })
