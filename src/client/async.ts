@@ -1,5 +1,7 @@
 /** Small async helpers shared by the client's waiting, watching and renewing code. */
 
+import {atDeadline} from '../util/timers.js'
+
 /** An unbounded FIFO of values with an async take; `close` wakes a taker with `undefined`. */
 export class AsyncQueue<T> {
   private readonly items: T[] = []
@@ -40,11 +42,11 @@ export function backoffDelay(attempt: number, baseMs = 100, maxMs = 5000): numbe
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
-      clearTimeout(timer)
+      cancel()
       signal?.removeEventListener('abort', done)
       resolve()
     }
-    const timer = setTimeout(done, ms)
+    const cancel = atDeadline(performance.now() + ms, done)
     if (signal?.aborted) done()
     else signal?.addEventListener('abort', done, {once: true})
   })

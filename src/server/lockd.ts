@@ -16,6 +16,7 @@ import {LockTable, restoredHolders, systemClock, type Clock, type TableEvent} fr
 import type {ServerMetrics} from './metrics.js'
 import {Outbox} from './outbox.js'
 import {Subscriptions} from './subscriptions.js'
+import {MAX_TIMER_MS} from '../util/timers.js'
 import {readServerTls, type ServerTlsPaths} from './tls-files.js'
 
 export {AlreadyRunningError, ServerStartError} from './errors.js'
@@ -445,7 +446,8 @@ export class LockServer {
         this.table.tick()
         this.endBatch()
       },
-      Math.max(0, Math.ceil(next - this.clock.now())) + 1,
+      // (At most the longest a timer holds: a later deadline is looked at again then.)
+      Math.min(MAX_TIMER_MS, Math.max(0, Math.ceil(next - this.clock.now())) + 1),
     )
   }
 

@@ -47,6 +47,25 @@ export function conformanceSuite(endpoint: () => string, options: {shortLeaseMs:
     expect(await c.createLock(k).tryLock({leaseMs: 5000})).toBe(true)
   })
 
+  it('a wait longer than one timer can hold (30 days) waits: it gave up after a few ms', async () => {
+    const k = key('month-wait')
+    const a = await client('A')
+    const b = await client('B')
+    const holder = a.createLock(k)
+    await holder.acquire({leaseMs: 30_000})
+    let settled = false
+    const waiting = b
+      .createLock(k)
+      .acquire({leaseMs: 30_000, waitMs: 30 * 24 * 60 * 60 * 1000})
+      .finally(() => (settled = true))
+    await eventually(async () => (await a.inspect(k))?.waiters === 1)
+    // Long past the 1 ms that an overflowing timer fires after.
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    expect(settled).toBe(false)
+    await holder.unlock()
+    expect((await waiting).key).toBe(k)
+  })
+
   it('a holder that waited shows since = when it was granted, not when it queued', async () => {
     const k = key('since')
     const a = await client('A')

@@ -1,7 +1,7 @@
 import {mkdirSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-import {describe, expect, it} from 'vitest'
+import {describe, expect, it, vi} from 'vitest'
 import {TokenSource} from '../../src/server/tokens.js'
 import {describeError} from '../../src/cli/base-command.js'
 import {loadProfile} from '../../src/cli/profiles.js'
@@ -9,6 +9,7 @@ import {byCreateRevision, lockNameOf, makeToken, parseToken, prefixEnd} from '..
 import {LockHeldError, NotPermittedError, UnreachableError} from '../../src/client/errors.js'
 import {DeadlineHeap} from '../../src/server/deadline-heap.js'
 import {isLoopback} from '../../src/server/run.js'
+import {atDeadline} from '../../src/util/timers.js'
 
 describe('DeadlineHeap', () => {
   it('pops in deadline order for a seeded random mix of pushes, and compacts away dead entries', () => {
@@ -130,5 +131,30 @@ describe('isLoopback: where lockd warns that passwords would travel in clear tex
   it('127.0.0.0/8, ::1 and IPv4-mapped loopback are local; any other address is not', () => {
     for (const host of ['127.0.0.1', '127.1.2.3', '::1', '::ffff:127.0.0.1', '::FFFF:127.0.0.1']) expect(isLoopback(host), host).toBe(true)
     for (const host of ['0.0.0.0', '::', '10.0.0.5', '192.168.1.1', '::ffff:10.0.0.1', 'fe80::1', '128.0.0.1']) expect(isLoopback(host), host).toBe(false)
+  })
+})
+
+describe('atDeadline: a deadline further away than one timer can hold', () => {
+  it('fires at its deadline 40 days away, not after 1 ms (an overflowing setTimeout), and not before', () => {
+    vi.useFakeTimers({toFake: ['setTimeout', 'clearTimeout', 'performance']})
+    try {
+      const day = 24 * 60 * 60 * 1000
+      let fired = 0
+      atDeadline(performance.now() + 40 * day, () => fired++)
+      vi.advanceTimersByTime(10)
+      expect(fired).toBe(0)
+      vi.advanceTimersByTime(39 * day)
+      expect(fired).toBe(0)
+      vi.advanceTimersByTime(day)
+      expect(fired).toBe(1)
+      // Cancelled before a step of its wait: never fires.
+      const cancel = atDeadline(performance.now() + 30 * day, () => fired++)
+      vi.advanceTimersByTime(26 * day)
+      cancel()
+      vi.advanceTimersByTime(10 * day)
+      expect(fired).toBe(1)
+    } finally {
+      vi.useRealTimers()
+    }
   })
 })

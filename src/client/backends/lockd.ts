@@ -18,6 +18,7 @@ import {
 } from '../errors.js'
 import {ConnectionStateEmitter} from '../connection-state.js'
 import {LockdConnection} from './lockd-connection.js'
+import {atDeadline} from '../../util/timers.js'
 import {AsyncQueue, backoffDelay, sleep} from '../async.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../watch.js'
 import type {LockEvent} from '../../protocol/messages.js'
@@ -182,9 +183,8 @@ export class LockdBackend implements LockBackend {
     let holder: HolderInfo | null = response.holder
     const giveUp = new Promise<{giveUp: 'timeout' | 'abort'}>((resolve) => {
       if (request.waitMs !== WAIT_FOREVER) {
-        const left = request.waitMs - (performance.now() - sentAt)
-        const timer = setTimeout(() => resolve({giveUp: 'timeout'}), Math.max(0, left))
-        void outcome.finally(() => clearTimeout(timer))
+        const cancel = atDeadline(sentAt + request.waitMs, () => resolve({giveUp: 'timeout'}))
+        void outcome.finally(cancel)
       }
       if (request.signal) {
         const onAbort = () => resolve({giveUp: 'abort'})

@@ -3,6 +3,7 @@ import {anyTlsFile, readTlsFiles, type TlsFilePaths} from '../../tls-files.js'
 import type {Etcd3, IKeyValue, IOptions, IRequestOp, Watcher} from 'etcd3'
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo, type LockInfo} from '../../../protocol/messages.js'
 import {sleep} from '../../async.js'
+import {atDeadline} from '../../../util/timers.js'
 import type {AcquireRequest, AcquireResult, ConnectionState, LockBackend} from '../../backend.js'
 import {AbortedError, BadInputError, ErrorCode, LockError, LockHeldError, NotHolderError, quoteKey, UnreachableError, WaitTimeoutError} from '../../errors.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
@@ -376,7 +377,7 @@ export class EtcdBackend implements LockBackend {
     }
     await report(true)
     let watcher: Watcher | null = null
-    let timer: NodeJS.Timeout | null = null
+    let cancelTimer: (() => void) | null = null
     let onAbort: (() => void) | null = null
     let over = false
     try {
@@ -386,7 +387,7 @@ export class EtcdBackend implements LockBackend {
           if (signal.aborted) return resolve('aborted')
           signal.addEventListener('abort', onAbort, {once: true})
         }
-        if (deadline !== Number.POSITIVE_INFINITY) timer = setTimeout(() => resolve('timeout'), Math.max(0, deadline - performance.now()))
+        if (deadline !== Number.POSITIVE_INFINITY) cancelTimer = atDeadline(deadline, () => resolve('timeout'))
         const builder = this.client.watch()
         // From just after the read: nothing is missed and nothing seen is replayed.
         const justAhead = ahead[0].key.toString('utf8')
@@ -414,7 +415,7 @@ export class EtcdBackend implements LockBackend {
       })
     } finally {
       over = true
-      if (timer) clearTimeout(timer)
+      ;(cancelTimer as (() => void) | null)?.()
       if (onAbort) signal?.removeEventListener('abort', onAbort)
       // Not awaited: cancelling waits for the member's answer, which a hung member never sends.
       void (watcher as Watcher | null)?.cancel().catch(() => {})
