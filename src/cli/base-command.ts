@@ -121,6 +121,9 @@ export abstract class BaseCommand extends Command {
         // The CLI's default with no endpoint: the per-user lockd, started when not running.
         embedded: true,
         requestTimeoutMs: flags.timeout,
+        // A shorter --timeout bounds connecting too (3 s otherwise): `--timeout 500ms` is an
+        // answer within about half a second, whatever listens at the endpoint.
+        connectTimeoutMs: Math.min(flags.timeout, 3000),
         credentials: {cacert: flags.cacert ?? profile.cacert, cert: flags.cert ?? profile.cert, key: flags.key ?? profile.key, user, password},
         ...options,
       })

@@ -243,6 +243,20 @@ describe('the CLI against a lockd server', () => {
     expect(noSocket.code).toBe(4)
   })
 
+  it('a port where something silent listens (not lockd, or a stopped one): exit 4 saying so, within a short --timeout', async () => {
+    const silent = createServer(() => {})
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+    const {port} = silent.address() as {port: number}
+    try {
+      const result = await runCli(['status', 'k', '--endpoints', `lockd://127.0.0.1:${port}`, '--timeout', '500ms'])
+      expect(result.code).toBe(4)
+      // Bounded by --timeout (the message names the deadline it used), not by the 3 s default.
+      expect(result.stderr.trim()).toBe(`lockctl: lockd://127.0.0.1:${port}: connected, but no answer to lockd's hello within 500ms: is lockd what listens there, and is it running?`)
+    } finally {
+      silent.close()
+    }
+  })
+
   it('named profiles from the config file choose the endpoint; flags and LOCKCTL_ENDPOINTS win', async () => {
     const config = tempDir('lockctl-config-')
     mkdirSync(join(config, 'lockctl'))

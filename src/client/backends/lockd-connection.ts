@@ -64,9 +64,15 @@ export class LockdConnection {
           : createConnection(target as never)
       socket.setNoDelay(true)
       const connection = new LockdConnection(socket, options, 'path' in target ? 'unix' : target.tls ? 'tls' : 'tcp', 'host' in target && target.tls?.cert !== undefined)
+      let connected = false
       const timer = setTimeout(() => {
         socket.destroy()
-        reject(new UnreachableError(`${options.label}: no answer within ${options.connectTimeoutMs}ms`))
+        // Connected and silent: a lockd that is stopped (SIGSTOP, a debugger), or a port where
+        // something else listens and waits for what it speaks (HTTP, gRPC: etcd's port).
+        const why = connected
+          ? `connected, but no answer to lockd's hello within ${options.connectTimeoutMs}ms: is lockd what listens there, and is it running?`
+          : `no answer within ${options.connectTimeoutMs}ms`
+        reject(new UnreachableError(`${options.label}: ${why}`))
       }, options.connectTimeoutMs)
       const onError = (error: NodeJS.ErrnoException) => {
         clearTimeout(timer)
@@ -74,6 +80,7 @@ export class LockdConnection {
       }
       socket.once('error', onError)
       socket.once('host' in target && target.tls ? 'secureConnect' : 'connect', () => {
+        connected = true
         connection.attach()
         connection.hello().then(
           (hello) => {
