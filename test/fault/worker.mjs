@@ -1,7 +1,7 @@
 // A worker of the randomized fault test (test/integration/fault.test.ts): takes locks with
 // AutoRenewalLock and, while it believes it holds one, appends "protected writes" to its log.
 //
-//   node worker.mjs ENDPOINT LOG MODE KEYS SEED
+//   node worker.mjs ENDPOINT LOG MODE KEYS SEED [LEASE_MS]
 //
 // MODE: isHeld (checks lock.isHeld() right before each write), signal (trusts only the
 // AbortSignal handed over at onAcquired, as the README shows), sabotage (checks nothing after
@@ -11,7 +11,10 @@ import {appendFileSync} from 'node:fs'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {connect} from '../../dist/client/index.js'
 
-const [endpoint, log, mode, keyList, seedText] = process.argv.slice(2)
+const [endpoint, log, mode, keyList, seedText, leaseText] = process.argv.slice(2)
+// 1 s on lockd; etcd's shortest lease is longer (its TTLs are whole seconds, at least 1.5
+// election timeouts), so its run passes a longer one.
+const leaseMs = Number(leaseText ?? 1000)
 let seed = Number(seedText) >>> 0
 const random = () => {
   seed = (seed + 0x6d2b79f5) >>> 0
@@ -32,7 +35,7 @@ for (;;) {
   const {name: key, limit} = keys[Math.floor(random() * keys.length)]
   let granted = null
   const lock = client.createAutoRenewalLock(key, {
-    leaseMs: 1000,
+    leaseMs,
     limit,
     retryMillis: [100, 200],
     onAcquired: (grant) => (granted ??= {token: grant.token, fence: grant.fence, signal: lock.signal}),

@@ -1,10 +1,9 @@
-import {spawn, type ChildProcess} from 'node:child_process'
-import {existsSync, readFileSync} from 'node:fs'
 import {join} from 'node:path'
-import {afterEach, describe, expect, it} from 'vitest'
-import {check, parseWrites, type ProtectedWrite} from '../fault/check.js'
+import {describe, expect, it} from 'vitest'
+import {check, type ProtectedWrite} from '../fault/check.js'
+import {expectSafeRun, readWrites, sleep, startWorker} from '../fault/workers.js'
 import {connect} from '../../src/client/index.js'
-import {ROOT, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
+import {startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
 import {rng} from '../helpers/random.js'
 
 /**
@@ -14,17 +13,6 @@ import {rng} from '../helpers/random.js'
  * choice of the driver and of each worker; a failure prints it. Timing still varies.
  */
 
-const WORKER = join(ROOT, 'test', 'fault', 'worker.mjs')
-const running = new Set<ChildProcess>()
-afterEach(() => {
-  for (const child of running) {
-    child.kill('SIGCONT')
-    child.kill('SIGKILL')
-  }
-  running.clear()
-})
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 /** A semaphore of 2 beside the two locks: at most 2 of its grants may write at once. */
 const SEMAPHORE = 'f/sem'
 
@@ -47,14 +35,10 @@ async function faultRun(options: {
   let lockd: LockdProcess = await startLockd({dataDir})
   const port = lockd.port
   const logs = options.modes.map((_, i) => join(dir, `worker-${i}.log`))
-  const workers = options.modes.map((mode, i) => {
-    const child = spawn(process.execPath, [WORKER, lockd.endpoint, logs[i], mode, options.pauseHolderOnly ? 'f/a' : `f/a,f/b,${SEMAPHORE}:2`, String(options.seed * 100 + i)], {
-      stdio: ['ignore', 'ignore', 'inherit'],
-    })
-    running.add(child)
-    return child
-  })
-  const writes = () => logs.flatMap((log) => (existsSync(log) ? parseWrites(readFileSync(log, 'utf8')) : []))
+  const workers = options.modes.map((mode, i) =>
+    startWorker({endpoint: lockd.endpoint, log: logs[i], mode, keys: options.pauseHolderOnly ? 'f/a' : `f/a,f/b,${SEMAPHORE}:2`, seed: options.seed * 100 + i}),
+  )
+  const writes = () => readWrites(logs)
   const faults: string[] = []
   const end = Date.now() + options.durationMs
   try {
@@ -136,17 +120,7 @@ describe('randomized faults against real processes (seeded)', () => {
     const seeds = process.env.LOCKCTL_FAULT_SEEDS ? process.env.LOCKCTL_FAULT_SEEDS.split(',').map(Number) : [11, 29]
     for (const seed of seeds) {
       const run = await faultRun({seed, modes: ['isHeld', 'signal', 'isHeld', 'signal'], durationMs: 12_000})
-      const writes = run.writes()
-      const verdict = check(writes, {[SEMAPHORE]: 2})
-      const context = `seed ${seed}; faults: ${run.faults.join('; ')}`
-      expect(verdict.overlaps, context).toEqual([])
-      expect(verdict.repeatedFences, context).toEqual([])
-      expect(verdict.fenceOrder, context).toEqual([])
-      expect(verdict.staleWrites, context).toBe(0)
-      // The run did something: several grants were written under, and faults were injected.
-      expect(verdict.grants, context).toBeGreaterThan(5)
-      expect(new Set(writes.filter((w) => w.key === SEMAPHORE).map((w) => w.token)).size, context).toBeGreaterThan(2)
-      expect(run.faults.length, context).toBeGreaterThan(3)
+      expectSafeRun({writes: run.writes(), semaphore: SEMAPHORE, limit: 2, faults: run.faults, seed})
     }
   })
 
