@@ -1,6 +1,8 @@
+import {spawnSync} from 'node:child_process'
 import {describe, expect, it} from 'vitest'
 import {type WatchUpdate} from '../../src/client/index.js'
 import {clientFactory} from '../helpers/clients.js'
+import {describeEtcd, startEtcd} from '../helpers/etcd.js'
 import {eventually, startLockd, tempDir} from '../helpers/processes.js'
 
 const client = clientFactory()
@@ -133,5 +135,76 @@ describe('watching locks on lockd', () => {
     const c = await client('lockd://127.0.0.1:1', 'W')
     const iterator = c.watch({key: 'k'})[Symbol.asyncIterator]()
     await expect(iterator.next()).rejects.toMatchObject({code: 'UNREACHABLE'})
+  })
+})
+
+describeEtcd('watching locks on etcd', () => {
+  it('a watch that resumes at a compacted revision starts again (with a resync) instead of ending in silence', async () => {
+    const etcd = await startEtcd(3)
+    const [watched, other] = etcd.members
+    const watcher = await client(`etcd://127.0.0.1:${watched.clientPort}`, 'W')
+    const a = await client(`etcd://127.0.0.1:${other.clientPort}`, 'A')
+    const controller = new AbortController()
+    const {updates, done} = collect(watcher.watch({prefix: 'c/'}, {signal: controller.signal}))
+    await eventually(() => updates.length === 1)
+    // The watch's member goes; the history it would resume from is changed and compacted.
+    await etcd.kill(watched)
+    await eventually(() => updates.some((u) => u.type === 'disconnected'))
+    await a.createLock('c/1').acquire({leaseMs: 60_000})
+    await a.createLock('c/2').acquire({leaseMs: 60_000})
+    const status = spawnSync('etcdctl', ['--endpoints', `127.0.0.1:${other.clientPort}`, 'endpoint', 'status', '-w', 'json'], {encoding: 'utf8'})
+    const revision = JSON.parse(status.stdout)[0].Status.header.revision as number
+    expect(spawnSync('etcdctl', ['--endpoints', `127.0.0.1:${other.clientPort}`, 'compact', String(revision)], {encoding: 'utf8'}).status).toBe(0)
+    await etcd.restart(watched)
+    // etcd cancels the watch that resumes at the compacted revision: said, and a new one made.
+    const ended = await eventually(() => updates.findIndex((u) => u.type === 'disconnected' && /^etcd ended the watch: the history it resumed from was compacted$/.test(u.reason)) + 1, 20_000)
+    await eventually(() => updates.slice(ended).some((u) => u.type === 'snapshot' && u.resync && u.locks.length === 2))
+    // Still watching: a change after all that is seen (the watch had ended, with nothing said).
+    await a.createLock('c/3').acquire({leaseMs: 60_000})
+    await eventually(() => updates.some((u) => u.type === 'event' && u.event.type === 'acquired' && u.event.key === 'c/3'), 15_000)
+    controller.abort()
+    await done
+  })
+
+  it('a holder whose key watch resumes at a compacted revision still learns of a forced release at once', async () => {
+    const etcd = await startEtcd(3)
+    const [watched, other] = etcd.members
+    const holderClient = await client(`etcd://127.0.0.1:${watched.clientPort}`, 'H')
+    const admin = await client(`etcd://127.0.0.1:${other.clientPort}`, 'A')
+    const lost: string[] = []
+    // A renewal would come after 30 s: only the key's watch can tell it sooner.
+    const lock = holderClient.createAutoRenewalLock('g/1', {leaseMs: 60_000, onLost: (why) => lost.push(why.code)})
+    await lock.ready
+    await etcd.kill(watched)
+    // History moves on and is compacted past the key's creation while the watch is away.
+    for (let i = 0; i < 3; i++) await admin.createLock(`g/other-${i}`).acquire({leaseMs: 60_000})
+    const status = spawnSync('etcdctl', ['--endpoints', `127.0.0.1:${other.clientPort}`, 'endpoint', 'status', '-w', 'json'], {encoding: 'utf8'})
+    const revision = JSON.parse(status.stdout)[0].Status.header.revision as number
+    expect(spawnSync('etcdctl', ['--endpoints', `127.0.0.1:${other.clientPort}`, 'compact', String(revision)], {encoding: 'utf8'}).status).toBe(0)
+    await etcd.restart(watched)
+    // Time for the watch to come back (or, before the fix, to be cancelled for the compaction).
+    await eventually(async () => (await holderClient.inspect('g/1')) !== null, 15_000)
+    await new Promise((resolve) => setTimeout(resolve, 2000))
+    await admin.release('g/1', undefined, {force: true})
+    await eventually(() => lost.length === 1, 10_000)
+    expect(lost).toEqual(['LEASE_LOST'])
+    await lock.close()
+
+    // A grant after a wait during which the history was compacted past the waiter's key: its
+    // watch cannot start from the key's creation, so it starts from now.
+    const blocker = admin.createLock('g/2')
+    await blocker.acquire({leaseMs: 60_000})
+    const lostAfterWait: string[] = []
+    const waiter = holderClient.createAutoRenewalLock('g/2', {leaseMs: 60_000, onLost: (why) => lostAfterWait.push(why.code)})
+    await eventually(async () => (await admin.inspect('g/2'))?.waiters === 1)
+    for (let i = 3; i < 6; i++) await admin.createLock(`g/other-${i}`).acquire({leaseMs: 60_000})
+    const later = JSON.parse(spawnSync('etcdctl', ['--endpoints', `127.0.0.1:${other.clientPort}`, 'endpoint', 'status', '-w', 'json'], {encoding: 'utf8'}).stdout)[0].Status.header.revision as number
+    expect(spawnSync('etcdctl', ['--endpoints', `127.0.0.1:${other.clientPort}`, 'compact', String(later)], {encoding: 'utf8'}).status).toBe(0)
+    await blocker.unlock()
+    await waiter.ready
+    await new Promise((resolve) => setTimeout(resolve, 1000))
+    await admin.release('g/2', undefined, {force: true})
+    await eventually(() => lostAfterWait.length === 1, 10_000)
+    await waiter.close()
   })
 })

@@ -639,7 +639,13 @@ export class EtcdBackend implements LockBackend {
     )
   }
 
-  /** The holder watches its own key: its deletion (by anyone, or its lease expiring) ends the grant. */
+  /**
+   * The holder watches its own key: its deletion (by anyone, or its lease expiring) ends the
+   * grant. etcd ends a watch that resumes at a revision compacted meanwhile (a member failed
+   * over while auto-compaction ran, or the grant came after a long wait): the key is then read,
+   * and watched again from just after that read, so a forced release is still told at once
+   * instead of at the next renewal.
+   */
   watchGrant(key: string, token: string, onEnded: (reason: string) => void): () => void {
     let parsed
     try {
@@ -647,24 +653,46 @@ export class EtcdBackend implements LockBackend {
     } catch {
       return () => {}
     }
+    const ownKey = buf(`${key}/${parsed.suffix}`)
+    const deleted = 'its key was deleted (released by another client, or its etcd lease expired)'
     let stopped = false
     let watcher: Watcher | null = null
+    /** `first`: from the key's creation, which a grant after a long wait may find compacted. */
+    const watchFrom = (revision: string, first: boolean) => {
+      this.client
+        .watch()
+        .key(ownKey.toString('utf8'))
+        .startRevision(revision)
+        .create()
+        .then(
+          (w) => {
+            watcher = w
+            if (stopped) void w.cancel().catch(() => {})
+            w.on('delete', () => {
+              if (!stopped) onEnded(deleted)
+            })
+            w.on('error', () => {
+              if (stopped) return
+              void w.cancel().catch(() => {})
+              void lookAgain()
+            })
+          },
+          // Refused from the key's creation (compacted): from now. Else no watch: renewals
+          // still find out, at half the lease.
+          () => {
+            if (first && !stopped) void lookAgain()
+          },
+        )
+    }
+    const lookAgain = async () => {
+      const read = await this.call('range', () => this.client.kv.range({key: ownKey})).catch(() => null)
+      if (stopped || !read) return // unreadable now: renewals still find out
+      const kv = read.kvs[0]
+      if (!kv || kv.create_revision !== parsed.revision) return onEnded(deleted)
+      watchFrom(String(BigInt(read.header.revision) + 1n), false)
+    }
     // From the key's creation on: a deletion that came before the watch was set up is replayed.
-    this.client
-      .watch()
-      .key(`${key}/${parsed.suffix}`)
-      .startRevision(parsed.revision)
-      .create()
-      .then(
-        (w) => {
-          watcher = w
-          if (stopped) void w.cancel().catch(() => {})
-          w.on('delete', () => {
-            if (!stopped) onEnded('its key was deleted (released by another client, or its etcd lease expired)')
-          })
-        },
-        () => {}, // no watch: renewals still find out, at half the lease
-      )
+    watchFrom(parsed.revision, true)
     return () => {
       stopped = true
       // Not awaited: a hung member never answers a cancel.

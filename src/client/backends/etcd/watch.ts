@@ -1,6 +1,6 @@
 import type {IKeyValue, Watcher} from 'etcd3'
 import type {LockEvent, LockInfo} from '../../../protocol/messages.js'
-import {AsyncQueue} from '../../async.js'
+import {AsyncQueue, backoffDelay, sleep} from '../../async.js'
 import {holdersOf} from '../../holders.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
 import {lockNameOf} from './keys.js'
@@ -48,18 +48,30 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
     if (target.key !== undefined) return name === target.key ? name : null
     return name.startsWith(target.prefix) ? name : null
   }
-  const queue = new AsyncQueue<{kind: 'changed'; name: string} | {kind: 'disconnected'} | {kind: 'connected'}>()
-  const watcher = await source.watchPrefix(target.key !== undefined ? `${target.key}/` : target.prefix)
-  const onAbort = () => queue.close()
-  signal?.addEventListener('abort', onAbort, {once: true})
+  const queue = new AsyncQueue<{kind: 'changed'; name: string} | {kind: 'disconnected'} | {kind: 'connected'} | {kind: 'ended'; reason: string}>()
   const onChange = (kv: IKeyValue) => {
     const name = names(kv.key.toString('utf8'))
     if (name !== null) queue.push({kind: 'changed', name})
   }
-  watcher.on('put', onChange)
-  watcher.on('delete', onChange)
-  watcher.on('disconnected', () => queue.push({kind: 'disconnected'}))
-  watcher.on('connected', () => queue.push({kind: 'connected'}))
+  const watch = async (): Promise<Watcher> => {
+    const created = await source.watchPrefix(target.key !== undefined ? `${target.key}/` : target.prefix)
+    created.on('put', onChange)
+    created.on('delete', onChange)
+    created.on('disconnected', () => queue.push({kind: 'disconnected'}))
+    created.on('connected', () => queue.push({kind: 'connected'}))
+    // etcd ended this watch (it resumed at a revision compacted meanwhile, or a member
+    // cancelled it): a new one is made. Without a listener the watch just stopped, and with
+    // nothing else pending `lockctl watch` exited 0 as if interrupted.
+    created.on('error', (error: Error) => {
+      // (etcd gives no reason for a compaction: only the revision it compacted to.)
+      const reason = error.message.replace(/^Watcher canceled: */, '')
+      queue.push({kind: 'ended', reason: reason || 'the history it resumed from was compacted'})
+    })
+    return created
+  }
+  let watcher = await watch()
+  const onAbort = () => queue.close()
+  signal?.addEventListener('abort', onAbort, {once: true})
   const known = new Map<string, LockInfo>()
   const snapshot = async (): Promise<LockInfo[]> => {
     const locks = target.key !== undefined ? [await source.inspect(target.key)].filter((l): l is LockInfo => l !== null) : (await source.list(target.prefix)).locks
@@ -84,6 +96,18 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
         disconnected = false
         continue
       }
+      if (item.kind === 'ended') {
+        if (!disconnected) yield {type: 'disconnected', reason: `etcd ended the watch: ${item.reason}`}
+        if (options.reconnect === false) return
+        void watcher.cancel().catch(() => {})
+        // From now, then a fresh snapshot: whatever happened in between is in the snapshot.
+        const next = await watchAgain(watch, signal)
+        if (!next) return
+        watcher = next
+        yield {type: 'snapshot', locks: await snapshot(), resync: true}
+        disconnected = false
+        continue
+      }
       const before = known.get(item.name) ?? null
       const after = await source.inspect(item.name).catch(() => before)
       if (after) known.set(item.name, after)
@@ -94,4 +118,16 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
     signal?.removeEventListener('abort', onAbort)
     void watcher.cancel().catch(() => {}) // not awaited: a hung member never answers it
   }
+}
+
+/** A new watch, tried again with backoff while etcd cannot make one; null once aborted. */
+async function watchAgain(watch: () => Promise<Watcher>, signal?: AbortSignal): Promise<Watcher | null> {
+  for (let attempt = 0; !signal?.aborted; attempt++) {
+    try {
+      return await watch()
+    } catch {
+      await sleep(backoffDelay(attempt), signal)
+    }
+  }
+  return null
 }
