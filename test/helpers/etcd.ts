@@ -54,6 +54,8 @@ let nextPort = 21000 + (Number(process.env.VITEST_POOL_ID ?? process.pid % 50) %
 export interface EtcdStartOptions {
   /** Serve clients over TLS with this certificate and key (PEM files); `ca` verifies it. */
   tls?: {cert: string; key: string; ca: string}
+  /** More flags for every member (e.g. a small --quota-backend-bytes). */
+  args?: string[]
 }
 
 /** Start an n-member etcd cluster on loopback ports and wait until it answers. */
@@ -97,6 +99,7 @@ export async function startEtcd(size = 1, options: EtcdStartOptions = {}): Promi
         '1000',
         '--log-level',
         'error',
+        ...(options.args ?? []),
       ],
       {stdio: 'ignore'},
     )

@@ -1,6 +1,6 @@
 import {existsSync, readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
-import {spawn} from 'node:child_process'
+import {spawn, spawnSync} from 'node:child_process'
 import {expect, it} from 'vitest'
 import {connect} from '../../src/client/index.js'
 import {describeEtcd, startEtcd} from '../helpers/etcd.js'
@@ -287,4 +287,20 @@ describeEtcd('etcd: a closed client lets its process end', () => {
     if (code === 'alive') child.kill('SIGKILL')
     expect(code).toBe(0)
   }, 60_000)
+})
+
+describeEtcd('etcd: a full database (NOSPACE alarm)', () => {
+  it('a new lock is exit 4 saying etcd is out of space and what an operator does, not that no member answered', async () => {
+    const etcd = await startEtcd(1, {args: ['--quota-backend-bytes', '2000000']})
+    const member = `127.0.0.1:${etcd.members[0].clientPort}`
+    const value = 'x'.repeat(60_000)
+    let full = false
+    for (let i = 0; i < 100 && !full; i++) full = spawnSync('etcdctl', ['--endpoints', member, 'put', `filler/${i}`, value], {encoding: 'utf8'}).status !== 0
+    expect(full).toBe(true)
+    const result = await runCli(['lock', 'full/k', '--endpoints', etcd.endpoint])
+    expect(result.code).toBe(4)
+    expect(result.stderr.trim()).toMatch(
+      /^lockctl: etcd:\/\/\S+: lease grant: etcd refused it for lack of resources \(etcdserver: mvcc: database space exceeded\); if its database is full \(NOSPACE alarm\), an operator must compact, defragment and disarm it \(etcdctl alarm disarm\)$/,
+    )
+  })
 })

@@ -20,6 +20,16 @@ export function mapEtcdError(types: EtcdErrorTypes, label: string, what: string,
     .split('\n')[0]
     .replace(/^\d+ [A-Z_]+: /, '')
     .replace(/\.? ?Resolution note:.*$/, '')
+  // A member answered, and refused for lack of resources: above all etcd's NOSPACE alarm (its
+  // database over --quota-backend-bytes), which stops every write until an operator acts. It
+  // is not that nobody answered; retrying still serves (it ends once the alarm is disarmed).
+  // (etcd3 spells the class "Exhasted".)
+  if (error instanceof etcd3.GRPCResourceExhastedError) {
+    return new UnreachableError(
+      `${label}: ${what}: etcd refused it for lack of resources (${detail}); if its database is full (NOSPACE alarm), an operator must compact, defragment and disarm it (etcdctl alarm disarm)`,
+      {cause: error},
+    )
+  }
   if (etcd3.isRecoverableError(error) || types.isBrokenCircuitError(error) || error instanceof etcd3.ClientClosedError) {
     return new UnreachableError(`${label}: ${what}: no etcd member answered (${detail})`, {cause: error})
   }
