@@ -27,6 +27,10 @@ export class ServerMetrics {
   static async start(address: {host: string; port: number}, source: MetricsSource): Promise<ServerMetrics> {
     const client = await import('prom-client')
     const registry = new client.Registry()
+    // The process's own figures, as every Prometheus exporter has them: resident memory, CPU,
+    // open file descriptors, heap, event loop lag, GC (an SRE watching a million held locks, or
+    // a lockd that leaks, looks at these first).
+    client.collectDefaultMetrics({register: registry})
     const gauge = (name: string, help: string, read: () => number) =>
       new client.Gauge({
         name,

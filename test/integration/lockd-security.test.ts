@@ -335,6 +335,11 @@ describe('lockd metrics', () => {
     }
     const before = await scrape()
     expect(before.value('lockd_locks_held')).toBe(0)
+    // The process's own figures, as every exporter has them.
+    expect(before.value('process_resident_memory_bytes')).toBeGreaterThan(1_000_000)
+    expect(before.value('process_open_fds')).toBeGreaterThan(2)
+    expect(before.value('nodejs_heap_size_used_bytes')).toBeGreaterThan(1_000_000)
+    expect(before.text).toMatch(/^nodejs_eventloop_lag_seconds /m)
     const taken = await runCli(['lock', 'm/k', '--endpoints', lockd.endpoint])
     const after = await scrape()
     expect(after.value('lockd_locks_held')).toBe(1)
