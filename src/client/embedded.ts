@@ -1,5 +1,5 @@
 import {spawn} from 'node:child_process'
-import {openSync, closeSync, readFileSync, existsSync, statSync} from 'node:fs'
+import {openSync, closeSync, readFileSync, existsSync, statSync, statfsSync} from 'node:fs'
 import {homedir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -49,7 +49,7 @@ export async function connectEmbedded(paths: EmbeddedPaths, options: ConnectionO
     } catch (error) {
       if (!(error instanceof UnreachableError)) throw error
       if ((exited !== null && exited !== 0) || performance.now() > deadline) {
-        throw new UnreachableError(`the local lockd did not start: ${lastLine(paths.logFile) ?? 'no reason given'} (log: ${paths.logFile})`)
+        throw new UnreachableError(`the local lockd did not start: ${lastLine(paths.logFile) ?? unsaidReason(paths.dir)} (log: ${paths.logFile})`)
       }
       // Exit code 0: our lockd lost the start race to another one. Usually that one is about
       // to answer; if it was on its way out (its socket removed), start ours again.
@@ -110,6 +110,24 @@ function startDaemon(paths: EmbeddedPaths, daemon: string, onExit: (code: number
   }
   return null
 }
+
+/**
+ * lockd says why it stops in its log; an empty log may be because nothing could be written at
+ * all: a full disk, which is then named (lockd could not say so itself).
+ */
+function unsaidReason(dir: string): string {
+  try {
+    const {bavail, bsize} = statfsSync(dir)
+    const free = bavail * bsize
+    if (free < FULL_DISK_BYTES) return `its log is empty, and the file system of ${dir} is full (${free} bytes free): make room, or set XDG_STATE_HOME elsewhere`
+  } catch {
+    // No figure to give: say what is known.
+  }
+  return 'no reason given'
+}
+
+/** Below this much free space, a lockd that could not even write its log is taken to have met a full disk. */
+const FULL_DISK_BYTES = 1024 * 1024
 
 function lastLine(file: string): string | undefined {
   if (!existsSync(file)) return undefined

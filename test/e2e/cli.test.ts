@@ -123,6 +123,22 @@ describe('the embedded default (no endpoint configured)', () => {
     }
   })
 
+  it.skipIf(process.getuid?.() !== 0 && !process.env.CI)('a full disk under the state directory: lockd could not even log why it stopped, so the CLI names the full file system (exit 4)', async () => {
+    const mountPoint = tempDir('lockctl-full-')
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', mountPoint])
+    try {
+      // All but a few KB taken: the state directory can be made, lockd's data and log cannot be written.
+      writeFileSync(join(mountPoint, 'filler'), Buffer.alloc(60 * 1024))
+      const result = await runCli(['lock', 'full/k'], {env: {HOME: mountPoint, XDG_STATE_HOME: join(mountPoint, 'state')}})
+      expect(result.code).toBe(4)
+      expect(result.stderr.trim()).toMatch(
+        /^lockctl: the local lockd did not start: (its log is empty, and the file system of \S+ is full \(\d+ bytes free\): make room, or set XDG_STATE_HOME elsewhere|.*ENOSPC.*) \(log: \S+\)$/,
+      )
+    } finally {
+      execFileSync('umount', ['-l', mountPoint])
+    }
+  })
+
   it('two CLIs racing to start the embedded lockd end up with one server', async () => {
     const env = freshUser()
     const results = await Promise.all(['a', 'b', 'c'].map((key) => runCli(['lock', key], {env})))
