@@ -53,7 +53,7 @@ let nextPort = 21000 + (Number(process.env.VITEST_POOL_ID ?? process.pid % 50) %
 
 export interface EtcdStartOptions {
   /** Serve clients over TLS with this certificate and key (PEM files); `ca` verifies it. */
-  tls?: {cert: string; key: string; ca: string}
+  tls?: {cert: string; key: string; ca: string; client?: {cert: string; key: string}}
   /** More flags for every member (e.g. a small --quota-backend-bytes). */
   args?: string[]
 }
@@ -62,7 +62,9 @@ export interface EtcdStartOptions {
 export async function startEtcd(size = 1, options: EtcdStartOptions = {}): Promise<EtcdCluster> {
   const scheme = options.tls ? 'https' : 'http'
   const tlsArgs = options.tls ? ['--cert-file', options.tls.cert, '--key-file', options.tls.key] : []
-  const etcdctlTls = options.tls ? ['--cacert', options.tls.ca] : []
+  // (A member started with --client-cert-auth answers etcdctl only with a client certificate.)
+  const clientTls = options.tls?.client ? ['--cert', options.tls.client.cert, '--key', options.tls.client.key] : []
+  const etcdctlTls = options.tls ? ['--cacert', options.tls.ca, ...clientTls] : []
   const base = tempDir('lockctl-etcd-')
   const members: EtcdMember[] = Array.from({length: size}, (_, i) => {
     const clientPort = nextPort++

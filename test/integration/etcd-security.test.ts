@@ -111,3 +111,45 @@ describeEtcd('etcd over TLS with authentication', () => {
     expect(result.stderr).toMatch(/--cacert: cannot read \/nonexistent\/ca\.pem: ENOENT/)
   })
 })
+
+/** A client certificate (and its key) for `name`, signed by `ca` or, without one, by itself. */
+function makeClientCertificate(dir: string, name: string, ca?: {cert: string; key: string}): {cert: string; key: string} {
+  const file = (suffix: string) => join(dir, `${name}-${suffix}`)
+  const openssl = (...args: string[]) => execFileSync('openssl', args, {stdio: 'pipe'})
+  if (!ca) {
+    openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', `/CN=${name}`, '-keyout', file('key.pem'), '-out', file('cert.pem'))
+    return {cert: file('cert.pem'), key: file('key.pem')}
+  }
+  openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=${name}`, '-keyout', file('key.pem'), '-out', file('csr.pem'))
+  writeFileSync(file('ext.cnf'), 'extendedKeyUsage=clientAuth\n')
+  openssl('x509', '-req', '-in', file('csr.pem'), '-CA', ca.cert, '-CAkey', ca.key, '-CAcreateserial', '-days', '1', '-extfile', file('ext.cnf'), '-out', file('cert.pem'))
+  return {cert: file('cert.pem'), key: file('key.pem')}
+}
+
+describeEtcd('etcd that requires client certificates (--client-cert-auth)', () => {
+  it('a signed certificate locks; none, or one from another CA, is one line saying which (exit 4)', async () => {
+    const dir = tempDir()
+    const certs = makeCertificates(dir)
+    const signed = makeClientCertificate(dir, 'locker', {cert: certs.ca, key: join(dir, 'ca-key.pem')})
+    const etcd = await startEtcd(1, {tls: {...certs, client: signed}, args: ['--client-cert-auth', '--trusted-ca-file', certs.ca]})
+    try {
+      const endpoint = `etcds://127.0.0.1:${etcd.members[0].clientPort}`
+      const foreign = makeClientCertificate(dir, 'mallory')
+      const good = await runCli(['lock', 'mtls/k', '--endpoints', endpoint, '--cacert', certs.ca, '--cert', signed.cert, '--key', signed.key])
+      expect(good.code, good.stderr).toBe(0)
+      for (const [files, message] of [
+        [[], /^lockctl: etcds:\/\/\S+: lease grant: etcd requires a client certificate \(--client-cert-auth\): give --cert and --key, signed by the CA etcd trusts for clients$/],
+        [
+          ['--cert', foreign.cert, '--key', foreign.key],
+          /^lockctl: etcds:\/\/\S+: lease grant: etcd refused this client's certificate \(is it signed by the CA etcd trusts for clients, and still valid\?\)$/,
+        ],
+      ] as const) {
+        const refused = await runCli(['lock', 'mtls/k2', '--endpoints', endpoint, '--cacert', certs.ca, ...files, '--timeout', '3s'])
+        expect(refused.code, refused.stderr).toBe(4)
+        expect(refused.stderr.trim(), files.join(' ')).toMatch(message)
+      }
+    } finally {
+      await etcd.stop()
+    }
+  })
+})
