@@ -148,7 +148,7 @@ export abstract class BaseCommand extends Command {
   /**
    * For a command that streams to stdout until interrupted (watch, status --watch, hold): ends
    * on Ctrl-C/SIGTERM, or once stdout cannot be written (its reader gone, a full disk), instead of
-   * streaming on to nobody. A failure other than the reader leaving is reported at exit (74).
+   * streaming on to nobody. A failure other than the reader leaving is one line, exit 74.
    */
   protected get streamSignal(): AbortSignal {
     return AbortSignal.any([this.interruptSignal, this.stdout.gone])

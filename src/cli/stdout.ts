@@ -30,7 +30,8 @@ const describe = (error: NodeJS.ErrnoException): string => (error.code === 'EPIP
  * So a `lock` whose token went to a full disk exited 0 with its lock held and the token lost,
  * and `hold --json | consumer` held on after the consumer died. Here every failed write is seen:
  * `gone` is aborted (watch and hold stop on it), `write` rejects (lock releases what it could
- * not hand over), and a failure no command reported itself is one line, and exit 74 — except EPIPE, the reader's normal way to say "enough" (`status | head -1`).
+ * not hand over), and a failure no command reported itself is one line and exit 74 — except
+ * EPIPE, the reader's normal way to say "enough" (`status | head -1`).
  */
 export class StdoutGuard {
   private readonly controller = new AbortController()
@@ -56,11 +57,6 @@ export class StdoutGuard {
       if (report) setImmediate(() => guard.reportUnclaimed())
     })
     return guard
-  }
-
-  /** Why stdout failed, if it did. */
-  get error(): OutputError | null {
-    return this.failure
   }
 
   /**
