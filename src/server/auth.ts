@@ -1,5 +1,5 @@
 import {createHash, randomBytes, scrypt, timingSafeEqual} from 'node:crypto'
-import {readFileSync} from 'node:fs'
+import {readFileSync, statSync} from 'node:fs'
 import {promisify} from 'node:util'
 import {ServerStartError} from './errors.js'
 
@@ -34,12 +34,20 @@ export async function verifyPassword(password: string, stored: string): Promise<
   return got.length === expected.length && timingSafeEqual(got, expected)
 }
 
-/** Read an auth file: one `NAME:HASH` per line; blank lines and `#` comments are skipped. */
+/**
+ * Read an auth file: one `NAME:HASH` per line; blank lines and `#` comments are skipped. A file
+ * every user may write is refused: anyone could add a user of their own (an --admin's name
+ * among them), as sshd refuses such an authorized_keys.
+ */
 export function readAuthFile(path: string): Map<string, string> {
   let text: string
   try {
+    if ((statSync(path).mode & 0o002) !== 0) {
+      throw new ServerStartError(`--auth-file: every user can write ${path} (mode ${modeOf(path)}), and so add a user of their own: chmod o-w ${path} (600 or 640)`)
+    }
     text = readFileSync(path, 'utf8')
   } catch (error) {
+    if (error instanceof ServerStartError) throw error
     throw new ServerStartError(`--auth-file: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
   }
   const users = new Map<string, string>()
@@ -58,6 +66,21 @@ export function readAuthFile(path: string): Map<string, string> {
   }
   return users
 }
+
+/**
+ * What to warn of an auth file every user may read: its hashes then invite offline guessing
+ * (scrypt slows that; weak passwords still fall). Undefined when only its owner (and group) may.
+ */
+export function authFileWarning(path: string): string | undefined {
+  try {
+    if ((statSync(path).mode & 0o004) === 0) return undefined
+  } catch {
+    return undefined
+  }
+  return `lockd: warning: every user can read the password hashes in ${path} (mode ${modeOf(path)}): chmod o-r ${path} (600 or 640)`
+}
+
+const modeOf = (path: string): string => (statSync(path).mode & 0o777).toString(8)
 
 /**
  * Checks a user's password against the auth file. A successful check is remembered (by a

@@ -5,7 +5,7 @@ import {ErrorCode} from '../protocol/errors.js'
 import {DEFAULT_MAX_FRAME, encodeFrame} from '../protocol/framing.js'
 import {PROTOCOL_VERSION, type Request, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
 import {VERSION} from '../version.js'
-import {PasswordCheck} from './auth.js'
+import {authFileWarning, PasswordCheck} from './auth.js'
 import {newConnection, type Connection} from './connection.js'
 import {DurableLog} from './durable-log.js'
 import {makeDirectoriesOrStartError, unreadableAsStartError} from './errors.js'
@@ -145,10 +145,18 @@ export class LockServer {
     this.options.log?.(line)
   }
 
+  private warnOfAuthFile(): void {
+    const warning = this.options.authFile === undefined ? undefined : authFileWarning(this.options.authFile)
+    if (warning) this.say(warning)
+  }
+
   async start(): Promise<this> {
     const {dataDir} = this.options
     try {
-      if (this.options.authFile) this.passwords = new PasswordCheck(this.options.authFile)
+      if (this.options.authFile) {
+        this.passwords = new PasswordCheck(this.options.authFile)
+        this.warnOfAuthFile()
+      }
       if (this.options.metrics) {
         const {ServerMetrics} = await import('./metrics.js')
         this.metrics = await ServerMetrics.start(this.options.metrics, {
@@ -239,6 +247,7 @@ export class LockServer {
           closed++
         }
         this.say(`lockd: reloaded ${this.options.authFile}: ${users} user(s)${closed ? `; closed ${closed} connection(s) of removed or changed users` : ''}`)
+        this.warnOfAuthFile()
       }
       if (this.options.tls) {
         this.listeners.setSecureContext(this.secureContext())

@@ -253,16 +253,28 @@ describe('lockd with users', () => {
       writeFileSync(join(dir, name), text)
       return join(dir, name)
     }
+    const writable = (path: string) => {
+      chmodSync(path, 0o666)
+      return path
+    }
     const line = `alice:${hash('pw')}\n`
     for (const [path, message] of [
       [join(dir, 'missing'), /^lockctl: --auth-file: cannot read .*missing: ENOENT$/],
       [file('plain', 'alice:pw\n'), /^lockctl: --auth-file: .*plain line 1 is not NAME:HASH \(make HASH with lockctl server --hash-password\)$/],
       [file('twice', `# users\n${line}${line}`), /^lockctl: --auth-file: .*twice line 3 names "alice" again \(line 2\): one line per user$/],
+      // Anyone could add a user of their own (an admin's name among them).
+      [writable(file('open', line)), /^lockctl: --auth-file: every user can write .*open \(mode 666\), and so add a user of their own: chmod o-w .*open \(600 or 640\)$/],
     ] as const) {
       const result = await runCli(['server', '--listen', '127.0.0.1:0', '--in-memory', '--auth-file', path])
       expect(result.code, result.stderr).toBe(1)
       expect(oneLine(result)).toMatch(message)
     }
+    // Readable by every user: it serves, and says so (offline guessing of the hashes).
+    const readable = file('readable', line)
+    chmodSync(readable, 0o644)
+    const lockd = await startLockd({args: ['--auth-file', readable]})
+    expect(lockd.stderr()).toMatch(/lockd: warning: every user can read the password hashes in .*readable \(mode 644\): chmod o-r/)
+    await lockd.stop()
   })
 })
 
