@@ -1,6 +1,7 @@
 import {createHash, randomBytes, scrypt, timingSafeEqual} from 'node:crypto'
-import {readFileSync, statSync} from 'node:fs'
+import {readFileSync} from 'node:fs'
 import {promisify} from 'node:util'
+import {openTo} from '../util/fs.js'
 import {ServerStartError} from './errors.js'
 
 /**
@@ -41,13 +42,11 @@ export async function verifyPassword(password: string, stored: string): Promise<
  */
 export function readAuthFile(path: string): Map<string, string> {
   let text: string
+  const open = openTo(path)
+  if (open?.write) throw new ServerStartError(`--auth-file: every user can write ${path} (mode ${open.mode}), and so add a user of their own: chmod o-w ${path} (600 or 640)`)
   try {
-    if ((statSync(path).mode & 0o002) !== 0) {
-      throw new ServerStartError(`--auth-file: every user can write ${path} (mode ${modeOf(path)}), and so add a user of their own: chmod o-w ${path} (600 or 640)`)
-    }
     text = readFileSync(path, 'utf8')
   } catch (error) {
-    if (error instanceof ServerStartError) throw error
     throw new ServerStartError(`--auth-file: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
   }
   const users = new Map<string, string>()
@@ -66,21 +65,6 @@ export function readAuthFile(path: string): Map<string, string> {
   }
   return users
 }
-
-/**
- * What to warn of an auth file every user may read: its hashes then invite offline guessing
- * (scrypt slows that; weak passwords still fall). Undefined when only its owner (and group) may.
- */
-export function authFileWarning(path: string): string | undefined {
-  try {
-    if ((statSync(path).mode & 0o004) === 0) return undefined
-  } catch {
-    return undefined
-  }
-  return `lockd: warning: every user can read the password hashes in ${path} (mode ${modeOf(path)}): chmod o-r ${path} (600 or 640)`
-}
-
-const modeOf = (path: string): string => (statSync(path).mode & 0o777).toString(8)
 
 /**
  * Checks a user's password against the auth file. A successful check is remembered (by a

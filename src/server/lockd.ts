@@ -5,9 +5,10 @@ import {ErrorCode} from '../protocol/errors.js'
 import {DEFAULT_MAX_FRAME, encodeFrame} from '../protocol/framing.js'
 import {PROTOCOL_VERSION, type Request, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
 import {VERSION} from '../version.js'
-import {authFileWarning, PasswordCheck} from './auth.js'
+import {PasswordCheck} from './auth.js'
 import {newConnection, type Connection} from './connection.js'
 import {DurableLog} from './durable-log.js'
+import {openTo} from '../util/fs.js'
 import {makeDirectoriesOrStartError, unreadableAsStartError} from './errors.js'
 import {handleRequest, type HandlerContext} from './handlers.js'
 import {greet} from './handshake.js'
@@ -145,18 +146,26 @@ export class LockServer {
     this.options.log?.(line)
   }
 
-  private warnOfAuthFile(): void {
-    const warning = this.options.authFile === undefined ? undefined : authFileWarning(this.options.authFile)
-    if (warning) this.say(warning)
+  /**
+   * Secrets every user of the machine may read: served, with a warning (at start and on SIGHUP).
+   * The auth file's hashes invite offline guessing; the TLS key lets anyone pose as this lockd.
+   */
+  private warnOfOpenSecrets(): void {
+    const secrets = [
+      ...(this.options.authFile ? [{path: this.options.authFile, what: 'the password hashes in'}] : []),
+      ...(this.options.tls ? [{path: this.options.tls.key, what: "lockd's TLS private key"}] : []),
+    ]
+    for (const {path, what} of secrets) {
+      const open = openTo(path)
+      if (open?.read) this.say(`lockd: warning: every user can read ${what} ${path} (mode ${open.mode}): chmod o-r ${path} (600 or 640)`)
+    }
   }
 
   async start(): Promise<this> {
     const {dataDir} = this.options
     try {
-      if (this.options.authFile) {
-        this.passwords = new PasswordCheck(this.options.authFile)
-        this.warnOfAuthFile()
-      }
+      if (this.options.authFile) this.passwords = new PasswordCheck(this.options.authFile)
+      this.warnOfOpenSecrets()
       if (this.options.metrics) {
         const {ServerMetrics} = await import('./metrics.js')
         this.metrics = await ServerMetrics.start(this.options.metrics, {
@@ -247,12 +256,12 @@ export class LockServer {
           closed++
         }
         this.say(`lockd: reloaded ${this.options.authFile}: ${users} user(s)${closed ? `; closed ${closed} connection(s) of removed or changed users` : ''}`)
-        this.warnOfAuthFile()
       }
       if (this.options.tls) {
         this.listeners.setSecureContext(this.secureContext())
         this.say(`lockd: reloaded the TLS certificate and key`)
       }
+      this.warnOfOpenSecrets()
     } catch (error) {
       this.say(`lockd: reload failed, keeping the previous configuration: ${(error as Error).message}`)
     }

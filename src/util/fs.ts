@@ -1,4 +1,4 @@
-import {mkdirSync} from 'node:fs'
+import {mkdirSync, statSync} from 'node:fs'
 import {dirname} from 'node:path'
 
 /**
@@ -19,5 +19,18 @@ export function makeDirectories(dir: string): void {
     } catch (again) {
       if ((again as NodeJS.ErrnoException).code !== 'EEXIST') throw again
     }
+  }
+}
+
+/**
+ * The permission bits of `path` that let every user read (0o004) or write (0o002) it, and all
+ * its bits in octal for a message ("644"); null when it cannot be looked at.
+ */
+export function openTo(path: string): {read: boolean; write: boolean; mode: string} | null {
+  try {
+    const mode = statSync(path).mode & 0o777
+    return {read: (mode & 0o004) !== 0, write: (mode & 0o002) !== 0, mode: mode.toString(8)}
+  } catch {
+    return null
   }
 }

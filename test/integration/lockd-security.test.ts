@@ -1,5 +1,5 @@
 import {execFileSync, spawn, spawnSync} from 'node:child_process'
-import {chmodSync, chownSync, mkdirSync, readFileSync, statSync, writeFileSync} from 'node:fs'
+import {chmodSync, chownSync, copyFileSync, mkdirSync, readFileSync, statSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {beforeAll, describe, expect, it} from 'vitest'
 import {BIN, eventually, runCli, startLockd, tempDir, type CliResult} from '../helpers/processes.js'
@@ -95,8 +95,16 @@ describe('lockd over TLS', () => {
     expect(oneLine(failures[2])).toBe(`lockctl: lockd://127.0.0.1:${secure.port}: closed before answering the hello (if it serves TLS, use lockds:// or --cacert)`)
     expect(oneLine(failures[3])).toBe(`lockctl: lockds://127.0.0.1:${plain.port}: the server does not speak TLS (for a plain lockd, use lockd:// without --cacert)`)
     expect(Date.now() - started).toBeLessThan(15_000) // never a hang
+    expect(secure.stderr()).not.toMatch(/warning/) // its key is 600
     await secure.stop()
     await plain.stop()
+    // A private key every user can read: served, with a warning (anyone could pose as this lockd).
+    const keyCopy = join(tempDir(), 'readable-key.pem')
+    copyFileSync(certs.key, keyCopy)
+    chmodSync(keyCopy, 0o644)
+    const exposed = await startLockd({args: ['--tls-cert', certs.cert, '--tls-key', keyCopy]})
+    expect(exposed.stderr()).toMatch(/lockd: warning: every user can read lockd's TLS private key .*readable-key\.pem \(mode 644\): chmod o-r/)
+    await exposed.stop()
   })
 
   it('a certificate that does not name the address: one line saying which names it has, exit 4', async () => {
