@@ -6,6 +6,7 @@ import {FORWARDED_SIGNALS, shellExitCode, signalNumber, SupervisedChild} from '.
 import {EventPrinter} from './events.js'
 import {ExitCode} from './exit-codes.js'
 import {formatMs, ordinal} from './output.js'
+import {OwnGrantWaitError, ownGrantFence} from './own-grant.js'
 import {createProgress} from './progress.js'
 
 /** `hold` in the foreground: what a background hold takes, and the command and its supervision. */
@@ -41,9 +42,12 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
   let suspended = false
   let announcedWait = false
 
-  /** A signal, or 'output': nobody can read the events any more. */
-  let stopRequested!: (why: NodeJS.Signals | 'output') => void
-  const stop = new Promise<NodeJS.Signals | 'output'>((resolve) => (stopRequested = resolve))
+  /** A signal; 'output': nobody can read the events any more; 'own': queued behind our own grant. */
+  let stopRequested!: (why: NodeJS.Signals | 'output' | 'own') => void
+  const stop = new Promise<NodeJS.Signals | 'output' | 'own'>((resolve) => (stopRequested = resolve))
+  // A hold inside the command of a hold of the same key would wait for its own parent forever
+  // (semaphores aside: another slot may free).
+  const ownFence = options.limit !== undefined && options.limit > 1 ? null : ownGrantFence(key)
   // Claimed at once: this hold says it in its own line (with what became of the lock).
   let outputFailure: Error | null = null
   const onOutputGone = () => {
@@ -78,6 +82,7 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
     // With a command, a loss ends the run: the command has the lost grant's token and fence.
     reacquire: !command,
     onQueued: ({position, holder}) => {
+      if (ownFence !== null && holder?.fence === ownFence) return stopRequested('own')
       progress.show(`waiting for ${key}: held by ${describeHolder(holder)}; ${ordinal(position)} in the queue`)
       // One line per wait; the spinner follows the place in the queue.
       if (!announcedWait) events.print('waiting', key, {position, holder: holder?.owner ?? null})
@@ -122,9 +127,14 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
     // Lost before the command could start (a forced release right after the grant).
     if (lost) return ExitCode.LOST
     if (first === 'output') return ExitCode.OUTPUT
+    if (first === 'own') throw new OwnGrantWaitError(key, ownFence!)
     // Interrupted while waiting for the first grant.
     if (first) return 128 + signalNumber(first)
-    if (!command) return (await stop) === 'output' ? ExitCode.OUTPUT : ExitCode.OK
+    if (!command) {
+      const why = await stop
+      if (why === 'own') throw new OwnGrantWaitError(key, ownFence!)
+      return why === 'output' ? ExitCode.OUTPUT : ExitCode.OK
+    }
     child = new SupervisedChild(command, {...process.env, LOCKCTL_KEY: key, LOCKCTL_TOKEN: lock.token, LOCKCTL_FENCE: String(lock.fence)}, {interactive})
     const result = await child.exited
     if (result.spawnError) {

@@ -6,6 +6,7 @@ import {createProgress} from '../cli/progress.js'
 import {describeHolder} from '../client/errors.js'
 import {rememberGrant} from '../cli/session.js'
 import {OutputError} from '../cli/stdout.js'
+import {OwnGrantWaitError, ownGrantFence} from '../cli/own-grant.js'
 
 export default class Lock extends BaseCommand {
   static summary = 'Acquire a lock and print its token.'
@@ -46,15 +47,23 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 3 g
     const client = await this.client(flags, {owner: flags.owner})
     const lock = client.createLock(key, mode)
     const progress = createProgress(!this.jsonEnabled())
+    // Queued behind the grant this process runs under (semaphores aside: another slot may free).
+    const ownFence = mode.limit !== undefined && mode.limit > 1 ? null : ownGrantFence(key)
+    const ownWait = new AbortController()
     let grant
     const sentAt = performance.now()
     try {
       grant = await lock.acquire({
         leaseMs: flags.lease,
         waitMs: flags.wait,
-        signal: this.interruptSignal,
-        onQueued: ({position, holder}) => progress.show(`waiting for ${key}: held by ${describeHolder(holder)}; ${ordinal(position)} in the queue`),
+        signal: AbortSignal.any([this.interruptSignal, ownWait.signal]),
+        onQueued: ({position, holder}) => {
+          if (ownFence !== null && holder?.fence === ownFence) ownWait.abort()
+          else progress.show(`waiting for ${key}: held by ${describeHolder(holder)}; ${ordinal(position)} in the queue`)
+        },
       })
+    } catch (error) {
+      throw ownWait.signal.aborted ? new OwnGrantWaitError(key, ownFence!) : error
     } finally {
       progress.stop()
     }

@@ -1,7 +1,7 @@
 import {existsSync, readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
-import {eventually, runCli, sharedLockd, startLockd, tempDir} from '../helpers/processes.js'
+import {LAUNCHER, eventually, runCli, sharedLockd, startLockd, tempDir} from '../helpers/processes.js'
 import {hasTmux, inTerminal} from '../helpers/tmux.js'
 
 const shared = sharedLockd()
@@ -160,6 +160,23 @@ describe('hold: mutual exclusion', () => {
     const fences = [0, 2, 4].map((i) => Number(lines[i][2]))
     expect(fences).toEqual([...fences].sort((a, b) => a - b))
     expect(new Set(fences).size).toBe(3)
+  })
+
+  it('a lock or hold of the same key inside the command of a hold is refused at once (it would wait for its own parent forever); another key is taken', async () => {
+    const self = `"${LAUNCHER}"`
+    // `hold` waits forever by default: inside a hold of the same key this hung until killed.
+    const script = `${self} hold nested -- true; echo "hold $?"; ${self} lock nested --wait forever; echo "lock $?"; ${self} lock nested-other >/dev/null; echo "other $?"`
+    const result = await runCli(['hold', 'nested', '--', 'sh', '-c', script], {env, timeoutMs: 15_000})
+    expect(result.code, result.stderr).toBe(0)
+    expect(result.stdout.trim().split('\n')).toEqual(['hold 1', 'lock 1', 'other 0'])
+    const refusals = result.stderr.split('\n').filter((line) => line.startsWith('lockctl: '))
+    expect(refusals).toHaveLength(2)
+    for (const line of refusals)
+      expect(line).toMatch(
+        /^lockctl: "nested" is already held by the grant this process runs under \(fence \d+: LOCKCTL_KEY and LOCKCTL_FENCE in its environment, set by hold or lock --export\); it would be waiting for itself/,
+      )
+    // Neither left a waiter behind.
+    expect(JSON.parse((await runCli(['status', 'nested', '--json'], {env})).stdout).holder).toBeNull()
   })
 })
 
