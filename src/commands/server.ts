@@ -19,6 +19,11 @@ Without --listen or --socket it listens on 127.0.0.1:7070.`
     socket: Flags.string({description: 'unix socket to listen on', helpValue: 'PATH'}),
     'data-dir': Flags.string({description: 'directory for the durable state (default: $XDG_STATE_HOME/lockctl/server)', helpValue: 'DIR'}),
     'in-memory': Flags.boolean({description: 'keep no state on disk (locks are forgotten on restart)', exclusive: ['data-dir']}),
+    'forget-all-locks': Flags.boolean({
+      description:
+        'a one-time repair of a data directory lockd refuses as damaged: forget every lock in it (its files go to DIR/forgotten-TIME), fences going on above every one handed out; never leave it in a service definition',
+      exclusive: ['in-memory'],
+    }),
     'max-frame': Flags.integer({description: 'largest accepted frame in bytes', default: 1024 * 1024, min: 64 * 1024, max: 64 * 1024 * 1024}),
     'max-connections': Flags.integer({description: 'connections beyond this many are refused (the client exits 4 and says why)', default: 10_000, min: 1}),
     'max-waiters-per-connection': Flags.integer({description: 'waiting acquires one connection may have at once', default: 10_000, min: 1}),
@@ -49,6 +54,7 @@ Without --listen or --socket it listens on 127.0.0.1:7070.`
       listen,
       socket: flags.socket,
       dataDir,
+      forgetAllLocks: flags['forget-all-locks'],
       maxFrame: flags['max-frame'],
       maxConnections: flags['max-connections'],
       maxWaitersPerConnection: flags['max-waiters-per-connection'],

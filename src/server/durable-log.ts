@@ -206,6 +206,45 @@ export class DurableLog {
     return {log, state}
   }
 
+  /**
+   * `lockd --forget-all-locks` (docs/recovery.md): a one-time repair of a data directory lockd
+   * refuses as damaged. Its logs and snapshot go to DIR/forgotten-TIME (kept for inspection),
+   * and a new empty log starts; the fence mark stays, so every fence handed out from now is above
+   * every one handed out before — which moving the whole directory aside would start again at 1.
+   * Crash-safe at every step: until the new log is there, a start without the flag refuses (the
+   * log the mark names is gone), and a start with it goes on where this one stopped.
+   * Null when there was nothing to forget.
+   */
+  static forgetAllLocks(dir: string): {aside: string; moved: number; fence: number} | null {
+    const names = readdirSync(dir).filter((name) => /^wal-\d+\.log$/.test(name) || name === 'snapshot' || name === 'snapshot.tmp')
+    const fencePath = join(dir, 'fence')
+    if (!existsSync(fencePath)) {
+      if (names.length === 0) return null
+      throw new LogCorruptError(
+        `--forget-all-locks: ${fencePath} is missing, so lockd cannot tell which fences it handed out; moving the whole directory aside starts them again at 1 (reset every fencing store that saw higher ones)`,
+      )
+    }
+    let reserved: unknown
+    try {
+      reserved = (readChecked(fencePath) as {reserved?: unknown}).reserved
+    } catch {
+      reserved = undefined
+    }
+    if (typeof reserved !== 'number' || !Number.isSafeInteger(reserved) || reserved < 0) {
+      throw new LogCorruptError(
+        `--forget-all-locks: ${fencePath} is damaged, so lockd cannot tell which fences it handed out; moving the whole directory aside starts them again at 1 (reset every fencing store that saw higher ones)`,
+      )
+    }
+    const aside = join(dir, `forgotten-${new Date().toISOString().replaceAll(':', '-')}`)
+    makeDirectories(aside)
+    for (const name of names) renameSync(join(dir, name), join(aside, name))
+    fsyncDir(aside)
+    fsyncDir(dir)
+    writeNewLog(join(dir, 'wal-0.log'))
+    fsyncDir(dir)
+    return {aside, moved: names.length, fence: reserved}
+  }
+
   /** Set when the state must be rewritten as a snapshot once the caller has restored the table. */
   private pendingSnapshot = false
 

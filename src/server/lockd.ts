@@ -29,6 +29,11 @@ export interface LockServerOptions {
   socket?: string
   /** Directory for the durable log; without one the server keeps state in memory only. */
   dataDir?: string
+  /**
+   * A one-time repair (docs/recovery.md): forget every lock in `dataDir` (its files are moved
+   * aside), keeping fences above every one handed out before.
+   */
+  forgetAllLocks?: boolean
   maxFrame?: number
   /** Exit after this long with no connections and no held locks (the embedded server). */
   idleExitMs?: number
@@ -206,6 +211,14 @@ export class LockServer {
     makeDirectoriesOrStartError('--data-dir', dataDir)
     const {log, state} = await unreadableAsStartError(dataDir, async () => {
       this.dirMutex = await claimDataDir(dataDir)
+      if (this.options.forgetAllLocks) {
+        const forgotten = DurableLog.forgetAllLocks(dataDir)
+        this.say(
+          forgotten
+            ? `lockd: --forget-all-locks: every lock of ${dataDir} is forgotten (its ${forgotten.moved} file(s) moved to ${forgotten.aside}); fences go on above ${forgotten.fence}. Holders that still believe they hold are not told: leave this flag out of the next start`
+            : `lockd: --forget-all-locks: ${dataDir} held no locks to forget`,
+        )
+      }
       return DurableLog.open(
         dataDir,
         {locks: () => this.table.heldLocks(), fence: () => this.table.lastFence},

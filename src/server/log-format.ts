@@ -101,7 +101,7 @@ const LEGACY_RECORD_HEADER = 8
  * anything that can have been handed out, whatever happened to the log's tail.
  */
 export const FENCE_BLOCK = 10_000
-export const MOVE_ASIDE = 'Inspect it, or move the data directory aside to start empty (every lock is then forgotten).'
+export const MOVE_ASIDE = 'Inspect it, or start lockd on it once with --forget-all-locks to start empty (every lock is then forgotten; fences go on above the old ones).'
 export const packr = new Packr({useRecords: false, mapsAsObjects: true})
 /**
  * Snapshots use msgpack records (msgpackr's extension: each object shape is written once, then

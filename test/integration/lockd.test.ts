@@ -1,4 +1,4 @@
-import {appendFileSync, readdirSync, readFileSync, writeFileSync} from 'node:fs'
+import {appendFileSync, readdirSync, readFileSync, unlinkSync, writeFileSync} from 'node:fs'
 import {connect as netConnect, type Socket} from 'node:net'
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
@@ -264,6 +264,68 @@ describe('lockd crash and recovery', () => {
     expect(result.stderr).toMatch(/wal-0\.log: corrupt at byte 8 \(its header fails its checksum\)/)
     expect(result.stderr).not.toMatch(/\n\s+at /)
     expect(readFileSync(wal).equals(data)).toBe(true) // nothing truncated
+  })
+
+  it('--forget-all-locks repairs a damaged data directory: every lock forgotten, its files kept aside, fences above every old one; a start without it then recovers as usual', async () => {
+    const dataDir = tempDir()
+    let lockd = await startLockd({dataDir})
+    const a = await client(lockd.endpoint, 'A')
+    let highest = 0
+    for (let i = 0; i < 5; i++) highest = Math.max(highest, (await a.createLock(`f${i}`).acquire({leaseMs: 3_600_000})).fence)
+    await a.close()
+    lockd.child.kill('SIGKILL')
+    await lockd.exited
+    const wal = join(dataDir, 'wal-0.log')
+    const data = readFileSync(wal)
+    data.writeUInt32BE(0x7fffffff, 8)
+    writeFileSync(wal, data)
+    // The refusal names the way out.
+    const refused = await runCli(['server', '--listen', '127.0.0.1:0', '--data-dir', dataDir])
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toMatch(/start lockd on it once with --forget-all-locks to start empty \(every lock is then forgotten; fences go on above the old ones\)/)
+    lockd = await startLockd({dataDir, args: ['--forget-all-locks']})
+    expect(lockd.stderr()).toMatch(
+      /lockd: --forget-all-locks: every lock of .* is forgotten \(its 1 file\(s\) moved to .*forgotten-[^)]*\); fences go on above \d+\. Holders that still believe they hold are not told/,
+    )
+    const b = await client(lockd.endpoint, 'B')
+    expect((await b.inspect('f0'))?.holder ?? null).toBeNull()
+    const fresh = await b.createLock('f0').acquire({leaseMs: 3_600_000})
+    // Above every fence handed out before: moving the directory aside would have started at 1.
+    expect(fresh.fence).toBeGreaterThan(highest)
+    await b.close()
+    const aside = readdirSync(dataDir).find((name) => name.startsWith('forgotten-'))!
+    expect(readFileSync(join(dataDir, aside, 'wal-0.log')).equals(data)).toBe(true) // kept, untouched
+    lockd.child.kill('SIGKILL')
+    await lockd.exited
+    // Without the flag: the new grant is recovered, and fences go on above it.
+    lockd = await startLockd({dataDir})
+    const c = await client(lockd.endpoint, 'C')
+    expect((await c.inspect('f0'))?.holder?.fence).toBe(fresh.fence)
+    expect((await c.createLock('f1').acquire()).fence).toBeGreaterThan(fresh.fence)
+    await lockd.stop()
+  })
+
+  it('--forget-all-locks refuses when the fence mark is gone (it could not keep fences above the old ones), and a crash after it moved the files leaves a directory a plain start refuses', async () => {
+    const dataDir = tempDir()
+    const lockd = await startLockd({dataDir})
+    const a = await client(lockd.endpoint, 'A')
+    await a.createLock('m').acquire()
+    await a.close()
+    await lockd.stop()
+    const mark = readFileSync(join(dataDir, 'fence'))
+    unlinkSync(join(dataDir, 'fence'))
+    const noMark = await runCli(['server', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--forget-all-locks'])
+    expect(noMark.code).toBe(1)
+    expect(noMark.stderr.trim()).toMatch(/^lockctl: --forget-all-locks: .*fence is missing, so lockd cannot tell which fences it handed out/)
+    // As if lockd crashed after moving the logs aside, before the new log: only the mark is left.
+    writeFileSync(join(dataDir, 'fence'), mark)
+    unlinkSync(join(dataDir, 'wal-0.log'))
+    const plain = await runCli(['server', '--listen', '127.0.0.1:0', '--data-dir', dataDir])
+    expect(plain.code).toBe(1)
+    expect(plain.stderr).toMatch(/wal-0\.log is missing/)
+    const again = await startLockd({dataDir, args: ['--forget-all-locks']})
+    expect(again.stderr()).toMatch(/--forget-all-locks: every lock of .* is forgotten \(its 0 file\(s\)/)
+    await again.stop()
   })
 
   it('a release is answered before it is durable: kill -9 right after, the lock is free or still held by that same grant, never by two', async () => {
