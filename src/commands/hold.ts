@@ -22,7 +22,7 @@ import {WAIT_FOREVER} from '../protocol/messages.js'
 
 export default class Hold extends BaseCommand {
   static summary = 'Hold a lock, renewing it, until interrupted; or run a command while it is held.'
-  static description = `Without a command: print "acquired" when the lock is held, "lost" if it is lost (then wait for it again), and release it on SIGINT/SIGTERM (exit 0). Leader election from the shell.
+  static description = `Without a command: print "acquired" when the lock is held, "lost" if it is lost (then wait for it again), and release it on SIGINT/SIGTERM (exit 0), or once its events cannot be written (the reader of its output is gone: exit 74). Leader election from the shell.
 With a command (after --): start it once the lock is held, without a shell, with LOCKCTL_KEY, LOCKCTL_TOKEN and LOCKCTL_FENCE in its environment, in its own process group. SIGINT, SIGTERM, SIGHUP and SIGQUIT are forwarded to it. If the lock is lost, the command's process group gets --kill-signal, then SIGKILL after --grace, and lockctl exits 3 without taking the lock again. When it exits, whatever it left running gets the same, the lock is released, and lockctl exits with its code (128+N if signal N ended it; 127 not found, 126 not executable).
 --wait bounds the wait for the first grant, time the service cannot be reached included (exit 1 if held, 4 if unreachable).`
 

@@ -7,7 +7,7 @@ import type {LockEvent} from '../client/watch.js'
 export default class Watch extends BaseCommand {
   static summary = 'Stream lock events until interrupted.'
   static description = `One line per event: time, event (acquired, released, expired, queued, dequeued), key, holder, fence, waiters. The current state comes first (event "state"). If the connection is lost it reconnects with backoff, printing "disconnected" and then "resynced" with a fresh state (events in between may have been missed).
-Exit codes: 0 after Ctrl-C, 4 if the lock service is unreachable at the start.`
+Exit codes: 0 after Ctrl-C or once its reader is gone (watch | head), 4 if the lock service is unreachable at the start, 74 if stdout fails otherwise (a full disk).`
 
   static examples = ['<%= config.bin %> watch deploy', '<%= config.bin %> watch --prefix jobs/ --json']
 
