@@ -304,3 +304,22 @@ describeEtcd('etcd: a full database (NOSPACE alarm)', () => {
     )
   })
 })
+
+describeEtcd('etcd: a cluster that lost its quorum', () => {
+  it('a command says the answering member has no leader (exit 4), not only that the others are down', async () => {
+    const etcd = await startEtcd(3)
+    const leader = await etcd.leader()
+    const [other] = etcd.members.filter((m) => m !== leader)
+    await etcd.kill(leader)
+    await etcd.kill(other)
+    // The one member left knows no leader once its election timeout has passed.
+    const result = (await eventually(async () => {
+      const attempt = await runCli(['lock', 'quorum/k', '--endpoints', etcd.endpoint, '--timeout', '2s'])
+      return /etcd has no leader/.test(attempt.stderr) ? attempt : undefined
+    }, 20_000))!
+    expect(result.code).toBe(4)
+    expect(result.stderr.trim()).toMatch(
+      /^lockctl: etcd:\/\/\S+: lease grant: etcd has no leader: 1 of 3 endpoint\(s\) answer, and none knows a leader \(a majority of the cluster's members must be up and reach each other\)$/,
+    )
+  })
+})

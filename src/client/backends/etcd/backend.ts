@@ -96,6 +96,8 @@ export class EtcdBackend implements LockBackend {
   /** Until when close() lets those retries go on. */
   private closeDeadline = 0
   private tlsHint: Promise<string | undefined> | null = null
+  /** The question "does any answering member know a leader?" while it is being asked. */
+  private leaderHint: Promise<string | undefined> | null = null
 
   constructor(
     private readonly client: Etcd3,
@@ -124,6 +126,7 @@ export class EtcdBackend implements LockBackend {
    * for a while.
    */
   private async call<T>(what: string, operation: () => Promise<T>): Promise<T> {
+    const startedAt = performance.now()
     try {
       const result = await operation()
       this.answered = true
@@ -133,10 +136,16 @@ export class EtcdBackend implements LockBackend {
       return result
     } catch (error) {
       let mapped = mapEtcdError(this.types, this.label, what, error as Error, this.options.auth !== undefined)
-      if (mapped.code === ErrorCode.UNREACHABLE && !this.answered && !(error instanceof LockError)) {
-        // Asked once per client: every failing call before the first success says the same.
-        this.tlsHint ??= this.diagnoseTls()
-        const hint = await this.tlsHint
+      if (mapped.code === ErrorCode.UNREACHABLE && !(error instanceof LockError)) {
+        // TLS: asked once per client, before the first success (it cannot break after one).
+        // The leader: asked when the call ran into its deadline (a cluster without a leader
+        // answers nothing; a member that is merely down fails at once, and the others serve),
+        // one question at a time, as a cluster loses and regains its leader.
+        if (!this.answered) this.tlsHint ??= this.diagnoseTls()
+        const tls = this.answered ? undefined : await this.tlsHint
+        const ranOut = performance.now() - startedAt >= this.options.requestTimeoutMs * 0.9
+        if (!tls && ranOut) this.leaderHint ??= this.quorumHint().finally(() => (this.leaderHint = null))
+        const hint = tls ?? (ranOut ? await this.leaderHint : undefined)
         if (hint) mapped = new UnreachableError(`${this.label}: ${what}: ${hint}`, {cause: error})
       }
       if (mapped.code === ErrorCode.UNREACHABLE && !this.suspendTimer && this.states.state !== 'suspended' && !this.closed) {
@@ -622,21 +631,41 @@ export class EtcdBackend implements LockBackend {
   }
 
   private async endpointHealth(names: Map<string, string>): Promise<{endpoint: string; member: string | null; answering: boolean}[]> {
-    const timeoutMs = Math.min(this.options.requestTimeoutMs, 1000)
+    return (await this.askEachEndpoint()).map(({endpoint, member, answering}) => ({endpoint, member: member === null ? null : (names.get(member) ?? member), answering}))
+  }
+
+  /**
+   * Each endpoint alone, for its member's own status (which needs no quorum): whether it
+   * answers, as which member (its id), and whether it knows a leader.
+   */
+  private async askEachEndpoint(timeoutMs = Math.min(this.options.requestTimeoutMs, 1000)): Promise<{endpoint: string; member: string | null; answering: boolean; hasLeader: boolean}[]> {
     return Promise.all(
       this.options.hosts.map(async (host) => {
         const endpoint = `${host.host}:${host.port}`
         const one = this.oneEndpoint(host, timeoutMs)
         try {
           const answer = await one.maintenance.status()
-          return {endpoint, member: names.get(answer.header.member_id) ?? answer.header.member_id, answering: true}
+          return {endpoint, member: answer.header.member_id, answering: true, hasLeader: answer.leader !== '0'}
         } catch {
-          return {endpoint, member: null, answering: false}
+          return {endpoint, member: null, answering: false, hasLeader: false}
         } finally {
           one.close()
         }
       }),
     )
+  }
+
+  /**
+   * Why calls fail while some member answers: a cluster without a leader (a majority of its
+   * members down or cut off) refuses every read and write, and the failure names only the
+   * members that are down ("no etcd member answered ... ECONNREFUSED"), not the one that is up.
+   */
+  private async quorumHint(): Promise<string | undefined> {
+    // (Half a second: the failing call has waited out its deadline already.)
+    const endpoints = await this.askEachEndpoint(Math.min(this.options.requestTimeoutMs, 500))
+    const answering = endpoints.filter((e) => e.answering)
+    if (answering.length === 0 || answering.some((e) => e.hasLeader)) return undefined
+    return `etcd has no leader: ${answering.length} of ${endpoints.length} endpoint(s) answer, and none knows a leader (a majority of the cluster's members must be up and reach each other)`
   }
 
   /**
