@@ -3,7 +3,7 @@ import {openSync, closeSync, readFileSync, existsSync, statSync, statfsSync} fro
 import {homedir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
-import {makeDirectories} from '../util/fs.js'
+import {makeDirectories, socketPathProblem} from '../util/fs.js'
 import {NotPermittedError, UnreachableError} from './errors.js'
 import {LockdConnection, type ConnectionOptions} from './backends/lockd-connection.js'
 
@@ -34,6 +34,8 @@ const START_TIMEOUT_MS = 5000
  * the other exits, and both CLIs connect to the winner.
  */
 export async function connectEmbedded(paths: EmbeddedPaths, options: ConnectionOptions, daemonEntry = defaultDaemonEntry()): Promise<LockdConnection> {
+  const tooLong = socketPathProblem(paths.socket)
+  if (tooLong) throw new UnreachableError(`cannot start the local lockd: its socket ${paths.socket}: ${tooLong} (set XDG_STATE_HOME to a shorter directory, or --endpoints)`)
   checkPrivateDirectory(paths.dir)
   try {
     return await LockdConnection.connect({path: paths.socket}, options)

@@ -1,4 +1,5 @@
 import {isAbsolute} from 'node:path'
+import {socketPathProblem} from '../util/fs.js'
 import {BadInputError} from './errors.js'
 
 export type Endpoint = {kind: 'unix'; path: string} | {kind: 'tcp'; host: string; port: number; tls: boolean} | {kind: 'etcd'; hosts: {host: string; port: number}[]; tls: boolean}
@@ -16,6 +17,8 @@ export function parseEndpoint(value: string): Endpoint {
     case 'unix': {
       const path = decodeURIComponent(rest)
       if (!isAbsolute(path)) throw bad('a unix socket path must be absolute')
+      const tooLong = socketPathProblem(path)
+      if (tooLong) throw bad(tooLong)
       return {kind: 'unix', path}
     }
     case 'lockd':

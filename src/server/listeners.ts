@@ -4,6 +4,7 @@ import {createConnection, createServer, type Server, type Socket} from 'node:net
 import {createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer} from 'node:tls'
 import {dirname} from 'node:path'
 import {AlreadyRunningError, makeDirectoriesOrStartError, ServerStartError} from './errors.js'
+import {socketPathProblem} from '../util/fs.js'
 
 /**
  * lockd's listening sockets: TCP addresses and a unix socket (with its permission bits, and a
@@ -35,6 +36,8 @@ export class Listeners {
    * removed or replaced (the embedded lockd then exits: nobody could find it any more).
    */
   async listenUnix(path: string, options: {mode?: number; onRemoved?: () => void} = {}): Promise<void> {
+    const tooLong = socketPathProblem(path)
+    if (tooLong) throw new ServerStartError(`--socket ${path}: ${tooLong}: choose a shorter one`)
     // Its directories as any (0700): under the socket's umask below they came out 0600, which
     // their owner cannot enter unless root, and the socket could then not be made in them.
     makeDirectoriesOrStartError(`--socket ${path}`, dirname(path))

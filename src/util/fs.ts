@@ -34,3 +34,16 @@ export function openTo(path: string): {read: boolean; write: boolean; mode: stri
     return null
   }
 }
+
+/** The longest path a unix socket can have on Linux: `sun_path` is 108 bytes, with its NUL. */
+export const MAX_SOCKET_PATH_BYTES = 107
+
+/**
+ * Why `path` cannot name a unix socket, or null. A longer one is cut short on its way to the
+ * kernel: lockd listened on the shortened path and then failed (a stack trace, exit 70), and a
+ * client connected to the shortened one ("connection refused").
+ */
+export function socketPathProblem(path: string): string | null {
+  const bytes = Buffer.byteLength(path)
+  return bytes > MAX_SOCKET_PATH_BYTES ? `a unix socket path is at most ${MAX_SOCKET_PATH_BYTES} bytes, and this one is ${bytes}` : null
+}

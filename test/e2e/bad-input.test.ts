@@ -77,6 +77,7 @@ describe('bad input, in-process', () => {
     [['unlock', 'k'], /missing --token/],
     [['lock', 'k', '--endpoints', 'localhost:7070'], /endpoint "localhost:7070": no scheme/],
     [['lock', 'k', '--endpoints', 'ftp://x'], /unknown scheme "ftp"/],
+    [['lock', 'k', '--endpoints', `unix:///tmp/${'s'.repeat(110)}.sock`], /a unix socket path is at most 107 bytes, and this one is 120/],
     [['hold', 'k', '--retry', 'often', '--', 'true'], /--retry: "often" is not a list of durations/],
     [['hold', 'k', '--kill-signal', 'SIGNOPE', '--', 'true'], /--kill-signal: "SIGNOPE" is not a signal/],
     [['hold', 'k', '--kill-signal', '99', '--', 'true'], /--kill-signal: "99" is not a signal/],

@@ -139,6 +139,15 @@ describe('the embedded default (no endpoint configured)', () => {
     }
   })
 
+  it('a state directory too deep for a unix socket: exit 4 saying so (the socket path was cut short, and lockd died with a stack trace)', async () => {
+    const home = join(tempDir('lockctl-deep-'), 'd'.repeat(100))
+    const result = await runCli(['lock', 'deep/k'], {env: {HOME: home, XDG_STATE_HOME: home}})
+    expect(result.code).toBe(4)
+    expect(result.stderr.trim()).toMatch(
+      /^lockctl: cannot start the local lockd: its socket \S+lockd\.sock: a unix socket path is at most 107 bytes, and this one is \d+ \(set XDG_STATE_HOME to a shorter directory, or --endpoints\)$/,
+    )
+  })
+
   it('two CLIs racing to start the embedded lockd end up with one server', async () => {
     const env = freshUser()
     const results = await Promise.all(['a', 'b', 'c'].map((key) => runCli(['lock', key], {env})))
@@ -390,6 +399,11 @@ describe('lockctl server', () => {
       [['--in-memory', '--listen', '127.0.0.1:0', '--metrics', `127.0.0.1:${running.port}`], `^lockctl: --metrics 127.0.0.1:${running.port}: address already in use \\(EADDRINUSE\\)$`],
       // A socket whose directory cannot be made: a stack trace and exit 70 before.
       [['--in-memory', '--socket', join(blocker, 'run', 'lockd.sock')], `^lockctl: --socket .*a-file/run/lockd\\.sock: cannot create .*a-file/run: ENOTDIR$`],
+      // Longer than a unix socket path can be: lockd listened on the path cut short, then died (exit 70, a stack trace).
+      [
+        ['--in-memory', '--socket', join(tempDir(), 'x'.repeat(120), 'lockd.sock')],
+        `^lockctl: --socket .*lockd\\.sock: a unix socket path is at most 107 bytes, and this one is \\d+: choose a shorter one$`,
+      ],
       [['--data-dir', join(blocker, 'data'), '--listen', '127.0.0.1:0'], `^lockctl: --data-dir: cannot create .*a-file/data: ENOTDIR$`],
       [['--data-dir', blocker, '--listen', '127.0.0.1:0'], `^lockctl: --data-dir .*a-file: cannot scandir .*a-file: not a directory \\(ENOTDIR\\); refusing to start$`],
       [['--data-dir', withDirectory('fence'), '--listen', '127.0.0.1:0'], `^lockctl: --data-dir .*: cannot read .*/fence: a directory where a file belongs \\(EISDIR\\); refusing to start$`],
