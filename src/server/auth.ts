@@ -42,13 +42,13 @@ export async function verifyPassword(password: string, stored: string): Promise<
  */
 export function readAuthFile(path: string): Map<string, string> {
   let text: string
-  const open = openTo(path)
-  if (open?.write) throw new ServerStartError(`--auth-file: every user can write ${path} (mode ${open.mode}), and so add a user of their own: chmod o-w ${path} (600 or 640)`)
   try {
     text = readFileSync(path, 'utf8')
   } catch (error) {
     throw new ServerStartError(`--auth-file: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
   }
+  const open = openTo(path)
+  if (open?.write) throw new ServerStartError(`--auth-file: every user can write ${path} (mode ${open.mode}), and so add a user of their own: chmod o-w ${path} (600 or 640)`)
   const users = new Map<string, string>()
   const lines = new Map<string, number>()
   for (const [index, raw] of text.split('\n').entries()) {

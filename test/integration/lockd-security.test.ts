@@ -1,5 +1,6 @@
 import {execFileSync, spawn, spawnSync} from 'node:child_process'
 import {chmodSync, chownSync, copyFileSync, mkdirSync, readFileSync, statSync, writeFileSync} from 'node:fs'
+import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {beforeAll, describe, expect, it} from 'vitest'
 import {BIN, eventually, runCli, startLockd, tempDir, type CliResult} from '../helpers/processes.js'
@@ -268,6 +269,8 @@ describe('lockd with users', () => {
     const line = `alice:${hash('pw')}\n`
     for (const [path, message] of [
       [join(dir, 'missing'), /^lockctl: --auth-file: cannot read .*missing: ENOENT$/],
+      // A directory (here /tmp, which every user may write): what it is, not its mode.
+      [tmpdir(), /^lockctl: --auth-file: cannot read .*: EISDIR$/],
       [file('plain', 'alice:pw\n'), /^lockctl: --auth-file: .*plain line 1 is not NAME:HASH \(make HASH with lockctl server --hash-password\)$/],
       [file('twice', `# users\n${line}${line}`), /^lockctl: --auth-file: .*twice line 3 names "alice" again \(line 2\): one line per user$/],
       // Anyone could add a user of their own (an admin's name among them).
