@@ -23,12 +23,15 @@ export function makeDirectories(dir: string): void {
 }
 
 /**
- * The permission bits of `path` that let every user read (0o004) or write (0o002) it, and all
- * its bits in octal for a message ("644"); null when it cannot be looked at.
+ * The permission bits of the file `path` that let every user read (0o004) or write (0o002) it,
+ * and all its bits in octal for a message ("644"); null when it is not a file one can look at
+ * (a directory is refused for what it is, elsewhere).
  */
 export function openTo(path: string): {read: boolean; write: boolean; mode: string} | null {
   try {
-    const mode = statSync(path).mode & 0o777
+    const stat = statSync(path)
+    if (!stat.isFile()) return null
+    const mode = stat.mode & 0o777
     return {read: (mode & 0o004) !== 0, write: (mode & 0o002) !== 0, mode: mode.toString(8)}
   } catch {
     return null
