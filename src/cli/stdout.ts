@@ -11,6 +11,8 @@ export class OutputError extends LockError {
     message: string,
     /** The system's code (EPIPE, ENOSPC, EIO, ...). */
     readonly errno: string,
+    /** What went wrong, for a caller's own sentence: "nobody reads it (EPIPE)", "ENOSPC: no space left on device". */
+    readonly detail: string = message,
   ) {
     super(ErrorCode.OUTPUT, message)
   }
@@ -92,7 +94,8 @@ export class StdoutGuard {
   private failed(error: NodeJS.ErrnoException): void {
     if (this.failure) return
     const code = error.code ?? 'EIO'
-    this.failure = new OutputError(`cannot write to stdout: ${describe(error)}`, code)
+    const detail = describe(error)
+    this.failure = new OutputError(`cannot write to stdout: ${detail}`, code, detail)
     this.controller.abort(this.failure)
   }
 

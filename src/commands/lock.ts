@@ -86,10 +86,7 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 3 g
         (why: Error) => `could not release it (${why.message}): it is held until its lease runs out`,
       )
       const failure = error as OutputError
-      throw new OutputError(
-        `lock ${key} acquired (fence ${grant.fence}) but its token ${failure.message.replace(/^cannot write to stdout: /, 'could not be written to stdout: ')}; ${released}`,
-        failure.errno,
-      )
+      throw new OutputError(`lock ${key} acquired (fence ${grant.fence}) but its token could not be written to stdout: ${failure.detail}; ${released}`, failure.errno)
     }
     // Already printed, --json included (oclif prints a returned value after the client is
     // closed, too late to release a grant whose token it could not write).
