@@ -47,6 +47,11 @@ Without --listen or --socket it listens on 127.0.0.1:7070.`
     }
     const socketMode = /^0?[0-7]{3}$/.test(flags['socket-mode']) ? Number.parseInt(flags['socket-mode'], 8) : Number.NaN
     if (Number.isNaN(socketMode)) throw new UsageError(`--socket-mode: ${JSON.stringify(flags['socket-mode'])} is not octal permission bits (e.g. 0600, 0660)`)
+    // An admin is a user, and users come from the auth file or client certificates: without
+    // either, --admin named nobody who could ever connect, and nobody could unlock --force.
+    if (flags.admin && !flags['auth-file'] && !flags['tls-client-ca']) {
+      throw new UsageError('--admin names a user: give --auth-file (or --tls-client-ca, whose certificates name their users) too')
+    }
     const listen = (flags.listen ?? (flags.socket ? [] : ['127.0.0.1:7070'])).map((value) => parseListen(value))
     const [{runServer}, {stateDir}] = await Promise.all([import('../server/run.js'), import('../client/embedded.js')])
     const dataDir = flags['in-memory'] ? undefined : (flags['data-dir'] ?? join(stateDir(), 'server'))

@@ -77,6 +77,7 @@ describe('bad input, in-process', () => {
     [['unlock', 'k'], /missing --token/],
     [['lock', 'k', '--endpoints', 'localhost:7070'], /endpoint "localhost:7070": no scheme/],
     [['lock', 'k', '--endpoints', 'ftp://x'], /unknown scheme "ftp"/],
+    [['server', '--in-memory', '--listen', '127.0.0.1:0', '--admin', 'alice'], /^lockctl: --admin names a user: give --auth-file \(or --tls-client-ca, whose certificates name their users\) too$/m],
     [['lock', 'k', '--endpoints', `unix:///tmp/${'s'.repeat(110)}.sock`], /a unix socket path is at most 107 bytes, and this one is 120/],
     [['hold', 'k', '--retry', 'often', '--', 'true'], /--retry: "often" is not a list of durations/],
     [['hold', 'k', '--kill-signal', 'SIGNOPE', '--', 'true'], /--kill-signal: "SIGNOPE" is not a signal/],
