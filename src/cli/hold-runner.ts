@@ -45,9 +45,8 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
   /** A signal; 'output': nobody can read the events any more; 'own': queued behind our own grant. */
   let stopRequested!: (why: NodeJS.Signals | 'output' | 'own') => void
   const stop = new Promise<NodeJS.Signals | 'output' | 'own'>((resolve) => (stopRequested = resolve))
-  // A hold inside the command of a hold of the same key would wait for its own parent forever
-  // (semaphores aside: another slot may free).
-  const ownFence = options.limit !== undefined && options.limit > 1 ? null : ownGrantFence(key)
+  // A hold inside the command of a hold of the same key would wait for its own parent forever.
+  const ownFence = ownGrantFence(key, options.limit)
   // Claimed at once: this hold says it in its own line (with what became of the lock).
   let outputFailure: Error | null = null
   const onOutputGone = () => {

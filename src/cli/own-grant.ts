@@ -4,10 +4,12 @@ import {ErrorCode} from '../protocol/errors.js'
 /**
  * The fence of the grant of `key` that this process runs under, from its environment: `hold KEY
  * -- CMD` gives CMD LOCKCTL_KEY and LOCKCTL_FENCE, and so does `eval "$(lockctl lock KEY
- * --export)"` to the script that runs it. Null when the environment names another key, or none.
+ * --export)"` to the script that runs it. Null when the environment names another key, or none,
+ * and for a semaphore of more than 1 (`limit`): waiting behind one's own slot may end, as
+ * another slot frees.
  */
-export function ownGrantFence(key: string, env: NodeJS.ProcessEnv = process.env): number | null {
-  if (env.LOCKCTL_KEY !== key || env.LOCKCTL_TOKEN === undefined) return null
+export function ownGrantFence(key: string, limit = 1, env: NodeJS.ProcessEnv = process.env): number | null {
+  if (limit > 1 || env.LOCKCTL_KEY !== key || env.LOCKCTL_TOKEN === undefined) return null
   const fence = Number(env.LOCKCTL_FENCE)
   return Number.isSafeInteger(fence) && fence > 0 ? fence : null
 }

@@ -1,5 +1,4 @@
 import {appendFileSync, readFileSync} from 'node:fs'
-import {constants as osConstants} from 'node:os'
 import {dirname} from 'node:path'
 import {clearLine, cursorTo} from 'node:readline'
 import {createInterface} from 'node:readline/promises'
@@ -7,6 +6,7 @@ import {loadHelpClass, type Config} from '@oclif/core'
 import {AbortedError, quoteStart} from '../client/errors.js'
 import type {LockClient} from '../client/lock-client.js'
 import {describeError, type BaseCommand} from './base-command.js'
+import {signalNumber} from './child.js'
 import {ExitCode} from './exit-codes.js'
 import {formatMs} from './output.js'
 import type {ReplSession, SessionLock} from './session.js'
@@ -208,7 +208,7 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
   for (const [signal, handler] of stopHandlers) process.once(signal, handler)
   const exitCode = (code: number) => {
     for (const [signal, handler] of stopHandlers) process.off(signal, handler)
-    return stoppedBy ? 128 + (osConstants.signals[stoppedBy] ?? 0) : code
+    return stoppedBy ? 128 + signalNumber(stoppedBy) : code
   }
 
   /** Leaving: release what the session holds (on a terminal, ask first). Answers false to stay. */

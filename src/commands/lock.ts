@@ -47,8 +47,8 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 3 g
     const client = await this.client(flags, {owner: flags.owner})
     const lock = client.createLock(key, mode)
     const progress = createProgress(!this.jsonEnabled())
-    // Queued behind the grant this process runs under (semaphores aside: another slot may free).
-    const ownFence = mode.limit !== undefined && mode.limit > 1 ? null : ownGrantFence(key)
+    // Queued behind the grant this process runs under: a wait for itself (own-grant.ts).
+    const ownFence = ownGrantFence(key, mode.limit)
     const ownWait = new AbortController()
     let grant
     const sentAt = performance.now()

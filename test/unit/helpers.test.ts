@@ -10,6 +10,7 @@ import {LockHeldError, NotPermittedError, UnreachableError} from '../../src/clie
 import {DeadlineHeap} from '../../src/server/deadline-heap.js'
 import {isLoopback} from '../../src/server/run.js'
 import {atDeadline} from '../../src/util/timers.js'
+import {ownGrantFence} from '../../src/cli/own-grant.js'
 
 describe('DeadlineHeap', () => {
   it('pops in deadline order for a seeded random mix of pushes, and compacts away dead entries', () => {
@@ -156,5 +157,16 @@ describe('atDeadline: a deadline further away than one timer can hold', () => {
     } finally {
       vi.useRealTimers()
     }
+  })
+})
+
+describe('ownGrantFence: the grant this process runs under, from its environment', () => {
+  it('the fence for the same key; nothing for another key, without a token, or for a semaphore of more than 1', () => {
+    const env = {LOCKCTL_KEY: 'deploy', LOCKCTL_TOKEN: 'tok', LOCKCTL_FENCE: '42'}
+    expect(ownGrantFence('deploy', 1, env)).toBe(42)
+    expect(ownGrantFence('other', 1, env)).toBeNull()
+    expect(ownGrantFence('deploy', 1, {...env, LOCKCTL_TOKEN: undefined})).toBeNull()
+    expect(ownGrantFence('deploy', 3, env)).toBeNull()
+    expect(ownGrantFence('deploy', 1, {...env, LOCKCTL_FENCE: 'x'})).toBeNull()
   })
 })
