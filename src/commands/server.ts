@@ -25,7 +25,11 @@ Without --listen or --socket it listens on 127.0.0.1:7070.`
       exclusive: ['in-memory'],
     }),
     'max-frame': Flags.integer({description: 'largest accepted frame in bytes', default: 1024 * 1024, min: 64 * 1024, max: 64 * 1024 * 1024}),
-    'max-connections': Flags.integer({description: 'connections beyond this many are refused (the client exits 4 and says why)', default: 10_000, min: 1}),
+    'max-connections': Flags.integer({
+      description: 'connections beyond this many are refused (the client exits 4 and says why); fewer when the open-file limit leaves less (said at start)',
+      default: 10_000,
+      min: 1,
+    }),
     'max-waiters-per-connection': Flags.integer({description: 'waiting acquires one connection may have at once', default: 10_000, min: 1}),
     'max-locks': Flags.integer({description: 'names held at once; acquiring another is refused (the client exits 4) while the held ones go on', default: 5_000_000, min: 1}),
     'tls-cert': Flags.string({description: 'TLS on every --listen address: this certificate (PEM; re-read on SIGHUP)', helpValue: 'FILE', dependsOn: ['tls-key']}),

@@ -267,7 +267,16 @@ export class DurableLog {
    * a new mark is written, synchronously, a whole block ahead.
    */
   append(records: LogRecord[], fence: number): void {
-    if (fence > this.reservedFence - FENCE_BLOCK / 2) this.reserveFences(fence)
+    if (this.failure) return
+    if (fence > this.reservedFence - FENCE_BLOCK / 2) {
+      try {
+        this.reserveFences(fence)
+      } catch (error) {
+        // The next commit fails (lockd stops, saying why): no fence above the old mark leaves.
+        this.failure = new Error(`cannot write the fence mark in ${this.dir}: ${(error as Error).message}`)
+        return
+      }
+    }
     for (const record of records) {
       const framed = frame(packr.pack(encode(record)))
       this.pending.push(framed)

@@ -16,8 +16,49 @@ export class Listeners {
   private socketInode: number | null = null
   private socketWatch: NodeJS.Timeout | null = null
   readonly addresses: {tcp: {host: string; port: number}[]; socket?: string} = {tcp: []}
+  /** Sockets open now, in all and by listener, and how many all may hold at once (capSockets). */
+  private openSockets = 0
+  private readonly openBy = new Map<Server, number>()
+  private socketCap = Number.POSITIVE_INFINITY
 
-  constructor(private readonly onSocket: (socket: Socket) => void) {}
+  /** `onDrop`: a connection was closed as it was accepted, for want of descriptors (capSockets). */
+  constructor(
+    private readonly onSocket: (socket: Socket) => void,
+    private readonly onDrop: () => void = () => {},
+  ) {}
+
+  /**
+   * At most `cap` sockets open at once, across every listener (descriptors.ts): one more is
+   * closed by Node as it is accepted, before TLS or anything else costs a thing. Kept exact by
+   * giving each listener, as sockets come and go, its own open sockets plus the room left.
+   */
+  capSockets(cap: number): void {
+    this.socketCap = cap
+    this.updateCaps()
+  }
+
+  private countSockets(server: Server): void {
+    this.openBy.set(server, 0)
+    server.on('drop', () => this.onDrop())
+    // (A TLS listener's 'connection' is the TCP socket, before its handshake; it closes with it.)
+    server.on('connection', (socket: Socket) => {
+      this.openSockets++
+      this.openBy.set(server, this.openBy.get(server)! + 1)
+      socket.once('close', () => {
+        this.openSockets--
+        this.openBy.set(server, this.openBy.get(server)! - 1)
+        this.updateCaps()
+      })
+      this.updateCaps()
+    })
+  }
+
+  private updateCaps(): void {
+    if (this.socketCap === Number.POSITIVE_INFINITY) return
+    const room = Math.max(0, this.socketCap - this.openSockets)
+    // (Node reads 0 as "no limit": -1 takes none.)
+    for (const [server, open] of this.openBy) server.maxConnections = open + room || -1
+  }
 
   /**
    * Listen on a TCP address; with `tls`, TLS on it (`requestCert`: client certificates signed
@@ -95,6 +136,7 @@ export class Listeners {
   private newServer(): Server {
     const server = createServer({noDelay: true}, (socket) => this.onSocket(socket))
     this.servers.push(server)
+    this.countSockets(server)
     return server
   }
 
@@ -103,6 +145,7 @@ export class Listeners {
     // A client that fails the handshake (wrong CA, no certificate, not TLS at all) is dropped.
     server.on('tlsClientError', (_error, socket) => socket.destroy())
     this.servers.push(server)
+    this.countSockets(server)
     this.secureServers.push(server)
     return server
   }

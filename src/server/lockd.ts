@@ -7,9 +7,10 @@ import {PROTOCOL_VERSION, type Request, type ServerInfo, type ServerMessage} fro
 import {VERSION} from '../version.js'
 import {PasswordCheck} from './auth.js'
 import {newConnection, type Connection} from './connection.js'
+import {connectionLimits, descriptorUse, FILES_RESERVE, METRICS_CONNECTIONS, type ConnectionLimits} from './descriptors.js'
 import {DurableLog} from './durable-log.js'
 import {openTo} from '../util/fs.js'
-import {makeDirectoriesOrStartError, unreadableAsStartError} from './errors.js'
+import {makeDirectoriesOrStartError, ServerStartError, unreadableAsStartError} from './errors.js'
 import {handleRequest, type HandlerContext} from './handlers.js'
 import {greet} from './handshake.js'
 import {claimDataDir, Listeners, listenError} from './listeners.js'
@@ -88,7 +89,10 @@ const HELLO_TIMEOUT_MS = 10_000
 export class LockServer {
   readonly table: LockTable
   private readonly clock: Clock
-  private readonly listeners = new Listeners((socket) => this.accept(socket))
+  private readonly listeners = new Listeners(
+    (socket) => this.accept(socket),
+    () => this.dropped(),
+  )
   private readonly connections = new Map<string, Connection>()
   private readonly subscriptions: Subscriptions
   private readonly handlers: HandlerContext
@@ -104,6 +108,7 @@ export class LockServer {
   private closing: Promise<void> | null = null
   private passwords: PasswordCheck | null = null
   private metrics: ServerMetrics | null = null
+  private connectionLimits: ConnectionLimits = {sockets: Number.POSITIVE_INFINITY, served: DEFAULT_MAX_CONNECTIONS, boundByFiles: null, files: null}
   private closedResolve!: () => void
   /** Resolves when the server has stopped (close() or idle exit). */
   readonly closed: Promise<void> = new Promise((resolve) => (this.closedResolve = resolve))
@@ -197,6 +202,7 @@ export class LockServer {
           : undefined
         await this.listeners.listenUnix(this.options.socket, {onRemoved, mode: this.options.socketMode})
       }
+      this.limitConnections()
     } catch (error) {
       await this.close()
       throw error
@@ -204,6 +210,46 @@ export class LockServer {
     this.scheduleTick()
     this.checkIdle()
     return this
+  }
+
+  /**
+   * Connections get what the open-file limit leaves after lockd's own files (descriptors.ts;
+   * docs/protocol.md, "Connections and the open-file limit"), said at start when that is fewer than
+   * --max-connections.
+   */
+  private limitConnections(): void {
+    const maxConnections = this.options.maxConnections ?? DEFAULT_MAX_CONNECTIONS
+    const limits = connectionLimits(maxConnections, descriptorUse(), FILES_RESERVE + (this.metrics ? METRICS_CONNECTIONS : 0))
+    if (limits.served < 1) {
+      throw new ServerStartError(`the open-file limit (${limits.boundByFiles}) leaves lockd no descriptors for connections: raise it (ulimit -n, or LimitNOFILE= in a systemd unit)`)
+    }
+    if (limits.boundByFiles !== null) {
+      this.say(
+        `lockd: warning: the open-file limit (${limits.boundByFiles}) leaves room for ${limits.served} connections, fewer than --max-connections (${maxConnections}): raise it (ulimit -n, or LimitNOFILE= in a systemd unit) or lower --max-connections`,
+      )
+    }
+    this.connectionLimits = limits
+    this.listeners.capSockets(limits.sockets)
+  }
+
+  /** Connections closed unanswered for want of descriptors, counted and said at most once a minute. */
+  private droppedConnections = 0
+  private dropReport: NodeJS.Timeout | null = null
+
+  private dropped(): void {
+    this.droppedConnections++
+    if (this.dropReport) return
+    const report = (): void => {
+      const count = this.droppedConnections
+      this.dropReport = null
+      if (count === 0) return
+      this.droppedConnections = 0
+      const limit = this.connectionLimits.files === null ? '' : ` (${this.connectionLimits.files})`
+      this.say(`lockd: closed ${count} new connection(s) unanswered: the open-file limit${limit} leaves no descriptor for more; raise it (ulimit -n, LimitNOFILE=)`)
+      this.dropReport = setTimeout(report, 60_000)
+      this.dropReport.unref()
+    }
+    report()
   }
 
   /** Claim the data directory and rebuild the table from it (docs/recovery.md). */
@@ -300,6 +346,7 @@ export class LockServer {
     this.closing ??= (async () => {
       if (this.timer) clearTimeout(this.timer)
       if (this.idleTimer) clearTimeout(this.idleTimer)
+      if (this.dropReport) clearTimeout(this.dropReport)
       // net.Server#close waits for open connections, so stop accepting first, let acks that are
       // waiting for the log go out, then drop the connections, then wait for the listeners.
       const listenersClosed = this.listeners.close()
@@ -324,10 +371,11 @@ export class LockServer {
     socket.setNoDelay(true)
     socket.on('error', () => {})
     const conn = newConnection(socket, `s${++this.sessionCounter}`, this.options.maxFrame ?? DEFAULT_MAX_FRAME)
-    const maxConnections = this.options.maxConnections ?? DEFAULT_MAX_CONNECTIONS
-    if (this.connections.size >= maxConnections) {
+    const {served, boundByFiles} = this.connectionLimits
+    if (this.connections.size >= served) {
       // Refused before it costs anything; the client reports the message (exit 4).
-      socket.end(encodeFrame(conn.codec, {t: 'error', code: ErrorCode.LIMIT, msg: `lockd has ${maxConnections} connections, its limit (--max-connections); try again later`}))
+      const limit = boundByFiles === null ? 'its limit (--max-connections)' : `all that its open-file limit (${boundByFiles}) leaves room for`
+      socket.end(encodeFrame(conn.codec, {t: 'error', code: ErrorCode.LIMIT, msg: `lockd has ${served} connections, ${limit}; try again later`}))
       setTimeout(() => socket.destroy(), 1000).unref()
       return
     }

@@ -1,4 +1,5 @@
 import {createServer, type Server} from 'node:http'
+import {METRICS_CONNECTIONS} from './descriptors.js'
 import type {Counter, Histogram, Registry} from 'prom-client'
 import type {TableEvent} from './lock-table.js'
 
@@ -78,6 +79,8 @@ export class ServerMetrics {
         (error: Error) => response.writeHead(500).end(`${error.message}\n`),
       )
     })
+    // Its descriptors come out of lockd's reserve (descriptors.ts): a scraper needs one or two.
+    http.maxConnections = METRICS_CONNECTIONS
     await new Promise<void>((resolve, reject) => {
       http.once('error', reject)
       http.listen(address.port, address.host, () => {

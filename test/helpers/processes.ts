@@ -37,10 +37,14 @@ export interface LockdProcess {
 }
 
 /** Start `lockctl server` as a real process on a loopback port and wait until it listens. */
-export async function startLockd(options: {dataDir?: string; port?: number; args?: string[]} = {}): Promise<LockdProcess> {
+/** `fileLimit`: started under `ulimit -n` of this many (its soft and hard open-file limit). */
+export async function startLockd(options: {dataDir?: string; port?: number; args?: string[]; fileLimit?: number} = {}): Promise<LockdProcess> {
   const args = [BIN, 'server', '--listen', `127.0.0.1:${options.port ?? 0}`, ...(options.args ?? [])]
   args.push(...(options.dataDir ? ['--data-dir', options.dataDir] : ['--in-memory']))
-  const child = spawn(process.execPath, args, {stdio: ['ignore', 'ignore', 'pipe']})
+  const child =
+    options.fileLimit === undefined
+      ? spawn(process.execPath, args, {stdio: ['ignore', 'ignore', 'pipe']})
+      : spawn('sh', ['-c', `ulimit -n ${options.fileLimit} && exec "$0" "$@"`, process.execPath, ...args], {stdio: ['ignore', 'ignore', 'pipe']})
   children.add(child)
   let stderr = ''
   const exited = new Promise<number>((resolve) =>

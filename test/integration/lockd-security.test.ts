@@ -93,7 +93,9 @@ describe('lockd over TLS', () => {
     }
     // Each says what to do about it.
     for (const failure of failures.slice(0, 2)) expect(oneLine(failure)).toMatch(/: lockd's certificate is not signed by a CA this client trusts \(give that CA with --cacert\)$/)
-    expect(oneLine(failures[2])).toBe(`lockctl: lockd://127.0.0.1:${secure.port}: closed before answering the hello (if it serves TLS, use lockds:// or --cacert)`)
+    expect(oneLine(failures[2])).toBe(
+      `lockctl: lockd://127.0.0.1:${secure.port}: closed before answering the hello (if it serves TLS, use lockds:// or --cacert; if not, it may have no room for more connections: see its log)`,
+    )
     expect(oneLine(failures[3])).toBe(`lockctl: lockds://127.0.0.1:${plain.port}: the server does not speak TLS (for a plain lockd, use lockd:// without --cacert)`)
     expect(Date.now() - started).toBeLessThan(15_000) // never a hang
     expect(secure.stderr()).not.toMatch(/warning/) // its key is 600

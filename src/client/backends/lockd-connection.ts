@@ -237,14 +237,16 @@ export class LockdConnection {
 
 /**
  * Why a peer may close a new connection without a word: a TLS server sent a plain client's hello
- * (it drops what is not a TLS handshake), or something that is not lockd listens there.
+ * (it drops what is not a TLS handshake), a lockd with no descriptors left for one more
+ * connection (it closes those as it accepts them, and says so in its log), or something that is
+ * not lockd listens there.
  */
 function closedBeforeHello(transport: Transport, clientCertificate: boolean): string {
-  if (transport === 'tcp') return 'closed before answering the hello (if it serves TLS, use lockds:// or --cacert)'
+  if (transport === 'tcp') return 'closed before answering the hello (if it serves TLS, use lockds:// or --cacert; if not, it may have no room for more connections: see its log)'
   // Over TLS 1.3 a server that refuses a client certificate closes after the handshake, without an alert.
   if (transport === 'tls' && clientCertificate)
     return "closed before answering the hello: lockd refused this client's certificate (is it signed by the CA of lockd's --tls-client-ca, and still valid?)"
-  return 'closed before answering the hello (is lockd listening there?)'
+  return 'closed before answering the hello (is lockd listening there, with room for more connections?)'
 }
 
 function describeSocketError(error: NodeJS.ErrnoException): string {
