@@ -1,4 +1,6 @@
+import {mkdirSync} from 'node:fs'
 import {connect as netConnect, type Socket} from 'node:net'
+import {join} from 'node:path'
 import {afterEach, describe, expect, it} from 'vitest'
 import {connect} from '../../src/client/index.js'
 import {eventually, runCli, startLockd, tempDir} from '../helpers/processes.js'
@@ -65,6 +67,33 @@ describe('lockd under its open-file limit', () => {
     expect(lockd.child.exitCode).toBeNull()
     await client.close()
     expect(await lockd.stop()).toBe(0)
+  })
+
+  it('a fence mark that cannot be written stops lockd in one line, and no fence above the old mark was answered', async () => {
+    const dataDir = tempDir()
+    const lockd = await startLockd({dataDir})
+    const client = await connect({endpoints: lockd.endpoint, owner: 'worker'})
+    await client.createLock('warm').acquire({leaseMs: 10_000})
+    // The mark is written through fence.tmp: a directory there makes that open fail (EISDIR).
+    mkdirSync(join(dataDir, 'fence.tmp'))
+    let highest = 0
+    let failure: unknown
+    try {
+      for (let i = 0; i < 6000; i++) {
+        const lock = client.createLock(`job-${i % 16}`)
+        highest = (await lock.acquire({leaseMs: 10_000})).fence
+        await lock.unlock()
+      }
+    } catch (error) {
+      failure = error
+    }
+    expect(failure).toBeDefined()
+    // The first mark covers fences up to 10,000 and is written again past 5,000.
+    expect(highest).toBe(5000)
+    expect(await lockd.exited).toBe(1)
+    expect(lockd.stderr()).toMatch(/lockd: cannot write the fence mark in .*: EISDIR[^\n]*; stopping\n/)
+    expect(lockd.stderr()).not.toMatch(/\n\s+at /)
+    await client.close()
   })
 
   it('a limit that leaves no descriptor for a connection is a one-line start-up error', async () => {
