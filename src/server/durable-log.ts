@@ -1,4 +1,4 @@
-import {close, closeSync, existsSync, fdatasyncSync, fsync, fsyncSync, ftruncateSync, openSync, readdirSync, renameSync, rmSync, unlinkSync, writeSync} from 'node:fs'
+import {close, closeSync, existsSync, fdatasyncSync, fstatSync, fsync, fsyncSync, ftruncateSync, openSync, readdirSync, renameSync, rmSync, unlinkSync, writeSync} from 'node:fs'
 import {join} from 'node:path'
 import {promisify} from 'node:util'
 import {crc32} from 'node:zlib'
@@ -54,6 +54,8 @@ export interface DurableLogOptions {
   onFlush?: (seconds: number) => void
   /** Makes each recovered holder into what the caller keeps (RecoveredState.restore). */
   restore?: RecoveredState['restore']
+  /** Told when files found removed are written again from memory (checkFiles), before the snapshot. */
+  onFilesRewritten?: (missing: string) => void
 }
 
 export class DurableLog {
@@ -77,6 +79,8 @@ export class DurableLog {
    */
   private nextSnapshotAt: number
   private readonly snapshotSlice: number
+  /** A snapshot file belongs in the directory (one was there at start, or has been named since). */
+  private snapshotNamed = false
 
   private constructor(
     private readonly dir: string,
@@ -93,7 +97,10 @@ export class DurableLog {
     this.snapshotSlice = options.snapshotSlice ?? 2000
     this.onFlush = options.onFlush
     this.onSnapshotFailed = options.onSnapshotFailed
+    this.onFilesRewritten = options.onFilesRewritten
   }
+
+  private readonly onFilesRewritten?: (missing: string) => void
 
   private readonly onFlush?: (seconds: number) => void
   private readonly onSnapshotFailed?: (error: Error) => void
@@ -197,6 +204,7 @@ export class DurableLog {
     fsyncDir(dir)
     const log = new DurableLog(dir, last, fd, size, 0, snapshotSource, options.snapshotBytes ?? 16 * 1024 * 1024, options)
     log.reserveFences(state.fence)
+    log.snapshotNamed = hasSnapshot
     if (legacy) {
       // Rewrite the old format as a snapshot: every later write is in the new format.
       state.notes.push(`${join(dir, `wal-${gen}.log`)}: converted from the unversioned log format`)
@@ -256,6 +264,47 @@ export class DurableLog {
     }
   }
 
+  /**
+   * Files of the data directory removed while lockd runs (the whole directory, by a clean-up
+   * gone wrong, or one file): they would be gone at the next restart, which would then start
+   * fences again at 1 or refuse the directory. Everything is still in memory, so the directory
+   * is written again at once (docs/recovery.md, "Files removed while lockd runs"). lockd calls
+   * this once a second; a fence mark or snapshot about to be written into a directory that is
+   * gone does the same on its own.
+   */
+  checkFiles(): void {
+    if (this.closed || this.failure) return
+    const missing = this.missingFile()
+    if (missing !== null) this.rewriteFiles(missing)
+  }
+
+  private missingFile(): string | null {
+    if (!existsSync(this.dir)) return this.dir
+    if (fstatSync(this.fd).nlink === 0) return join(this.dir, `wal-${this.gen}.log`)
+    const fencePath = join(this.dir, 'fence')
+    if (!existsSync(fencePath)) return fencePath
+    // (A snapshot being renamed into place is there all along: the rename replaces it.)
+    const snapshotPath = join(this.dir, 'snapshot')
+    if (this.snapshotNamed && !existsSync(snapshotPath)) return snapshotPath
+    return null
+  }
+
+  /**
+   * Write the data directory again from memory: the directory, a fence mark at least as high as
+   * the last (above every fence handed out), a new log and a snapshot of every held lock (a
+   * slice at a time, as usual). Until that snapshot is named, a restart refuses the directory
+   * (its logs begin past wal-0 without one) rather than forget a lock. A failure here is the
+   * log's failure: lockd stops.
+   */
+  private rewriteFiles(missing: string): void {
+    makeDirectories(this.dir)
+    if (this.snapshotRun) this.abandonSnapshot(this.snapshotRun)
+    this.snapshotNamed = false
+    this.writeFenceMark(this.snapshotSource.fence())
+    this.onFilesRewritten?.(missing)
+    this.startSnapshot()
+  }
+
   /** Whether a snapshot is being written (tests and metrics). */
   get snapshotting(): boolean {
     return this.snapshotRun !== null
@@ -290,7 +339,13 @@ export class DurableLog {
   }
 
   private reserveFences(fence: number): void {
-    const reserved = fence + FENCE_BLOCK
+    // A directory removed since the last mark: the mark alone would not bring back its locks.
+    if (!this.closed && !existsSync(this.dir)) this.rewriteFiles(this.dir)
+    this.writeFenceMark(fence)
+  }
+
+  private writeFenceMark(fence: number): void {
+    const reserved = Math.max(fence + FENCE_BLOCK, this.reservedFence)
     writeChecked(this.dir, 'fence', packr, {reserved})
     this.reservedFence = reserved
   }
@@ -385,6 +440,11 @@ export class DurableLog {
    * whole snapshot is durable and named, the logs before the switch are removed.
    */
   private startSnapshot(): void {
+    // A snapshot into a directory removed since: the whole directory again (which snapshots).
+    if (!existsSync(this.dir)) {
+      this.rewriteFiles(this.dir)
+      return
+    }
     // The log being left must be whole on disk: later grants are made durable in the next one
     // only, and recovery takes a torn end only in the last log.
     this.flushToDisk()
@@ -441,7 +501,8 @@ export class DurableLog {
     fsync(run.fd, (error) => {
       if (run.state === 'abandoned') {
         closeSync(run.fd)
-        rmSync(run.tmp, {force: true})
+        // (Not the file of a run started since, which writes the same name: rewriteFiles.)
+        if (this.snapshotRun === null) rmSync(run.tmp, {force: true})
         return
       }
       try {
@@ -450,6 +511,7 @@ export class DurableLog {
         run.state = 'done'
         renameSync(run.tmp, join(this.dir, 'snapshot'))
         fsyncDir(this.dir)
+        this.snapshotNamed = true
         for (const g of logGenerations(this.dir)) if (g < run.gen) unlinkSync(join(this.dir, `wal-${g}.log`))
         this.nextSnapshotAt = Math.max(this.snapshotBytes, Math.ceil(run.bytes / 2))
         this.snapshotRun = null

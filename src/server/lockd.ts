@@ -232,8 +232,19 @@ export class LockServer {
     this.listeners.capSockets(limits.sockets)
   }
 
+  /** Files of the data directory removed while lockd runs: see DurableLog.checkFiles. */
+  private checkDataDir(): void {
+    if (!this.log || this.closing) return
+    try {
+      this.log.checkFiles()
+    } catch (error) {
+      this.logFailed(new Error(`cannot write the lock log in ${this.options.dataDir}: ${(error as Error).message}`))
+    }
+  }
+
   /** Connections closed unanswered for want of descriptors, counted and said at most once a minute. */
   private droppedConnections = 0
+  private fileCheck: NodeJS.Timeout | null = null
   private dropReport: NodeJS.Timeout | null = null
 
   private dropped(): void {
@@ -274,10 +285,14 @@ export class LockServer {
           onSnapshotFailed: (error) => this.say(`lockd: a snapshot of ${dataDir} could not be written (${error.message}); the log keeps everything, the next one is tried as it grows`),
           onFlush: this.metrics ? (seconds) => this.metrics?.observeFsync(seconds) : undefined,
           restore: restoredHolders(),
+          onFilesRewritten: (missing) =>
+            this.say(`lockd: ${missing} was removed while lockd ran; writing ${dataDir} again from memory: a fence mark, a new log, and a snapshot of the ${this.table.size} held lock(s)`),
         },
       )
     })
     this.log = log
+    this.fileCheck = setInterval(() => this.checkDataDir(), 1000)
+    this.fileCheck.unref()
     for (const note of state.notes) this.say(`lockd: ${note}`)
     // Counted first: the table takes the recovered map over.
     const names = state.holders.size
@@ -347,6 +362,7 @@ export class LockServer {
       if (this.timer) clearTimeout(this.timer)
       if (this.idleTimer) clearTimeout(this.idleTimer)
       if (this.dropReport) clearTimeout(this.dropReport)
+      if (this.fileCheck) clearInterval(this.fileCheck)
       // net.Server#close waits for open connections, so stop accepting first, let acks that are
       // waiting for the log go out, then drop the connections, then wait for the listeners.
       const listenersClosed = this.listeners.close()
