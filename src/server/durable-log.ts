@@ -302,7 +302,7 @@ export class DurableLog {
     this.snapshotNamed = false
     this.writeFenceMark(this.snapshotSource.fence())
     this.onFilesRewritten?.(missing)
-    this.startSnapshot()
+    this.startSnapshot(true)
   }
 
   /** Whether a snapshot is being written (tests and metrics). */
@@ -339,9 +339,14 @@ export class DurableLog {
   }
 
   private reserveFences(fence: number): void {
-    // A directory removed since the last mark: the mark alone would not bring back its locks.
-    if (!this.closed && !existsSync(this.dir)) this.rewriteFiles(this.dir)
-    this.writeFenceMark(fence)
+    try {
+      this.writeFenceMark(fence)
+    } catch (error) {
+      // A directory removed since the last mark: the mark alone would not bring back its locks;
+      // the whole directory again does, with a mark (from the same fence counter) first.
+      if (this.closed || existsSync(this.dir)) throw error
+      this.rewriteFiles(this.dir)
+    }
   }
 
   private writeFenceMark(fence: number): void {
@@ -374,10 +379,22 @@ export class DurableLog {
     if (this.closed) return
     // (The flush runs whole in one turn: once this commit has resolved, no write is under way.)
     await this.commit().catch(() => {})
-    this.closed = true
-    this.flushToDisk()
-    // An unfinished snapshot is dropped: the logs it would have replaced are all still there.
-    if (this.snapshotRun) this.abandonSnapshot(this.snapshotRun)
+    try {
+      // Files removed under lockd are written again before it goes: its next start needs them.
+      if (!this.failure) this.checkFiles()
+      this.closed = true
+      this.flushToDisk()
+      const run = this.snapshotRun
+      // An unfinished snapshot is dropped (the logs it would have replaced are all still there),
+      // unless it rewrites removed files.
+      if (run?.rewrite) this.finishSnapshotNow(run)
+      else if (run) this.abandonSnapshot(run)
+    } catch (error) {
+      // (Closing goes on: the next start says what it finds.)
+      this.onSnapshotFailed?.(error as Error)
+    } finally {
+      this.closed = true
+    }
     await closeAsync(this.fd)
   }
 
@@ -439,25 +456,19 @@ export class DurableLog {
    * the new log over the snapshot, ends at the latest state whatever the slice caught. Once the
    * whole snapshot is durable and named, the logs before the switch are removed.
    */
-  private startSnapshot(): void {
-    // A snapshot into a directory removed since: the whole directory again (which snapshots).
-    if (!existsSync(this.dir)) {
+  private startSnapshot(rewrite = false): void {
+    try {
+      this.switchLog()
+    } catch (error) {
+      // A directory removed since (before, or while, the new log was made): the whole directory
+      // again, which snapshots too. Nothing had switched: the batch behind it is in the old log.
+      if (rewrite || existsSync(this.dir)) throw error
       this.rewriteFiles(this.dir)
       return
     }
-    // The log being left must be whole on disk: later grants are made durable in the next one
-    // only, and recovery takes a torn end only in the last log.
-    this.flushToDisk()
-    const gen = this.gen + 1
-    const path = join(this.dir, `wal-${gen}.log`)
-    writeNewLog(path)
-    fsyncDir(this.dir)
-    closeSync(this.fd)
-    this.fd = openSync(path, 'a')
-    this.gen = gen
-    this.size = WAL_MAGIC.length
+    const {gen} = this
     const tmp = join(this.dir, 'snapshot.tmp')
-    const run: SnapshotRun = {gen, tmp, fd: -1, locks: this.snapshotSource.locks(), count: 0, bytes: 0, state: 'writing'}
+    const run: SnapshotRun = {gen, tmp, fd: -1, locks: this.snapshotSource.locks(), count: 0, bytes: 0, state: 'writing', rewrite}
     this.snapshotRun = run
     // From here a failure costs the snapshot only, never the log (which has everything).
     try {
@@ -470,35 +481,41 @@ export class DurableLog {
     setImmediate(() => this.writeSnapshotSlice(run))
   }
 
+  /** A snapshot's first step: a fresh log, durably named, that every later record goes to. */
+  private switchLog(): void {
+    // The log being left must be whole on disk: later grants are made durable in the next one
+    // only, and recovery takes a torn end only in the last log.
+    this.flushToDisk()
+    const gen = this.gen + 1
+    const path = join(this.dir, `wal-${gen}.log`)
+    writeNewLog(path)
+    fsyncDir(this.dir)
+    // (Opened before the old one is closed: a failure leaves the old one in use.)
+    const fd = openSync(path, 'a')
+    closeSync(this.fd)
+    this.fd = fd
+    this.gen = gen
+    this.size = WAL_MAGIC.length
+  }
+
   private writeSnapshotSlice(run: SnapshotRun): void {
     if (run.state !== 'writing') return
+    let done: boolean
     try {
-      const locks: SnapshotEntry[] = []
-      let done = false
-      while (locks.length < this.snapshotSlice) {
-        const next = run.locks.next()
-        if (next.done) {
-          done = true
-          break
-        }
-        const h = onDisk(next.value.holders)
-        if (h !== null) locks.push(Array.isArray(h) ? {key: next.value.key, holders: h} : {key: next.value.key, holder: h})
-      }
-      if (locks.length > 0) this.writeToSnapshot(run, frame(snapshotPackr.pack({locks})))
-      run.count += locks.length
-      if (!done) {
-        setImmediate(() => this.writeSnapshotSlice(run))
-        return
-      }
-      // The fence now is above every fence in the slices, written before it.
-      this.writeToSnapshot(run, frame(snapshotPackr.pack({gen: run.gen, fence: this.snapshotSource.fence(), count: run.count})))
+      done = this.writeSnapshotPart(run, this.snapshotSlice)
     } catch (error) {
       this.abandonSnapshot(run, error as Error)
+      return
+    }
+    if (!done) {
+      setImmediate(() => this.writeSnapshotSlice(run))
       return
     }
     // The whole file to disk off the event loop (a snapshot can be a hundred MB), then named.
     run.state = 'syncing'
     fsync(run.fd, (error) => {
+      // (Named already by close(), which could not wait for this.)
+      if (run.state === 'done') return
       if (run.state === 'abandoned') {
         closeSync(run.fd)
         // (Not the file of a run started since, which writes the same name: rewriteFiles.)
@@ -507,18 +524,53 @@ export class DurableLog {
       }
       try {
         if (error) throw error
-        closeSync(run.fd)
-        run.state = 'done'
-        renameSync(run.tmp, join(this.dir, 'snapshot'))
-        fsyncDir(this.dir)
-        this.snapshotNamed = true
-        for (const g of logGenerations(this.dir)) if (g < run.gen) unlinkSync(join(this.dir, `wal-${g}.log`))
-        this.nextSnapshotAt = Math.max(this.snapshotBytes, Math.ceil(run.bytes / 2))
-        this.snapshotRun = null
+        this.nameSnapshot(run)
       } catch (failure) {
         this.abandonSnapshot(run, failure as Error)
       }
     })
+  }
+
+  /** Up to `max` more locks into the snapshot; once they are all in, its end frame. Whether it is whole. */
+  private writeSnapshotPart(run: SnapshotRun, max: number): boolean {
+    const locks: SnapshotEntry[] = []
+    let done = false
+    while (locks.length < max) {
+      const next = run.locks.next()
+      if (next.done) {
+        done = true
+        break
+      }
+      const h = onDisk(next.value.holders)
+      if (h !== null) locks.push(Array.isArray(h) ? {key: next.value.key, holders: h} : {key: next.value.key, holder: h})
+    }
+    if (locks.length > 0) this.writeToSnapshot(run, frame(snapshotPackr.pack({locks})))
+    run.count += locks.length
+    // The fence now is above every fence in the slices, written before it.
+    if (done) this.writeToSnapshot(run, frame(snapshotPackr.pack({gen: run.gen, fence: this.snapshotSource.fence(), count: run.count})))
+    return done
+  }
+
+  /** A snapshot whole on disk takes the name `snapshot`; the logs before its own go. */
+  private nameSnapshot(run: SnapshotRun): void {
+    closeSync(run.fd)
+    run.state = 'done'
+    renameSync(run.tmp, join(this.dir, 'snapshot'))
+    fsyncDir(this.dir)
+    this.snapshotNamed = true
+    for (const g of logGenerations(this.dir)) if (g < run.gen) unlinkSync(join(this.dir, `wal-${g}.log`))
+    this.nextSnapshotAt = Math.max(this.snapshotBytes, Math.ceil(run.bytes / 2))
+    this.snapshotRun = null
+  }
+
+  /**
+   * At close, a snapshot that rewrites removed files is finished here rather than dropped: the
+   * logs it replaces are gone, and without it the next start would refuse the directory.
+   */
+  private finishSnapshotNow(run: SnapshotRun): void {
+    if (run.state === 'writing') this.writeSnapshotPart(run, Number.POSITIVE_INFINITY)
+    fsyncSync(run.fd)
+    this.nameSnapshot(run)
   }
 
   private writeToSnapshot(run: SnapshotRun, data: Buffer): void {
@@ -558,6 +610,8 @@ interface SnapshotRun {
   count: number
   bytes: number
   state: 'writing' | 'syncing' | 'done' | 'abandoned'
+  /** Written because files were removed (rewriteFiles): the logs before it are gone. */
+  rewrite: boolean
 }
 
 function writeFileDurably(path: string, ...parts: Uint8Array[]): void {

@@ -87,13 +87,19 @@ describe('the embedded default (no endpoint configured)', () => {
     expect(await embeddedPid(env)).toBe(pid)
   })
 
-  it('the state directory removed under a running lockd: it exits, and the next command starts a new one', async () => {
+  it('the state directory removed under a running lockd: it exits, and the next command starts a new one, which has its locks', async () => {
     const env = freshUser()
-    expect((await runCli(['lock', 'before'], {env})).code).toBe(0)
+    const before = await runCli(['lock', 'before', '--json', '--lease', '10m'], {env})
+    expect(before.code).toBe(0)
     const oldPid = await embeddedPid(env)
     rmSync(join(env.XDG_STATE_HOME!, 'lockctl'), {recursive: true, force: true})
-    const after = await runCli(['lock', 'after'], {env})
+    const after = await runCli(['lock', 'after', '--json'], {env})
     expect(after.code).toBe(0)
+    // The old lockd wrote its data directory again on its way out (docs/recovery.md, "Files
+    // removed while lockd runs"): its lock is still held, and fences go on above it.
+    const held = JSON.parse((await runCli(['status', 'before', '--json'], {env})).stdout) as {holder: {fence: number} | null}
+    expect(held.holder?.fence).toBe(JSON.parse(before.stdout).fence)
+    expect(JSON.parse(after.stdout).fence).toBeGreaterThan(JSON.parse(before.stdout).fence)
     const newPid = await embeddedPid(env)
     expect(newPid).not.toBe(oldPid)
     await eventually(() => {

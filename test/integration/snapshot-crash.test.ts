@@ -1,5 +1,5 @@
 import {spawn} from 'node:child_process'
-import {existsSync, readdirSync, rmSync} from 'node:fs'
+import {existsSync, readdirSync, renameSync, rmSync} from 'node:fs'
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
 import {connect, type LockClient} from '../../src/client/index.js'
@@ -101,22 +101,41 @@ describe('lockd killed -9 while snapshots are written', () => {
       const lockers = Array.from({length: 16}, locker)
       await new Promise((resolve) => setTimeout(resolve, 100 + Math.floor(random() * 300)))
       // Odd rounds remove files under the running lockd (the whole directory, the fence mark,
-      // the snapshot or the newest log), at a random moment of the load, and kill it once it has
-      // had the time to notice: it writes them again from memory (docs/recovery.md, "Files
-      // removed while lockd runs"), or a snapshot or fence mark of its own does.
+      // the snapshot or the newest log) at a random moment of the load: it writes them again
+      // from memory (docs/recovery.md, "Files removed while lockd runs"), or a snapshot or fence
+      // mark of its own does.
       removedLastRound = false
       if (round % 2 === 1) {
         const logs = readdirSync(dataDir)
           .filter((name) => /^wal-\d+\.log$/.test(name))
           .map((name) => Number(name.slice(4, -4)))
-        const newestLog = join(dataDir, `wal-${Math.max(0, ...logs)}.log`)
+        const newestGen = Math.max(0, ...logs)
+        const newestLog = join(dataDir, `wal-${newestGen}.log`)
         const target = [dataDir, join(dataDir, 'fence'), join(dataDir, 'snapshot'), newestLog][Math.floor(random() * 4)]
-        // (Retried: lockd may be making files in the directory as it is removed.)
-        rmSync(target, {recursive: true, force: true, maxRetries: 10})
+        const rewritesBefore = server.stderr().split('was removed while lockd ran; writing').length - 1
+        if (target === dataDir) {
+          // Moved away first: lockd makes files in it faster than a recursive remove empties it.
+          renameSync(dataDir, `${dataDir}.removed`)
+          rmSync(`${dataDir}.removed`, {recursive: true, force: true, maxRetries: 10})
+        } else {
+          rmSync(target, {force: true})
+        }
         removals++
         removedLastRound = true
-        // Past lockd's check (once a second), and at a random moment of what follows it.
-        await new Promise((resolve) => setTimeout(resolve, 1100 + Math.floor(random() * 400)))
+        // Until the removal is made good (said, or the file back by a snapshot or fence mark of
+        // lockd's own; bounded), then a random while: the kill may land in the rewrite.
+        const rewrites = () => server.stderr().split('was removed while lockd ran; writing').length - 1
+        const newer = () => readdirSync(dataDir).some((name) => /^wal-\d+\.log$/.test(name) && Number(name.slice(4, -4)) > newestGen)
+        const madeGood = () => {
+          try {
+            return rewrites() > rewritesBefore || (target !== dataDir && (target === newestLog ? newer() : existsSync(target)))
+          } catch {
+            return false
+          }
+        }
+        for (let waited = 0; waited < 5000 && !madeGood(); waited++) await new Promise((resolve) => setTimeout(resolve, 1))
+        expect(madeGood(), `seed ${seed}, round ${round}: ${target} removed and not made good\n${server.stderr()}`).toBe(true)
+        await new Promise((resolve) => setTimeout(resolve, Math.floor(random() * 300)))
       }
       // Every other round, the kill waits (a bounded while) for a snapshot being written.
       for (let waited = 0; round % 2 === 0 && waited < 3000 && !existsSync(join(dataDir, 'snapshot.tmp')); waited++) await new Promise((resolve) => setTimeout(resolve, 1))
