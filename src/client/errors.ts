@@ -112,8 +112,8 @@ export class ClosedError extends LockError {
 
 /** Authentication failed, or the user may not do that (a force release by a non-admin). */
 export class NotPermittedError extends LockError {
-  constructor(message: string) {
-    super(ErrorCode.NOT_PERMITTED, message)
+  constructor(message: string, options?: {cause?: unknown}) {
+    super(ErrorCode.NOT_PERMITTED, message, options)
   }
 }
 

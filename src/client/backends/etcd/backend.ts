@@ -62,24 +62,25 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
   const credentials = secure ? {rootCertificate: files.ca ?? Buffer.alloc(0), certChain: files.cert, privateKey: files.key} : undefined
   const oneEndpoint = (h: {host: string; port: number}, timeoutMs: number) =>
     new etcd3.Etcd3({hosts: [urlOf(h)], credentials, auth: options.auth, dialTimeout: timeoutMs, defaultCallOptions: () => ({deadline: Date.now() + timeoutMs})})
-  const client = new etcd3.Etcd3({
-    hosts: options.hosts.map(urlOf),
-    credentials,
-    auth: options.auth,
-    dialTimeout: options.connectTimeoutMs,
-    defaultCallOptions: (context) => (context.isStream ? {} : {deadline: Date.now() + options.requestTimeoutMs}),
-    // A waiter must see its turn soon after a failover: etcd3's default backoff for re-opening
-    // the watch stream grows to 30 s. Its timer also keeps the process alive after close().
-    // (etcd3 types this with an older cockatiel's IBackoff; it only calls next() and reads duration.)
-    faultHandling: {
-      watchBackoff: new ExponentialBackoff({initialDelay: 100, maxDelay: WATCH_BACKOFF_MAX_MS}) as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>,
-      // A member that failed 3 calls in a row is skipped for a while: 1 s here, not etcd3's 5 s,
-      // in which every call to a one-member cluster failed at once even after it came back (a
-      // give-up's delete among them: its key would stay, held by nobody, for its lease).
-      host: () => circuitBreaker(handleWhen(etcd3.isRecoverableError), {halfOpenAfter: MEMBER_PAUSE_MS, breaker: new ConsecutiveBreaker(3)}),
-    },
-  })
-  return new EtcdBackend(client, options, {etcd3, isBrokenCircuitError}, () => diagnoseTls(options.hosts[0], secure, files, Math.min(options.connectTimeoutMs, 2000)), oneEndpoint)
+  const newClient = () =>
+    new etcd3.Etcd3({
+      hosts: options.hosts.map(urlOf),
+      credentials,
+      auth: options.auth,
+      dialTimeout: options.connectTimeoutMs,
+      defaultCallOptions: (context) => (context.isStream ? {} : {deadline: Date.now() + options.requestTimeoutMs}),
+      // A waiter must see its turn soon after a failover: etcd3's default backoff for re-opening
+      // the watch stream grows to 30 s. Its timer also keeps the process alive after close().
+      // (etcd3 types this with an older cockatiel's IBackoff; it only calls next() and reads duration.)
+      faultHandling: {
+        watchBackoff: new ExponentialBackoff({initialDelay: 100, maxDelay: WATCH_BACKOFF_MAX_MS}) as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>,
+        // A member that failed 3 calls in a row is skipped for a while: 1 s here, not etcd3's 5 s,
+        // in which every call to a one-member cluster failed at once even after it came back (a
+        // give-up's delete among them: its key would stay, held by nobody, for its lease).
+        host: () => circuitBreaker(handleWhen(etcd3.isRecoverableError), {halfOpenAfter: MEMBER_PAUSE_MS, breaker: new ConsecutiveBreaker(3)}),
+      },
+    })
+  return new EtcdBackend(newClient(), options, {etcd3, isBrokenCircuitError}, () => diagnoseTls(options.hosts[0], secure, files, Math.min(options.connectTimeoutMs, 2000)), oneEndpoint, newClient)
 }
 
 export class EtcdBackend implements LockBackend {
@@ -107,9 +108,37 @@ export class EtcdBackend implements LockBackend {
     private readonly diagnoseTls: () => Promise<string | undefined>,
     /** A client of one endpoint alone, for `status`'s question "which endpoints answer?". */
     private readonly oneEndpoint: (host: {host: string; port: number}, timeoutMs: number) => Etcd3,
+    /** Another client like `client`: for new watches once one was cancelled on it (renewWatchClient). */
+    private readonly newClient: () => Etcd3,
   ) {
     this.label = options.label
+    this.watchClient = client
     this.sessions = new SessionPool(client, (what, operation) => this.call(what, operation), this.label, options.requestTimeoutMs)
+  }
+
+  /** The client whose stream carries new watches: `client`, until a watch is cancelled on it. */
+  private watchClient: Etcd3
+  private watchClientSince = Number.NEGATIVE_INFINITY
+  /** Clients watches were moved away from: kept open for the watches still on them, until close(). */
+  private readonly retiredWatchClients: Etcd3[] = []
+
+  /**
+   * etcd cancelled a watch as it was created (`error`: the cancellation). etcd3 then creates no
+   * other watch on that client: the cancelled one stays first in its queue of watches to create,
+   * and every later one waits behind it, for ever. And the commonest cause is one etcd3 does not
+   * mend: etcd forgot the token the watch stream was opened with (a member restarted or was
+   * killed, with etcd's default simple tokens, which each member keeps in memory; or the
+   * token's --auth-token-ttl ran out). etcd3 logs in again for a call, but it opens its watch
+   * stream again with the old token. So a waiter never saw its turn come and a `watch` stopped,
+   * after one restart of an etcd with users. New watches go to a new client, which logs in again
+   * and opens a stream of its own. At most once a second; the old client stays open for the
+   * watches that still work on it.
+   */
+  private renewWatchClient(): void {
+    if (this.closed || performance.now() - this.watchClientSince < 1000) return
+    this.retiredWatchClients.push(this.watchClient)
+    this.watchClient = this.newClient()
+    this.watchClientSince = performance.now()
   }
 
   onStateChange(listener: (state: ConnectionState) => void): () => void {
@@ -397,7 +426,7 @@ export class EtcdBackend implements LockBackend {
           signal.addEventListener('abort', onAbort, {once: true})
         }
         if (deadline !== Number.POSITIVE_INFINITY) cancelTimer = atDeadline(deadline, () => resolve('timeout'))
-        const builder = this.client.watch()
+        const builder = this.watchClient.watch()
         // From just after the read: nothing is missed and nothing seen is replayed.
         const justAhead = ahead[0].key.toString('utf8')
         ;(following ? builder.prefix(`${key}/`) : builder.key(justAhead))
@@ -416,10 +445,16 @@ export class EtcdBackend implements LockBackend {
                 else void report(false)
               })
               // The watcher reconnects by itself after a member fails; on a hard error look again.
-              w.on('error', () => resolve('changed'))
+              w.on('error', () => {
+                this.renewWatchClient()
+                resolve('changed')
+              })
             },
             // No watch now (the member went away as it was set up): our key stays, look again.
-            () => resolve('no watch'),
+            () => {
+              this.renewWatchClient()
+              resolve('no watch')
+            },
           )
       })
     } finally {
@@ -688,7 +723,7 @@ export class EtcdBackend implements LockBackend {
     let watcher: Watcher | null = null
     /** `first`: from the key's creation, which a grant after a long wait may find compacted. */
     const watchFrom = (revision: string, first: boolean) => {
-      this.client
+      this.watchClient
         .watch()
         .key(ownKey.toString('utf8'))
         .startRevision(revision)
@@ -702,14 +737,17 @@ export class EtcdBackend implements LockBackend {
             })
             w.on('error', () => {
               if (stopped) return
+              this.renewWatchClient()
               void w.cancel().catch(() => {})
               void lookAgain()
             })
           },
-          // Refused from the key's creation (compacted): from now. Else no watch: renewals
-          // still find out, at half the lease.
+          // Refused (from the key's creation, which was compacted; or a token etcd forgot):
+          // again, from now, on a new client. (Renewals find out anyway, at half the lease.)
           () => {
-            if (first && !stopped) void lookAgain()
+            if (stopped) return
+            this.renewWatchClient()
+            void lookAgain()
           },
         )
     }
@@ -732,7 +770,14 @@ export class EtcdBackend implements LockBackend {
   watch(target: WatchTarget, options: WatchOptions = {}): AsyncGenerator<WatchUpdate> {
     return watchLocks(
       {
-        watchPrefix: (prefix) => this.call('watch', () => this.client.watch().prefix(prefix).create()),
+        watchPrefix: (prefix) =>
+          this.call('watch', () => this.watchClient.watch().prefix(prefix).create()).then(
+            (watcher) => watcher.on('error', () => this.renewWatchClient()),
+            (error: unknown) => {
+              this.renewWatchClient()
+              throw error
+            },
+          ),
         inspect: (key) => this.inspect(key),
         list: (prefix) => this.list(prefix),
       },
@@ -749,6 +794,8 @@ export class EtcdBackend implements LockBackend {
     this.closeDeadline = performance.now() + CLOSE_CLEANUP_MS
     if (this.cleanups.size > 0) await Promise.race([Promise.all(this.cleanups), new Promise((resolve) => setTimeout(resolve, CLOSE_CLEANUP_MS).unref())])
     await this.sessions.close()
+    for (const retired of this.retiredWatchClients) if (retired !== this.client) retired.close()
+    if (this.watchClient !== this.client) this.watchClient.close()
     this.client.close()
     this.states.set('closed')
   }

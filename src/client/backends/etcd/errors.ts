@@ -36,7 +36,7 @@ export function mapEtcdError(types: EtcdErrorTypes, label: string, what: string,
   // Exit 6 as for lockd (docs/exit-codes.md): a wrong password or a missing role is not a typo
   // in a flag, and a script must be able to tell it from one.
   if (error instanceof etcd3.EtcdAuthenticationFailedError || error instanceof etcd3.EtcdInvalidAuthTokenError || error instanceof etcd3.GRPCUnauthenticatedError) {
-    return new NotPermittedError(`${label}: ${what}: etcd refused the credentials (${detail})`)
+    return new NotPermittedError(`${label}: ${what}: etcd refused the credentials (${detail})`, {cause: error})
   }
   // Of what lockctl calls, only the login of a --user can fail a precondition: the cluster has
   // no authentication enabled (etcdctl says the same). A flag to drop, not an outage.
@@ -44,7 +44,7 @@ export function mapEtcdError(types: EtcdErrorTypes, label: string, what: string,
     return new BadInputError(`${label}: ${what}: etcd did not take the login (${detail}); without authentication on the cluster, give no --user`)
   }
   if (error instanceof etcd3.EtcdPermissionDeniedError) {
-    return new NotPermittedError(`${label}: ${what}: etcd does not permit this user that: a role with read-write on the lock's keys is needed (${detail})`)
+    return new NotPermittedError(`${label}: ${what}: etcd does not permit this user that: a role with read-write on the lock's keys is needed (${detail})`, {cause: error})
   }
   return new ServerError(`${label}: ${what}: ${detail}`, {cause: error})
 }
