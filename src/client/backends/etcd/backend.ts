@@ -2,7 +2,7 @@ import {anyTlsFile, readTlsFiles, type TlsFilePaths} from '../../tls-files.js'
 // Types only: etcd3 itself is imported lazily (it costs ~200 ms to load).
 import type {Etcd3, IKeyValue, IOptions, IRequestOp, Watcher} from 'etcd3'
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo, type LockInfo} from '../../../protocol/messages.js'
-import {sleep} from '../../async.js'
+import {backoffDelay, sleep} from '../../async.js'
 import {atDeadline} from '../../../util/timers.js'
 import type {AcquireRequest, AcquireResult, ConnectionState, LockBackend} from '../../backend.js'
 import {AbortedError, BadInputError, ErrorCode, LockError, LockHeldError, NotHolderError, quoteKey, UnreachableError, WaitTimeoutError} from '../../errors.js'
@@ -721,8 +721,9 @@ export class EtcdBackend implements LockBackend {
     const deleted = 'its key was deleted (released by another client, or its etcd lease expired)'
     let stopped = false
     let watcher: Watcher | null = null
-    /** `first`: from the key's creation, which a grant after a long wait may find compacted. */
-    const watchFrom = (revision: string, first: boolean) => {
+    /** From the key's creation first, which a grant after a long wait may find compacted. */
+    let refusals = 0
+    const watchFrom = (revision: string) => {
       this.watchClient
         .watch()
         .key(ownKey.toString('utf8'))
@@ -743,11 +744,12 @@ export class EtcdBackend implements LockBackend {
             })
           },
           // Refused (from the key's creation, which was compacted; or a token etcd forgot):
-          // again, from now, on a new client. (Renewals find out anyway, at half the lease.)
+          // again, from now, on a new client, after a pause that grows while it is refused.
+          // (Renewals find out anyway, at half the lease.)
           () => {
             if (stopped) return
             this.renewWatchClient()
-            void lookAgain()
+            setTimeout(() => void lookAgain(), backoffDelay(refusals++)).unref()
           },
         )
     }
@@ -756,10 +758,10 @@ export class EtcdBackend implements LockBackend {
       if (stopped || !read) return // unreadable now: renewals still find out
       const kv = read.kvs[0]
       if (!kv || kv.create_revision !== parsed.revision) return onEnded(deleted)
-      watchFrom(String(BigInt(read.header.revision) + 1n), false)
+      watchFrom(String(BigInt(read.header.revision) + 1n))
     }
     // From the key's creation on: a deletion that came before the watch was set up is replayed.
-    watchFrom(parsed.revision, true)
+    watchFrom(parsed.revision)
     return () => {
       stopped = true
       // Not awaited: a hung member never answers a cancel.
