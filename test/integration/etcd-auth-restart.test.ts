@@ -36,9 +36,15 @@ describeEtcd('etcd with authentication, restarted under a waiter and a watch', (
   it.each([1, 2, 3])('restart %i: the waiter gets its turn as soon as the lock is free, and the watch goes on', {timeout: 60_000}, async (round) => {
     const env = {LOCKCTL_ENDPOINTS: endpoint, LOCKCTL_ETCD_USER: credentials.user, LOCKCTL_PASSWORD: credentials.password}
     const key = `auth/k${round}`
-    const held = await runCli(['lock', key, '--lease', '30s', '--json'], {env})
-    expect(held.code, held.stderr).toBe(0)
-    const {token} = JSON.parse(held.stdout) as {token: string}
+    // Two locks, each with a waiter on one client: a second watch of a client waited behind the
+    // cancelled one for ever.
+    const keys = [key, `${key}-b`]
+    const tokens: string[] = []
+    for (const each of keys) {
+      const held = await runCli(['lock', each, '--lease', '30s', '--json'], {env})
+      expect(held.code, held.stderr).toBe(0)
+      tokens.push((JSON.parse(held.stdout) as {token: string}).token)
+    }
 
     const watching = await connect({endpoints: endpoint, credentials, owner: 'watcher'})
     const updates: WatchUpdate[] = []
@@ -49,16 +55,15 @@ describeEtcd('etcd with authentication, restarted under a waiter and a watch', (
     await eventually(() => updates.some((u) => u.type === 'snapshot'))
 
     const waiting = await connect({endpoints: endpoint, credentials, owner: 'waiter', requestTimeoutMs: 3000})
-    let queued = false
-    const turn = waiting.createLock(key).acquire({leaseMs: 30_000, waitMs: 45_000, onQueued: () => (queued = true)})
-    turn.catch(() => {})
-    await eventually(() => queued)
+    let queued = 0
+    const turns = keys.map((each) => waiting.createLock(each).acquire({leaseMs: 30_000, waitMs: 45_000, onQueued: () => queued++}))
+    for (const turn of turns) turn.catch(() => {})
+    await eventually(() => queued === keys.length)
 
     await etcd.restart(etcd.members[0])
-    // The holder lets go once etcd is back; the waiter must hear of it from its watch.
-    await eventually(async () => (await runCli(['unlock', key, '--token', token], {env})).code === 0, 20_000)
-    const grant = await turn
-    expect(grant.owner).toBe('waiter')
+    // The holders let go once etcd is back; the waiters must hear of it from their watches.
+    for (const [i, each] of keys.entries()) await eventually(async () => (await runCli(['unlock', each, '--token', tokens[i]], {env})).code === 0, 20_000)
+    for (const turn of turns) expect((await turn).owner).toBe('waiter')
     // The watch made a new stream too: the grant is told, after a resync.
     await eventually(() => updates.some((u) => u.type === 'event' && u.event.type === 'acquired' && u.event.key === key && u.event.owner === 'waiter'), 20_000)
     expect(updates.some((u) => u.type === 'snapshot' && u.resync)).toBe(true)

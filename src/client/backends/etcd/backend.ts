@@ -139,7 +139,14 @@ export class EtcdBackend implements LockBackend {
     this.retiredWatchClients.push(this.watchClient)
     this.watchClient = this.newClient()
     this.watchClientSince = performance.now()
+    // Other waits of this client whose watches were on the old one: when its stream reopens,
+    // etcd3 makes them again behind the cancelled one, and they wait there for ever. Each looks
+    // again and watches on the new client.
+    for (const lookAgain of [...this.waitsToMove]) lookAgain()
   }
+
+  /** Waits under way (waitForChange): told to look again when watches move to a new client. */
+  private readonly waitsToMove = new Set<() => void>()
 
   onStateChange(listener: (state: ConnectionState) => void): () => void {
     return this.states.on(listener)
@@ -417,6 +424,7 @@ export class EtcdBackend implements LockBackend {
     let watcher: Watcher | null = null
     let cancelTimer: (() => void) | null = null
     let onAbort: (() => void) | null = null
+    let moved: (() => void) | null = null
     let over = false
     try {
       return await new Promise<'changed' | 'timeout' | 'aborted' | 'no watch'>((resolve) => {
@@ -426,6 +434,8 @@ export class EtcdBackend implements LockBackend {
           signal.addEventListener('abort', onAbort, {once: true})
         }
         if (deadline !== Number.POSITIVE_INFINITY) cancelTimer = atDeadline(deadline, () => resolve('timeout'))
+        moved = () => resolve('changed')
+        this.waitsToMove.add(moved)
         const builder = this.watchClient.watch()
         // From just after the read: nothing is missed and nothing seen is replayed.
         const justAhead = ahead[0].key.toString('utf8')
@@ -459,6 +469,7 @@ export class EtcdBackend implements LockBackend {
       })
     } finally {
       over = true
+      if (moved) this.waitsToMove.delete(moved)
       ;(cancelTimer as (() => void) | null)?.()
       if (onAbort) signal?.removeEventListener('abort', onAbort)
       // Not awaited: cancelling waits for the member's answer, which a hung member never sends.
