@@ -46,19 +46,20 @@ describeEtcd('etcd with authentication, restarted under a waiter and a watch', (
       tokens.push((JSON.parse(held.stdout) as {token: string}).token)
     }
 
-    const watching = await connect({endpoints: endpoint, credentials, owner: 'watcher'})
-    const updates: WatchUpdate[] = []
-    const stopWatch = new AbortController()
-    const watched = (async () => {
-      for await (const update of watching.watch({prefix: 'auth/'}, {signal: stopWatch.signal})) updates.push(update)
-    })()
-    await eventually(() => updates.some((u) => u.type === 'snapshot'))
-
     const waiting = await connect({endpoints: endpoint, credentials, owner: 'waiter', requestTimeoutMs: 3000})
     let queued = 0
     const turns = keys.map((each) => waiting.createLock(each).acquire({leaseMs: 30_000, waitMs: 45_000, onQueued: () => queued++}))
     for (const turn of turns) turn.catch(() => {})
     await eventually(() => queued === keys.length)
+
+    // The same client watches, its watch made after the waits': when the stream opens again, a
+    // wait's watch is cancelled first, and the watch waited behind it for ever too.
+    const updates: WatchUpdate[] = []
+    const stopWatch = new AbortController()
+    const watched = (async () => {
+      for await (const update of waiting.watch({prefix: 'auth/'}, {signal: stopWatch.signal})) updates.push(update)
+    })()
+    await eventually(() => updates.some((u) => u.type === 'snapshot'))
 
     await etcd.restart(etcd.members[0])
     // The holders let go once etcd is back; the waiters must hear of it from their watches.
@@ -71,6 +72,5 @@ describeEtcd('etcd with authentication, restarted under a waiter and a watch', (
     stopWatch.abort()
     await watched
     await waiting.close()
-    await watching.close()
   })
 })

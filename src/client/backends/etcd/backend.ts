@@ -139,14 +139,17 @@ export class EtcdBackend implements LockBackend {
     this.retiredWatchClients.push(this.watchClient)
     this.watchClient = this.newClient()
     this.watchClientSince = performance.now()
+    this.watchClientGeneration++
     // Other waits of this client whose watches were on the old one: when its stream reopens,
     // etcd3 makes them again behind the cancelled one, and they wait there for ever. Each looks
     // again and watches on the new client.
     for (const lookAgain of [...this.waitsToMove]) lookAgain()
   }
 
-  /** Waits under way (waitForChange): told to look again when watches move to a new client. */
+  /** Waits under way (waitForChange) and watches: told to look again when watches move to a new client. */
   private readonly waitsToMove = new Set<() => void>()
+  /** How many times watches moved to a new client. */
+  private watchClientGeneration = 0
 
   onStateChange(listener: (state: ConnectionState) => void): () => void {
     return this.states.on(listener)
@@ -785,7 +788,8 @@ export class EtcdBackend implements LockBackend {
       {
         watchPrefix: (prefix) =>
           this.call('watch', () => this.watchClient.watch().prefix(prefix).create()).then(
-            (watcher) => watcher.on('error', () => this.renewWatchClient()),
+            // (After the watch's own listeners: it says why it ended before the move is told.)
+            (watcher) => watcher.on('error', () => queueMicrotask(() => this.renewWatchClient())),
             (error: unknown) => {
               this.renewWatchClient()
               throw error
@@ -793,6 +797,11 @@ export class EtcdBackend implements LockBackend {
           ),
         inspect: (key) => this.inspect(key),
         list: (prefix) => this.list(prefix),
+        watchClientGeneration: () => this.watchClientGeneration,
+        onWatchClientMoved: (listener) => {
+          this.waitsToMove.add(listener)
+          return () => this.waitsToMove.delete(listener)
+        },
       },
       target,
       options,

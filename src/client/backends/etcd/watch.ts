@@ -9,6 +9,13 @@ export interface WatchSource {
   watchPrefix(prefix: string): Promise<Watcher>
   inspect(key: string): Promise<LockInfo | null>
   list(prefix: string): Promise<{locks: LockInfo[]}>
+  /**
+   * Which client new watches go to (a number that grows when they move to a new one), and a
+   * subscription to those moves: a watch on an older client may be stuck there (the backend's
+   * renewWatchClient) and is made again.
+   */
+  watchClientGeneration?(): number
+  onWatchClientMoved?(listener: () => void): () => void
 }
 
 /**
@@ -48,13 +55,19 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
     if (target.key !== undefined) return name === target.key ? name : null
     return name.startsWith(target.prefix) ? name : null
   }
-  const queue = new AsyncQueue<{kind: 'changed'; name: string} | {kind: 'disconnected'} | {kind: 'connected'} | {kind: 'ended'; reason: string}>()
+  // 'ended' carries the generation of the watch it ends: one ended twice (cancelled, and moved
+  // for that) is made again once.
+  const queue = new AsyncQueue<{kind: 'changed'; name: string} | {kind: 'disconnected'} | {kind: 'connected'} | {kind: 'ended'; reason: string; generation: number}>()
+  const generationNow = () => source.watchClientGeneration?.() ?? 0
+  let watcherGeneration = generationNow()
   const onChange = (kv: IKeyValue) => {
     const name = names(kv.key.toString('utf8'))
     if (name !== null) queue.push({kind: 'changed', name})
   }
   const watch = async (): Promise<Watcher> => {
+    const generation = generationNow()
     const created = await source.watchPrefix(target.key !== undefined ? `${target.key}/` : target.prefix)
+    watcherGeneration = generation
     created.on('put', onChange)
     created.on('delete', onChange)
     created.on('disconnected', () => queue.push({kind: 'disconnected'}))
@@ -65,11 +78,14 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
     created.on('error', (error: Error) => {
       // (etcd gives no reason for a compaction: only the revision it compacted to.)
       const reason = error.message.replace(/^Watcher canceled: */, '')
-      queue.push({kind: 'ended', reason: reason || 'the history it resumed from was compacted'})
+      queue.push({kind: 'ended', reason: reason || 'the history it resumed from was compacted', generation})
     })
     return created
   }
   let watcher = await watch()
+  const offMoved = source.onWatchClientMoved?.(() => {
+    if (watcherGeneration !== generationNow()) queue.push({kind: 'ended', reason: 'etcd cancelled another watch of this client; watching again', generation: watcherGeneration})
+  })
   const onAbort = () => queue.close()
   signal?.addEventListener('abort', onAbort, {once: true})
   const known = new Map<string, LockInfo>()
@@ -97,6 +113,8 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
         continue
       }
       if (item.kind === 'ended') {
+        // (This watch was made again already.)
+        if (item.generation !== watcherGeneration) continue
         if (!disconnected) yield {type: 'disconnected', reason: `etcd ended the watch: ${item.reason}`}
         if (options.reconnect === false) return
         void watcher.cancel().catch(() => {})
@@ -115,6 +133,7 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
       for (const event of diffLocks(item.name, before, after)) yield {type: 'event', event}
     }
   } finally {
+    offMoved?.()
     signal?.removeEventListener('abort', onAbort)
     void watcher.cancel().catch(() => {}) // not awaited: a hung member never answers it
   }
