@@ -344,9 +344,14 @@ export class DurableLog {
     } catch (error) {
       // A directory removed since the last mark: the mark alone would not bring back its locks;
       // the whole directory again does, with a mark (from the same fence counter) first.
-      if (this.closed || existsSync(this.dir)) throw error
-      this.rewriteFiles(this.dir)
+      this.rewriteIfRemoved(error)
     }
+  }
+
+  /** After `error` writing into the directory: write it all again if it was removed, else throw `error`. */
+  private rewriteIfRemoved(error: unknown): void {
+    if (this.closed || existsSync(this.dir)) throw error
+    this.rewriteFiles(this.dir)
   }
 
   private writeFenceMark(fence: number): void {
@@ -382,7 +387,6 @@ export class DurableLog {
     try {
       // Files removed under lockd are written again before it goes: its next start needs them.
       if (!this.failure) this.checkFiles()
-      this.closed = true
       this.flushToDisk()
       const run = this.snapshotRun
       // An unfinished snapshot is dropped (the logs it would have replaced are all still there),
@@ -462,8 +466,9 @@ export class DurableLog {
     } catch (error) {
       // A directory removed since (before, or while, the new log was made): the whole directory
       // again, which snapshots too. Nothing had switched: the batch behind it is in the old log.
-      if (rewrite || existsSync(this.dir)) throw error
-      this.rewriteFiles(this.dir)
+      // (A rewrite's own snapshot does not start another.)
+      if (rewrite) throw error
+      this.rewriteIfRemoved(error)
       return
     }
     const {gen} = this

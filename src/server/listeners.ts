@@ -16,8 +16,7 @@ export class Listeners {
   private socketInode: number | null = null
   private socketWatch: NodeJS.Timeout | null = null
   readonly addresses: {tcp: {host: string; port: number}[]; socket?: string} = {tcp: []}
-  /** Sockets open now, in all and by listener, and how many all may hold at once (capSockets). */
-  private openSockets = 0
+  /** Sockets open now by listener, and how many all may hold at once (capSockets). */
   private readonly openBy = new Map<Server, number>()
   private socketCap = Number.POSITIVE_INFINITY
 
@@ -42,10 +41,8 @@ export class Listeners {
     server.on('drop', () => this.onDrop())
     // (A TLS listener's 'connection' is the TCP socket, before its handshake; it closes with it.)
     server.on('connection', (socket: Socket) => {
-      this.openSockets++
       this.openBy.set(server, this.openBy.get(server)! + 1)
       socket.once('close', () => {
-        this.openSockets--
         this.openBy.set(server, this.openBy.get(server)! - 1)
         this.updateCaps()
       })
@@ -55,9 +52,11 @@ export class Listeners {
 
   private updateCaps(): void {
     if (this.socketCap === Number.POSITIVE_INFINITY) return
-    const room = Math.max(0, this.socketCap - this.openSockets)
+    let open = 0
+    for (const count of this.openBy.values()) open += count
+    const room = Math.max(0, this.socketCap - open)
     // (Node reads 0 as "no limit": -1 takes none.)
-    for (const [server, open] of this.openBy) server.maxConnections = open + room || -1
+    for (const [server, count] of this.openBy) server.maxConnections = count + room || -1
   }
 
   /**

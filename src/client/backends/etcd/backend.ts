@@ -143,11 +143,11 @@ export class EtcdBackend implements LockBackend {
     // Other waits of this client whose watches were on the old one: when its stream reopens,
     // etcd3 makes them again behind the cancelled one, and they wait there for ever. Each looks
     // again and watches on the new client.
-    for (const lookAgain of [...this.waitsToMove]) lookAgain()
+    for (const moved of [...this.watchClientMoved]) moved()
   }
 
   /** Waits under way (waitForChange) and watches: told to look again when watches move to a new client. */
-  private readonly waitsToMove = new Set<() => void>()
+  private readonly watchClientMoved = new Set<() => void>()
   /** How many times watches moved to a new client. */
   private watchClientGeneration = 0
 
@@ -438,7 +438,7 @@ export class EtcdBackend implements LockBackend {
         }
         if (deadline !== Number.POSITIVE_INFINITY) cancelTimer = atDeadline(deadline, () => resolve('timeout'))
         moved = () => resolve('changed')
-        this.waitsToMove.add(moved)
+        this.watchClientMoved.add(moved)
         const builder = this.watchClient.watch()
         // From just after the read: nothing is missed and nothing seen is replayed.
         const justAhead = ahead[0].key.toString('utf8')
@@ -472,7 +472,7 @@ export class EtcdBackend implements LockBackend {
       })
     } finally {
       over = true
-      if (moved) this.waitsToMove.delete(moved)
+      if (moved) this.watchClientMoved.delete(moved)
       ;(cancelTimer as (() => void) | null)?.()
       if (onAbort) signal?.removeEventListener('abort', onAbort)
       // Not awaited: cancelling waits for the member's answer, which a hung member never sends.
@@ -799,8 +799,8 @@ export class EtcdBackend implements LockBackend {
         list: (prefix) => this.list(prefix),
         watchClientGeneration: () => this.watchClientGeneration,
         onWatchClientMoved: (listener) => {
-          this.waitsToMove.add(listener)
-          return () => this.waitsToMove.delete(listener)
+          this.watchClientMoved.add(listener)
+          return () => this.watchClientMoved.delete(listener)
         },
       },
       target,
