@@ -9,6 +9,8 @@ export interface ProtectedWrite {
   worker: number
   /** CLOCK_MONOTONIC nanoseconds, read before the check that said "held". */
   t: bigint
+  /** A shared (read) grant of a lock (only on the keys check() is told are read/write). */
+  shared?: boolean
 }
 
 export interface Verdict {
@@ -39,16 +41,22 @@ export function parseWrites(text: string): ProtectedWrite[] {
  * once (more is an overlap) and grants run side by side, so the order of fences and stale
  * writes — a lock's rules — are not checked there; a fence still belongs to one grant.
  */
-export function check(writes: ProtectedWrite[], limits: Record<string, number> = {}): Verdict {
+/**
+ * `readWrite`: locks taken shared or exclusive. There shared grants may write side by side; an
+ * exclusive grant's writes overlap nobody's. A write is stale if a grant made after it (a higher
+ * fence) wrote before it and one of the two is exclusive: each excludes the other, so the lower
+ * one's lease had ended.
+ */
+export function check(writes: ProtectedWrite[], limits: Record<string, number> = {}, readWrite: readonly string[] = []): Verdict {
   const verdict: Verdict = {overlaps: [], repeatedFences: [], fenceOrder: [], staleWrites: 0, grants: 0, writes: writes.length}
   const byKey = new Map<string, ProtectedWrite[]>()
   for (const w of writes) byKey.set(w.key, [...(byKey.get(w.key) ?? []), w])
   const fenceOwner = new Map<number, string>()
   for (const [key, list] of byKey) {
-    const grants = new Map<string, {token: string; fence: number; first: bigint; last: bigint}>()
+    const grants = new Map<string, {token: string; fence: number; first: bigint; last: bigint; shared: boolean}>()
     for (const w of list) {
       const g = grants.get(w.token)
-      if (!g) grants.set(w.token, {token: w.token, fence: w.fence, first: w.t, last: w.t})
+      if (!g) grants.set(w.token, {token: w.token, fence: w.fence, first: w.t, last: w.t, shared: w.shared === true})
       else {
         if (w.t < g.first) g.first = w.t
         if (w.t > g.last) g.last = w.t
@@ -73,6 +81,28 @@ export function check(writes: ProtectedWrite[], limits: Record<string, number> =
       for (const p of points) {
         inside += p.delta
         if (inside > limit) verdict.overlaps.push(`${key}: ${inside} grants at once (limit ${limit}) at ${p.at}, fence ${p.fence} entering`)
+      }
+      continue
+    }
+    if (readWrite.includes(key)) {
+      for (let i = 0; i < ordered.length; i++) {
+        const a = ordered[i]
+        const owner = fenceOwner.get(a.fence)
+        if (owner !== undefined && owner !== a.token) verdict.repeatedFences.push(`${key}: fence ${a.fence}`)
+        fenceOwner.set(a.fence, a.token)
+        for (let j = i + 1; j < ordered.length && ordered[j].first <= a.last; j++) {
+          if (a.shared && ordered[j].shared) continue
+          verdict.overlaps.push(
+            `${key}: ${a.shared ? 'shared' : 'exclusive'} fence ${a.fence} [${a.first}..${a.last}] overlaps ${ordered[j].shared ? 'shared' : 'exclusive'} fence ${ordered[j].fence} from ${ordered[j].first}`,
+          )
+        }
+      }
+      let highest = -1
+      let highestExclusive = -1
+      for (const w of [...list].sort((a, b) => (a.t < b.t ? -1 : a.t > b.t ? 1 : 0))) {
+        if (w.fence < (w.shared ? highestExclusive : highest)) verdict.staleWrites++
+        highest = Math.max(highest, w.fence)
+        if (!w.shared) highestExclusive = Math.max(highestExclusive, w.fence)
       }
       continue
     }

@@ -23,20 +23,23 @@ const random = () => {
   t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
   return ((t ^ (t >>> 14)) >>> 0) / 4294967296
 }
-// KEY, or KEY:N for a semaphore of N.
+// KEY, KEY:N for a semaphore of N, or KEY:rw for a lock taken shared (read) or exclusive at random.
 const keys = keyList.split(',').map((spec) => {
-  const [name, limit] = spec.split(':')
-  return {name, limit: limit ? Number(limit) : undefined}
+  const [name, mode] = spec.split(':')
+  return {name, limit: mode && mode !== 'rw' ? Number(mode) : undefined, readWrite: mode === 'rw'}
 })
 const client = await connect({endpoints: endpoint, owner: `${mode}-${process.pid}`, requestTimeoutMs: 800, connectTimeoutMs: 800})
-const write = (key, grant) => appendFileSync(log, `${JSON.stringify({key, token: grant.token, fence: grant.fence, worker: process.pid, t: String(grant.t)})}\n`)
+const write = (key, grant, shared) =>
+  appendFileSync(log, `${JSON.stringify({key, token: grant.token, fence: grant.fence, worker: process.pid, t: String(grant.t), ...(shared ? {shared} : {})})}\n`)
 
 for (;;) {
-  const {name: key, limit} = keys[Math.floor(random() * keys.length)]
+  const {name: key, limit, readWrite} = keys[Math.floor(random() * keys.length)]
+  const shared = readWrite && random() < 0.6
   let granted = null
   const lock = client.createAutoRenewalLock(key, {
     leaseMs,
     limit,
+    shared,
     retryMillis: [100, 200],
     onAcquired: (grant) => (granted ??= {token: grant.token, fence: grant.fence, signal: lock.signal}),
   })
@@ -51,12 +54,12 @@ for (;;) {
     const t = process.hrtime.bigint()
     if (mode === 'isHeld') {
       if (!lock.isHeld()) break
-      write(key, {token: lock.token, fence: lock.fence, t})
+      write(key, {token: lock.token, fence: lock.fence, t}, shared)
     } else if (mode === 'signal') {
       if (granted.signal.aborted) break
-      write(key, {...granted, t})
+      write(key, {...granted, t}, shared)
     } else {
-      write(key, {...granted, t})
+      write(key, {...granted, t}, shared)
     }
     await sleep(10)
   }

@@ -16,7 +16,10 @@ afterEach(() => {
   running.clear()
 })
 
-/** One worker: `keys` is worker.mjs's KEYS (`KEY` or `KEY:N` for a semaphore of N, comma-separated). */
+/**
+ * One worker: `keys` is worker.mjs's KEYS, comma-separated: `KEY`, `KEY:N` for a semaphore of N,
+ * or `KEY:rw` for a lock it takes shared or exclusive at random.
+ */
 export function startWorker(options: {endpoint: string; log: string; mode: string; keys: string; seed: number; leaseMs?: number}): ChildProcess {
   const args = [WORKER, options.endpoint, options.log, options.mode, options.keys, String(options.seed)]
   if (options.leaseMs !== undefined) args.push(String(options.leaseMs))
@@ -36,9 +39,9 @@ export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve
  * The verdict of one seeded run: nothing the locks should have prevented, and a run that did
  * something (several grants written under, the semaphore granted more than twice, faults made).
  */
-export function expectSafeRun(options: {writes: ProtectedWrite[]; semaphore: string; limit: number; faults: string[]; seed: number}): void {
-  const {writes, semaphore, faults} = options
-  const verdict = check(writes, {[semaphore]: options.limit})
+export function expectSafeRun(options: {writes: ProtectedWrite[]; semaphore: string; limit: number; readWrite: string; faults: string[]; seed: number}): void {
+  const {writes, semaphore, readWrite, faults} = options
+  const verdict = check(writes, {[semaphore]: options.limit}, [readWrite])
   const context = `seed ${options.seed}; faults: ${faults.join('; ')}`
   expect(verdict.overlaps, context).toEqual([])
   expect(verdict.repeatedFences, context).toEqual([])
@@ -46,5 +49,8 @@ export function expectSafeRun(options: {writes: ProtectedWrite[]; semaphore: str
   expect(verdict.staleWrites, context).toBe(0)
   expect(verdict.grants, context).toBeGreaterThan(5)
   expect(new Set(writes.filter((w) => w.key === semaphore).map((w) => w.token)).size, context).toBeGreaterThan(2)
+  const readWrites = writes.filter((w) => w.key === readWrite)
+  expect(new Set(readWrites.filter((w) => w.shared).map((w) => w.token)).size, context).toBeGreaterThan(1)
+  expect(new Set(readWrites.filter((w) => !w.shared).map((w) => w.token)).size, context).toBeGreaterThan(0)
   expect(faults.length, context).toBeGreaterThan(3)
 }

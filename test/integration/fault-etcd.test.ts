@@ -14,6 +14,8 @@ import {rng} from '../helpers/random.js'
 
 const LEASE_MS = 2000
 const SEMAPHORE = 'f/sem'
+/** A lock taken shared or exclusive at random: shared grants may write together, an exclusive one alone. */
+const READ_WRITE = 'f/rw'
 
 describeEtcd('randomized faults against a 3-member etcd cluster (seeded)', () => {
   it('no two holders at once, fences never repeat or go back, through leader kills, member pauses and paused holders', {timeout: 600_000}, async () => {
@@ -26,7 +28,7 @@ describeEtcd('randomized faults against a 3-member etcd cluster (seeded)', () =>
       const dir = tempDir('lockctl-etcd-fault-')
       const modes = ['isHeld', 'signal', 'isHeld', 'signal']
       const logs = modes.map((_, i) => join(dir, `worker-${i}.log`))
-      const workers = modes.map((mode, i) => startWorker({endpoint: etcd.endpoint, log: logs[i], mode, keys: `f/a,f/b,${SEMAPHORE}:2`, seed: seed * 100 + i, leaseMs: LEASE_MS}))
+      const workers = modes.map((mode, i) => startWorker({endpoint: etcd.endpoint, log: logs[i], mode, keys: `f/a,${READ_WRITE}:rw,${SEMAPHORE}:2`, seed: seed * 100 + i, leaseMs: LEASE_MS}))
       const faults: string[] = []
       try {
         const end = Date.now() + durationMs
@@ -63,7 +65,7 @@ describeEtcd('randomized faults against a 3-member etcd cluster (seeded)', () =>
         for (const member of etcd.members) member.child?.kill('SIGCONT')
         await etcd.stop()
       }
-      expectSafeRun({writes: readWrites(logs), semaphore: SEMAPHORE, limit: 2, faults, seed})
+      expectSafeRun({writes: readWrites(logs), semaphore: SEMAPHORE, limit: 2, readWrite: READ_WRITE, faults, seed})
     }
   })
 })

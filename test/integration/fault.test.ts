@@ -15,6 +15,8 @@ import {rng} from '../helpers/random.js'
 
 /** A semaphore of 2 beside the two locks: at most 2 of its grants may write at once. */
 const SEMAPHORE = 'f/sem'
+/** A lock taken shared or exclusive at random: shared grants may write together, an exclusive one alone. */
+const READ_WRITE = 'f/rw'
 
 interface Run {
   writes: () => ProtectedWrite[]
@@ -36,7 +38,7 @@ async function faultRun(options: {
   const port = lockd.port
   const logs = options.modes.map((_, i) => join(dir, `worker-${i}.log`))
   const workers = options.modes.map((mode, i) =>
-    startWorker({endpoint: lockd.endpoint, log: logs[i], mode, keys: options.pauseHolderOnly ? 'f/a' : `f/a,f/b,${SEMAPHORE}:2`, seed: options.seed * 100 + i}),
+    startWorker({endpoint: lockd.endpoint, log: logs[i], mode, keys: options.pauseHolderOnly ? 'f/a' : `f/a,${READ_WRITE}:rw,${SEMAPHORE}:2`, seed: options.seed * 100 + i}),
   )
   const writes = () => readWrites(logs)
   const faults: string[] = []
@@ -112,6 +114,20 @@ describe('the fault checker, on hand-made logs with known answers', () => {
     const three = [...two, w('s', 'c', 3, 20)]
     expect(check(three, {s: 2}).overlaps).toEqual(['s: 3 grants at once (limit 2) at 20, fence 3 entering'])
   })
+
+  it('on a read/write lock: shared grants together are fine; an exclusive one beside any other, or a write behind a newer grant it excludes, is not', () => {
+    const r = (token: string, fence: number, t: number): ProtectedWrite => ({...w('rw', token, fence, t), shared: true})
+    // Two readers side by side (the older one writing last), then a writer alone, then a reader.
+    const clean = [r('a', 1, 10), r('b', 2, 12), r('b', 2, 20), r('a', 1, 25), w('rw', 'x', 3, 30), w('rw', 'x', 3, 40), r('c', 4, 50)]
+    expect(check(clean, {}, ['rw'])).toMatchObject({overlaps: [], repeatedFences: [], fenceOrder: [], staleWrites: 0, grants: 4})
+    // The writer writing while reader a still writes, and reader a writing after the writer.
+    const bad = [...clean, r('a', 1, 35)]
+    expect(check(bad, {}, ['rw']).overlaps).toEqual(['rw: shared fence 1 [10..35] overlaps exclusive fence 3 from 30'])
+    expect(check(bad, {}, ['rw']).staleWrites).toBe(1)
+    // Two writers at once; the same checks without `readWrite` call the readers' overlap one too.
+    expect(check([w('rw', 'x', 1, 10), w('rw', 'y', 2, 12), w('rw', 'x', 1, 14)], {}, ['rw']).overlaps).toHaveLength(1)
+    expect(check(clean).overlaps).toHaveLength(1)
+  })
 })
 
 describe('randomized faults against real processes (seeded)', () => {
@@ -120,7 +136,7 @@ describe('randomized faults against real processes (seeded)', () => {
     const seeds = process.env.LOCKCTL_FAULT_SEEDS ? process.env.LOCKCTL_FAULT_SEEDS.split(',').map(Number) : [11, 29]
     for (const seed of seeds) {
       const run = await faultRun({seed, modes: ['isHeld', 'signal', 'isHeld', 'signal'], durationMs: 12_000})
-      expectSafeRun({writes: run.writes(), semaphore: SEMAPHORE, limit: 2, faults: run.faults, seed})
+      expectSafeRun({writes: run.writes(), semaphore: SEMAPHORE, limit: 2, readWrite: READ_WRITE, faults: run.faults, seed})
     }
   })
 
