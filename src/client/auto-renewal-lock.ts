@@ -9,6 +9,9 @@ import {deadlineSignal} from './deadline-signal.js'
 
 export const DEFAULT_RETRY_MILLIS = [1000, 10_000, 30_000, 60_000]
 
+/** The longest the watchdog sleeps between looks at the lease (armWatchdog). */
+const WATCHDOG_STEP_MS = 1000
+
 export interface AutoRenewalLockOptions {
   /** Lease of each grant; renewed at half of it. */
   leaseMs: number
@@ -236,19 +239,27 @@ export class AutoRenewalLock {
     this.renewTimer = setTimeout(() => void this.renew(), Math.max(0, delayMs))
   }
 
-  /** Fires `lost` when the lease runs out as we count it, whatever renewals are doing. */
+  /**
+   * Fires `lost` when the lease runs out as we count it, whatever renewals are doing. It looks
+   * at least every WATCHDOG_STEP_MS: a timer counts on the monotonic clock, which stops while
+   * the machine is suspended, and the lease clock does not (lease-clock.ts), so after a resume
+   * a timer set for the deadline would fire as late as the suspend was long.
+   */
   private armWatchdog(): void {
     if (this.watchdog) clearTimeout(this.watchdog)
     const lock = this.current
     if (!lock) return
-    this.watchdog = setTimeout(() => {
-      if (this.current !== lock || this.phase !== 'held') return
-      if (lock.isHeldByCurrentClient()) {
-        this.armWatchdog() // renewed meanwhile
-        return
-      }
-      this.checkDeadline()
-    }, lock.leaseRestMillis() + 1)
+    this.watchdog = setTimeout(
+      () => {
+        if (this.current !== lock || this.phase !== 'held') return
+        if (lock.isHeldByCurrentClient()) {
+          this.armWatchdog() // renewed meanwhile
+          return
+        }
+        this.checkDeadline()
+      },
+      Math.min(lock.leaseRestMillis() + 1, WATCHDOG_STEP_MS),
+    )
   }
 
   private async renew(): Promise<void> {

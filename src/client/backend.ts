@@ -1,4 +1,5 @@
 import type {AcquireArgs, GrantInfo, HolderInfo, LockInfo} from '../protocol/messages.js'
+import type {LeaseClock} from './lease-clock.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from './watch.js'
 
 export type {GrantInfo, HolderInfo, LockInfo}
@@ -24,7 +25,7 @@ export interface AcquireResult {
   /** True when the grant came after waiting in the queue (pushed), false when immediate. */
   queued: boolean
   /**
-   * A `performance.now()` moment no later than the last (re)start of the server's lease, when
+   * A `leaseClock.now()` moment no later than the last (re)start of the server's lease, when
    * the backend knows it (etcd keeps its session leases alive itself, so it knows when it last
    * did: later than the send for a waiter, possibly earlier for a shared lease it could not
    * renew). The grant is safe until then + leaseMs; without it, until the send + leaseMs.
@@ -41,6 +42,8 @@ export interface LockBackend {
   readonly kind: 'lockd' | 'etcd'
   /** The endpoint, as shown to users. */
   readonly label: string
+  /** What leases are counted on, here and by the locks made on this backend (suspends included). */
+  readonly leaseClock: LeaseClock
   acquire(request: AcquireRequest): Promise<AcquireResult>
   /** Release with the token (or any holder with force); returns who held it. */
   release(key: string, token: string | undefined, force: boolean): Promise<HolderInfo>

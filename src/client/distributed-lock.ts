@@ -79,11 +79,11 @@ export class DistributedLock {
   }
 
   isHeldByCurrentClient(): boolean {
-    return this.state === 'locked' && performance.now() < this.deadline
+    return this.state === 'locked' && this.backend.leaseClock.now() < this.deadline
   }
 
   leaseRestMillis(): number {
-    return this.state === 'locked' ? Math.max(0, Math.floor(this.deadline - performance.now())) : 0
+    return this.state === 'locked' ? Math.max(0, Math.floor(this.deadline - this.backend.leaseClock.now())) : 0
   }
 
   /** Like acquire(), but answers false instead of throwing when the lock is held or the wait ran out. */
@@ -107,7 +107,7 @@ export class DistributedLock {
     const problem = leaseProblem(leaseMs) ?? waitProblem(waitMs) ?? (options.attempt === undefined ? null : attemptProblem(options.attempt))
     if (problem) throw new BadInputError(problem)
     return this.exclusive(async () => {
-      const sentAt = performance.now()
+      const sentAt = this.backend.leaseClock.now()
       let result
       try {
         result = await this.backend.acquire({
@@ -171,7 +171,7 @@ export class DistributedLock {
 
   private async renewNow(leaseMs: number): Promise<GrantInfo> {
     if (this.state !== 'locked' || !this.grant) throw new NotHolderError(this.key, `${quoteKey(this.key)} is not held by this lock object`)
-    const sentAt = performance.now()
+    const sentAt = this.backend.leaseClock.now()
     const {token} = this.grant
     try {
       const grant = await this.backend.renew(this.key, token, leaseMs)

@@ -195,7 +195,7 @@ export async function connect(options: ConnectOptions = {}): Promise<LockClient>
     const paths = embeddedPaths(options.stateDir ?? stateDir())
     const label = `local lockd (unix://${paths.socket})`
     const daemonEntry = typeof options.embedded === 'object' ? options.embedded.daemonEntry : undefined
-    return new LockClient(new LockdBackend({label, open: () => connectEmbedded(paths, {...connection, label}, daemonEntry)}), owner)
+    return new LockClient(new LockdBackend({label, open: () => connectEmbedded(paths, {...connection, label}, daemonEntry), sameMachine: true}), owner)
   }
   const endpoint: Endpoint = parseEndpoint(endpoints)
   const label = describeEndpoint(endpoint)
@@ -206,7 +206,7 @@ export async function connect(options: ConnectOptions = {}): Promise<LockClient>
       const auth = lockdAuth(label, credentials)
       const tls = endpoint.kind === 'tcp' && (endpoint.tls || anyTlsFile(credentials)) ? readTlsFiles(credentials) : undefined
       const target = endpoint.kind === 'unix' ? {path: endpoint.path} : {host: endpoint.host, port: endpoint.port, tls}
-      return new LockClient(new LockdBackend({label, open: () => LockdConnection.connect(target, {...connection, label, auth})}), owner)
+      return new LockClient(new LockdBackend({label, open: () => LockdConnection.connect(target, {...connection, label, auth}), sameMachine: endpoint.kind === 'unix'}), owner)
     }
     case 'etcd': {
       const etcd = options.credentials ?? options.etcd ?? {}

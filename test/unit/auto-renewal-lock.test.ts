@@ -3,6 +3,7 @@ import type {AcquireRequest, AcquireResult, ConnectionState, GrantInfo, HolderIn
 import {AutoRenewalLock} from '../../src/client/auto-renewal-lock.js'
 import {DistributedLock} from '../../src/client/distributed-lock.js'
 import {ErrorCode, NotHolderError, UnreachableError} from '../../src/client/errors.js'
+import {LeaseClock} from '../../src/client/lease-clock.js'
 
 /** A scripted lock service: the test decides whether acquires and renewals succeed. */
 class FakeBackend implements LockBackend {
@@ -14,6 +15,22 @@ class FakeBackend implements LockBackend {
   token: string | null = null
   renewCalls: number[] = []
   releases: string[] = []
+  /** Time the machine spent suspended: the wall and boot clocks counted it, the monotonic one did not. */
+  private suspendedMs = 0
+  /** Time the wall clock was stepped ahead by (NTP, `date -s`): the boot clock did not move. */
+  private wallStepMs = 0
+  readonly leaseClock = new LeaseClock({
+    monotonic: () => performance.now(),
+    wall: () => 1_700_000_000_000 + performance.now() + this.suspendedMs + this.wallStepMs,
+    boot: () => 5_000 + performance.now() + this.suspendedMs,
+  })
+  /** The machine slept for `ms` and woke up now (no timer ran meanwhile: their clock stopped too). */
+  suspend(ms: number): void {
+    this.suspendedMs += ms
+  }
+  stepWallClock(ms: number): void {
+    this.wallStepMs += ms
+  }
 
   private grant(leaseMs: number): GrantInfo {
     return {key: 'k', token: this.token!, owner: 'me', fence: this.fence, leaseMs, leaseLeftMs: leaseMs, since: Date.now()}
@@ -281,6 +298,51 @@ describe('AutoRenewalLock (fake clock, fake backend)', () => {
     expect(backend.renewCalls).toEqual([])
     await vi.advanceTimersByTimeAsync(0)
     expect(events.at(-1)).toBe('acquired:2') // reacquire is the default
+    await lock.close()
+  })
+
+  it('a suspend of the machine past the lease ends the grant on waking: isHeld and signal at once, onLost within a second', async () => {
+    const backend = new FakeBackend()
+    const events: string[] = []
+    const lock = new AutoRenewalLock('k', backend, {leaseMs: 60_000, reacquire: false, owner: 'me', onAcquired: (g) => events.push(`acquired:${g.fence}`), onLost: () => events.push('lost')})
+    await vi.advanceTimersByTimeAsync(10_000)
+    const signal = lock.signal
+    expect(lock.isHeld()).toBe(true)
+    // The monotonic clock (and every timer) stopped for the 10 minutes; the service's did not.
+    backend.suspend(10 * 60_000)
+    expect(lock.leaseRestMillis()).toBe(0)
+    expect(signal.aborted).toBe(true)
+    expect(lock.isHeld()).toBe(false)
+    expect(events).toEqual(['acquired:1', 'lost'])
+
+    // Without a read: the watchdog notices within its step, long before the monotonic deadline.
+    const second = new FakeBackend()
+    const lostAt: number[] = []
+    const watched = new AutoRenewalLock('k', second, {leaseMs: 60_000, reacquire: false, owner: 'me', onLost: () => lostAt.push(performance.now())})
+    await vi.advanceTimersByTimeAsync(10_000)
+    second.suspend(10 * 60_000)
+    const wokeAt = performance.now()
+    await vi.advanceTimersByTimeAsync(1_500)
+    expect(lostAt).toHaveLength(1)
+    expect(lostAt[0] - wokeAt).toBeLessThanOrEqual(1_000)
+    await Promise.all([lock.close(), watched.close()])
+  })
+
+  it('a wall clock stepped ahead is not a suspend: the grant stays held, and a suspend after the step still counts', async () => {
+    const backend = new FakeBackend()
+    const events: string[] = []
+    const lock = new AutoRenewalLock('k', backend, {leaseMs: 60_000, reacquire: false, owner: 'me', onLost: () => events.push('lost')})
+    await vi.advanceTimersByTimeAsync(1_000)
+    backend.stepWallClock(45 * 60_000)
+    expect(lock.isHeld()).toBe(true)
+    expect(lock.leaseRestMillis()).toBeGreaterThan(55_000)
+    await vi.advanceTimersByTimeAsync(2_000)
+    expect(events).toEqual([])
+    backend.suspend(50_000)
+    expect(lock.leaseRestMillis()).toBeLessThan(8_000)
+    expect(lock.isHeld()).toBe(true)
+    backend.suspend(10_000)
+    expect(lock.isHeld()).toBe(false)
     await lock.close()
   })
 

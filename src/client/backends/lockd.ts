@@ -19,6 +19,7 @@ import {
 import {ConnectionStateEmitter} from '../connection-state.js'
 import {LockdConnection} from './lockd-connection.js'
 import {atDeadline} from '../../util/timers.js'
+import {LeaseClock} from '../lease-clock.js'
 import {AsyncQueue, backoffDelay, sleep} from '../async.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../watch.js'
 import type {LockEvent} from '../../protocol/messages.js'
@@ -38,11 +39,17 @@ export interface LockdBackendOptions {
   label: string
   /** Opens a fresh connection (the embedded mode starts lockd here when it is not running). */
   open: () => Promise<LockdConnection>
+  /**
+   * lockd runs on this machine (a unix socket): its leases stop with this machine's monotonic
+   * clock while it is suspended, so ours need not count the suspend either (lease-clock.ts).
+   */
+  sameMachine?: boolean
 }
 
 export class LockdBackend implements LockBackend {
   readonly kind = 'lockd'
   readonly label: string
+  readonly leaseClock: LeaseClock
   private connection: LockdConnection | null = null
   private connecting: Promise<LockdConnection> | null = null
   private readonly slots = new Map<number, WaitSlot>()
@@ -55,6 +62,7 @@ export class LockdBackend implements LockBackend {
 
   constructor(private readonly options: LockdBackendOptions) {
     this.label = options.label
+    this.leaseClock = new LeaseClock(undefined, !options.sameMachine)
   }
 
   onStateChange(listener: (state: ConnectionState) => void): () => void {

@@ -4,6 +4,7 @@ import type {Etcd3, IKeyValue, IOptions, IRequestOp, Watcher} from 'etcd3'
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo, type LockInfo} from '../../../protocol/messages.js'
 import {backoffDelay, sleep} from '../../async.js'
 import {atDeadline} from '../../../util/timers.js'
+import {LeaseClock} from '../../lease-clock.js'
 import type {AcquireRequest, AcquireResult, ConnectionState, LockBackend} from '../../backend.js'
 import {AbortedError, BadInputError, ErrorCode, LockError, LockHeldError, NotHolderError, quoteKey, UnreachableError, WaitTimeoutError} from '../../errors.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
@@ -86,6 +87,7 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
 export class EtcdBackend implements LockBackend {
   readonly kind = 'etcd'
   readonly label: string
+  readonly leaseClock = new LeaseClock()
   private readonly states = new ConnectionStateEmitter()
   private suspendTimer: NodeJS.Timeout | null = null
   private closed = false
@@ -113,7 +115,7 @@ export class EtcdBackend implements LockBackend {
   ) {
     this.label = options.label
     this.watchClient = client
-    this.sessions = new SessionPool(client, (what, operation) => this.call(what, operation), this.label, options.requestTimeoutMs)
+    this.sessions = new SessionPool(client, (what, operation) => this.call(what, operation), this.label, options.requestTimeoutMs, this.leaseClock)
   }
 
   /** The client whose stream carries new watches: `client`, until a watch is cancelled on it. */
@@ -269,7 +271,7 @@ export class EtcdBackend implements LockBackend {
     // A reused session is kept alive in the same round trip as the put, unless etcd confirmed
     // it a moment ago; the grant counts from the send of whichever keepalive (or grant) etcd
     // last confirmed, so a skipped one costs the grant at most that moment of its lease.
-    const recentlyAlive = performance.now() - session.aliveFrom < Math.min(1000, leaseMs / 10)
+    const recentlyAlive = this.leaseClock.now() - session.aliveFrom < Math.min(1000, leaseMs / 10)
     const keptAlive =
       fresh || recentlyAlive
         ? Promise.resolve()

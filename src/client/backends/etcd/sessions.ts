@@ -1,6 +1,7 @@
 import type {Etcd3} from 'etcd3'
 import type {LockError} from '../../errors.js'
 import {UnreachableError} from '../../errors.js'
+import type {LeaseClock} from '../../lease-clock.js'
 import {hex} from './keys.js'
 
 /**
@@ -21,7 +22,7 @@ export interface Session {
   readonly ttlSec: number
   /** Lock names with a key (held or queued) on this lease. */
   readonly names: Set<string>
-  /** performance.now() at the send of the last grant or keepalive etcd confirmed. */
+  /** leaseClock.now() at the send of the last grant or keepalive etcd confirmed. */
   aliveFrom: number
   /** Waits that keep it alive (see keepAliveWhileWaiting). */
   waits: number
@@ -50,6 +51,8 @@ export class SessionPool {
     private readonly call: <T>(what: string, operation: () => Promise<T>) => Promise<T>,
     private readonly label: string,
     private readonly requestTimeoutMs: number,
+    /** What `aliveFrom` is counted on (the backend's, which its locks count their leases on). */
+    private readonly leaseClock: LeaseClock,
   ) {}
 
   /**
@@ -58,14 +61,14 @@ export class SessionPool {
    * alive from `aliveFrom`.
    */
   async take(name: string, ttlSec: number): Promise<{session: Session; fresh: boolean}> {
-    const now = performance.now()
+    const now = this.leaseClock.now()
     const list = this.sessions.get(ttlSec) ?? []
     const reusable = list.find((s) => !s.names.has(name) && s.aliveFrom + ttlSec * 1000 - REUSE_MARGIN_MS > now)
     if (reusable) {
       reusable.names.add(name)
       return {session: reusable, fresh: false}
     }
-    const sentAt = performance.now()
+    const sentAt = this.leaseClock.now()
     const response = await this.call('lease grant', () => this.client.leaseClient.leaseGrant({TTL: ttlSec}))
     const session: Session = {id: response.ID, hex: hex(response.ID), ttlSec, names: new Set([name]), aliveFrom: sentAt, waits: 0, keepalive: null}
     // Sessions past their lease are dropped as new ones come.
@@ -106,7 +109,7 @@ export class SessionPool {
    * gives it (0: the lease is gone). Updates the session's `aliveFrom` when it is one of ours.
    */
   async keepalive(leaseId: string): Promise<number> {
-    const sentAt = performance.now()
+    const sentAt = this.leaseClock.now()
     const ttl = await this.call('lease keepalive', async () => {
       const stream = await this.openStream()
       return new Promise<number>((resolve, reject) => {
