@@ -25,14 +25,49 @@ export async function hashPassword(password: string): Promise<string> {
 }
 
 const HASH = /^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$/
+/** The most memory one check may take (128·N·r bytes): 8× what --hash-password's take. */
+const MAX_SCRYPT_BYTES = 256 * 1024 * 1024
+const MAX_P = 16
+
+interface ParsedHash {
+  n: number
+  r: number
+  p: number
+  salt: Buffer
+  hash: Buffer
+}
+
+/**
+ * A stored hash, or what is wrong with it. The parameters come from a file an admin edits:
+ * scrypt throws on some (N not a power of two), which took lockd down at that user's next login,
+ * and an empty hash would have matched every password.
+ */
+export function parseHash(stored: string): ParsedHash | string {
+  const match = HASH.exec(stored)
+  if (!match) return 'is not NAME:HASH'
+  const [, nText, rText, pText, saltText, hashText] = match
+  const [n, r, p] = [Number(nText), Number(rText), Number(pText)]
+  if (!Number.isSafeInteger(n) || n < 2 || (n & (n - 1)) !== 0 || n > 2 ** 30) return `has scrypt N ${nText}: not a power of two from 2 to 2^30`
+  if (!Number.isSafeInteger(r) || r < 1 || !Number.isSafeInteger(p) || p < 1 || p > MAX_P) return `has scrypt r ${rText} and p ${pText}: r must be at least 1, p from 1 to ${MAX_P}`
+  if (128 * n * r > MAX_SCRYPT_BYTES) return `has scrypt N ${nText} and r ${rText}: each login would take ${Math.round((128 * n * r) / 2 ** 20)} MiB (at most ${MAX_SCRYPT_BYTES / 2 ** 20})`
+  const salt = Buffer.from(saltText, 'base64')
+  const hash = Buffer.from(hashText, 'base64')
+  if (salt.length < 8 || hash.length < 16) return 'has a salt or hash too short (cut off?)'
+  return {n, r, p, salt, hash}
+}
 
 export async function verifyPassword(password: string, stored: string): Promise<boolean> {
-  const match = HASH.exec(stored)
-  if (!match) return false
-  const [, n, r, p, salt, hash] = match
-  const expected = Buffer.from(hash, 'base64')
-  const got = await scryptAsync(password, Buffer.from(salt, 'base64'), expected.length, {N: Number(n), r: Number(r), p: Number(p), maxmem: 128 * Number(n) * Number(r) * 2})
-  return got.length === expected.length && timingSafeEqual(got, expected)
+  const parsed = parseHash(stored)
+  if (typeof parsed === 'string') return false
+  const {n, r, p, salt, hash} = parsed
+  let got: Buffer
+  try {
+    got = await scryptAsync(password, salt, hash.length, {N: n, r, p, maxmem: 128 * n * r * 2})
+  } catch {
+    // Parameters scrypt refuses after all, or no memory for them: not a match, and lockd goes on.
+    return false
+  }
+  return got.length === hash.length && timingSafeEqual(got, hash)
 }
 
 /**
@@ -57,7 +92,8 @@ export function readAuthFile(path: string): Map<string, string> {
     const colon = line.indexOf(':')
     const name = line.slice(0, colon)
     const hash = line.slice(colon + 1)
-    if (colon <= 0 || !HASH.test(hash)) throw new ServerStartError(`--auth-file: ${path} line ${index + 1} is not NAME:HASH (make HASH with lockctl server --hash-password)`)
+    const problem = colon <= 0 ? 'is not NAME:HASH' : parseHash(hash)
+    if (typeof problem === 'string') throw new ServerStartError(`--auth-file: ${path} line ${index + 1} ${problem} (make HASH with lockctl server --hash-password)`)
     // Which of two passwords counts would be the file's order, an accident: refused instead.
     if (lines.has(name)) throw new ServerStartError(`--auth-file: ${path} line ${index + 1} names ${JSON.stringify(name)} again (line ${lines.get(name)}): one line per user`)
     lines.set(name, index + 1)

@@ -275,6 +275,11 @@ describe('lockd with users', () => {
       [tmpdir(), /^lockctl: --auth-file: cannot read .*: EISDIR$/],
       [file('plain', 'alice:pw\n'), /^lockctl: --auth-file: .*plain line 1 is not NAME:HASH \(make HASH with lockctl server --hash-password\)$/],
       [file('twice', `# users\n${line}${line}`), /^lockctl: --auth-file: .*twice line 3 names "alice" again \(line 2\): one line per user$/],
+      // scrypt parameters it would throw on (lockd went down at alice's next login), would take a
+      // GiB per login, or a hash cut off to nothing (it would have matched every password).
+      [file('bad-n', line.replace('scrypt$32768$', 'scrypt$3$')), /^lockctl: --auth-file: .*bad-n line 1 has scrypt N 3: not a power of two from 2 to 2\^30 \(make HASH/],
+      [file('huge', line.replace('scrypt$32768$', `scrypt$${2 ** 30}$`)), /^lockctl: --auth-file: .*huge line 1 has scrypt N 1073741824 and r 8: each login would take 1048576 MiB \(at most 256\)/],
+      [file('cut', line.replace(/\$[^$]*$/, '$=\n')), /^lockctl: --auth-file: .*cut line 1 has a salt or hash too short \(cut off\?\)/],
       // Anyone could add a user of their own (an admin's name among them).
       [writable(file('open', line)), /^lockctl: --auth-file: every user can write .*open \(mode 666\), and so add a user of their own: chmod o-w .*open \(600 or 640\)$/],
     ] as const) {
