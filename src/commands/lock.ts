@@ -3,7 +3,8 @@ import {BaseCommand} from '../cli/base-command.js'
 import {checkKeyArg, conflictExitCodeFlag, keyArg, leaseFlag, lockMode, missingInput, ownerFlag, semaphoreLimitFlag, sharedFlag, UsageError, waitFlag} from '../cli/flags.js'
 import {grantJson, ordinal, shellQuote} from '../cli/output.js'
 import {createProgress} from '../cli/progress.js'
-import {describeHolder} from '../client/errors.js'
+import {acquireWithin} from '../client/acquire-within.js'
+import {describeHolder, formatMs} from '../client/errors.js'
 import {rememberGrant} from '../cli/session.js'
 import {OutputError} from '../cli/stdout.js'
 import {OwnGrantWaitError, ownGrantFence} from '../cli/own-grant.js'
@@ -11,7 +12,7 @@ import {OwnGrantWaitError, ownGrantFence} from '../cli/own-grant.js'
 export default class Lock extends BaseCommand {
   static summary = 'Acquire a lock and print its token.'
   static description = `The lock stays held after lockctl exits, until its lease runs out or \`lockctl unlock\` releases it with the token.
-Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 3 granted after the wait but its lease ran out first (the process was paused), 4 unreachable, 74 the token could not be written to stdout (the lock was released), 130 interrupted.`
+Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 3 granted after the wait but its lease ran out first (the process was paused), 4 unreachable (with --wait D: tried again until D ran out), 74 the token could not be written to stdout (the lock was released), 130 interrupted.`
 
   static examples = [
     'token=$(<%= config.bin %> lock deploy --lease 2m --wait 30s) || exit 1',
@@ -53,7 +54,7 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 3 g
     let grant
     const sentAt = performance.now()
     try {
-      grant = await lock.acquire({
+      grant = await acquireWithin(lock, {
         leaseMs: flags.lease,
         waitMs: flags.wait,
         signal: AbortSignal.any([this.interruptSignal, ownWait.signal]),
@@ -61,6 +62,7 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 3 g
           if (ownFence !== null && holder?.fence === ownFence) ownWait.abort()
           else progress.show(`waiting for ${key}: held by ${describeHolder(holder)}; ${ordinal(position)} in the queue`)
         },
+        onRetry: (error, delayMs) => progress.show(`waiting for ${key}: ${error.message}; trying again in ${formatMs(delayMs)}`),
       })
     } catch (error) {
       throw ownWait.signal.aborted ? new OwnGrantWaitError(key, ownFence!) : error

@@ -274,6 +274,50 @@ describe('the CLI against a lockd server', () => {
     expect(noSocket.code).toBe(4)
   })
 
+  it('lock --wait D goes on trying while lockd cannot be reached: started late, restarted mid-wait (kill -9), or down for the whole wait (exit 4 at its end)', async () => {
+    // A port nothing listens on yet.
+    const probe = createServer()
+    await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
+    const {port} = probe.address() as {port: number}
+    await new Promise((resolve) => probe.close(resolve))
+    const endpoint = `lockd://127.0.0.1:${port}`
+    const dataDir = join(tempDir(), 'data')
+
+    const late = runCli(['lock', 'k', '--wait', '20s', '--json', '--endpoints', endpoint])
+    await new Promise((resolve) => setTimeout(resolve, 700))
+    let lockd = await startLockd({port, dataDir})
+    const first = await late
+    expect(first.code, first.stderr).toBe(0)
+    const held = JSON.parse(first.stdout) as {token: string; fence: number}
+
+    // A waiter of the held lock; lockd killed under it and started again on its data.
+    const waiting = runCli(['lock', 'k', '--wait', '30s', '--json', '--endpoints', endpoint])
+    const watcher = await connect({endpoints: endpoint, owner: 'watcher'})
+    await eventually(async () => expect((await watcher.inspect('k'))?.waiters).toBe(1))
+    await watcher.close()
+    lockd.child.kill('SIGKILL')
+    await lockd.exited
+    lockd = await startLockd({port, dataDir})
+    // The first grant came back; its holder releases it, and the waiter (queued again) gets it.
+    const owner = await connect({endpoints: endpoint, owner: 'first'})
+    await eventually(async () => expect((await owner.inspect('k'))?.waiters).toBe(1))
+    await owner.release('k', held.token)
+    await owner.close()
+    const second = await waiting
+    expect(second.code, second.stderr).toBe(0)
+    expect((JSON.parse(second.stdout) as {fence: number}).fence).toBeGreaterThan(held.fence)
+    await lockd.stop()
+
+    // Down for the whole wait: it tried until the wait's end, then exit 4 with the last error.
+    const startedAt = performance.now()
+    const down = await runCli(['lock', 'other', '--wait', '1500ms', '--endpoints', endpoint])
+    expect(down.code).toBe(4)
+    expect(performance.now() - startedAt).toBeGreaterThanOrEqual(1400)
+    expect(down.stderr.trim()).toBe(`lockctl: ${endpoint}: connection refused (is lockd running?)`)
+    // With no wait it is one try, as before.
+    expect((await runCli(['lock', 'other', '--endpoints', endpoint])).code).toBe(4)
+  })
+
   it('a port where something silent listens (not lockd, or a stopped one): exit 4 saying so, within a short --timeout', async () => {
     const silent = createServer(() => {})
     await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))

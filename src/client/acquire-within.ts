@@ -1,0 +1,38 @@
+import {randomBytes} from 'node:crypto'
+import {WAIT_FOREVER, type GrantInfo} from '../protocol/messages.js'
+import {backoffDelay, sleep} from './async.js'
+import type {DistributedLock, TryLockOptions} from './distributed-lock.js'
+import {AbortedError, ErrorCode, LockError, quoteKey} from './errors.js'
+
+/** Errors that may pass while a wait lasts: the service down or restarting, or out of room for connections. */
+const PASSING: ReadonlySet<string> = new Set([ErrorCode.UNREACHABLE, ErrorCode.LIMIT])
+
+/**
+ * One acquisition whose wait (`waitMs`) bounds everything, time spent unable to reach the
+ * service included, as `hold`'s first acquisition (docs/semantics.md, "Waiting"): a lockd
+ * restarting, or refusing for its connection limit, no longer ends `lock --wait 10m` at once
+ * with exit 4. Every try carries one attempt id, so a grant made as a connection dropped is
+ * answered to the next try instead of being left held by a token nobody has. With no wait (try
+ * once) it is one try. When the wait runs out, the last answer stands: held (exit 1), or the
+ * last error (unreachable: exit 4).
+ */
+export async function acquireWithin(lock: DistributedLock, options: TryLockOptions & {onRetry?: (error: LockError, delayMs: number) => void}): Promise<GrantInfo> {
+  const waitMs = options.waitMs ?? 0
+  if (waitMs === 0) return lock.acquire(options)
+  const forever = waitMs === WAIT_FOREVER || waitMs === Number.POSITIVE_INFINITY
+  const deadline = forever ? Number.POSITIVE_INFINITY : performance.now() + waitMs
+  const attempt = options.attempt ?? randomBytes(16).toString('base64url')
+  for (let tries = 0; ; tries++) {
+    const left = deadline - performance.now()
+    try {
+      return await lock.acquire({...options, attempt, waitMs: forever ? WAIT_FOREVER : Math.max(0, Math.floor(left))})
+    } catch (error) {
+      const rest = deadline - performance.now()
+      if (!(error instanceof LockError) || !PASSING.has(error.code) || rest <= 0 || options.signal?.aborted) throw error
+      const delayMs = Math.min(backoffDelay(tries, 200, 2000), rest)
+      options.onRetry?.(error, delayMs)
+      await sleep(delayMs, options.signal)
+      if (options.signal?.aborted) throw new AbortedError(`stopped waiting for ${quoteKey(lock.key)}`)
+    }
+  }
+}
