@@ -58,8 +58,24 @@ export interface EtcdStartOptions {
   args?: string[]
 }
 
-/** Start an n-member etcd cluster on loopback ports and wait until it answers. */
+/**
+ * Start an n-member etcd cluster on loopback ports and wait until it answers. A port another
+ * test's etcd took already (another worker's range) made a member exit at once while the health
+ * check answered from the other cluster, whose end then took this one's tests down with it: a
+ * member that exited is started again on the next ports.
+ */
 export async function startEtcd(size = 1, options: EtcdStartOptions = {}): Promise<EtcdCluster> {
+  for (let tries = 1; ; tries++) {
+    const cluster = await startEtcdOnce(size, options)
+    // (The health checks block this process: let an exit that came meanwhile be seen.)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    if (cluster.members.every((m) => m.child?.exitCode === null && m.child.signalCode === null)) return cluster
+    await cluster.stop()
+    if (tries === 3) throw new Error(`etcd members exited as they started, three times (ports taken?)`)
+  }
+}
+
+async function startEtcdOnce(size: number, options: EtcdStartOptions): Promise<EtcdCluster> {
   const scheme = options.tls ? 'https' : 'http'
   const tlsArgs = options.tls ? ['--cert-file', options.tls.cert, '--key-file', options.tls.key] : []
   // (A member started with --client-cert-auth answers etcdctl only with a client certificate.)

@@ -11,7 +11,7 @@ import {eventually, runCli} from '../helpers/processes.js'
  * then created no other watch on that client. A waiter never saw its turn come (it timed out
  * while holding the lock), and `watch` stopped for good.
  */
-describeEtcd('etcd with authentication, restarted under a waiter and a watch', () => {
+describeEtcd('etcd with authentication, restarted under a waiter, a watch and a holder', () => {
   let etcd: EtcdCluster
   let endpoint: string
   const credentials = {user: 'locker', password: 'locker-secret'}
@@ -33,7 +33,7 @@ describeEtcd('etcd with authentication, restarted under a waiter and a watch', (
 
   // Three times: whether the old stream's token is refused is a race (without the fix, about half
   // the restarts showed the bug, by hand and here).
-  it.each([1, 2, 3])('restart %i: the waiter gets its turn as soon as the lock is free, and the watch goes on', {timeout: 60_000}, async (round) => {
+  it.each([1, 2, 3])('restart %i: the waiter gets its turn as soon as the lock is free, the watch goes on, and the holder hears of a forced release at once', {timeout: 60_000}, async (round) => {
     const env = {LOCKCTL_ENDPOINTS: endpoint, LOCKCTL_ETCD_USER: credentials.user, LOCKCTL_PASSWORD: credentials.password}
     const key = `auth/k${round}`
     // Two locks, each with a waiter on one client: a second watch of a client waited behind the
@@ -61,6 +61,13 @@ describeEtcd('etcd with authentication, restarted under a waiter and a watch', (
     })()
     await eventually(() => updates.some((u) => u.type === 'snapshot'))
 
+    // And it holds a lock, listening for its end: a forced release must be heard of at once
+    // (its own key's watch), not at the renewal 30 s on.
+    const losses: string[] = []
+    const heldKey = `${key}-held`
+    const holding = waiting.createAutoRenewalLock(heldKey, {leaseMs: 60_000, owner: 'waiter', onLost: (why) => losses.push(why.message)})
+    await holding.ready
+
     await etcd.restart(etcd.members[0])
     // The holders let go once etcd is back; the waiters must hear of it from their watches.
     for (const [i, each] of keys.entries()) await eventually(async () => (await runCli(['unlock', each, '--token', tokens[i]], {env})).code === 0, 20_000)
@@ -68,6 +75,11 @@ describeEtcd('etcd with authentication, restarted under a waiter and a watch', (
     // The watch made a new stream too: the grant is told, after a resync.
     await eventually(() => updates.some((u) => u.type === 'event' && u.event.type === 'acquired' && u.event.key === key && u.event.owner === 'waiter'), 20_000)
     expect(updates.some((u) => u.type === 'snapshot' && u.resync)).toBe(true)
+    const forced = await runCli(['unlock', heldKey, '--force', '--yes'], {env})
+    expect(forced.code, forced.stderr).toBe(0)
+    await eventually(() => losses.length === 1, 10_000)
+    expect(losses[0]).toMatch(/its key was deleted/)
+    await holding.close()
 
     stopWatch.abort()
     await watched

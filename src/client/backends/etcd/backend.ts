@@ -736,10 +736,17 @@ export class EtcdBackend implements LockBackend {
     const ownKey = buf(`${key}/${parsed.suffix}`)
     const deleted = 'its key was deleted (released by another client, or its etcd lease expired)'
     let stopped = false
-    let watcher: Watcher | null = null
+    const watchers = new Set<Watcher>()
     /** From the key's creation first, which a grant after a long wait may find compacted. */
     let refusals = 0
-    const watchFrom = (revision: string) => {
+    /** Each look makes the watch anew; a watch that a later look overtook is cancelled as it comes. */
+    let looks = 0
+    const dropWatchers = () => {
+      // Not awaited: a hung member never answers a cancel.
+      for (const w of watchers) void w.cancel().catch(() => {})
+      watchers.clear()
+    }
+    const watchFrom = (revision: string, look: number) => {
       this.watchClient
         .watch()
         .key(ownKey.toString('utf8'))
@@ -747,41 +754,57 @@ export class EtcdBackend implements LockBackend {
         .create()
         .then(
           (w) => {
-            watcher = w
-            if (stopped) void w.cancel().catch(() => {})
+            if (stopped || look !== looks) {
+              void w.cancel().catch(() => {})
+              return
+            }
+            watchers.add(w)
             w.on('delete', () => {
               if (!stopped) onEnded(deleted)
             })
             w.on('error', () => {
-              if (stopped) return
-              this.renewWatchClient()
-              void w.cancel().catch(() => {})
-              void lookAgain()
+              if (stopped || look !== looks) return
+              this.renewWatchClient() // if watches moved, `moved` below has looked again already
+              if (look === looks) void lookAgain()
             })
           },
           // Refused (from the key's creation, which was compacted; or a token etcd forgot):
           // again, from now, on a new client, after a pause that grows while it is refused.
           // (Renewals find out anyway, at half the lease.)
           () => {
-            if (stopped) return
+            if (stopped || look !== looks) return
             this.renewWatchClient()
-            setTimeout(() => void lookAgain(), backoffDelay(refusals++)).unref()
+            if (look === looks) setTimeout(() => void (look === looks && lookAgain()), backoffDelay(refusals++)).unref()
           },
         )
     }
     const lookAgain = async () => {
+      const look = ++looks
+      dropWatchers()
       const read = await this.call('range', () => this.client.kv.range({key: ownKey})).catch(() => null)
-      if (stopped || !read) return // unreadable now: renewals still find out
+      if (stopped || look !== looks) return
+      if (!read) {
+        // Unreadable now (renewals would find out, at half the lease): again after a pause.
+        setTimeout(() => void (look === looks && !stopped && lookAgain()), backoffDelay(refusals++)).unref()
+        return
+      }
       const kv = read.kvs[0]
       if (!kv || kv.create_revision !== parsed.revision) return onEnded(deleted)
-      watchFrom(String(BigInt(read.header.revision) + 1n))
+      watchFrom(String(BigInt(read.header.revision) + 1n), look)
     }
+    // Watches moved to a new client (one was cancelled on this one): ours, made on the old
+    // client, may wait there behind the cancelled one for ever, and a forced release would be
+    // heard of only at the next renewal. It is made again on the new client.
+    const moved = () => {
+      if (!stopped) void lookAgain()
+    }
+    this.watchClientMoved.add(moved)
     // From the key's creation on: a deletion that came before the watch was set up is replayed.
-    watchFrom(parsed.revision)
+    watchFrom(parsed.revision, looks)
     return () => {
       stopped = true
-      // Not awaited: a hung member never answers a cancel.
-      void watcher?.cancel().catch(() => {})
+      this.watchClientMoved.delete(moved)
+      dropWatchers()
     }
   }
 

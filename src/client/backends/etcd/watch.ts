@@ -65,8 +65,7 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
     if (name !== null) queue.push({kind: 'changed', name})
   }
   const watch = async (): Promise<Watcher> => {
-    const generation = generationNow()
-    const created = await source.watchPrefix(target.key !== undefined ? `${target.key}/` : target.prefix)
+    const {created, generation} = await createWatch(source, target.key !== undefined ? `${target.key}/` : target.prefix)
     watcherGeneration = generation
     created.on('put', onChange)
     created.on('delete', onChange)
@@ -136,6 +135,33 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
     offMoved?.()
     signal?.removeEventListener('abort', onAbort)
     void watcher.cancel().catch(() => {}) // not awaited: a hung member never answers it
+  }
+}
+
+/**
+ * A watch of `prefix`, and the generation of the client it was made on. If watches move to a
+ * new client while it is being made, it is made again there: asked of the old client, it may
+ * wait behind a cancelled watch for ever (the backend's renewWatchClient), and with it the whole
+ * `watch`, which resyncs only once a watch is made. The old one, if it ever comes, is cancelled.
+ */
+async function createWatch(source: WatchSource, prefix: string): Promise<{created: Watcher; generation: number}> {
+  for (;;) {
+    const generation = source.watchClientGeneration?.() ?? 0
+    let stopListening = () => {}
+    const moved = new Promise<'moved'>((resolve) => {
+      stopListening = source.onWatchClientMoved?.(() => resolve('moved')) ?? (() => {})
+    })
+    const creating = source.watchPrefix(prefix)
+    try {
+      const first = await Promise.race([creating, moved])
+      if (first !== 'moved') return {created: first, generation}
+    } finally {
+      stopListening()
+    }
+    creating.then(
+      (late) => void late.cancel().catch(() => {}),
+      () => {},
+    )
   }
 }
 
