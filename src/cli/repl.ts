@@ -179,7 +179,7 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
   }
 
   function printLocks(): void {
-    const now = performance.now()
+    const now = client.backend.leaseClock.now()
     const rows: string[] = []
     for (const lock of session.locks.values()) rows.push(describeLock(lock, now))
     for (const [key, hold] of session.holds) {

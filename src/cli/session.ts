@@ -9,7 +9,7 @@ export interface SessionLock {
   token: string
   fence: number
   leaseMs: number
-  /** Local monotonic deadline, counted from when the request was sent (as the client counts). */
+  /** Deadline on the client's lease clock, counted from when the request was sent (as the client counts). */
   deadline: number
 }
 

@@ -52,7 +52,7 @@ Exit codes: 0 acquired, 1 not acquired (held, or the wait ran out), 2 usage, 3 g
     const ownFence = ownGrantFence(key, mode.limit)
     const ownWait = new AbortController()
     let grant
-    const sentAt = performance.now()
+    const sentAt = client.backend.leaseClock.now()
     try {
       grant = await acquireWithin(lock, {
         leaseMs: flags.lease,

@@ -25,12 +25,13 @@ Exit codes: 0 renewed, 2 usage, 4 unreachable, 5 the token does not hold the loc
     )
     const token = flags.token ?? defaultToken(session?.locks.get(key)?.token)
     const client = await this.client(flags)
-    const sentAt = performance.now()
+    const leaseClock = client.backend.leaseClock
+    const sentAt = leaseClock.now()
     try {
       const grant = await client.renew(key, token, flags.lease || undefined)
       if (session?.locks.has(key)) rememberGrant(session, grant, sentAt)
       this.log(`renewed ${key}: ${formatMs(grant.leaseLeftMs)} left (fence ${grant.fence})`)
-      const {token: _token, ...json} = grantJson(grant, grant.leaseMs - (performance.now() - sentAt))
+      const {token: _token, ...json} = grantJson(grant, grant.leaseMs - (leaseClock.now() - sentAt))
       return json
     } catch (error) {
       if ((error as {code?: string}).code === 'NOT_HOLDER') session?.locks.delete(key)
