@@ -17,22 +17,22 @@ const PASSING: ReadonlySet<string> = new Set([ErrorCode.UNREACHABLE, ErrorCode.L
  * last error (unreachable: exit 4).
  */
 export async function acquireWithin(lock: DistributedLock, options: TryLockOptions & {onRetry?: (error: LockError, delayMs: number) => void}): Promise<GrantInfo> {
-  const waitMs = options.waitMs ?? 0
-  if (waitMs === 0) return lock.acquire(options)
+  const {onRetry, ...acquire} = options
+  const waitMs = acquire.waitMs ?? 0
+  if (waitMs === 0) return lock.acquire(acquire)
   const forever = waitMs === WAIT_FOREVER || waitMs === Number.POSITIVE_INFINITY
   const deadline = forever ? Number.POSITIVE_INFINITY : performance.now() + waitMs
-  const attempt = options.attempt ?? randomBytes(16).toString('base64url')
+  const attempt = acquire.attempt ?? randomBytes(16).toString('base64url')
   for (let tries = 0; ; tries++) {
-    const left = deadline - performance.now()
     try {
-      return await lock.acquire({...options, attempt, waitMs: forever ? WAIT_FOREVER : Math.max(0, Math.floor(left))})
+      return await lock.acquire({...acquire, attempt, waitMs: forever ? WAIT_FOREVER : Math.max(0, Math.floor(deadline - performance.now()))})
     } catch (error) {
-      const rest = deadline - performance.now()
-      if (!(error instanceof LockError) || !PASSING.has(error.code) || rest <= 0 || options.signal?.aborted) throw error
-      const delayMs = Math.min(backoffDelay(tries, 200, 2000), rest)
-      options.onRetry?.(error, delayMs)
-      await sleep(delayMs, options.signal)
-      if (options.signal?.aborted) throw new AbortedError(`stopped waiting for ${quoteKey(lock.key)}`)
+      const left = deadline - performance.now()
+      if (!(error instanceof LockError) || !PASSING.has(error.code) || left <= 0 || acquire.signal?.aborted) throw error
+      const delayMs = Math.min(backoffDelay(tries, 200, 2000), left)
+      onRetry?.(error, delayMs)
+      await sleep(delayMs, acquire.signal)
+      if (acquire.signal?.aborted) throw new AbortedError(`stopped waiting for ${quoteKey(lock.key)}`)
     }
   }
 }

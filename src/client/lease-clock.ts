@@ -49,17 +49,25 @@ const BOOT_STEP_MS = 10
 export class LeaseClock {
   /** Time spent suspended since this clock was made (rounded up). */
   private suspendedMs = 0
-  private wallAhead: number
-  private bootAhead: number
+  private wallAhead = 0
+  private bootAhead = 0
+  private readonly sources: LeaseClockSources
+  private readonly countsSuspends: boolean
 
   constructor(
-    private readonly sources: LeaseClockSources = systemSources,
-    /** False: the service counts on this machine's monotonic clock too (see above). */
-    private readonly countsSuspends = true,
+    options: {
+      sources?: LeaseClockSources
+      /** False: the service counts on this machine's monotonic clock too (see above). */
+      countsSuspends?: boolean
+    } = {},
   ) {
-    const monotonic = sources.monotonic()
-    this.wallAhead = sources.wall() - monotonic
-    this.bootAhead = sources.boot() - monotonic
+    this.sources = options.sources ?? systemSources
+    this.countsSuspends = options.countsSuspends ?? true
+    // (Only a clock that counts suspends reads the wall and boot clocks, here or ever.)
+    if (!this.countsSuspends) return
+    const monotonic = this.sources.monotonic()
+    this.wallAhead = this.sources.wall() - monotonic
+    this.bootAhead = this.sources.boot() - monotonic
   }
 
   /** Milliseconds, never going back, that include every suspend since this clock was made. */

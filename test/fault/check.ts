@@ -52,6 +52,12 @@ export function check(writes: ProtectedWrite[], limits: Record<string, number> =
   const byKey = new Map<string, ProtectedWrite[]>()
   for (const w of writes) byKey.set(w.key, [...(byKey.get(w.key) ?? []), w])
   const fenceOwner = new Map<number, string>()
+  /** A fence belongs to one grant (one counter on lockd, the store revision on etcd), whatever the key. */
+  const claimFence = (key: string, grant: {token: string; fence: number}) => {
+    const owner = fenceOwner.get(grant.fence)
+    if (owner !== undefined && owner !== grant.token) verdict.repeatedFences.push(`${key}: fence ${grant.fence}`)
+    fenceOwner.set(grant.fence, grant.token)
+  }
   for (const [key, list] of byKey) {
     const grants = new Map<string, {token: string; fence: number; first: bigint; last: bigint; shared: boolean}>()
     for (const w of list) {
@@ -66,11 +72,7 @@ export function check(writes: ProtectedWrite[], limits: Record<string, number> =
     verdict.grants += ordered.length
     const limit = limits[key]
     if (limit !== undefined) {
-      for (const a of ordered) {
-        const owner = fenceOwner.get(a.fence)
-        if (owner !== undefined && owner !== a.token) verdict.repeatedFences.push(`${key}: fence ${a.fence}`)
-        fenceOwner.set(a.fence, a.token)
-      }
+      for (const a of ordered) claimFence(key, a)
       // Sweep the write intervals in time: at no moment more than `limit` grants inside.
       const points = ordered.flatMap((g) => [
         {at: g.first, delta: 1, fence: g.fence},
@@ -87,9 +89,7 @@ export function check(writes: ProtectedWrite[], limits: Record<string, number> =
     if (readWrite.includes(key)) {
       for (let i = 0; i < ordered.length; i++) {
         const a = ordered[i]
-        const owner = fenceOwner.get(a.fence)
-        if (owner !== undefined && owner !== a.token) verdict.repeatedFences.push(`${key}: fence ${a.fence}`)
-        fenceOwner.set(a.fence, a.token)
+        claimFence(key, a)
         for (let j = i + 1; j < ordered.length && ordered[j].first <= a.last; j++) {
           if (a.shared && ordered[j].shared) continue
           verdict.overlaps.push(
@@ -108,9 +108,7 @@ export function check(writes: ProtectedWrite[], limits: Record<string, number> =
     }
     for (let i = 0; i < ordered.length; i++) {
       const a = ordered[i]
-      const owner = fenceOwner.get(a.fence)
-      if (owner !== undefined && owner !== a.token) verdict.repeatedFences.push(`${key}: fence ${a.fence}`)
-      fenceOwner.set(a.fence, a.token)
+      claimFence(key, a)
       if (i > 0 && a.fence <= ordered[i - 1].fence) verdict.fenceOrder.push(`${key}: fence ${a.fence} after ${ordered[i - 1].fence}`)
       for (let j = i + 1; j < ordered.length && ordered[j].first <= a.last; j++) {
         verdict.overlaps.push(`${key}: fence ${a.fence} [${a.first}..${a.last}] overlaps fence ${ordered[j].fence} from ${ordered[j].first}`)

@@ -62,20 +62,18 @@ export interface EtcdStartOptions {
  * Start an n-member etcd cluster on loopback ports and wait until it answers. A port another
  * test's etcd took already (another worker's range) made a member exit at once while the health
  * check answered from the other cluster, whose end then took this one's tests down with it: a
- * member that exited is started again on the next ports.
+ * cluster whose ports another etcd answers is started again on the next ports.
  */
 export async function startEtcd(size = 1, options: EtcdStartOptions = {}): Promise<EtcdCluster> {
   for (let tries = 1; ; tries++) {
     const cluster = await startEtcdOnce(size, options)
-    // (The health checks block this process: let an exit that came meanwhile be seen.)
-    await new Promise((resolve) => setTimeout(resolve, 100))
-    if (cluster.members.every((m) => m.child?.exitCode === null && m.child.signalCode === null)) return cluster
+    if (cluster.answersAsItself()) return cluster
     await cluster.stop()
-    if (tries === 3) throw new Error(`etcd members exited as they started, three times (ports taken?)`)
+    if (tries === 3) throw new Error('another etcd answered on the ports of a new test cluster, three times')
   }
 }
 
-async function startEtcdOnce(size: number, options: EtcdStartOptions): Promise<EtcdCluster> {
+async function startEtcdOnce(size: number, options: EtcdStartOptions): Promise<EtcdCluster & {answersAsItself(): boolean}> {
   const scheme = options.tls ? 'https' : 'http'
   const tlsArgs = options.tls ? ['--cert-file', options.tls.cert, '--key-file', options.tls.key] : []
   // (A member started with --client-cert-auth answers etcdctl only with a client certificate.)
@@ -167,5 +165,13 @@ async function startEtcdOnce(size: number, options: EtcdStartOptions): Promise<E
     const out = spawnSync('etcdctl', [...etcdctlTls, '--endpoints', members.map((m) => `${scheme}://127.0.0.1:${m.clientPort}`).join(','), 'endpoint', 'health'], {encoding: 'utf8', timeout: 5000})
     return out.status === 0
   }, 20_000)
-  return cluster
+  /** Each client port answers with this cluster's members (their peer ports), not another's. */
+  const answersAsItself = () =>
+    members.every((m) => {
+      const out = spawnSync('etcdctl', [...etcdctlTls, '--endpoints', `${scheme}://127.0.0.1:${m.clientPort}`, 'member', 'list', '-w', 'json'], {encoding: 'utf8', timeout: 5000})
+      if (out.status !== 0) return false
+      const peers = new Set((JSON.parse(out.stdout) as {members?: {peerURLs?: string[]}[]}).members?.flatMap((each) => each.peerURLs ?? []))
+      return members.every((ours) => peers.has(`http://127.0.0.1:${ours.peerPort}`))
+    })
+  return {...cluster, answersAsItself}
 }

@@ -20,9 +20,11 @@ class FakeBackend implements LockBackend {
   /** Time the wall clock was stepped ahead by (NTP, `date -s`): the boot clock did not move. */
   private wallStepMs = 0
   readonly leaseClock = new LeaseClock({
-    monotonic: () => performance.now(),
-    wall: () => 1_700_000_000_000 + performance.now() + this.suspendedMs + this.wallStepMs,
-    boot: () => 5_000 + performance.now() + this.suspendedMs,
+    sources: {
+      monotonic: () => performance.now(),
+      wall: () => 1_700_000_000_000 + performance.now() + this.suspendedMs + this.wallStepMs,
+      boot: () => 5_000 + performance.now() + this.suspendedMs,
+    },
   })
   /** The machine slept for `ms` and woke up now (no timer ran meanwhile: their clock stopped too). */
   suspend(ms: number): void {

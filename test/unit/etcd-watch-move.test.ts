@@ -15,9 +15,15 @@ function movingSource() {
   const watchers: (EventEmitter & {cancelled: boolean})[] = []
   let generation = 0
   const stuckOn = new Set<number>()
+  /** Resolves when a watch is asked of a client where it gets stuck. */
+  let askedStuck!: () => void
+  const stuckAsk = new Promise<void>((resolve) => (askedStuck = resolve))
   const source: WatchSource = {
     watchPrefix: () => {
-      if (stuckOn.has(generation)) return new Promise<Watcher>(() => {})
+      if (stuckOn.has(generation)) {
+        askedStuck()
+        return new Promise<Watcher>(() => {})
+      }
       const watcher = Object.assign(new EventEmitter(), {
         cancelled: false,
         async cancel() {
@@ -40,6 +46,7 @@ function movingSource() {
     locks,
     watchers,
     stuckOn,
+    stuckAsk,
     move() {
       generation++
       for (const listener of [...moved]) listener()
@@ -63,7 +70,7 @@ describe('etcd watchLocks when watches move to a new client', () => {
     const next = updates.next()
     expect((await next).value).toMatchObject({type: 'disconnected'})
     const resync = updates.next()
-    await new Promise((resolve) => setTimeout(resolve, 20))
+    await s.stuckAsk
     s.move()
     // (Without the move seen, it waited for ever.)
     const stuck = new Promise((resolve) => setTimeout(() => resolve({value: 'still waiting for the watch on the old client'}), 2000))

@@ -4,8 +4,8 @@ import {LeaseClock} from '../../src/client/lease-clock.js'
 /** Hand-driven clocks: `run` moves all three; `sleep` moves the wall and boot clocks only (a suspend). */
 function clocks(countsSuspends = true) {
   const at = {monotonic: 1_000, wall: 1_700_000_000_000, boot: 90_000, bootReads: 0}
-  const clock = new LeaseClock(
-    {
+  const clock = new LeaseClock({
+    sources: {
       monotonic: () => at.monotonic,
       wall: () => at.wall,
       // /proc/uptime's 10 ms steps.
@@ -15,7 +15,7 @@ function clocks(countsSuspends = true) {
       },
     },
     countsSuspends,
-  )
+  })
   return {
     at,
     clock,

@@ -62,7 +62,7 @@ export class LockdBackend implements LockBackend {
 
   constructor(private readonly options: LockdBackendOptions) {
     this.label = options.label
-    this.leaseClock = new LeaseClock(undefined, !options.sameMachine)
+    this.leaseClock = new LeaseClock({countsSuspends: !options.sameMachine})
   }
 
   onStateChange(listener: (state: ConnectionState) => void): () => void {
