@@ -13,6 +13,7 @@ import {diagnoseTls} from './diagnose.js'
 import {isLeaseGone, mapEtcdError, type EtcdErrorTypes} from './errors.js'
 import {buf, byCreateRevision, describeKey, fitsBehind, holdingKeys, lockNameOf, makeToken, modeOfKey, parseLockValue, parseToken, prefixEnd, type KeyMode, type LockValue} from './keys.js'
 import {describeLimit} from '../../../protocol/limits.js'
+import {memberPause} from './member-pause.js'
 import {SessionPool, type Session} from './sessions.js'
 import {watchLocks} from './watch.js'
 
@@ -56,13 +57,24 @@ const CLOSE_CLEANUP_MS = 3000
 const LIST_CONCURRENCY = 16
 
 export async function createEtcdBackend(options: EtcdBackendOptions): Promise<EtcdBackend> {
-  const [etcd3, {isBrokenCircuitError, ExponentialBackoff, circuitBreaker, handleWhen, ConsecutiveBreaker}] = await Promise.all([import('etcd3'), import('cockatiel')])
+  const [etcd3, {isBrokenCircuitError, ExponentialBackoff, BrokenCircuitError}] = await Promise.all([import('etcd3'), import('cockatiel')])
+  // (etcd3 types the policy as a cockatiel IPolicy; it only calls execute().)
+  type HostPolicy = ReturnType<NonNullable<NonNullable<IOptions['faultHandling']>['host']>>
+  const pausePolicy = (pauseMs: number) =>
+    memberPause({counts: (error) => etcd3.isRecoverableError(error as Error), refusal: () => new BrokenCircuitError(), failures: 3, pauseMs}) as unknown as HostPolicy
   const files = readTlsFiles(options.tls ?? {})
   const secure = options.secure || anyTlsFile(options.tls ?? {})
   const urlOf = (h: {host: string; port: number}) => `${secure ? 'https' : 'http'}://${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`
   const credentials = secure ? {rootCertificate: files.ca ?? Buffer.alloc(0), certChain: files.cert, privateKey: files.key} : undefined
   const oneEndpoint = (h: {host: string; port: number}, timeoutMs: number) =>
-    new etcd3.Etcd3({hosts: [urlOf(h)], credentials, auth: options.auth, dialTimeout: timeoutMs, defaultCallOptions: () => ({deadline: Date.now() + timeoutMs})})
+    new etcd3.Etcd3({
+      hosts: [urlOf(h)],
+      credentials,
+      auth: options.auth,
+      dialTimeout: timeoutMs,
+      defaultCallOptions: () => ({deadline: Date.now() + timeoutMs}),
+      faultHandling: {host: () => pausePolicy(MEMBER_PAUSE_MS)},
+    })
   const newClient = () =>
     new etcd3.Etcd3({
       hosts: options.hosts.map(urlOf),
@@ -77,8 +89,9 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
         watchBackoff: new ExponentialBackoff({initialDelay: 100, maxDelay: WATCH_BACKOFF_MAX_MS}) as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>,
         // A member that failed 3 calls in a row is skipped for a while: 1 s here, not etcd3's 5 s,
         // in which every call to a one-member cluster failed at once even after it came back (a
-        // give-up's delete among them: its key would stay, held by nobody, for its lease).
-        host: () => circuitBreaker(handleWhen(etcd3.isRecoverableError), {halfOpenAfter: MEMBER_PAUSE_MS, breaker: new ConsecutiveBreaker(3)}),
+        // give-up's delete among them: its key would stay, held by nobody, for its lease). And
+        // not etcd3's circuit breaker, which could hang the whole client (member-pause.ts).
+        host: () => pausePolicy(MEMBER_PAUSE_MS),
       },
     })
   return new EtcdBackend(newClient(), options, {etcd3, isBrokenCircuitError}, () => diagnoseTls(options.hosts[0], secure, files, Math.min(options.connectTimeoutMs, 2000)), oneEndpoint, newClient)
