@@ -110,30 +110,44 @@ export class SessionPool {
    */
   async keepalive(leaseId: string): Promise<number> {
     const sentAt = this.leaseClock.now()
-    const ttl = await this.call('lease keepalive', async () => {
-      const stream = await this.openStream()
-      return new Promise<number>((resolve, reject) => {
-        const entry: PendingKeepalive = {
-          resolve: (value) => {
-            clearTimeout(timer)
-            resolve(value)
-          },
-          reject: (error) => {
-            clearTimeout(timer)
-            reject(error)
-          },
-        }
-        const timer = setTimeout(() => {
-          // A member that does not answer: drop the stream, so the next keepalive asks another.
-          this.resetStream(new UnreachableError(`${this.label}: lease keepalive: no answer within ${this.requestTimeoutMs}ms`))
-        }, this.requestTimeoutMs)
-        timer.unref()
-        const queue = this.pending.get(leaseId) ?? []
-        queue.push(entry)
-        this.pending.set(leaseId, queue)
-        stream.write({ID: leaseId})
-      })
-    })
+    const ttl = await this.call(
+      'lease keepalive',
+      () =>
+        new Promise<number>((resolve, reject) => {
+          let settled = false
+          const entry: PendingKeepalive = {
+            resolve: (value) => {
+              settled = true
+              clearTimeout(timer)
+              resolve(value)
+            },
+            reject: (error) => {
+              settled = true
+              clearTimeout(timer)
+              reject(error)
+            },
+          }
+          // Counted from before the stream is open: its opening waits on etcd3 too, and a
+          // keepalive must answer within the deadline whatever etcd3 does.
+          const timer = setTimeout(() => {
+            const error = new UnreachableError(`${this.label}: lease keepalive: no answer within ${this.requestTimeoutMs}ms`)
+            // A member that does not answer: drop the stream (or its opening), so the next keepalive asks another.
+            this.resetStream(error)
+            entry.reject(error)
+          }, this.requestTimeoutMs)
+          timer.unref()
+          this.openStream().then(
+            (stream) => {
+              if (settled) return
+              const queue = this.pending.get(leaseId) ?? []
+              queue.push(entry)
+              this.pending.set(leaseId, queue)
+              stream.write({ID: leaseId})
+            },
+            (error: Error) => entry.reject(error),
+          )
+        }),
+    )
     const session = this.byId(leaseId)
     if (session) {
       if (ttl > 0) session.aliveFrom = Math.max(session.aliveFrom, sentAt)
@@ -201,8 +215,14 @@ export class SessionPool {
 
   private async openStream(): Promise<NonNullable<SessionPool['stream']>> {
     if (this.stream) return this.stream
-    this.opening ??= this.client.leaseClient.leaseKeepAlive().then(
+    if (this.opening) return this.opening
+    const opening: Promise<NonNullable<SessionPool['stream']>> = this.client.leaseClient.leaseKeepAlive().then(
       (stream) => {
+        // Given up on (resetStream) while it opened: a later opening serves.
+        if (this.opening !== opening) {
+          stream.end()
+          throw new UnreachableError(`${this.label}: the lease keepalive stream opened too late`)
+        }
         this.opening = null
         if (this.closed) {
           stream.end()
@@ -224,17 +244,19 @@ export class SessionPool {
         return stream
       },
       (error: Error) => {
-        this.opening = null
+        if (this.opening === opening) this.opening = null
         throw error
       },
     )
-    return this.opening
+    this.opening = opening
+    return opening
   }
 
-  /** Drop the stream; every keepalive waiting on it fails with `error`. */
+  /** Drop the stream, or give up on its opening; every keepalive waiting on it fails with `error`. */
   private resetStream(error: Error | LockError): void {
     const stream = this.stream
     this.stream = null
+    this.opening = null
     for (const queue of this.pending.values()) for (const entry of queue) entry.reject(error)
     this.pending.clear()
     try {
