@@ -3,6 +3,7 @@ import type {Watcher} from 'etcd3'
 import {describe, expect, it} from 'vitest'
 import {watchLocks, type WatchSource} from '../../src/client/backends/etcd/watch.js'
 import type {LockInfo} from '../../src/protocol/messages.js'
+import {UnreachableError} from '../../src/client/errors.js'
 
 /**
  * A watch source whose watches can be stuck on a client and moved to a new one, as the etcd
@@ -18,6 +19,14 @@ function movingSource() {
   /** Resolves when a watch is asked of a client where it gets stuck. */
   let askedStuck!: () => void
   const stuckAsk = new Promise<void>((resolve) => (askedStuck = resolve))
+  /** How many reads (list, inspect) are refused next, as etcd refuses them while a member comes back. */
+  const refusals = {left: 0, made: 0}
+  const refuse = () => {
+    if (refusals.left === 0) return
+    refusals.left--
+    refusals.made++
+    throw new UnreachableError('etcd://127.0.0.1:1: range: no etcd member answered (Execution prevented because the circuit breaker is open)')
+  }
   const source: WatchSource = {
     watchPrefix: () => {
       if (stuckOn.has(generation)) {
@@ -33,8 +42,14 @@ function movingSource() {
       watchers.push(watcher)
       return Promise.resolve(watcher as unknown as Watcher)
     },
-    inspect: async (key) => locks.get(key) ?? null,
-    list: async (prefix) => ({locks: [...locks.values()].filter((lock) => lock.key.startsWith(prefix))}),
+    inspect: async (key) => {
+      refuse()
+      return locks.get(key) ?? null
+    },
+    list: async (prefix) => {
+      refuse()
+      return {locks: [...locks.values()].filter((lock) => lock.key.startsWith(prefix))}
+    },
     watchClientGeneration: () => generation,
     onWatchClientMoved: (listener) => {
       moved.add(listener)
@@ -47,6 +62,7 @@ function movingSource() {
     watchers,
     stuckOn,
     stuckAsk,
+    refusals,
     move() {
       generation++
       for (const listener of [...moved]) listener()
@@ -84,5 +100,59 @@ describe('etcd watchLocks when watches move to a new client', () => {
     expect((await event).value).toMatchObject({type: 'event', event: {type: 'acquired', key: 'a/k', fence: 7}})
     await updates.return(undefined)
     expect(s.listeners()).toBe(0)
+  })
+})
+
+describe('etcd watchLocks when etcd refuses a read after an interruption', () => {
+  it('the state after a watch ended is read again until etcd answers: the watch goes on (the refusal ended it)', async () => {
+    const s = movingSource()
+    const updates = watchLocks(s.source, {prefix: 'a/'})
+    expect((await updates.next()).value).toMatchObject({type: 'snapshot', resync: false})
+
+    s.refusals.left = 2
+    s.locks.set('a/k', {key: 'a/k', holder, waiters: 0})
+    s.watchers[0].emit('error', new Error('Watcher canceled: permission denied'))
+    expect((await updates.next()).value).toMatchObject({type: 'disconnected'})
+    expect((await updates.next()).value).toMatchObject({type: 'snapshot', resync: true, locks: [{key: 'a/k', holder: {fence: 7}}]})
+    expect(s.refusals.made).toBe(2)
+
+    // And it goes on, on the watch made again.
+    s.locks.delete('a/k')
+    const event = updates.next()
+    s.watchers[1].emit('delete', {key: Buffer.from('a/k/1f'), value: Buffer.from('')})
+    expect((await event).value).toMatchObject({type: 'event', event: {type: 'released', key: 'a/k', fence: 7}})
+    await updates.return(undefined)
+  })
+
+  it('a change whose lock cannot be read is said as an interruption and a fresh state, never passed over', async () => {
+    const s = movingSource()
+    const updates = watchLocks(s.source, {prefix: 'a/'})
+    expect((await updates.next()).value).toMatchObject({type: 'snapshot', resync: false})
+
+    s.refusals.left = 2
+    s.locks.set('a/k', {key: 'a/k', holder, waiters: 0})
+    s.watchers[0].emit('put', {key: Buffer.from('a/k/1f'), value: Buffer.from('{}')})
+    expect((await updates.next()).value).toMatchObject({type: 'disconnected', reason: expect.stringMatching(/did not answer a read/)})
+    expect((await updates.next()).value).toMatchObject({type: 'snapshot', resync: true, locks: [{key: 'a/k', holder: {fence: 7}}]})
+
+    // The state it resynced from is the one the next event is told against.
+    s.locks.delete('a/k')
+    const event = updates.next()
+    s.watchers[0].emit('delete', {key: Buffer.from('a/k/1f'), value: Buffer.from('')})
+    expect((await event).value).toMatchObject({type: 'event', event: {type: 'released', key: 'a/k', fence: 7}})
+    await updates.return(undefined)
+  })
+
+  it('aborted while etcd refuses the read: the watch ends quietly', async () => {
+    const s = movingSource()
+    const abort = new AbortController()
+    const updates = watchLocks(s.source, {prefix: 'a/'}, {signal: abort.signal})
+    expect((await updates.next()).value).toMatchObject({type: 'snapshot', resync: false})
+    s.refusals.left = 1_000_000
+    s.watchers[0].emit('error', new Error('Watcher canceled: permission denied'))
+    expect((await updates.next()).value).toMatchObject({type: 'disconnected'})
+    const ended = updates.next()
+    setTimeout(() => abort.abort(), 50)
+    expect(await ended).toEqual({done: true, value: undefined})
   })
 })

@@ -1,9 +1,18 @@
 import type {IKeyValue, Watcher} from 'etcd3'
 import type {LockEvent, LockInfo} from '../../../protocol/messages.js'
 import {AsyncQueue, backoffDelay, sleep} from '../../async.js'
+import {ErrorCode, LockError} from '../../errors.js'
 import {holdersOf} from '../../holders.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
 import {lockNameOf} from './keys.js'
+
+/** The longest pause between reads of the state after an interruption. */
+const WATCH_RESYNC_BACKOFF_MAX_MS = 2000
+
+/** Etcd did not answer (or answered with an error of its own): asking again may work. */
+function isRetryable(error: unknown): boolean {
+  return error instanceof LockError && (error.code === ErrorCode.UNREACHABLE || error.code === ErrorCode.INTERNAL)
+}
 
 export interface WatchSource {
   watchPrefix(prefix: string): Promise<Watcher>
@@ -94,6 +103,21 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
     for (const lock of locks) known.set(lock.key, lock)
     return locks
   }
+  // The state after an interruption, read until etcd answers: a member just back (or the
+  // client's circuit breaker, open for a moment after failures) refused the read, and the
+  // error ended the whole watch. Only an error that waiting cannot mend (refused credentials)
+  // still ends it; null once aborted.
+  const resynced = async (): Promise<LockInfo[] | null> => {
+    for (let attempt = 0; ; attempt++) {
+      if (signal?.aborted) return null
+      try {
+        return await snapshot()
+      } catch (error) {
+        if (!isRetryable(error)) throw error
+        await sleep(backoffDelay(attempt, 100, WATCH_RESYNC_BACKOFF_MAX_MS), signal)
+      }
+    }
+  }
   try {
     yield {type: 'snapshot', locks: await snapshot(), resync: false}
     let disconnected = false
@@ -107,7 +131,11 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
         continue
       }
       if (item.kind === 'connected') {
-        if (disconnected) yield {type: 'snapshot', locks: await snapshot(), resync: true}
+        if (disconnected) {
+          const locks = await resynced()
+          if (locks === null) return
+          yield {type: 'snapshot', locks, resync: true}
+        }
         disconnected = false
         continue
       }
@@ -121,12 +149,29 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
         const next = await watchAgain(watch, signal)
         if (!next) return
         watcher = next
-        yield {type: 'snapshot', locks: await snapshot(), resync: true}
+        const locks = await resynced()
+        if (locks === null) return
+        yield {type: 'snapshot', locks, resync: true}
         disconnected = false
         continue
       }
       const before = known.get(item.name) ?? null
-      const after = await source.inspect(item.name).catch(() => before)
+      let after: LockInfo | null
+      try {
+        after = await source.inspect(item.name)
+      } catch (error) {
+        // The change happened but what it was cannot be read now: said as an interruption and
+        // a fresh state once etcd answers, never passed over in silence (the lock's events
+        // were lost, and `known` went stale).
+        if (!isRetryable(error)) throw error
+        if (!disconnected) yield {type: 'disconnected', reason: `etcd did not answer a read: ${(error as Error).message}`}
+        if (options.reconnect === false) return
+        const locks = await resynced()
+        if (locks === null) return
+        yield {type: 'snapshot', locks, resync: true}
+        disconnected = false
+        continue
+      }
       if (after) known.set(item.name, after)
       else known.delete(item.name)
       for (const event of diffLocks(item.name, before, after)) yield {type: 'event', event}
