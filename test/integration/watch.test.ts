@@ -1,4 +1,6 @@
 import {spawnSync} from 'node:child_process'
+import {once} from 'node:events'
+import {createConnection} from 'node:net'
 import {describe, expect, it} from 'vitest'
 import {type WatchUpdate} from '../../src/client/index.js'
 import {clientFactory} from '../helpers/clients.js'
@@ -128,6 +130,36 @@ describe('watching locks on lockd', () => {
     controller.abort()
     await done
     expect(updates.map(brief)).toEqual(['snapshot(r/1)', 'disconnected', 'snapshot(r/1) resync', 'acquired r/2 A w=0'])
+    await lockd.stop()
+  })
+
+  it('after a lockd restart at its connection limit: the watch keeps trying until one is free (the refusal ended it)', {timeout: 40_000}, async () => {
+    const dataDir = tempDir()
+    let lockd = await startLockd({dataDir, args: ['--max-connections', '1']})
+    const watcher = await client(lockd.endpoint, 'W')
+    const controller = new AbortController()
+    const {updates, done} = collect(watcher.watch({prefix: 'm/'}, {signal: controller.signal}))
+    let ended: unknown = null
+    void done.catch((error: unknown) => (ended = error))
+    await eventually(() => updates.length === 1)
+    lockd.child.kill('SIGKILL')
+    await lockd.exited
+    await eventually(() => updates.some((u) => u.type === 'disconnected'))
+    // Down long enough for the watch's retries to space out: the socket below takes the one
+    // connection lockd allows before the watch comes back.
+    await new Promise((resolve) => setTimeout(resolve, 2500))
+    lockd = await startLockd({dataDir, port: lockd.port, args: ['--max-connections', '1']})
+    const other = createConnection({host: '127.0.0.1', port: lockd.port})
+    await once(other, 'connect')
+    // The watch comes back meanwhile (its retries are at most 5 s apart) and is refused: lockd
+    // is at its limit.
+    await new Promise((resolve) => setTimeout(resolve, 5500))
+    expect(ended).toBe(null)
+    other.destroy()
+    await eventually(() => updates.some((u) => u.type === 'snapshot' && u.resync), 15_000)
+    controller.abort()
+    await done
+    expect(updates.map(brief)).toEqual(['snapshot()', 'disconnected', 'snapshot() resync'])
     await lockd.stop()
   })
 

@@ -320,8 +320,11 @@ export class LockdBackend implements LockBackend {
           }
           yield {type: 'snapshot', locks: response.locks, resync}
         } catch (error) {
-          // The first attempt reports an unreachable service; later ones keep trying.
-          if (!resync || options.reconnect === false || !(error instanceof UnreachableError)) throw error
+          // The first attempt reports an unreachable service; later ones keep trying, also
+          // while lockd is at its connection limit (a restarted lockd that all its clients
+          // reconnect to at once): that refusal ended the watch.
+          const passing = error instanceof UnreachableError || (error instanceof LockError && error.code === ErrorCode.LIMIT)
+          if (!resync || options.reconnect === false || !passing) throw error
           await sleep(backoffDelay(attempt++), signal)
           continue
         }
