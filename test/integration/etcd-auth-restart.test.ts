@@ -1,8 +1,11 @@
 import {spawnSync} from 'node:child_process'
+import {generateKeyPairSync} from 'node:crypto'
+import {writeFileSync} from 'node:fs'
+import {join} from 'node:path'
 import {beforeAll, expect, it} from 'vitest'
 import {connect, type WatchUpdate} from '../../src/client/index.js'
 import {describeEtcd, startEtcd, type EtcdCluster} from '../helpers/etcd.js'
-import {eventually, runCli} from '../helpers/processes.js'
+import {eventually, runCli, tempDir} from '../helpers/processes.js'
 
 /** Users on: `credentials` may read and write under `prefix`. */
 function enableAuth(etcd: EtcdCluster, credentials: {user: string; password: string}, prefix: string): void {
@@ -139,6 +142,58 @@ describeEtcd('etcd with authentication, a client idle past its token across an o
       await Promise.race([holding.unlock(), noAnswer('release')])
       const turn = await Promise.race([waiting, noAnswer('the waiter')])
       expect(turn.owner).toBe('idle')
+    } finally {
+      await client.close()
+    }
+  })
+})
+
+/**
+ * With JWT tokens (what clusters of several members use), etcd refuses every token issued
+ * before a change of its users or roles ("revision of auth store is old"), and etcd3 logs in
+ * again only for "invalid auth token": from the first `etcdctl user add` on, every call of a
+ * long-lived client failed. A holder's renewals failed until its lease ran out.
+ */
+describeEtcd('etcd with JWT tokens, its users changed under a holder, a waiter and a watch', () => {
+  let etcd: EtcdCluster
+  const credentials = {user: 'locker', password: 'locker-secret'}
+  beforeAll(async () => {
+    const dir = tempDir('lockctl-jwt-')
+    const {publicKey, privateKey} = generateKeyPairSync('rsa', {modulusLength: 2048, publicKeyEncoding: {type: 'spki', format: 'pem'}, privateKeyEncoding: {type: 'pkcs8', format: 'pem'}})
+    writeFileSync(join(dir, 'jwt.pub'), publicKey)
+    writeFileSync(join(dir, 'jwt.key'), privateKey)
+    etcd = await startEtcd(1, {args: ['--auth-token', `jwt,pub-key=${join(dir, 'jwt.pub')},priv-key=${join(dir, 'jwt.key')},sign-method=RS256,ttl=10m`]})
+    enableAuth(etcd, credentials, 'jwt/')
+  })
+
+  it('the holder keeps renewing, the waiter gets its turn, and the watch goes on', {timeout: 60_000}, async () => {
+    const client = await connect({endpoints: etcd.endpoint, credentials, owner: 'jwt', requestTimeoutMs: 2000})
+    try {
+      const losses: string[] = []
+      const holding = client.createAutoRenewalLock('jwt/held', {leaseMs: 3000, onLost: (why) => losses.push(why.message)})
+      await holding.ready
+      let queued = false
+      const waiting = client.createLock('jwt/held').acquire({leaseMs: 30_000, waitMs: 30_000, onQueued: () => (queued = true)})
+      await eventually(() => queued)
+      const updates: WatchUpdate[] = []
+      const stopWatch = new AbortController()
+      const watched = (async () => {
+        for await (const update of client.watch({prefix: 'jwt/'}, {signal: stopWatch.signal})) updates.push(update)
+      })()
+      await eventually(() => updates.some((u) => u.type === 'snapshot'))
+
+      const added = spawnSync('etcdctl', ['--endpoints', `http://127.0.0.1:${etcd.members[0].clientPort}`, '--user', 'root:root-secret', 'user', 'add', 'another:another-secret'], {encoding: 'utf8'})
+      expect(added.status, added.stderr).toBe(0)
+      // Past the lease twice over: renewals every 1.5 s.
+      await new Promise((resolve) => setTimeout(resolve, 6500))
+      expect(losses).toEqual([])
+      expect((await client.inspect('jwt/held'))?.holder?.owner).toBe('jwt')
+
+      await holding.close()
+      expect((await waiting).owner).toBe('jwt')
+      await eventually(() => updates.some((u) => u.type === 'event' && u.event.type === 'acquired' && u.event.key === 'jwt/held'), 10_000)
+      stopWatch.abort()
+      await watched
     } finally {
       await client.close()
     }

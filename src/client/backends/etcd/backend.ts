@@ -10,7 +10,7 @@ import {AbortedError, BadInputError, ErrorCode, LockError, LockHeldError, NotHol
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
 import {ConnectionStateEmitter} from '../../connection-state.js'
 import {diagnoseTls} from './diagnose.js'
-import {isLeaseGone, mapEtcdError, type EtcdErrorTypes} from './errors.js'
+import {forgetLogin, isLeaseGone, isOldAuthRevision, mapEtcdError, type EtcdErrorTypes} from './errors.js'
 import {buf, byCreateRevision, describeKey, fitsBehind, holdingKeys, lockNameOf, makeToken, modeOfKey, parseLockValue, parseToken, prefixEnd, type KeyMode, type LockValue} from './keys.js'
 import {describeLimit} from '../../../protocol/limits.js'
 import {memberPause} from './member-pause.js'
@@ -182,7 +182,15 @@ export class EtcdBackend implements LockBackend {
   private async call<T>(what: string, operation: () => Promise<T>): Promise<T> {
     const startedAt = performance.now()
     try {
-      const result = await operation()
+      const result = await operation().catch((error: Error) => {
+        if (!isOldAuthRevision(error) || !forgetLogin(this.client)) throw error
+        // etcd refuses every token issued before a change of its users or roles (with JWT
+        // tokens, which clusters of several members use): a login again serves, as etcd's Go
+        // client does. etcd3 logs in again only for "invalid auth token": without this, every
+        // call of a long-lived client failed from the first `etcdctl user add` on — a holder
+        // lost its lock at its lease's end. etcd refused before doing anything: asked again.
+        return operation()
+      })
       this.answered = true
       if (this.suspendTimer) clearTimeout(this.suspendTimer)
       this.suspendTimer = null

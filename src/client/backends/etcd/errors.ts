@@ -54,3 +54,24 @@ export function isLeaseGone(types: EtcdErrorTypes, error: unknown): boolean {
   const cause = error instanceof LockError ? error.cause : error
   return cause instanceof types.etcd3.EtcdLeaseInvalidError
 }
+
+/**
+ * etcd refused the call's token because its users or roles changed since the login (etcd's
+ * ErrAuthOldRevision). etcd3 has no type for it: it is told by etcd's error description, as
+ * etcd's own Go client tells it (rpctypes), which is etcd's contract on the wire.
+ */
+export function isOldAuthRevision(error: unknown): boolean {
+  return error instanceof Error && error.message.includes('etcdserver: revision of auth store is old')
+}
+
+/**
+ * Make `client` log in again at its next call: etcd3 does that by itself only after "invalid
+ * auth token", with a method it does not export (its connection pool's authenticator). False
+ * when an etcd3 of another shape lacks it (the call then fails as before; a test covers it).
+ */
+export function forgetLogin(client: Etcd3Module.Etcd3): boolean {
+  const authenticator = (client as unknown as {pool?: {authenticator?: {invalidateMetadata?: () => void}}}).pool?.authenticator
+  if (typeof authenticator?.invalidateMetadata !== 'function') return false
+  authenticator.invalidateMetadata()
+  return true
+}
