@@ -103,9 +103,9 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
     for (const lock of locks) known.set(lock.key, lock)
     return locks
   }
-  // The state after an interruption, read until etcd answers: a member just back (or the
-  // client's circuit breaker, open for a moment after failures) refused the read, and the
-  // error ended the whole watch. Only an error that waiting cannot mend (refused credentials)
+  // The state after an interruption, read until etcd answers: a member just back, or one the
+  // client paused after failures (member-pause.ts), refused the read, and the error ended the
+  // whole watch. Only an error that waiting cannot mend (refused credentials)
   // still ends it; null once aborted.
   const resynced = async (): Promise<LockInfo[] | null> => {
     for (let attempt = 0; ; attempt++) {
