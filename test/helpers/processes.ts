@@ -1,5 +1,5 @@
 import {spawn, type ChildProcess} from 'node:child_process'
-import {mkdtempSync, rmSync} from 'node:fs'
+import {mkdtempSync, readdirSync, readFileSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -153,5 +153,32 @@ export function sharedLockd(): {readonly lockd: LockdProcess; readonly env: Node
       if (!lockd) throw new Error('sharedLockd: used before its beforeAll ran')
       return lockd
     },
+  }
+}
+
+/**
+ * SIGSTOP `pid` and wait until every one of its threads has stopped. kill() returns before the
+ * stop takes hold: under load a stopped etcd still answered a request sent right after it (a
+ * test that needed it silent then saw a grant). Linux (/proc); elsewhere, only the signal.
+ */
+export async function pauseProcess(pid: number, timeoutMs = 5000): Promise<void> {
+  process.kill(pid, 'SIGSTOP')
+  const stopped = () => {
+    try {
+      return readdirSync(`/proc/${pid}/task`).every((thread) => /^[Tt]$/.test(threadState(pid, thread)))
+    } catch {
+      return true // no /proc, or the process is gone
+    }
+  }
+  await eventually(stopped, timeoutMs)
+}
+
+function threadState(pid: number, thread: string): string {
+  try {
+    const stat = readFileSync(`/proc/${pid}/task/${thread}/stat`, 'utf8')
+    // After the command name, which may hold spaces, in parentheses.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0]
+  } catch {
+    return 'T' // the thread ended
   }
 }

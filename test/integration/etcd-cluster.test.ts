@@ -4,7 +4,7 @@ import {spawn, spawnSync} from 'node:child_process'
 import {expect, it} from 'vitest'
 import {connect} from '../../src/client/index.js'
 import {describeEtcd, startEtcd} from '../helpers/etcd.js'
-import {eventually, runCli, tempDir} from '../helpers/processes.js'
+import {eventually, pauseProcess, runCli, tempDir} from '../helpers/processes.js'
 
 /** A child script that logs start/end with nanosecond times and runs until `done` exists. */
 function worker(log: string, name: string, done?: string): string[] {
@@ -132,7 +132,7 @@ describeEtcd('etcd: a member that stops answering', () => {
       const waiting = b.createLock('frozen').acquire({leaseMs: 60_000, waitMs: 120_000, signal: controller.signal})
       await eventually(async () => (await a.inspect('frozen'))?.waiters === 1)
       const pid = etcd.members[0].child!.pid!
-      process.kill(pid, 'SIGSTOP') // etcd hangs: the give-up's revoke gets no answer
+      await pauseProcess(pid) // etcd hangs: the give-up's revoke gets no answer
       controller.abort()
       await expect(waiting).rejects.toMatchObject({code: 'ABORTED'})
       process.kill(pid, 'SIGCONT')
@@ -157,7 +157,7 @@ describeEtcd('etcd: a member that stops answering', () => {
         const warm = impatient.createLock(`warm-${i}`) // its session (lease) exists: the put is the one call
         await warm.acquire({leaseMs: 600_000})
         await warm.unlock()
-        process.kill(pid, 'SIGSTOP')
+        await pauseProcess(pid)
         try {
           await expect(impatient.createLock(key).acquire({leaseMs: 600_000})).rejects.toMatchObject({code: 'UNREACHABLE'})
           const closed = impatient.close()

@@ -6,7 +6,7 @@ import {connect} from '../../src/client/index.js'
 import {createCodec, encodeFrame, FrameDecoder} from '../../src/protocol/framing.js'
 import {LockServer} from '../../src/server/lockd.js'
 import {clientFactory} from '../helpers/clients.js'
-import {eventually, runCli, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
+import {eventually, pauseProcess, runCli, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
 
 const client = clientFactory()
 
@@ -612,7 +612,7 @@ describe('lockd against a misbehaving peer', () => {
     ] as const) {
       const impatient = await connect({endpoints: lockd.endpoint, owner: 'impatient', requestTimeoutMs: 300})
       await impatient.info()
-      lockd.child.kill('SIGSTOP')
+      await pauseProcess(lockd.child.pid!)
       try {
         await expect(impatient.createLock(key).acquire({leaseMs: 3_600_000})).rejects.toMatchObject({code: 'UNREACHABLE'})
         // A one-shot CLI closes at once; a library client may go on using its connection.
