@@ -2,10 +2,7 @@ import {randomBytes} from 'node:crypto'
 import {WAIT_FOREVER, type GrantInfo} from '../protocol/messages.js'
 import {backoffDelay, sleep} from './async.js'
 import type {DistributedLock, TryLockOptions} from './distributed-lock.js'
-import {AbortedError, ErrorCode, LockError, quoteKey} from './errors.js'
-
-/** Errors that may pass while a wait lasts: the service down or restarting, or out of room for connections. */
-const PASSING: ReadonlySet<string> = new Set([ErrorCode.UNREACHABLE, ErrorCode.LIMIT])
+import {AbortedError, LockError, mayPass, quoteKey} from './errors.js'
 
 /**
  * One acquisition whose wait (`waitMs`) bounds everything, time spent unable to reach the
@@ -28,7 +25,7 @@ export async function acquireWithin(lock: DistributedLock, options: TryLockOptio
       return await lock.acquire({...acquire, attempt, waitMs: forever ? WAIT_FOREVER : Math.max(0, Math.floor(deadline - performance.now()))})
     } catch (error) {
       const left = deadline - performance.now()
-      if (!(error instanceof LockError) || !PASSING.has(error.code) || left <= 0 || acquire.signal?.aborted) throw error
+      if (!(error instanceof LockError) || !mayPass(error) || left <= 0 || acquire.signal?.aborted) throw error
       const delayMs = Math.min(backoffDelay(tries, 200, 2000), left)
       onRetry?.(error, delayMs)
       await sleep(delayMs, acquire.signal)

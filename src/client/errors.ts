@@ -130,6 +130,14 @@ export class ServerError extends LockError {
   }
 }
 
+/**
+ * The service is down or restarting, or out of room for connections: waiting may mend it. What
+ * a wait (`lock --wait`) and a watch's reconnection keep trying through.
+ */
+export function mayPass(error: unknown): boolean {
+  return error instanceof LockError && (error.code === ErrorCode.UNREACHABLE || error.code === ErrorCode.LIMIT)
+}
+
 export function describeHolder(holder: HolderInfo | null | undefined): string {
   if (!holder) return 'nobody'
   return `${holder.owner} (fence ${holder.fence}, ${formatMs(holder.leaseLeftMs)} left)`

@@ -8,6 +8,7 @@ import {
   LockError,
   LimitError,
   LockHeldError,
+  mayPass,
   NotPermittedError,
   NotHolderError,
   ProtocolError,
@@ -323,8 +324,7 @@ export class LockdBackend implements LockBackend {
           // The first attempt reports an unreachable service; later ones keep trying, also
           // while lockd is at its connection limit (a restarted lockd that all its clients
           // reconnect to at once): that refusal ended the watch.
-          const passing = error instanceof UnreachableError || (error instanceof LockError && error.code === ErrorCode.LIMIT)
-          if (!resync || options.reconnect === false || !passing) throw error
+          if (!resync || options.reconnect === false || !mayPass(error)) throw error
           await sleep(backoffDelay(attempt++), signal)
           continue
         }

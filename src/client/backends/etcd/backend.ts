@@ -10,7 +10,7 @@ import {AbortedError, BadInputError, ErrorCode, LockError, LockHeldError, NotHol
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
 import {ConnectionStateEmitter} from '../../connection-state.js'
 import {diagnoseTls} from './diagnose.js'
-import {forgetLogin, isLeaseGone, isOldAuthRevision, mapEtcdError, type EtcdErrorTypes} from './errors.js'
+import {forgetLogin, isLeaseGone, isOldAuthRevision, isTransient, mapEtcdError, type EtcdErrorTypes} from './errors.js'
 import {buf, byCreateRevision, describeKey, fitsBehind, holdingKeys, lockNameOf, makeToken, modeOfKey, parseLockValue, parseToken, prefixEnd, type KeyMode, type LockValue} from './keys.js'
 import {describeLimit} from '../../../protocol/limits.js'
 import {memberPause} from './member-pause.js'
@@ -60,8 +60,8 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
   const [etcd3, {isBrokenCircuitError, ExponentialBackoff, BrokenCircuitError}] = await Promise.all([import('etcd3'), import('cockatiel')])
   // (etcd3 types the policy as a cockatiel IPolicy; it only calls execute().)
   type HostPolicy = ReturnType<NonNullable<NonNullable<IOptions['faultHandling']>['host']>>
-  const pausePolicy = (pauseMs: number) =>
-    memberPause({counts: (error) => etcd3.isRecoverableError(error as Error), refusal: () => new BrokenCircuitError(), failures: 3, pauseMs}) as unknown as HostPolicy
+  const pausePolicy = () =>
+    memberPause({counts: (error) => etcd3.isRecoverableError(error as Error), refusal: () => new BrokenCircuitError(), failures: 3, pauseMs: MEMBER_PAUSE_MS}) as unknown as HostPolicy
   const files = readTlsFiles(options.tls ?? {})
   const secure = options.secure || anyTlsFile(options.tls ?? {})
   const urlOf = (h: {host: string; port: number}) => `${secure ? 'https' : 'http'}://${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`
@@ -73,7 +73,7 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
       auth: options.auth,
       dialTimeout: timeoutMs,
       defaultCallOptions: () => ({deadline: Date.now() + timeoutMs}),
-      faultHandling: {host: () => pausePolicy(MEMBER_PAUSE_MS)},
+      faultHandling: {host: pausePolicy},
     })
   const newClient = () =>
     new etcd3.Etcd3({
@@ -91,7 +91,7 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
         // in which every call to a one-member cluster failed at once even after it came back (a
         // give-up's delete among them: its key would stay, held by nobody, for its lease). And
         // not etcd3's circuit breaker, which could hang the whole client (member-pause.ts).
-        host: () => pausePolicy(MEMBER_PAUSE_MS),
+        host: pausePolicy,
       },
     })
   return new EtcdBackend(newClient(), options, {etcd3, isBrokenCircuitError}, () => diagnoseTls(options.hosts[0], secure, files, Math.min(options.connectTimeoutMs, 2000)), oneEndpoint, newClient)
@@ -389,9 +389,8 @@ export class EtcdBackend implements LockBackend {
         } catch (error) {
           // A member going away mid-wait (unreachable, or a stream reset mid-call): keep our place
           // and ask the others, until the wait's end. Refused credentials will not get better.
-          const retryable = error instanceof LockError && (error.code === ErrorCode.UNREACHABLE || error.code === ErrorCode.INTERNAL)
           if (signal?.aborted) throw new AbortedError(`stopped waiting for ${quoteKey(key)}`)
-          if (!retryable || error instanceof QueuePlaceLostError || performance.now() >= deadline) throw error
+          if (!isTransient(error) || error instanceof QueuePlaceLostError || performance.now() >= deadline) throw error
           await sleep(200, signal)
           continue
         }

@@ -1,6 +1,6 @@
 import type * as Etcd3Module from 'etcd3'
 import type {isBrokenCircuitError as IsBrokenCircuit} from 'cockatiel'
-import {BadInputError, LockError, NotPermittedError, ServerError, UnreachableError} from '../../errors.js'
+import {BadInputError, ErrorCode, LockError, NotPermittedError, ServerError, UnreachableError} from '../../errors.js'
 
 /** etcd3's and cockatiel's error types, loaded with etcd3 (lazily: never on lockd's path). */
 export interface EtcdErrorTypes {
@@ -47,6 +47,14 @@ export function mapEtcdError(types: EtcdErrorTypes, label: string, what: string,
     return new NotPermittedError(`${label}: ${what}: etcd does not permit this user that: a role with read-write on the lock's keys is needed (${detail})`, {cause: error})
   }
   return new ServerError(`${label}: ${what}: ${detail}`, {cause: error})
+}
+
+/**
+ * No member answered, or one answered with an error of its own (a stream reset mid-call): asking
+ * again, maybe of another member, may work. Refused credentials or permissions will not.
+ */
+export function isTransient(error: unknown): boolean {
+  return error instanceof LockError && (error.code === ErrorCode.UNREACHABLE || error.code === ErrorCode.INTERNAL)
 }
 
 /** The lease named in a request no longer exists (expired or revoked). */

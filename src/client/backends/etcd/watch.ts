@@ -1,18 +1,13 @@
 import type {IKeyValue, Watcher} from 'etcd3'
 import type {LockEvent, LockInfo} from '../../../protocol/messages.js'
 import {AsyncQueue, backoffDelay, sleep} from '../../async.js'
-import {ErrorCode, LockError} from '../../errors.js'
 import {holdersOf} from '../../holders.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../../watch.js'
+import {isTransient} from './errors.js'
 import {lockNameOf} from './keys.js'
 
 /** The longest pause between reads of the state after an interruption. */
 const WATCH_RESYNC_BACKOFF_MAX_MS = 2000
-
-/** Etcd did not answer (or answered with an error of its own): asking again may work. */
-function isRetryable(error: unknown): boolean {
-  return error instanceof LockError && (error.code === ErrorCode.UNREACHABLE || error.code === ErrorCode.INTERNAL)
-}
 
 export interface WatchSource {
   watchPrefix(prefix: string): Promise<Watcher>
@@ -113,7 +108,7 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
       try {
         return await snapshot()
       } catch (error) {
-        if (!isRetryable(error)) throw error
+        if (!isTransient(error)) throw error
         await sleep(backoffDelay(attempt, 100, WATCH_RESYNC_BACKOFF_MAX_MS), signal)
       }
     }
@@ -163,7 +158,7 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
         // The change happened but what it was cannot be read now: said as an interruption and
         // a fresh state once etcd answers, never passed over in silence (the lock's events
         // were lost, and `known` went stale).
-        if (!isRetryable(error)) throw error
+        if (!isTransient(error)) throw error
         if (!disconnected) yield {type: 'disconnected', reason: `etcd did not answer a read: ${(error as Error).message}`}
         if (options.reconnect === false) return
         const locks = await resynced()
