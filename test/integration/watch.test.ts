@@ -1,6 +1,6 @@
 import {spawnSync} from 'node:child_process'
 import {once} from 'node:events'
-import {createConnection} from 'node:net'
+import {createConnection, createServer, type AddressInfo, type Socket} from 'node:net'
 import {describe, expect, it} from 'vitest'
 import {type WatchUpdate} from '../../src/client/index.js'
 import {clientFactory} from '../helpers/clients.js'
@@ -16,6 +16,47 @@ function collect(stream: AsyncIterable<WatchUpdate>): {updates: WatchUpdate[]; d
     for await (const update of stream) updates.push(update)
   })()
   return {updates, done}
+}
+
+/**
+ * A loopback port that forwards to `port` while open, and refuses connections while shut (it
+ * does not listen). Counts the forwarded connections that have ended.
+ */
+async function tcpGate(port: number) {
+  let closed = 0
+  const sockets = new Set<Socket>()
+  const server = createServer((socket) => {
+    const upstream = createConnection({host: '127.0.0.1', port})
+    sockets.add(socket).add(upstream)
+    let ended = false
+    const end = () => {
+      if (!ended) closed++
+      ended = true
+      socket.destroy()
+      upstream.destroy()
+    }
+    for (const side of [socket, upstream]) side.on('close', end).on('error', end)
+    socket.pipe(upstream).pipe(socket)
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const gatePort = (server.address() as AddressInfo).port
+  return {
+    port: gatePort,
+    closed: () => closed,
+    async open() {
+      server.listen(gatePort, '127.0.0.1')
+      await once(server, 'listening')
+    },
+    async shut() {
+      if (!server.listening) return
+      const stopped = once(server, 'close')
+      server.close()
+      for (const socket of sockets) socket.destroy()
+      sockets.clear()
+      await stopped
+    },
+  }
 }
 
 const brief = (u: WatchUpdate) =>
@@ -136,30 +177,33 @@ describe('watching locks on lockd', () => {
   it('after a lockd restart at its connection limit: the watch keeps trying until one is free (the refusal ended it)', {timeout: 40_000}, async () => {
     const dataDir = tempDir()
     let lockd = await startLockd({dataDir, args: ['--max-connections', '1']})
-    const watcher = await client(lockd.endpoint, 'W')
+    // The watch reaches lockd through a gate, shut while another connection takes lockd's one:
+    // it cannot come back first, and each of its tries is seen.
+    const gate = await tcpGate(lockd.port)
+    const watcher = await client(`lockd://127.0.0.1:${gate.port}`, 'W')
     const controller = new AbortController()
     const {updates, done} = collect(watcher.watch({prefix: 'm/'}, {signal: controller.signal}))
     let ended: unknown = null
     void done.catch((error: unknown) => (ended = error))
     await eventually(() => updates.length === 1)
+    await gate.shut()
     lockd.child.kill('SIGKILL')
     await lockd.exited
     await eventually(() => updates.some((u) => u.type === 'disconnected'))
-    // Down long enough for the watch's retries to space out: the socket below takes the one
-    // connection lockd allows before the watch comes back.
-    await new Promise((resolve) => setTimeout(resolve, 2500))
     lockd = await startLockd({dataDir, port: lockd.port, args: ['--max-connections', '1']})
     const other = createConnection({host: '127.0.0.1', port: lockd.port})
     await once(other, 'connect')
-    // The watch comes back meanwhile (its retries are at most 5 s apart) and is refused: lockd
-    // is at its limit.
-    await new Promise((resolve) => setTimeout(resolve, 5500))
+    const before = gate.closed()
+    await gate.open()
+    // Refused (lockd is at its limit), and tried again: before, the refusal ended the watch.
+    await eventually(() => gate.closed() >= before + 2 || ended !== null, 20_000)
     expect(ended).toBe(null)
     other.destroy()
     await eventually(() => updates.some((u) => u.type === 'snapshot' && u.resync), 15_000)
     controller.abort()
     await done
     expect(updates.map(brief)).toEqual(['snapshot()', 'disconnected', 'snapshot() resync'])
+    await gate.shut()
     await lockd.stop()
   })
 
