@@ -170,7 +170,8 @@ describeEtcd('etcd with JWT tokens, its users changed under a holder, a waiter a
     const client = await connect({endpoints: etcd.endpoint, credentials, owner: 'jwt', requestTimeoutMs: 2000})
     try {
       const losses: string[] = []
-      const holding = client.createAutoRenewalLock('jwt/held', {leaseMs: 3000, onLost: (why) => losses.push(why.message)})
+      const retries: string[] = []
+      const holding = client.createAutoRenewalLock('jwt/held', {leaseMs: 3000, onLost: (why) => losses.push(why.message), onRetry: (error) => retries.push(error.message)})
       await holding.ready
       let queued = false
       const waiting = client.createLock('jwt/held').acquire({leaseMs: 30_000, waitMs: 30_000, onQueued: () => (queued = true)})
@@ -184,8 +185,9 @@ describeEtcd('etcd with JWT tokens, its users changed under a holder, a waiter a
 
       const added = spawnSync('etcdctl', ['--endpoints', `http://127.0.0.1:${etcd.members[0].clientPort}`, '--user', 'root:root-secret', 'user', 'add', 'another:another-secret'], {encoding: 'utf8'})
       expect(added.status, added.stderr).toBe(0)
-      // Past the lease twice over: renewals every 1.5 s.
+      // Past the lease twice over (renewals every 1.5 s): not one renewal failed.
       await new Promise((resolve) => setTimeout(resolve, 6500))
+      expect(retries).toEqual([])
       expect(losses).toEqual([])
       expect((await client.inspect('jwt/held'))?.holder?.owner).toBe('jwt')
 

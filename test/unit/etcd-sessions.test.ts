@@ -1,6 +1,6 @@
 import {EventEmitter} from 'node:events'
 import type {Etcd3} from 'etcd3'
-import {describe, expect, it} from 'vitest'
+import {describe, expect, it, vi} from 'vitest'
 import {SessionPool} from '../../src/client/backends/etcd/sessions.js'
 import {LeaseClock} from '../../src/client/lease-clock.js'
 
@@ -33,8 +33,7 @@ describe('etcd SessionPool keepalives', () => {
     expect(openings).toHaveLength(1)
 
     const next = pool.keepalive('1')
-    await new Promise((resolve) => setTimeout(resolve, 10))
-    expect(openings).toHaveLength(2) // (before: it waited on the first opening, for ever)
+    await vi.waitFor(() => expect(openings).toHaveLength(2)) // (before: it waited on the first opening, for ever)
     const fresh = answeringStream()
     openings[1](fresh)
     await expect(next).resolves.toBe(10)
@@ -42,8 +41,7 @@ describe('etcd SessionPool keepalives', () => {
     // The first opening, if it ever ends, is closed: the stream in use stays.
     const late = answeringStream()
     openings[0](late)
-    await new Promise((resolve) => setTimeout(resolve, 10))
-    expect(late.ended).toBe(true)
+    await vi.waitFor(() => expect(late.ended).toBe(true))
     await expect(pool.keepalive('1')).resolves.toBe(10)
     expect(openings).toHaveLength(2)
     await pool.close()
