@@ -136,8 +136,8 @@ describeEtcd('etcd: a member that stops answering', () => {
       controller.abort()
       await expect(waiting).rejects.toMatchObject({code: 'ABORTED'})
       process.kill(pid, 'SIGCONT')
-      // Gone long before its 60 s lease would have run out (the client's circuit breaker may
-      // hold calls back for a few seconds after the failures).
+      // Gone long before its 60 s lease would have run out (the client pauses the member for a
+      // second after the failures: member-pause.ts).
       await eventually(async () => (await a.inspect('frozen'))?.waiters === 0, 20_000)
       await holder.unlock()
     } finally {
