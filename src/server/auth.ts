@@ -116,11 +116,16 @@ export class PasswordCheck {
   }
 
   /**
-   * Read the file again (SIGHUP); on a bad file the old users stay, and the error is thrown.
-   * Returns the users now in force, and those removed or given a new password since.
+   * The file read again (SIGHUP), not yet in force: a bad file throws and nothing changes. The
+   * server reads every file of a reload before it puts any in force (`replace`), so a reload
+   * is taken whole or not at all.
    */
-  reload(): {users: number; revoked: Set<string>} {
-    const users = readAuthFile(this.path)
+  readAgain(): Map<string, string> {
+    return readAuthFile(this.path)
+  }
+
+  /** Put users read by `readAgain` in force. Returns how many, and those removed or given a new password since. */
+  replace(users: Map<string, string>): {users: number; revoked: Set<string>} {
     const revoked = new Set([...this.users].filter(([name, hash]) => users.get(name) !== hash).map(([name]) => name))
     this.users = users
     this.verified.clear()

@@ -313,32 +313,38 @@ export class LockServer {
   }
 
   /**
-   * SIGHUP: read the auth file and the TLS files again. A file that cannot be read leaves the
-   * old one in force; what happened is said in one line.
+   * SIGHUP: read the auth file and the TLS files again. All or nothing: every file is read and
+   * checked before any is put in force, so one that cannot be read leaves the whole previous
+   * configuration in force (as the line says), not new users beside old certificates.
    */
   reload(): void {
+    let users: Map<string, string> | undefined
+    let tls: SecureContextOptions | undefined
     try {
-      if (this.passwords) {
-        const {users, revoked} = this.passwords.reload()
-        // A removed user, or one whose password changed, keeps no connection opened with the
-        // old password: an SRE who takes someone's access away means now, not at their next
-        // connect. Their grants stay until their leases end, as after any disconnect.
-        let closed = 0
-        for (const conn of [...this.connections.values()]) {
-          if (conn.user === null || !revoked.has(conn.user)) continue
-          this.fail(conn, ErrorCode.NOT_PERMITTED, `user ${JSON.stringify(conn.user)} was removed from the auth file or given a new password: connect again with valid credentials`)
-          closed++
-        }
-        this.say(`lockd: reloaded ${this.options.authFile}: ${users} user(s)${closed ? `; closed ${closed} connection(s) of removed or changed users` : ''}`)
-      }
-      if (this.options.tls) {
-        this.listeners.setSecureContext(this.secureContext())
-        this.say(`lockd: reloaded the TLS certificate and key`)
-      }
-      this.warnOfOpenSecrets()
+      users = this.passwords?.readAgain()
+      tls = this.options.tls ? this.secureContext() : undefined
     } catch (error) {
       this.say(`lockd: reload failed, keeping the previous configuration: ${(error as Error).message}`)
+      return
     }
+    if (this.passwords && users) {
+      const {users: count, revoked} = this.passwords.replace(users)
+      // A removed user, or one whose password changed, keeps no connection opened with the
+      // old password: an SRE who takes someone's access away means now, not at their next
+      // connect. Their grants stay until their leases end, as after any disconnect.
+      let closed = 0
+      for (const conn of [...this.connections.values()]) {
+        if (conn.user === null || !revoked.has(conn.user)) continue
+        this.fail(conn, ErrorCode.NOT_PERMITTED, `user ${JSON.stringify(conn.user)} was removed from the auth file or given a new password: connect again with valid credentials`)
+        closed++
+      }
+      this.say(`lockd: reloaded ${this.options.authFile}: ${count} user(s)${closed ? `; closed ${closed} connection(s) of removed or changed users` : ''}`)
+    }
+    if (tls) {
+      this.listeners.setSecureContext(tls)
+      this.say(`lockd: reloaded the TLS certificate and key`)
+    }
+    this.warnOfOpenSecrets()
   }
 
   info(): ServerInfo {

@@ -141,16 +141,31 @@ describe('lockd over TLS', () => {
       expect(oneLine(result)).toMatch(new RegExp(message))
     }
     // A key replaced by one that does not match: the reload is refused, the old pair serves on.
+    // The same reload's new user is refused with it: a reload is taken whole or not at all (it
+    // put the users in force, then said "keeping the previous configuration").
     const dir = tempDir()
-    const [cert, key] = [join(dir, 'cert.pem'), join(dir, 'key.pem')]
+    const [cert, key, users] = [join(dir, 'cert.pem'), join(dir, 'key.pem'), join(dir, 'users')]
     writeFileSync(cert, readFileSync(certs.cert))
     writeFileSync(key, readFileSync(certs.key))
-    const lockd = await startLockd({args: ['--tls-cert', cert, '--tls-key', key]})
+    writeFileSync(users, `bob:${hash('bob-secret')}\n`, {mode: 0o600})
+    const lockd = await startLockd({args: ['--tls-cert', cert, '--tls-key', key, '--auth-file', users]})
+    const as = (user: string) => ['--endpoints', `lockds://127.0.0.1:${lockd.port}`, '--cacert', certs.ca, '--user', user]
     writeFileSync(key, readFileSync(certs.aliceKey))
+    writeFileSync(users, `bob:${hash('bob-secret')}\ncarol:${hash('carol-secret')}\n`)
     lockd.child.kill('SIGHUP')
     await eventually(() => expect(lockd.stderr()).toMatch(/reload failed, keeping the previous configuration: --tls-key .* is not the private key of --tls-cert/))
-    const still = await runCli(['lock', 'tls/reload', '--endpoints', `lockds://127.0.0.1:${lockd.port}`, '--cacert', certs.ca])
+    expect(lockd.stderr()).not.toMatch(/reloaded/)
+    const still = await runCli(['lock', 'tls/reload', ...as('bob')], {env: {LOCKCTL_PASSWORD: 'bob-secret'}})
     expect(still.code, still.stderr).toBe(0)
+    const carolEarly = await runCli(['lock', 'tls/carol', ...as('carol')], {env: {LOCKCTL_PASSWORD: 'carol-secret'}})
+    expect(carolEarly.code, carolEarly.stderr).toBe(6)
+    // The key mended: the next SIGHUP takes both.
+    writeFileSync(key, readFileSync(certs.key))
+    lockd.child.kill('SIGHUP')
+    await eventually(() => expect(lockd.stderr()).toMatch(/reloaded the TLS certificate and key/))
+    expect(lockd.stderr()).toMatch(/reloaded .*users: 2 user\(s\)/)
+    const carol = await runCli(['lock', 'tls/carol', ...as('carol')], {env: {LOCKCTL_PASSWORD: 'carol-secret'}})
+    expect(carol.code, carol.stderr).toBe(0)
     await lockd.stop()
   })
 
