@@ -50,10 +50,22 @@ const VALIDATORS: {[O in Op]: (request: RequestOf<O>) => string | null} = {
   ping: () => null,
 }
 
+/**
+ * Is this an operation lockd has? Asked of the table's own keys: `hasOwnProperty` or
+ * `constructor` as an op found Object.prototype's functions (an INTERNAL answer, or the request
+ * itself as the message), and a metric label per op name sent would grow without bound.
+ */
+export function isOp(op: unknown): op is Op {
+  return typeof op === 'string' && Object.hasOwn(VALIDATORS, op)
+}
+
+/** An op that is not one, for the refusal (JSON.stringify throws on a BigInt, which msgpack's int64 decodes to). */
+const describeOp = (op: unknown): string => (typeof op === 'string' ? JSON.stringify(op.slice(0, 64)) : `of type ${op === null ? 'null' : typeof op}`)
+
 /** Run one request against the table; the answer, never an exception for bad input. */
 export function handleRequest(ctx: HandlerContext, conn: Connection, request: Request): Answer {
-  const validate = VALIDATORS[request.op] as ((r: RequestOf<Op>) => string | null) | undefined
-  if (!validate) return {code: ErrorCode.BAD_INPUT, msg: `unknown operation ${JSON.stringify((request as {op: unknown}).op)}`}
+  if (!isOp(request.op)) return {code: ErrorCode.BAD_INPUT, msg: `unknown operation ${describeOp((request as {op: unknown}).op)}`}
+  const validate = VALIDATORS[request.op] as (r: RequestOf<Op>) => string | null
   const problem = validate(request)
   if (problem) return {code: ErrorCode.BAD_INPUT, msg: problem}
   return answer(ctx, conn, request)

@@ -11,7 +11,7 @@ import {connectionLimits, descriptorUse, FILES_RESERVE, METRICS_CONNECTIONS, typ
 import {DurableLog} from './durable-log.js'
 import {openTo} from '../util/fs.js'
 import {makeDirectoriesOrStartError, ServerStartError, unreadableAsStartError} from './errors.js'
-import {handleRequest, type HandlerContext} from './handlers.js'
+import {handleRequest, isOp, type HandlerContext} from './handlers.js'
 import {greet} from './handshake.js'
 import {claimDataDir, Listeners, listenError} from './listeners.js'
 import {LockTable, restoredHolders, systemClock, type Clock, type TableEvent} from './lock-table.js'
@@ -423,7 +423,7 @@ export class LockServer {
     }
     for (const message of messages) {
       if (conn.socket.destroyed) break
-      this.handleMessage(conn, message)
+      this.handleSafely(conn, message)
     }
     this.endBatch()
   }
@@ -452,10 +452,24 @@ export class LockServer {
       conn.held = null
       for (const message of held) {
         if (conn.socket.destroyed) break
-        this.handleMessage(conn, message)
+        this.handleSafely(conn, message)
       }
       this.endBatch()
     })
+  }
+
+  /**
+   * One message, and no exception out of it: a peer's message that found a bug (a hello whose
+   * `v` was a map with a `toString` key threw in a template string) costs that connection, said
+   * in one line, never lockd and everyone else's locks (it was an uncaught exception).
+   */
+  private handleSafely(conn: Connection, message: unknown): void {
+    try {
+      this.handleMessage(conn, message)
+    } catch (error) {
+      this.say(`lockd: internal error on a message from a connection (a bug: please report it): ${(error as Error).message}; closed that connection`)
+      this.fail(conn, ErrorCode.INTERNAL, "lockd could not handle this message (an internal error: it is in lockd's log); connect again")
+    }
   }
 
   /** One message from a peer: the hello, then requests (docs/protocol.md). */
@@ -502,7 +516,7 @@ export class LockServer {
     // same batch then sees them in its snapshot, not twice.
     this.outbox.sendAll(this.subscriptions.messagesFor(this.drainEvents()))
     const metrics = this.metrics
-    const op = typeof m.op === 'string' ? m.op : 'unknown'
+    const op = isOp(m.op) ? m.op : 'unknown'
     this.outbox.sendResponse(conn, m.id, answer, metrics ? () => metrics.observeRequest(op, (performance.now() - receivedAt) / 1000) : undefined)
   }
 
