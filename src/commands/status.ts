@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import {checkKeyArg, keyArg, tokenFlag, UsageError} from '../cli/flags.js'
-import {age, formatMs, holderJson, holdersOf, lockJson, modeOf} from '../cli/output.js'
+import {age, formatMs, holderJson, holdersOf, lockJson, modeOf, printable} from '../cli/output.js'
 import type {LockInfo} from '../client/backend.js'
 import type {LockClient} from '../client/lock-client.js'
 import type {WatchTarget} from '../client/watch.js'
@@ -106,8 +106,9 @@ export default class Status extends BaseCommand {
     // A row per holder (a semaphore's or shared lock's several).
     const rows = locks.flatMap((lock) => {
       const holders = holdersOf(lock)
-      if (holders.length === 0) return [[lock.key, '(free)', '', '', String(lock.waiters), '', '']]
-      return holders.map((holder) => [lock.key, holder.owner, String(holder.fence), formatMs(holder.leaseLeftMs), String(lock.waiters), age(holder.since), modeOf(lock, holder)])
+      const key = printable(lock.key)
+      if (holders.length === 0) return [[key, '(free)', '', '', String(lock.waiters), '', '']]
+      return holders.map((holder) => [key, printable(holder.owner), String(holder.fence), formatMs(holder.leaseLeftMs), String(lock.waiters), age(holder.since), modeOf(lock, holder)])
     })
     const more = total > locks.length ? `… and ${total - locks.length} more (--limit)` : null
     if (!process.stdout.isTTY) {

@@ -1,6 +1,7 @@
 import {Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import {checkKeyArg, keyArg, UsageError} from '../cli/flags.js'
+import {printable} from '../cli/output.js'
 import type {LockInfo} from '../client/backend.js'
 import type {LockEvent} from '../client/watch.js'
 
@@ -30,8 +31,8 @@ Exit codes: 0 after Ctrl-C or once its reader is gone (watch | head), 4 if the l
         return
       }
       const parts = [time, event.padEnd(12)]
-      if (fields.key !== undefined) parts.push(fields.key)
-      if (fields.holder !== undefined) parts.push(`holder=${fields.holder ?? '-'}`)
+      if (fields.key !== undefined) parts.push(printable(fields.key))
+      if (fields.holder !== undefined) parts.push(`holder=${fields.holder === null ? '-' : printable(fields.holder)}`)
       if (fields.fence !== undefined) parts.push(`fence=${fields.fence ?? '-'}`)
       if (fields.waiters !== undefined) parts.push(`waiters=${fields.waiters ?? 0}`)
       if (fields.reason) parts.push(`(${fields.reason})`)

@@ -323,3 +323,43 @@ describeEtcd('etcd: a cluster that lost its quorum', () => {
     )
   })
 })
+
+describeEtcd('etcd: keys other programs wrote', () => {
+  it('a value that is not what lockctl writes (null, wrong types) and a key with escape sequences: status, lock and watch go on, and a terminal gets no escape', async () => {
+    const etcd = await startEtcd(1)
+    const endpoint = `127.0.0.1:${etcd.members[0].clientPort}`
+    const env = {LOCKCTL_ENDPOINTS: etcd.endpoint}
+    const etcdctl = (...args: string[]) => {
+      const result = spawnSync('etcdctl', ['--endpoints', endpoint, ...args], {encoding: 'utf8', env: {...process.env, ETCDCTL_API: '3'}})
+      if (result.status !== 0) throw new Error(`etcdctl ${args.join(' ')}: ${result.stderr}`)
+      return result.stdout
+    }
+    const lease = /lease ([0-9a-f]+) granted/.exec(etcdctl('lease', 'grant', '60'))![1]
+    // Before: `null` failed every status, lock and watch of the name with a stack trace (exit
+    // 70); an owner that was not a string, or a `since` past any date, failed status.
+    for (const value of ['null', '{"owner":{"a":1},"leaseMs":"x","since":"y"}', '{"owner":123,"since":1e400,"limit":"2"}']) {
+      etcdctl('put', `--lease=${lease}`, `foreign/${lease}`, value)
+      for (const args of [['status'], ['status', 'foreign', '--json'], ['lock', 'foreign', '--wait', '500ms']]) {
+        const result = await runCli(args, {env})
+        expect(result.stderr, `${value}: ${args.join(' ')}`).not.toMatch(/unexpected error|\n\s+at /)
+        expect(result.code, `${value}: ${args.join(' ')}: ${result.stderr}`).toBe(args[0] === 'lock' ? 1 : 0)
+      }
+      const status = JSON.parse((await runCli(['status', 'foreign', '--json'], {env})).stdout)
+      expect(status.holder.owner).toBe(`etcd lease ${lease}`)
+    }
+    etcdctl('del', '--prefix', 'foreign/')
+    etcdctl('put', `--lease=${lease}`, `ev\u001b[2Jil/${lease}`, '{"owner":"o\\u001b[31mx"}')
+    const table = await runCli(['status'], {env})
+    expect(table.code, table.stderr).toBe(0)
+    expect(table.stdout.includes('\u001b')).toBe(false)
+    expect(table.stdout).toContain('ev\\u001b[2Jil')
+    const watch = runCli(['watch', '--prefix', 'ev'], {env, timeoutMs: 20_000})
+    let watched = ''
+    watch.child.stdout!.on('data', (chunk) => (watched += chunk))
+    await eventually(() => watched.includes('state'))
+    watch.child.kill('SIGINT')
+    await watch
+    expect(watched.includes('\u001b')).toBe(false)
+    expect(watched).toContain('ev\\u001b[2Jil')
+  }, 60_000)
+})

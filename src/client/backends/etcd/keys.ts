@@ -1,5 +1,6 @@
 import type {IKeyValue} from 'etcd3'
 import type {HolderInfo} from '../../../protocol/messages.js'
+import {leaseProblem, MAX_LIMIT, ownerProblem} from '../../../protocol/validate.js'
 import {NotHolderError, quoteKey} from '../../errors.js'
 
 /**
@@ -103,13 +104,33 @@ export function lockNameOf(waiterKey: string): string | null {
   return waiterKey.slice(0, slash)
 }
 
+/**
+ * What a key's value says, each field taken only when it is what lockctl writes. Anyone with
+ * write access to etcd can put anything there (etcdctl, another program, a damaged value): a
+ * value of `null` made every `status`, `lock` and `watch` of the name fail with a stack trace
+ * (exit 70), and an owner that was not a string, or a `since` past any date, made `status` fail.
+ * An owner with control characters (a terminal's escape sequences) is not shown either.
+ */
 export function parseLockValue(kv: IKeyValue): LockValue {
+  let parsed: unknown
   try {
-    return kv.value.length ? (JSON.parse(kv.value.toString('utf8')) as LockValue) : {}
+    parsed = kv.value.length ? JSON.parse(kv.value.toString('utf8')) : {}
   } catch {
     return {}
   }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return {}
+  const raw = parsed as Record<string, unknown>
+  const value: LockValue = {}
+  if (ownerProblem(raw.owner) === null) value.owner = raw.owner as string
+  if (leaseProblem(raw.leaseMs) === null) value.leaseMs = raw.leaseMs as number
+  if (typeof raw.since === 'number' && Number.isSafeInteger(raw.since) && raw.since >= 0 && raw.since <= MAX_DATE_MS) value.since = raw.since
+  if (typeof raw.limit === 'number' && Number.isSafeInteger(raw.limit) && raw.limit >= 1 && raw.limit <= MAX_LIMIT) value.limit = raw.limit
+  if (raw.shared === true) value.shared = true
+  return value
 }
+
+/** The last millisecond a Date can show (ECMAScript's time range). */
+const MAX_DATE_MS = 8.64e15
 
 /** What a waiter key's value says about its owner (lease left is not in it). */
 export function describeKey(kv: IKeyValue): Omit<HolderInfo, 'leaseLeftMs'> {
