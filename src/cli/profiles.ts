@@ -53,7 +53,8 @@ export function loadProfile(name: string | undefined, file = configFile()): Prof
   const config = parsed as {profiles?: Record<string, unknown>; defaultProfile?: string}
   const chosen = name ?? config.defaultProfile
   if (!chosen) return undefined
-  const profile = config.profiles?.[chosen]
+  // (The file's own names only: `toString` is not a profile because every object has one.)
+  const profile = config.profiles && Object.hasOwn(config.profiles, chosen) ? config.profiles[chosen] : undefined
   if (profile !== undefined && !isObject(profile))
     throw new UsageError(`profile ${JSON.stringify(chosen)} in ${file} must be an object (endpoints, cacert, cert, key, user), not ${JSON.stringify(profile)}`)
   if (!profile) {

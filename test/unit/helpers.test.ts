@@ -89,6 +89,8 @@ describe('profiles', () => {
     expect(() => loadProfile(undefined, file('{"profiles": {"a": {"endpoint": "x"}}, "defaultProfile": "a"}'))).toThrow(/"endpoint" is not a profile field \(known: endpoints, cacert/)
     expect(() => loadProfile(undefined, file('{"profiles": {"a": {"endpoints": 42}}, "defaultProfile": "a"}'))).toThrow(/"endpoints" must be a string, not 42/)
     expect(() => loadProfile(undefined, file('{"profiles": {"a": {"password": "x"}}, "defaultProfile": "a"}'))).toThrow(/a password never goes in the file/)
+    // A name every object has is not a profile of the file (it said "must be an object, not undefined").
+    expect(() => loadProfile('toString', file('{"profiles": {"a": {"endpoints": "lockd://h:1"}}}'))).toThrow(/profile "toString" is not in .* \(known: a\)/)
     expect(loadProfile(undefined, join(tmpdir(), 'no-such-dir-lockctl', 'config.json'))).toBeUndefined()
   })
 })
