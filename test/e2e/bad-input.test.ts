@@ -88,6 +88,8 @@ describe('bad input, in-process', () => {
     [['status', '--token', 'abcdefghijkl'], /--token needs KEY/],
     [['lokc', 'k'], /^lockctl: unknown command "lokc"; did you mean lock\?$/m],
     [['z'.repeat(5000)], /^lockctl: unknown command "z{40}…"; commands: /m],
+    [['help', 'lokc'], /^lockctl: unknown command "lokc"; did you mean lock\?$/m],
+    [['help', 'constructor'], /^lockctl: unknown command "constructor"; commands: /m],
     [['lock', 'k', '--nope'], /Nonexistent flag: --nope/],
     [['server', '--listen', 'nope'], /--listen: "nope" is not HOST:PORT/],
     [['lock'], /^lockctl: missing KEY \(see --help\)$/m],
