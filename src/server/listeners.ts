@@ -1,5 +1,5 @@
 import {createHash} from 'node:crypto'
-import {chmodSync, existsSync, realpathSync, statSync, unlinkSync} from 'node:fs'
+import {chmodSync, lstatSync, realpathSync, statSync, unlinkSync, type Stats} from 'node:fs'
 import {createConnection, createServer, type Server, type Socket} from 'node:net'
 import {createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer} from 'node:tls'
 import {dirname} from 'node:path'
@@ -81,9 +81,19 @@ export class Listeners {
     // Its directories as any (0700): under the socket's umask below they came out 0600, which
     // their owner cannot enter unless root, and the socket could then not be made in them.
     makeDirectoriesOrStartError(`--socket ${path}`, dirname(path))
-    if (existsSync(path)) {
+    // Only a socket nobody answers on is taken over. Anything else there is refused: lockd
+    // removed whatever it found (`--socket /etc/hosts` deleted the file), and a directory failed
+    // with a stack trace.
+    const there = lstatOrNull(path)
+    if (there) {
+      if (!there.isSocket())
+        throw new ServerStartError(`--socket ${path}: ${kindOf(there)} is there, not a socket; lockd replaces only a socket no server answers on: choose another path, or move it away`)
       if (await answers(path)) throw new AlreadyRunningError(`another server is listening on ${path}`)
-      unlinkSync(path)
+      try {
+        unlinkSync(path)
+      } catch (error) {
+        throw new ServerStartError(`--socket ${path}: cannot remove the stale socket: ${(error as Error).message}`)
+      }
     }
     // Permission bits at creation: no moment in which the socket is more open than asked.
     const umask = process.umask(0o777 & ~(options.mode ?? 0o600))
@@ -174,6 +184,22 @@ export function listenError(what: string, error: NodeJS.ErrnoException): ServerS
   const {code} = error
   const why = code === 'EADDRINUSE' ? 'address already in use' : code === 'EACCES' ? 'permission denied' : code === 'EADDRNOTAVAIL' ? 'no such local address' : error.message
   return new ServerStartError(`${what}: ${why}${code ? ` (${code})` : ''}`)
+}
+
+function lstatOrNull(path: string): Stats | null {
+  try {
+    return lstatSync(path)
+  } catch {
+    return null
+  }
+}
+
+/** What a path that is not a socket holds, for the refusal. */
+function kindOf(stats: Stats): string {
+  if (stats.isDirectory()) return 'a directory'
+  if (stats.isFile()) return 'a file'
+  if (stats.isSymbolicLink()) return 'a symbolic link'
+  return 'something'
 }
 
 function answers(path: string): Promise<boolean> {

@@ -1,5 +1,5 @@
 import {execFileSync, spawnSync} from 'node:child_process'
-import {chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
+import {chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync} from 'node:fs'
 import {createServer, connect as netConnect} from 'node:net'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
@@ -454,6 +454,10 @@ describe('lockctl server', () => {
         ['--in-memory', '--socket', join(tempDir(), 'x'.repeat(120), 'lockd.sock')],
         `^lockctl: --socket .*lockd\\.sock: a unix socket path is at most 107 bytes, and this one is \\d+: choose a shorter one$`,
       ],
+      // --socket naming a file or a directory: the file was deleted (lockd took it for a stale
+      // socket); the directory failed with a stack trace, exit 70.
+      [['--in-memory', '--socket', blocker], `^lockctl: --socket .*a-file: a file is there, not a socket; lockd replaces only a socket no server answers on: choose another path, or move it away$`],
+      [['--in-memory', '--socket', made], `^lockctl: --socket .*: a directory is there, not a socket; lockd replaces only a socket`],
       [['--data-dir', join(blocker, 'data'), '--listen', '127.0.0.1:0'], `^lockctl: --data-dir: cannot create .*a-file/data: ENOTDIR$`],
       [['--data-dir', blocker, '--listen', '127.0.0.1:0'], `^lockctl: --data-dir .*a-file: cannot scandir .*a-file: not a directory \\(ENOTDIR\\); refusing to start$`],
       [['--data-dir', withDirectory('fence'), '--listen', '127.0.0.1:0'], `^lockctl: --data-dir .*: cannot read .*/fence: a directory where a file belongs \\(EISDIR\\); refusing to start$`],
@@ -463,6 +467,7 @@ describe('lockctl server', () => {
       expect(result.code).toBe(1)
       expect(result.stderr.trim()).toMatch(new RegExp(message))
     }
+    expect(statSync(blocker).isFile()).toBe(true)
     await running.stop()
   })
 })
