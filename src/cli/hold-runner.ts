@@ -151,9 +151,12 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
     options.interrupt?.removeEventListener('abort', onInterrupt)
     outputGone?.removeEventListener('abort', onOutputGone)
     const held = lock.isHeldByCurrentClient()
-    await lock.close()
-    if (outputFailure) process.stderr.write(`lockctl: ${(outputFailure as Error).message}; ${held ? `released ${key}` : `stopped waiting for ${key}`}\n`)
-    else if (held) events.print('released', key)
+    const givenBack = await lock.close()
+    // Released here either way; when the service did not hear of it, say that it still holds
+    // the lock until the lease runs out (it said "released" while lockd was down).
+    const unheard = givenBack ? undefined : `the lock service did not answer: it holds the lock until the lease runs out, at most ${formatMs(options.leaseMs)}`
+    if (outputFailure) process.stderr.write(`lockctl: ${(outputFailure as Error).message}; ${held ? `released ${key}${unheard ? ` (${unheard})` : ''}` : `stopped waiting for ${key}`}\n`)
+    else if (held) events.print('released', key, unheard ? {reason: unheard} : {})
     for (const [signal, handler] of handlers) process.off(signal, handler)
   }
 }

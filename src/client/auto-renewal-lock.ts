@@ -308,13 +308,15 @@ export class AutoRenewalLock {
     this.watchdog = null
   }
 
-  private closing: Promise<void> | null = null
+  private closing: Promise<boolean> | null = null
 
   /**
    * Stop renewing and release if held (`release: false` leaves the grant to run out its lease).
    * Aborts `signal` first, then waits for an in-flight renewal, then releases. Idempotent.
+   * Resolves false when a grant it held could not be given back (the service did not answer:
+   * it holds the grant until its lease runs out), else true.
    */
-  close(options: {release?: boolean} = {}): Promise<void> {
+  close(options: {release?: boolean} = {}): Promise<boolean> {
     this.closing ??= (async () => {
       const wasHeld = this.phase === 'held'
       this.phase = 'closed'
@@ -332,7 +334,8 @@ export class AutoRenewalLock {
       // Released by its token at once, without waiting for a renewal in flight: a service that
       // does not answer would hold close() (and a lost or finished hold's exit) for the
       // renewal's whole request deadline. The renewal's late answer changes nothing.
-      if (lock && wasHeld && options.release !== false) await lock.close()
+      if (lock && wasHeld && options.release !== false) return lock.close()
+      return true
     })()
     return this.closing
   }

@@ -198,11 +198,13 @@ export class DistributedLock {
   }
 
   /**
-   * Release if held (errors ignored) and refuse any further operation; an acquire in flight
-   * gives up, and a grant that still arrives is released. Idempotent.
+   * Release if held and refuse any further operation; an acquire in flight gives up, and a grant
+   * that still arrives is released. Idempotent. Never throws: resolves false when a grant it held
+   * could not be given back (the service did not answer), which the service then holds until
+   * its lease runs out; else true.
    */
-  async close(): Promise<void> {
-    if (this.state === 'closed') return
+  async close(): Promise<boolean> {
+    if (this.state === 'closed') return true
     const token = this.state === 'locked' ? this.grant?.token : undefined
     this.state = 'closed'
     this.grant = null
@@ -210,7 +212,12 @@ export class DistributedLock {
     this.stopWatchingGrant?.()
     this.stopWatchingGrant = null
     this.closeAbort.abort()
-    if (token) await this.backend.release(this.key, token, false).catch(() => {})
+    if (!token) return true
+    // "Not the holder": the grant had ended there already, so nothing is left held.
+    return this.backend.release(this.key, token, false).then(
+      () => true,
+      (error: unknown) => error instanceof NotHolderError,
+    )
   }
 
   private hold(grant: GrantInfo, deadline: number): void {

@@ -286,6 +286,28 @@ describe('hold: lock loss while the child runs', () => {
     expect(result.stderr).toMatch(/lost gone \(.*lease ran out/)
   })
 
+  it('the command ends while the server is down: its exit code, and the released line says the server still holds the lock until the lease runs out; after a restart it does', async () => {
+    const dataDir = tempDir()
+    const own = await startLockd({dataDir})
+    const ownEnv = {LOCKCTL_ENDPOINTS: own.endpoint}
+    const dir = tempDir()
+    const ready = join(dir, 'ready')
+    const go = join(dir, 'go')
+    const run = runCli(['hold', 'down', '--lease', '30s', '--', 'sh', '-c', `touch ${ready}; while [ ! -e ${go} ]; do sleep 0.05; done; exit 7`], {env: ownEnv})
+    await eventually(() => existsSync(ready))
+    own.child.kill('SIGKILL')
+    await own.exited
+    writeFileSync(go, '')
+    const result = await run
+    expect(result.code, result.stderr).toBe(7)
+    // It said "released down" alone: as if the lock were free.
+    expect(result.stderr).toMatch(/released down \(the lock service did not answer: it holds the lock until the lease runs out, at most 30s\)/)
+    const again = await startLockd({dataDir, port: own.port})
+    const status = await runCli(['status', 'down', '--json'], {env: ownEnv})
+    expect(JSON.parse(status.stdout).holder).not.toBeNull()
+    await again.stop()
+  })
+
   it('the server paused (SIGSTOP) past the lease: lost, the child killed and exit 3 without waiting for the hung renewal (--timeout 60s)', async () => {
     const own = await startLockd()
     const dir = tempDir()
