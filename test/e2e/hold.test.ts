@@ -28,6 +28,14 @@ function alive(pid: number): boolean {
   }
 }
 
+/** A lockd of the test's own on a data directory of its own, and two files its command and the test signal through. */
+async function durableLockd() {
+  const dataDir = tempDir()
+  const own = await startLockd({dataDir})
+  const dir = tempDir()
+  return {dataDir, own, ownEnv: {LOCKCTL_ENDPOINTS: own.endpoint}, ready: join(dir, 'ready'), done: join(dir, 'done')}
+}
+
 describe('hold KEY -- CMD: exit codes as a shell would give them', () => {
   it.each([
     [['true'], 0],
@@ -287,17 +295,12 @@ describe('hold: lock loss while the child runs', () => {
   })
 
   it('the command ends while the server is down: its exit code, and the released line says the server still holds the lock until the lease runs out; after a restart it does', async () => {
-    const dataDir = tempDir()
-    const own = await startLockd({dataDir})
-    const ownEnv = {LOCKCTL_ENDPOINTS: own.endpoint}
-    const dir = tempDir()
-    const ready = join(dir, 'ready')
-    const go = join(dir, 'go')
-    const run = runCli(['hold', 'down', '--lease', '30s', '--', 'sh', '-c', `touch ${ready}; while [ ! -e ${go} ]; do sleep 0.05; done; exit 7`], {env: ownEnv})
+    const {dataDir, own, ownEnv, ready, done} = await durableLockd()
+    const run = runCli(['hold', 'down', '--lease', '30s', '--', 'sh', '-c', `touch ${ready}; while [ ! -e ${done} ]; do sleep 0.05; done; exit 7`], {env: ownEnv})
     await eventually(() => existsSync(ready))
     own.child.kill('SIGKILL')
     await own.exited
-    writeFileSync(go, '')
+    writeFileSync(done, '')
     const result = await run
     expect(result.code, result.stderr).toBe(7)
     // It said "released down" alone: as if the lock were free.
@@ -351,12 +354,9 @@ describe('hold: lock loss while the child runs', () => {
   })
 
   it('lockd restarted mid-hold for less than the lease: no lost, renewals resume, same fence', async () => {
-    const dataDir = tempDir()
-    let own = await startLockd({dataDir})
-    const ownEnv = {LOCKCTL_ENDPOINTS: own.endpoint}
-    const dir = tempDir()
-    const ready = join(dir, 'ready')
-    const done = join(dir, 'done')
+    const started = await durableLockd()
+    const {dataDir, ownEnv, ready, done} = started
+    let {own} = started
     const run = runCli(['hold', 'restart', '--lease', '8s', '--retry', '200ms', '--', 'sh', '-c', `echo $LOCKCTL_FENCE > ${ready}; while [ ! -e ${done} ]; do sleep 0.05; done`], {env: ownEnv})
     await eventually(() => existsSync(ready) && readFileSync(ready, 'utf8').trim() !== '')
     const fence = Number(readFileSync(ready, 'utf8'))
