@@ -212,6 +212,7 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
   }
 
   /** Leaving: release what the session holds (on a terminal, ask first). Answers false to stay. */
+  const UNHEARD = 'the lock service did not answer: it holds the lock until its lease runs out'
   async function leave(): Promise<boolean> {
     if (session.locks.size === 0 && session.holds.size === 0) return true
     let choice: 'release' | 'keep' | 'cancel' = 'release'
@@ -234,16 +235,23 @@ export async function runRepl(config: Config, client: LockClient, options: ReplO
     await Promise.all(
       [...session.holds.values()].map(async (hold) => {
         const held = hold.isHeldByCurrentClient()
-        await hold.close({release: choice === 'release'})
-        // As a foreground hold says it, and as the session's plain locks below do.
-        if (held && choice === 'release') options.output.write(`released ${hold.key}\n`)
+        const givenBack = await hold.close({release: choice === 'release'})
+        // As a foreground hold says it, and as the session's plain locks below do. A release the
+        // service did not hear of leaves the lock held there until its lease runs out: said so,
+        // and a script's exit code tells of it (4), as a plain lock's failed release does.
+        if (held && choice === 'release') options.output.write(`released ${hold.key}${givenBack ? '' : ` (${UNHEARD})`}\n`)
+        if (!givenBack) firstFailure ??= ExitCode.UNREACHABLE
       }),
     )
     if (choice === 'release') {
       for (const lock of session.locks.values()) {
         await client.release(lock.key, lock.token).then(
           () => options.output.write(`released ${lock.key}\n`),
-          (error: Error) => process.stderr.write(`lockctl: ${lock.key}: ${error.message}\n`),
+          (error: Error) => {
+            const {message, exitCode} = describeError(error)
+            process.stderr.write(`lockctl: ${lock.key}: ${message}\n`)
+            firstFailure ??= exitCode
+          },
         )
       }
     }

@@ -2,7 +2,7 @@ import {spawn, spawnSync} from 'node:child_process'
 import {existsSync, readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
-import {BIN, eventually, runCli, sharedLockd} from '../helpers/processes.js'
+import {BIN, eventually, runCli, sharedLockd, startLockd} from '../helpers/processes.js'
 import {hasTmux, inTerminal, type Terminal} from '../helpers/tmux.js'
 
 const shared = sharedLockd()
@@ -137,6 +137,27 @@ describe('the REPL with piped input (a script)', () => {
     for (const key of ['rsem', 'rshared']) {
       expect(JSON.parse((await runCli(['status', key, '--json'], {env})).stdout).holder).toBeNull()
     }
+  })
+})
+
+describe('the REPL leaving while the lock service is down', () => {
+  it('a script whose lockd died: leaving says the background hold was released here only, the plain lock could not be released, and exits 4', async () => {
+    const own = await startLockd()
+    const repl = spawn(process.execPath, [BIN, 'repl', '--owner', 'repl-user'], {env: {...process.env, LOCKCTL_ENDPOINTS: own.endpoint}, stdio: ['pipe', 'pipe', 'pipe']})
+    let out = ''
+    let err = ''
+    repl.stdout.on('data', (c: Buffer) => (out += c.toString()))
+    repl.stderr.on('data', (c: Buffer) => (err += c.toString()))
+    const exited = new Promise<number | null>((resolve) => repl.on('close', (status) => resolve(status)))
+    repl.stdin.write('lock rdown/plain\nhold rdown/hold --lease 30s\n')
+    await eventually(() => out.includes('acquired rdown/hold'))
+    own.child.kill('SIGKILL')
+    await own.exited
+    repl.stdin.end()
+    // It said "released rdown/hold" alone, and exited 0 with the plain lock's release failed.
+    expect(await exited, out + err).toBe(4)
+    expect(out).toMatch(/^released rdown\/hold \(the lock service did not answer: it holds the lock until its lease runs out\)$/m)
+    expect(err).toMatch(/^lockctl: rdown\/plain: .*connection refused/m)
   })
 })
 
