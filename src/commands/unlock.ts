@@ -4,7 +4,7 @@ import {checkKeyArg, defaultToken, keyArg, missingInput, tokenFlag} from '../cli
 import {ExitCode} from '../cli/exit-codes.js'
 import {holderJson} from '../cli/output.js'
 import {confirmInSession, pickSessionKey} from '../cli/session.js'
-import {describeHolder, quoteKey} from '../client/errors.js'
+import {describeHolder, quoteKey, UnreachableError} from '../client/errors.js'
 
 export default class Unlock extends BaseCommand {
   static summary = 'Release a lock with its token (or --force as an admin).'
@@ -31,7 +31,10 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
       // A background `hold` of this session: stop renewing and release.
       const fence = hold.fence
       session!.holds.delete(key)
-      await hold.close()
+      if (!(await hold.close())) {
+        // Stopped here, but not released there: one line and exit 4, as a plain lock's release would.
+        throw new UnreachableError(`stopped holding ${quoteKey(key)}, but the lock service did not answer its release: it holds the lock until its lease runs out`)
+      }
       this.log(`released ${key} (stopped holding it${fence === undefined ? '' : `, fence ${fence}`})`)
       return {key, released: true, forced: false, holder: null}
     }

@@ -141,7 +141,7 @@ describe('the REPL with piped input (a script)', () => {
 })
 
 describe('the REPL leaving while the lock service is down', () => {
-  it('a script whose lockd died: leaving says the background hold was released here only, the plain lock could not be released, and exits 4', async () => {
+  it('a script whose lockd died: unlock of a background hold and leaving say the service did not hear the release, and the script exits 4', async () => {
     const own = await startLockd()
     const repl = spawn(process.execPath, [BIN, 'repl', '--owner', 'repl-user'], {env: {...process.env, LOCKCTL_ENDPOINTS: own.endpoint}, stdio: ['pipe', 'pipe', 'pipe']})
     let out = ''
@@ -149,15 +149,18 @@ describe('the REPL leaving while the lock service is down', () => {
     repl.stdout.on('data', (c: Buffer) => (out += c.toString()))
     repl.stderr.on('data', (c: Buffer) => (err += c.toString()))
     const exited = new Promise<number | null>((resolve) => repl.on('close', (status) => resolve(status)))
-    repl.stdin.write('lock rdown/plain\nhold rdown/hold --lease 30s\n')
-    await eventually(() => out.includes('acquired rdown/hold'))
+    repl.stdin.write('lock rdown/plain\nhold rdown/hold --lease 30s\nhold rdown/unlocked --lease 30s\n')
+    await eventually(() => out.includes('acquired rdown/hold') && out.includes('acquired rdown/unlocked'))
     own.child.kill('SIGKILL')
     await own.exited
-    repl.stdin.end()
+    // `unlock` of a background hold said "released" as well.
+    repl.stdin.end('unlock rdown/unlocked\n')
     // It said "released rdown/hold" alone, and exited 0 with the plain lock's release failed.
     expect(await exited, out + err).toBe(4)
     expect(out).toMatch(/^released rdown\/hold \(the lock service did not answer: it holds the lock until its lease runs out\)$/m)
     expect(err).toMatch(/^lockctl: rdown\/plain: .*connection refused/m)
+    expect(err).toMatch(/^line 4: lockctl: stopped holding "rdown\/unlocked", but the lock service did not answer its release: it holds the lock until its lease runs out$/m)
+    expect(out).not.toMatch(/released rdown\/unlocked/)
   })
 })
 
