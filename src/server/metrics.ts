@@ -65,12 +65,18 @@ export class ServerMetrics {
       registers: [registry],
     })
     const http = createServer((request, response) => {
-      if (request.url === '/healthz') {
+      // The path alone: a scraper's `?name[]=...` is not another page. Only reads are served.
+      const path = (request.url ?? '').split('?')[0]
+      if (request.method !== 'GET' && request.method !== 'HEAD') {
+        response.writeHead(405, {'content-type': 'text/plain', allow: 'GET, HEAD'}).end('only GET and HEAD\n')
+        return
+      }
+      if (path === '/healthz') {
         const ok = source.healthy()
         response.writeHead(ok ? 200 : 503, {'content-type': 'text/plain'}).end(ok ? 'ok\n' : 'stopping\n')
         return
       }
-      if (request.url !== '/metrics') {
+      if (path !== '/metrics') {
         response.writeHead(404, {'content-type': 'text/plain'}).end('not found: /metrics, /healthz\n')
         return
       }

@@ -398,6 +398,11 @@ describe('lockd metrics', () => {
     expect(released.value('lockd_lock_events_total{event="released"}')).toBe(1)
     const health = await fetch(`http://127.0.0.1:${port}/healthz`)
     expect(health.status).toBe(200)
+    // A query string is not another page; only reads are served (POST answered 200).
+    expect((await fetch(`http://127.0.0.1:${port}/metrics?name[]=lockd_locks_held`)).status).toBe(200)
+    const post = await fetch(`http://127.0.0.1:${port}/metrics`, {method: 'POST'})
+    expect([post.status, post.headers.get('allow')]).toEqual([405, 'GET, HEAD'])
+    expect((await fetch(`http://127.0.0.1:${port}/nope`)).status).toBe(404)
     await lockd.stop()
   })
 })
