@@ -177,6 +177,19 @@ export abstract class BaseCommand extends Command {
   }
 }
 
+/**
+ * For a command that is not a BaseCommand (help, completion): its error as one line and its exit
+ * code, as every other command says it, instead of oclif's boxed text (with a stack trace and exit
+ * 1 for `help --owner x`).
+ */
+export function reportError(command: Command, error: Error): void {
+  // (As BaseCommand.catch: a failed parse counts as parsed, or oclif adds a developer warning.)
+  ;(command as unknown as {parsed: boolean}).parsed = true
+  const {exitCode, message} = describeError(error)
+  process.stderr.write(`lockctl: ${message}\n`)
+  process.exitCode = exitCode
+}
+
 /** Map any error to the code, exit code and one-line message the user sees. */
 export function describeError(
   error: Error & {code?: string; oneLine?: string; oclif?: {exit?: number}; exitCode?: number},

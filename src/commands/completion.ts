@@ -1,4 +1,5 @@
 import {Args, Command} from '@oclif/core'
+import {reportError} from '../cli/base-command.js'
 import {completionScript} from '../cli/completion.js'
 import {UsageError} from '../cli/usage-error.js'
 
@@ -16,5 +17,9 @@ export default class Completion extends Command {
     if (args.shell !== 'bash' && args.shell !== 'zsh' && args.shell !== 'fish') throw new UsageError(`SHELL: ${JSON.stringify(args.shell)} is not bash, zsh or fish`)
     const commands = this.config.commands.filter((c) => !c.hidden).map((c) => ({id: c.id, summary: c.summary ?? '', flags: Object.keys(c.flags).sort()}))
     process.stdout.write(completionScript(args.shell, commands))
+  }
+
+  async catch(error: Error): Promise<void> {
+    reportError(this, error)
   }
 }

@@ -1,4 +1,5 @@
 import {Args, Command, loadHelpClass} from '@oclif/core'
+import {reportError} from '../cli/base-command.js'
 import {ExitCode} from '../cli/exit-codes.js'
 import {unknownCommandMessage} from '../cli/unknown-command.js'
 
@@ -19,5 +20,9 @@ export default class Help extends Command {
     }
     const HelpClass = await loadHelpClass(this.config)
     await new HelpClass(this.config).showHelp(argv as string[])
+  }
+
+  async catch(error: Error): Promise<void> {
+    reportError(this, error)
   }
 }

@@ -90,6 +90,10 @@ describe('bad input, in-process', () => {
     [['z'.repeat(5000)], /^lockctl: unknown command "z{40}…"; commands: /m],
     [['help', 'lokc'], /^lockctl: unknown command "lokc"; did you mean lock\?$/m],
     [['help', 'constructor'], /^lockctl: unknown command "constructor"; commands: /m],
+    // help and completion are not lockctl's base command: oclif's boxed text (with a stack and exit 1 for help).
+    [['help', '--owner', 'x'], /^lockctl: Nonexistent flag: --owner \(see --help\)$/m],
+    [['completion', 'nope'], /^lockctl: Expected nope to be one of: bash, zsh, fish \(see --help\)$/m],
+    [['completion'], /^lockctl: missing SHELL \(see --help\)$/m],
     [['lock', 'k', '--nope'], /Nonexistent flag: --nope/],
     [['server', '--listen', 'nope'], /--listen: "nope" is not HOST:PORT/],
     [['lock'], /^lockctl: missing KEY \(see --help\)$/m],
