@@ -1,4 +1,6 @@
 import {CommandHelp, Help, type Command} from '@oclif/core'
+import {ExitCode} from './exit-codes.js'
+import {unknownCommandMessage} from './unknown-command.js'
 
 /**
  * oclif marks every argument of a non-strict command as variadic ("KEY..."); `hold` is
@@ -19,4 +21,24 @@ class LockctlCommandHelp extends CommandHelp {
 
 export class LockctlHelp extends Help {
   protected CommandHelpClass = LockctlCommandHelp
+
+  /**
+   * Help for a command lockctl does not have (`help lokc`, `help lokc -h`) is the one line
+   * `lockctl lokc` gives, exit 2: oclif threw "Command lokc not found", which it printed boxed.
+   * The subject is found as oclif finds it: the first word before any other flag or `--`.
+   */
+  async showHelp(argv: string[]): Promise<void> {
+    let subject: string | undefined
+    for (const arg of argv) {
+      if (arg === '-h' || arg === '--help' || arg === 'help') continue
+      if (arg !== '--' && !arg.startsWith('-')) subject = arg
+      break
+    }
+    if (subject !== undefined && !this.config.findCommand(subject) && !this.config.findTopic(subject)) {
+      process.stderr.write(`lockctl: ${unknownCommandMessage(subject, this.config.commandIDs)}\n`)
+      process.exitCode = ExitCode.USAGE
+      return
+    }
+    await super.showHelp(argv)
+  }
 }
