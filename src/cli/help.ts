@@ -25,7 +25,8 @@ export class LockctlHelp extends Help {
   /**
    * Help for a command lockctl does not have (`help lokc`, `help lokc -h`) is the one line
    * `lockctl lokc` gives, exit 2: oclif threw "Command lokc not found", which it printed boxed.
-   * The subject is found as oclif finds it: the first word before any other flag or `--`.
+   * The subject is found as oclif finds it: the first word before any other flag or `--`; the
+   * words after it are not part of it (lockctl's commands have no topics).
    */
   async showHelp(argv: string[]): Promise<void> {
     let subject: string | undefined
@@ -39,6 +40,8 @@ export class LockctlHelp extends Help {
       process.exitCode = ExitCode.USAGE
       return
     }
-    await super.showHelp(argv)
+    // The subject alone: oclif joins the words after it into one id ("server 1s" → "server:1s")
+    // and threw "Command server:1s not found" for `lockctl server -h 1s`.
+    await super.showHelp(subject === undefined ? [] : [subject])
   }
 }
