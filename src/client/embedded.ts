@@ -3,6 +3,7 @@ import {openSync, closeSync, readFileSync, existsSync, statSync, statfsSync} fro
 import {homedir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
+import {DAMAGED_DATA_EXIT} from '../util/daemon-exit.js'
 import {makeDirectories, socketPathProblem} from '../util/fs.js'
 import {NotPermittedError, UnreachableError} from './errors.js'
 import {LockdConnection, type ConnectionOptions} from './backends/lockd-connection.js'
@@ -51,7 +52,12 @@ export async function connectEmbedded(paths: EmbeddedPaths, options: ConnectionO
     } catch (error) {
       if (!(error instanceof UnreachableError)) throw error
       if ((exited !== null && exited !== 0) || performance.now() > deadline) {
-        throw new UnreachableError(`the local lockd did not start: ${lastLine(paths.logFile) ?? unsaidReason(paths.dir)} (log: ${paths.logFile})`)
+        // A damaged data directory: the exact repair for this one (docs/recovery.md).
+        const repair =
+          exited === DAMAGED_DATA_EXIT
+            ? `; to start it empty (every lock forgotten, fences above the old ones), run once: lockctl server --socket ${shellWord(paths.socket)} --data-dir ${shellWord(paths.dataDir)} --forget-all-locks, then stop it with Ctrl-C`
+            : ''
+        throw new UnreachableError(`the local lockd did not start: ${lastLine(paths.logFile) ?? unsaidReason(paths.dir)} (log: ${paths.logFile})${repair}`)
       }
       // Exit code 0: our lockd lost the start race to another one. Usually that one is about
       // to answer; if it was on its way out (its socket removed), start ours again.
@@ -135,4 +141,9 @@ function lastLine(file: string): string | undefined {
   if (!existsSync(file)) return undefined
   const lines = readFileSync(file, 'utf8').trim().split('\n')
   return lines.at(-1) || undefined
+}
+
+/** A path as a shell word, for a command the user is told to run (quoted only when it must be). */
+function shellWord(path: string): string {
+  return /^[\w@%+=:,./-]+$/.test(path) ? path : `'${path.replaceAll("'", `'\\''`)}'`
 }

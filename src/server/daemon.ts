@@ -5,6 +5,8 @@
  *   node dist/server/daemon.js --socket PATH --data-dir DIR [--idle-exit-ms N]
  */
 import {parseArgs} from 'node:util'
+import {DAMAGED_DATA_EXIT} from '../util/daemon-exit.js'
+import {LogCorruptError} from './log-format.js'
 import {AlreadyRunningError, runServer} from './run.js'
 
 const {values} = parseArgs({
@@ -26,5 +28,5 @@ try {
 } catch (error) {
   process.stderr.write(`${new Date().toISOString()} lockd: ${(error as Error).message}\n`)
   // Losing a start race to another lockd is not a failure: the CLI connects to the winner.
-  process.exit(error instanceof AlreadyRunningError ? 0 : 1)
+  process.exit(error instanceof AlreadyRunningError ? 0 : error instanceof LogCorruptError ? DAMAGED_DATA_EXIT : 1)
 }

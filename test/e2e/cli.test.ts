@@ -1,5 +1,5 @@
 import {execFileSync, spawnSync} from 'node:child_process'
-import {chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync} from 'node:fs'
+import {chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync} from 'node:fs'
 import {createServer, connect as netConnect} from 'node:net'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
@@ -143,6 +143,46 @@ describe('the embedded default (no endpoint configured)', () => {
     } finally {
       execFileSync('umount', ['-l', mountPoint])
     }
+  })
+
+  it("a damaged data directory: exit 4 with lockd's reason and the exact repair for the local lockd, which then works", async () => {
+    const env = freshUser()
+    expect((await runCli(['lock', 'dmg/a'], {env})).code).toBe(0)
+    const pid = await embeddedPid(env)
+    process.kill(pid, 'SIGKILL')
+    await eventually(() => {
+      try {
+        process.kill(pid, 0)
+        return false
+      } catch {
+        return true
+      }
+    })
+    const wal = join(env.XDG_STATE_HOME!, 'lockctl', 'data', 'wal-0.log')
+    const bytes = readFileSync(wal)
+    bytes[12] ^= 0xff
+    writeFileSync(wal, bytes)
+    const refused = await runCli(['lock', 'dmg/b'], {env})
+    expect(refused.code).toBe(4)
+    const line = refused.stderr.trim()
+    expect(line.split('\n')).toHaveLength(1)
+    // It named the damage and the log, but not how to repair the directory of the local lockd.
+    expect(line).toMatch(
+      /^lockctl: the local lockd did not start: .*wal-0\.log: corrupt at byte 8 .*; to start it empty \(every lock forgotten, fences above the old ones\), run once: lockctl server --socket (\S+) --data-dir (\S+) --forget-all-locks, then stop it with Ctrl-C$/,
+    )
+    const [, socket, dataDir] = /--socket (\S+) --data-dir (\S+)/.exec(line)!
+    // Run as told, then Ctrl-C.
+    const repair = spawnSync(process.execPath, [BIN, 'server', '--socket', socket, '--data-dir', dataDir, '--forget-all-locks'], {
+      env: {...process.env, ...env},
+      encoding: 'utf8',
+      timeout: 3000,
+      killSignal: 'SIGINT',
+    })
+    expect(repair.stderr).toMatch(/--forget-all-locks: every lock of .* is forgotten/)
+    const after = await runCli(['lock', 'dmg/c', '--json'], {env})
+    expect(after.code, after.stderr).toBe(0)
+    expect(JSON.parse(after.stdout).fence).toBeGreaterThan(1)
+    await embeddedPid(env)
   })
 
   it('a state directory too deep for a unix socket: exit 4 saying so (the socket path was cut short, and lockd died with a stack trace)', async () => {
