@@ -30,6 +30,18 @@ async function embeddedPid(env: NodeJS.ProcessEnv): Promise<number> {
   return pid
 }
 
+/** Wait until the process has exited. */
+function processGone(pid: number): Promise<boolean> {
+  return eventually(() => {
+    try {
+      process.kill(pid, 0)
+      return false
+    } catch {
+      return true
+    }
+  })
+}
+
 describe('the embedded default (no endpoint configured)', () => {
   it('refuses a state directory that others can write to (exit 6, one line), and starts nothing there', async () => {
     const env = freshUser()
@@ -102,14 +114,7 @@ describe('the embedded default (no endpoint configured)', () => {
     expect(JSON.parse(after.stdout).fence).toBeGreaterThan(JSON.parse(before.stdout).fence)
     const newPid = await embeddedPid(env)
     expect(newPid).not.toBe(oldPid)
-    await eventually(() => {
-      try {
-        process.kill(oldPid, 0)
-        return false
-      } catch {
-        return true
-      }
-    })
+    await processGone(oldPid)
     // The old lockd left the new one's socket alone on its way out.
     expect((await runCli(['status', 'after', '--json'], {env})).code).toBe(0)
   })
@@ -150,14 +155,7 @@ describe('the embedded default (no endpoint configured)', () => {
     expect((await runCli(['lock', 'dmg/a'], {env})).code).toBe(0)
     const pid = await embeddedPid(env)
     process.kill(pid, 'SIGKILL')
-    await eventually(() => {
-      try {
-        process.kill(pid, 0)
-        return false
-      } catch {
-        return true
-      }
-    })
+    await processGone(pid)
     const wal = join(env.XDG_STATE_HOME!, 'lockctl', 'data', 'wal-0.log')
     const bytes = readFileSync(wal)
     bytes[12] ^= 0xff
