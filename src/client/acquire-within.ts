@@ -1,8 +1,8 @@
 import {randomBytes} from 'node:crypto'
 import {WAIT_FOREVER, type GrantInfo} from '../protocol/messages.js'
-import {backoffDelay, sleep} from './async.js'
+import {backoffDelay, sleep, tryUntil} from './async.js'
 import type {DistributedLock, TryLockOptions} from './distributed-lock.js'
-import {AbortedError, LockError, mayPass, quoteKey} from './errors.js'
+import {AbortedError, formatMs, LockError, mayPass, quoteKey, UnreachableError} from './errors.js'
 
 /**
  * One acquisition whose wait (`waitMs`) bounds everything, time spent unable to reach the
@@ -20,16 +20,24 @@ export async function acquireWithin(lock: DistributedLock, options: TryLockOptio
   const forever = waitMs === WAIT_FOREVER || waitMs === Number.POSITIVE_INFINITY
   const deadline = forever ? Number.POSITIVE_INFINITY : performance.now() + waitMs
   const attempt = acquire.attempt ?? randomBytes(16).toString('base64url')
+  let lastError: LockError | null = null
   for (let tries = 0; ; tries++) {
+    // Given up a moment after the wait's end if the service does not answer (tryUntil).
+    const thisTry = forever ? null : tryUntil(deadline, acquire.signal)
     try {
-      return await lock.acquire({...acquire, attempt, waitMs: forever ? WAIT_FOREVER : Math.max(0, Math.floor(deadline - performance.now()))})
+      return await lock.acquire({...acquire, attempt, signal: thisTry?.signal ?? acquire.signal, waitMs: forever ? WAIT_FOREVER : Math.max(0, Math.floor(deadline - performance.now()))})
     } catch (error) {
+      if (thisTry?.overran() && !acquire.signal?.aborted)
+        throw lastError ?? new UnreachableError(`gave up waiting for ${quoteKey(lock.key)} after ${formatMs(waitMs)}: the lock service did not answer`)
       const left = deadline - performance.now()
       if (!(error instanceof LockError) || !mayPass(error) || left <= 0 || acquire.signal?.aborted) throw error
+      lastError = error
       const delayMs = Math.min(backoffDelay(tries, 200, 2000), left)
       onRetry?.(error, delayMs)
       await sleep(delayMs, acquire.signal)
       if (acquire.signal?.aborted) throw new AbortedError(`stopped waiting for ${quoteKey(lock.key)}`)
+    } finally {
+      thisTry?.done()
     }
   }
 }

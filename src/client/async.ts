@@ -51,3 +51,52 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     else signal?.addEventListener('abort', done, {once: true})
   })
 }
+
+/**
+ * `promise`, or null as soon as `signal` aborts (whichever comes first); leaves no listener
+ * behind. For an answer that is only worth waiting for while the caller still waits.
+ */
+export async function unlessAborted<T>(promise: Promise<T>, signal?: AbortSignal): Promise<T | null> {
+  if (!signal) return promise
+  if (signal.aborted) return null
+  let onAbort = () => {}
+  const aborted = new Promise<null>((resolve) => {
+    onAbort = () => resolve(null)
+    signal.addEventListener('abort', onAbort, {once: true})
+  })
+  try {
+    return await Promise.race([promise, aborted])
+  } finally {
+    signal.removeEventListener('abort', onAbort)
+  }
+}
+
+/** How long past a wait's end one try may still answer (a queued wait's own timeout comes then). */
+export const ANSWER_GRACE_MS = 500
+
+/**
+ * The signal for one try of a wait that ends at `deadline`: aborted with `outer`, or a moment
+ * after the deadline. A service that hangs instead of answering (etcd without a leader, a paused
+ * lockd) must not stretch `--wait 3s` by a whole request deadline (`--timeout`, 5s). `overran()`
+ * says whether the deadline did it; `done()` disarms the timer once the try has ended.
+ */
+export function tryUntil(deadline: number, outer?: AbortSignal): {signal: AbortSignal; overran: () => boolean; done: () => void} {
+  const controller = new AbortController()
+  let overran = false
+  const onOuter = () => controller.abort(outer?.reason)
+  if (outer?.aborted) onOuter()
+  else outer?.addEventListener('abort', onOuter, {once: true})
+  // (atDeadline: a wait of up to 30 days is longer than one timer holds.)
+  const cancel = atDeadline(deadline + ANSWER_GRACE_MS, () => {
+    overran = true
+    controller.abort()
+  })
+  return {
+    signal: controller.signal,
+    overran: () => overran,
+    done: () => {
+      cancel()
+      outer?.removeEventListener('abort', onOuter)
+    },
+  }
+}

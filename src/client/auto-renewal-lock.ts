@@ -3,8 +3,8 @@ import {WAIT_FOREVER, type GrantInfo, type HolderInfo} from '../protocol/message
 import {leaseProblem, waitProblem} from '../protocol/validate.js'
 import type {ConnectionState, LockBackend} from './backend.js'
 import {DistributedLock} from './distributed-lock.js'
-import {BadInputError, ErrorCode, LeaseLostError, LockError, quoteKey} from './errors.js'
-import {sleep} from './async.js'
+import {BadInputError, ErrorCode, formatMs, LeaseLostError, LockError, quoteKey, UnreachableError} from './errors.js'
+import {sleep, tryUntil} from './async.js'
 import {deadlineSignal} from './deadline-signal.js'
 
 export const DEFAULT_RETRY_MILLIS = [1000, 10_000, 30_000, 60_000]
@@ -183,12 +183,14 @@ export class AutoRenewalLock {
         },
       })
       const waitMs = bounded ? Math.max(0, Math.floor(deadline - performance.now())) : WAIT_FOREVER
+      // Given up a moment after the wait's end if the service does not answer (tryUntil).
+      const thisTry = bounded ? tryUntil(deadline, this.acquireAbort.signal) : null
       try {
         const attempt = lock.acquire({
           leaseMs: this.options.leaseMs,
           waitMs,
           attempt: attemptId,
-          signal: this.acquireAbort.signal,
+          signal: thisTry?.signal ?? this.acquireAbort.signal,
           onQueued: this.options.onQueued,
         })
         this.acquiring = attempt
@@ -210,8 +212,12 @@ export class AutoRenewalLock {
         this.readyResolve(grant)
         this.options.onAcquired?.(grant)
         return
-      } catch (error) {
+      } catch (caught) {
         if (this.phase !== 'acquiring') return
+        // The service did not answer by the wait's end: the wait ends with the last error, or this one.
+        const error = thisTry?.overran()
+          ? (this.lastError ?? new UnreachableError(`gave up waiting for ${quoteKey(this.key)} after ${formatMs(this.options.waitMs!)}: the lock service did not answer`))
+          : caught
         const code = (error as LockError).code
         const left = deadline - performance.now()
         const gaveUp = bounded && (code === ErrorCode.LOCK_HELD || code === ErrorCode.WAIT_TIMEOUT || left <= 0)
@@ -229,6 +235,7 @@ export class AutoRenewalLock {
         this.options.onRetry?.(error as Error, delay)
         await sleep(delay, this.acquireAbort.signal)
       } finally {
+        thisTry?.done()
         this.acquiring = null
       }
     }

@@ -4,7 +4,7 @@ import {createServer, connect as netConnect} from 'node:net'
 import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
 import {connect} from '../../src/client/index.js'
-import {BIN, LAUNCHER, eventually, runCli, sharedLockd, startLockd, tempDir} from '../helpers/processes.js'
+import {BIN, LAUNCHER, eventually, pausedUntil, runCli, sharedLockd, startLockd, tempDir} from '../helpers/processes.js'
 import {hasTmux, inTerminal} from '../helpers/tmux.js'
 
 /** A throw-away user: its own HOME and XDG state dir, so the embedded lockd is its own. */
@@ -354,6 +354,26 @@ describe('the CLI against a lockd server', () => {
     expect(down.stderr.trim()).toBe(`lockctl: ${endpoint}: connection refused (is lockd running?)`)
     // With no wait it is one try, as before.
     expect((await runCli(['lock', 'other', '--endpoints', endpoint])).code).toBe(4)
+  })
+
+  it("lock --wait D on a lockd that stops answering (paused) mid-wait: gives up at the wait's end, not at the request deadline, and leaves nothing behind", async () => {
+    const lockd = await startLockd()
+    const checker = await connect({endpoints: lockd.endpoint, owner: 'checker'})
+    const held = checker.createLock('hung')
+    await held.acquire({leaseMs: 60_000})
+    // Before: a wait whose service stopped answering lasted the request deadline (--timeout
+    // 60s) past its end; the run's own limit (20s) stops it first.
+    const waiting = runCli(['lock', 'hung', '--wait', '3s', '--timeout', '60s', '--endpoints', lockd.endpoint], {timeoutMs: 20_000})
+    await eventually(async () => (await checker.inspect('hung'))?.waiters === 1)
+    const result = await pausedUntil(lockd.child.pid!, waiting)
+    expect(result.code, result.stderr).toBe(4)
+    expect(result.stderr.trim()).toBe('lockctl: gave up waiting for "hung" after 3s: the lock service did not answer')
+    // lockd then reads the cancel or the close behind the wait: the queue is empty, the holder the same.
+    await eventually(async () => (await checker.inspect('hung'))?.waiters === 0)
+    expect((await checker.inspect('hung'))?.holder?.owner).toBe('checker')
+    await held.unlock()
+    await checker.close()
+    await lockd.stop()
   })
 
   it('a port where something silent listens (not lockd, or a stopped one): exit 4 saying so, within a short --timeout', async () => {

@@ -1,7 +1,8 @@
 import {existsSync, readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
-import {LAUNCHER, eventually, runCli, sharedLockd, startLockd, tempDir} from '../helpers/processes.js'
+import {connect} from '../../src/client/index.js'
+import {LAUNCHER, eventually, pausedUntil, runCli, sharedLockd, startLockd, tempDir} from '../helpers/processes.js'
 import {hasTmux, inTerminal} from '../helpers/tmux.js'
 
 const shared = sharedLockd()
@@ -309,6 +310,23 @@ describe('hold: lock loss while the child runs', () => {
     const status = await runCli(['status', 'down', '--json'], {env: ownEnv})
     expect(JSON.parse(status.stdout).holder).not.toBeNull()
     await again.stop()
+  })
+
+  it("--wait D while the server stops answering (paused) mid-wait: exit 4 at the wait's end, not at the request deadline (--timeout 60s); the command never runs", async () => {
+    const own = await startLockd()
+    const checker = await connect({endpoints: own.endpoint, owner: 'checker'})
+    await checker.createLock('stalled').acquire({leaseMs: 60_000})
+    const dir = tempDir()
+    const ran = join(dir, 'ran')
+    const waiting = runCli(['hold', 'stalled', '--wait', '3s', '--timeout', '60s', '--', 'touch', ran], {env: {LOCKCTL_ENDPOINTS: own.endpoint}, timeoutMs: 20_000})
+    await eventually(async () => (await checker.inspect('stalled'))?.waiters === 1)
+    const result = await pausedUntil(own.child.pid!, waiting)
+    expect(result.code, result.stderr).toBe(4)
+    expect(result.stderr).toMatch(/^lockctl: gave up waiting for "stalled" after 3s: the lock service did not answer$/m)
+    expect(existsSync(ran)).toBe(false)
+    await eventually(async () => (await checker.inspect('stalled'))?.waiters === 0)
+    await checker.close()
+    await own.stop()
   })
 
   it('the server paused (SIGSTOP) past the lease: lost, the child killed and exit 3 without waiting for the hung renewal (--timeout 60s)', async () => {

@@ -173,6 +173,19 @@ export async function pauseProcess(pid: number, timeoutMs = 5000): Promise<void>
   await eventually(stopped, timeoutMs)
 }
 
+/**
+ * Pause `pid` (pauseProcess) until `settled` settles, then let it go on: what a client answers
+ * meanwhile is what it does with a service that hangs instead of refusing.
+ */
+export async function pausedUntil<T>(pid: number, settled: Promise<T>): Promise<T> {
+  await pauseProcess(pid)
+  try {
+    return await settled
+  } finally {
+    process.kill(pid, 'SIGCONT')
+  }
+}
+
 function threadState(pid: number, thread: string): string {
   try {
     const stat = readFileSync(`/proc/${pid}/task/${thread}/stat`, 'utf8')

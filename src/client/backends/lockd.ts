@@ -21,7 +21,7 @@ import {ConnectionStateEmitter} from '../connection-state.js'
 import {LockdConnection} from './lockd-connection.js'
 import {atDeadline} from '../../util/timers.js'
 import {LeaseClock} from '../lease-clock.js'
-import {AsyncQueue, backoffDelay, sleep} from '../async.js'
+import {AsyncQueue, backoffDelay, sleep, unlessAborted} from '../async.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../watch.js'
 import type {LockEvent} from '../../protocol/messages.js'
 
@@ -214,17 +214,18 @@ export class LockdBackend implements LockBackend {
       // grant push still in flight finds the slot abandoned and is released too.
       slot.abandoned = true
       settle({timeout: true})
-      try {
-        const cancelled = await connection.request({op: 'cancel', key: request.key, wid, reason: first.giveUp === 'timeout' ? 'timeout' : 'cancelled'})
-        if (cancelled.code === 'OK' && !cancelled.released) {
-          holder = (await this.inspect(request.key).catch(() => null))?.holder ?? holder
-        }
-      } catch {
-        // The connection is gone, and lockd drops the waiters of a closed connection.
-      } finally {
-        this.slots.delete(wid)
-      }
+      // The slot stays until the cancel is answered: a grant push that crossed it is released.
+      // (The connection gone: lockd drops the waiters of a closed connection.)
+      const cancelling = connection.request({op: 'cancel', key: request.key, wid, reason: first.giveUp === 'timeout' ? 'timeout' : 'cancelled'}).finally(() => this.slots.delete(wid))
+      cancelling.catch(() => {})
+      // An abort is answered at once: lockd runs the cancel after the acquire whenever it
+      // answers (a paused lockd held `lock --wait 3s` for the cancel's whole request deadline).
       if (first.giveUp === 'abort') throw new AbortedError(`stopped waiting for ${quoteKey(request.key)}`)
+      // The wait ran out: who holds the lock now, for the message, while the caller still waits.
+      const cancelled = await unlessAborted(cancelling, request.signal).catch(() => null)
+      if (cancelled?.code === 'OK' && !cancelled.released) {
+        holder = (await unlessAborted(this.inspect(request.key), request.signal).catch(() => null))?.holder ?? holder
+      }
     } else {
       this.slots.delete(wid)
     }
