@@ -2,7 +2,7 @@ import {anyTlsFile, readTlsFiles, type TlsFilePaths} from '../../tls-files.js'
 // Types only: etcd3 itself is imported lazily (it costs ~200 ms to load).
 import type {Etcd3, IKeyValue, IOptions, IRequestOp, Watcher} from 'etcd3'
 import {WAIT_FOREVER, type GrantInfo, type HolderInfo, type LockInfo} from '../../../protocol/messages.js'
-import {backoffDelay, sleep} from '../../async.js'
+import {backoffDelay, sleep, unlessAborted} from '../../async.js'
 import {atDeadline} from '../../../util/timers.js'
 import {LeaseClock} from '../../lease-clock.js'
 import type {AcquireRequest, AcquireResult, ConnectionState, LockBackend} from '../../backend.js'
@@ -268,7 +268,16 @@ export class EtcdBackend implements LockBackend {
     if (request.signal?.aborted) throw new AbortedError()
     const startedAt = performance.now()
     for (let attempt = 0; ; attempt++) {
-      const {session, fresh} = await this.sessions.take(key, Math.ceil(leaseMs / 1000))
+      // Given up at once on an abort: nothing is written yet, and a session that comes later is
+      // given back to the pool, unused. An etcd without a leader held an aborted `hold --wait
+      // 2s` for the lease grant's whole request deadline.
+      const taking = this.sessions.take(key, Math.ceil(leaseMs / 1000))
+      const taken = await unlessAborted(taking, request.signal)
+      if (taken === null) {
+        taking.then(({session}) => this.sessions.free(session, key)).catch(() => {})
+        throw new AbortedError(`stopped waiting for ${quoteKey(key)}`)
+      }
+      const {session, fresh} = taken
       try {
         return await this.acquireOn(session, fresh, request, startedAt)
       } catch (error) {
