@@ -4,7 +4,7 @@ import {spawn, spawnSync} from 'node:child_process'
 import {expect, it} from 'vitest'
 import {connect} from '../../src/client/index.js'
 import {describeEtcd, startEtcd} from '../helpers/etcd.js'
-import {eventually, pauseProcess, runCli, tempDir} from '../helpers/processes.js'
+import {eventually, pausedUntil, pauseProcess, runCli, tempDir} from '../helpers/processes.js'
 
 /** A child script that logs start/end with nanosecond times and runs until `done` exists. */
 function worker(log: string, name: string, done?: string): string[] {
@@ -144,6 +144,21 @@ describeEtcd('etcd: a member that stops answering', () => {
       await Promise.all([a.close(), b.close()])
     }
   }, 60_000)
+
+  it("lock --wait and hold --wait on a member that hangs from the start: exit 4 at the wait's end, not at the lease grant's request deadline (--timeout 60s)", async () => {
+    const etcd = await startEtcd(1)
+    const pid = etcd.members[0].child!.pid!
+    for (const [command, ...rest] of [
+      ['lock', 'hung/w'],
+      ['hold', 'hung/h', '--', 'true'],
+    ]) {
+      // Before: the aborted try waited for its lease grant (60s here); the run's own limit (20s) stops it first.
+      const run = runCli([command, '--wait', '2s', '--endpoints', etcd.endpoint, '--timeout', '60s', ...rest], {timeoutMs: 20_000})
+      const result = await pausedUntil(pid, run)
+      expect(result.code, result.stderr).toBe(4)
+      expect(result.stderr.trim()).toMatch(/^lockctl: gave up waiting for "hung\/[wh]" after 2s: the lock service did not answer$/)
+    }
+  })
 
   it('an acquire whose put got no answer leaves no key behind when the client closes at once (a one-shot CLI)', async () => {
     const etcd = await startEtcd(1)
