@@ -79,6 +79,8 @@ export const DEFAULT_MAX_WAITERS_PER_CONNECTION = 10_000
 export const DEFAULT_MAX_LOCKS = 5_000_000
 
 const HELLO_TIMEOUT_MS = 10_000
+/** How long a connection that has sent nothing keeps its place when lockd is at its connection limit. */
+const SILENT_EVICTION_MS = 1000
 
 /**
  * lockd: wires the lock table to its connections. Listeners accept sockets; each connection is
@@ -94,6 +96,8 @@ export class LockServer {
     () => this.dropped(),
   )
   private readonly connections = new Map<string, Connection>()
+  /** Connections that have sent no whole message yet, with when each was accepted (oldest first). */
+  private readonly silent = new Map<Connection, number>()
   private readonly subscriptions: Subscriptions
   private readonly handlers: HandlerContext
   private outbox: Outbox = new Outbox(null, () => {})
@@ -394,6 +398,10 @@ export class LockServer {
     socket.on('error', () => {})
     const conn = newConnection(socket, `s${++this.sessionCounter}`, this.options.maxFrame ?? DEFAULT_MAX_FRAME)
     const {served, boundByFiles} = this.connectionLimits
+    // At the limit, a connection that has sent nothing for a while makes room: idle sockets
+    // (a scan, a flood, a client that hung before its hello) held every place for 10 s each and
+    // kept every real client out (LIMIT, exit 4).
+    if (this.connections.size >= served) this.closeOldestSilent()
     if (this.connections.size >= served) {
       // Refused before it costs anything; the client reports the message (exit 4).
       const limit = boundByFiles === null ? 'its limit (--max-connections)' : `all that its open-file limit (${boundByFiles}) leaves room for`
@@ -407,6 +415,7 @@ export class LockServer {
     if (typeof cn === 'string') conn.user = cn
     conn.helloTimer = setTimeout(() => this.fail(conn, ErrorCode.PROTOCOL, 'no hello within 10s'), HELLO_TIMEOUT_MS)
     conn.helloTimer.unref()
+    this.silent.set(conn, performance.now())
     this.connections.set(conn.session, conn)
     this.checkIdle()
     socket.on('data', (chunk) => this.onData(conn, chunk))
@@ -472,8 +481,23 @@ export class LockServer {
     }
   }
 
+  /**
+   * At the connection limit: close the connection that has been silent longest (no whole
+   * message since it was accepted), if it has been for SILENT_EVICTION_MS. A client sends its
+   * hello at once; one that has not in that time is not about to.
+   */
+  private closeOldestSilent(): void {
+    // (A Map iterates in insertion order: the first entry is the oldest.)
+    for (const [conn, acceptedAt] of this.silent) {
+      if (performance.now() - acceptedAt < SILENT_EVICTION_MS) return
+      this.fail(conn, ErrorCode.PROTOCOL, `no hello within ${SILENT_EVICTION_MS / 1000}s while lockd is at its connection limit: closed to make room`)
+      return
+    }
+  }
+
   /** One message from a peer: the hello, then requests (docs/protocol.md). */
   private handleMessage(conn: Connection, message: unknown): void {
+    this.silent.delete(conn)
     if (typeof message !== 'object' || message === null || Array.isArray(message)) {
       this.fail(conn, ErrorCode.PROTOCOL, 'a message must be a map')
       return
@@ -568,6 +592,7 @@ export class LockServer {
 
   private onClose(conn: Connection): void {
     clearTimeout(conn.helloTimer)
+    this.silent.delete(conn)
     if (!this.connections.delete(conn.session)) return
     this.subscriptions.dropConnection(conn)
     this.table.dropSession(conn.session)

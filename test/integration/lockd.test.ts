@@ -569,6 +569,29 @@ describe('lockd against a misbehaving peer', () => {
     await lockd.stop()
   })
 
+  it('at --max-connections, a connection that sent nothing for a second makes room for a new client; greeted ones never do', async () => {
+    const lockd = await startLockd({args: ['--max-connections', '3']})
+    const greeted = await client(lockd.endpoint, 'greeted')
+    await greeted.createLock('kept').acquire({leaseMs: 60_000})
+    // Two sockets that connect and say nothing (a port scan, a flood, a client hung before its hello).
+    const silent = await Promise.all([raw(lockd.port), raw(lockd.port)])
+    await eventually(async () => ((await greeted.info()) as {connections: number}).connections === 3)
+    await new Promise((resolve) => setTimeout(resolve, 1100))
+    // Before: refused with LIMIT (exit 4) until the silent ones' 10 s hello timeout.
+    const first = await client(lockd.endpoint, 'first')
+    expect((await first.createLock('k1').acquire()).owner).toBe('first')
+    const second = await client(lockd.endpoint, 'second')
+    expect((await second.createLock('k2').acquire()).owner).toBe('second')
+    for (const socket of silent)
+      expect(await socket.received).toContainEqual(expect.objectContaining({t: 'error', code: 'PROTOCOL', msg: expect.stringMatching(/connection limit: closed to make room/)}))
+    // Nothing silent is left: the next one is refused, and the greeted clients go on.
+    const third = await client(lockd.endpoint, 'third')
+    await expect(third.inspect('kept')).rejects.toMatchObject({code: 'LIMIT'})
+    expect((await greeted.inspect('kept'))?.holder?.owner).toBe('greeted')
+    await Promise.all([greeted.close(), first.close(), second.close(), third.close()])
+    await lockd.stop()
+  })
+
   it('--max-locks: a new name past it is refused with LIMIT (exit 4, one line); held names go on; a release makes room; a restart keeps the limit', async () => {
     const dataDir = tempDir()
     const args = ['--max-locks', '3']
