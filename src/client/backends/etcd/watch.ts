@@ -98,19 +98,23 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
     for (const lock of locks) known.set(lock.key, lock)
     return locks
   }
-  // The state after an interruption, read until etcd answers: a member just back, or one the
-  // client paused after failures (member-pause.ts), refused the read, and the error ended the
-  // whole watch. Only an error that waiting cannot mend (refused credentials)
-  // still ends it; null once aborted.
-  const resynced = async (): Promise<LockInfo[] | null> => {
+  // The state after an interruption, read until etcd answers, then yielded: a member just back,
+  // or one the client paused after failures (member-pause.ts), refused the read, and the error
+  // ended the whole watch. Only an error that waiting cannot mend (refused credentials) still
+  // ends it; false once aborted.
+  async function* resync(): AsyncGenerator<WatchUpdate, boolean> {
     for (let attempt = 0; ; attempt++) {
-      if (signal?.aborted) return null
+      if (signal?.aborted) return false
+      let locks: LockInfo[]
       try {
-        return await snapshot()
+        locks = await snapshot()
       } catch (error) {
         if (!isTransient(error)) throw error
         await sleep(backoffDelay(attempt, 100, WATCH_RESYNC_BACKOFF_MAX_MS), signal)
+        continue
       }
+      yield {type: 'snapshot', locks, resync: true}
+      return true
     }
   }
   try {
@@ -126,11 +130,7 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
         continue
       }
       if (item.kind === 'connected') {
-        if (disconnected) {
-          const locks = await resynced()
-          if (locks === null) return
-          yield {type: 'snapshot', locks, resync: true}
-        }
+        if (disconnected && !(yield* resync())) return
         disconnected = false
         continue
       }
@@ -144,9 +144,7 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
         const next = await watchAgain(watch, signal)
         if (!next) return
         watcher = next
-        const locks = await resynced()
-        if (locks === null) return
-        yield {type: 'snapshot', locks, resync: true}
+        if (!(yield* resync())) return
         disconnected = false
         continue
       }
@@ -161,9 +159,7 @@ export async function* watchLocks(source: WatchSource, target: WatchTarget, opti
         if (!isTransient(error)) throw error
         if (!disconnected) yield {type: 'disconnected', reason: `etcd did not answer a read: ${(error as Error).message}`}
         if (options.reconnect === false) return
-        const locks = await resynced()
-        if (locks === null) return
-        yield {type: 'snapshot', locks, resync: true}
+        if (!(yield* resync())) return
         disconnected = false
         continue
       }
