@@ -1,6 +1,6 @@
 import type {IKeyValue} from 'etcd3'
 import type {HolderInfo} from '../../../protocol/messages.js'
-import {leaseProblem, MAX_LIMIT, ownerProblem} from '../../../protocol/validate.js'
+import {leaseProblem, modeProblem, ownerProblem} from '../../../protocol/validate.js'
 import {NotHolderError, quoteKey} from '../../errors.js'
 
 /**
@@ -124,7 +124,7 @@ export function parseLockValue(kv: IKeyValue): LockValue {
   if (ownerProblem(raw.owner) === null) value.owner = raw.owner as string
   if (leaseProblem(raw.leaseMs) === null) value.leaseMs = raw.leaseMs as number
   if (typeof raw.since === 'number' && Number.isSafeInteger(raw.since) && raw.since >= 0 && raw.since <= MAX_DATE_MS) value.since = raw.since
-  if (typeof raw.limit === 'number' && Number.isSafeInteger(raw.limit) && raw.limit >= 1 && raw.limit <= MAX_LIMIT) value.limit = raw.limit
+  if (raw.limit != null && modeProblem(raw.limit, undefined) === null) value.limit = raw.limit as number
   if (raw.shared === true) value.shared = true
   return value
 }
