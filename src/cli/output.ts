@@ -1,8 +1,9 @@
 import type {GrantInfo, HolderInfo, LockInfo} from '../protocol/messages.js'
 import {formatMs} from '../client/errors.js'
 import {holdersOf} from '../client/holders.js'
+import {shellQuote} from '../util/shell.js'
 
-export {formatMs, holdersOf}
+export {formatMs, holdersOf, shellQuote}
 
 // C0 and C1 control characters and DEL, as protocol/validate.ts refuses them in keys and owners.
 // eslint-disable-next-line no-control-regex
@@ -16,11 +17,6 @@ const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g
  */
 export function printable(text: string): string {
   return text.replace(CONTROL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
-}
-
-/** Quote for POSIX sh, so `eval "$(lockctl lock k --export)"` is safe with any key. */
-export function shellQuote(value: string): string {
-  return `'${value.replaceAll("'", `'\\''`)}'`
 }
 
 /** The JSON shape of a grant, as `lock --json` and `renew --json` print it. */

@@ -5,6 +5,7 @@ import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {DAMAGED_DATA_EXIT} from '../util/daemon-exit.js'
 import {makeDirectories, socketPathProblem} from '../util/fs.js'
+import {shellWord} from '../util/shell.js'
 import {NotPermittedError, UnreachableError} from './errors.js'
 import {LockdConnection, type ConnectionOptions} from './backends/lockd-connection.js'
 
@@ -141,9 +142,4 @@ function lastLine(file: string): string | undefined {
   if (!existsSync(file)) return undefined
   const lines = readFileSync(file, 'utf8').trim().split('\n')
   return lines.at(-1) || undefined
-}
-
-/** A path as a shell word, for a command the user is told to run (quoted only when it must be). */
-function shellWord(path: string): string {
-  return /^[\w@%+=:,./-]+$/.test(path) ? path : `'${path.replaceAll("'", `'\\''`)}'`
 }
