@@ -2,7 +2,7 @@ import {randomBytes} from 'node:crypto'
 import {WAIT_FOREVER, type GrantInfo} from '../protocol/messages.js'
 import {backoffDelay, sleep, tryUntil} from './async.js'
 import type {DistributedLock, TryLockOptions} from './distributed-lock.js'
-import {AbortedError, formatMs, LockError, mayPass, quoteKey, UnreachableError} from './errors.js'
+import {AbortedError, LockError, mayPass, noAnswerWithin, quoteKey} from './errors.js'
 
 /**
  * One acquisition whose wait (`waitMs`) bounds everything, time spent unable to reach the
@@ -27,8 +27,7 @@ export async function acquireWithin(lock: DistributedLock, options: TryLockOptio
     try {
       return await lock.acquire({...acquire, attempt, signal: thisTry?.signal ?? acquire.signal, waitMs: forever ? WAIT_FOREVER : Math.max(0, Math.floor(deadline - performance.now()))})
     } catch (error) {
-      if (thisTry?.overran() && !acquire.signal?.aborted)
-        throw lastError ?? new UnreachableError(`gave up waiting for ${quoteKey(lock.key)} after ${formatMs(waitMs)}: the lock service did not answer`)
+      if (thisTry?.overran() && !acquire.signal?.aborted) throw lastError ?? noAnswerWithin(lock.key, waitMs)
       const left = deadline - performance.now()
       if (!(error instanceof LockError) || !mayPass(error) || left <= 0 || acquire.signal?.aborted) throw error
       lastError = error

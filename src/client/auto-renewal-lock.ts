@@ -3,7 +3,7 @@ import {WAIT_FOREVER, type GrantInfo, type HolderInfo} from '../protocol/message
 import {leaseProblem, waitProblem} from '../protocol/validate.js'
 import type {ConnectionState, LockBackend} from './backend.js'
 import {DistributedLock} from './distributed-lock.js'
-import {BadInputError, ErrorCode, formatMs, LeaseLostError, LockError, quoteKey, UnreachableError} from './errors.js'
+import {BadInputError, ErrorCode, LeaseLostError, LockError, noAnswerWithin, quoteKey} from './errors.js'
 import {sleep, tryUntil} from './async.js'
 import {deadlineSignal} from './deadline-signal.js'
 
@@ -215,9 +215,7 @@ export class AutoRenewalLock {
       } catch (caught) {
         if (this.phase !== 'acquiring') return
         // The service did not answer by the wait's end: the wait ends with the last error, or this one.
-        const error = thisTry?.overran()
-          ? (this.lastError ?? new UnreachableError(`gave up waiting for ${quoteKey(this.key)} after ${formatMs(this.options.waitMs!)}: the lock service did not answer`))
-          : caught
+        const error = thisTry?.overran() ? (this.lastError ?? noAnswerWithin(this.key, this.options.waitMs!)) : caught
         const code = (error as LockError).code
         const left = deadline - performance.now()
         const gaveUp = bounded && (code === ErrorCode.LOCK_HELD || code === ErrorCode.WAIT_TIMEOUT || left <= 0)

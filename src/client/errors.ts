@@ -138,6 +138,11 @@ export function mayPass(error: unknown): boolean {
   return error instanceof LockError && (error.code === ErrorCode.UNREACHABLE || error.code === ErrorCode.LIMIT)
 }
 
+/** A wait given up at its end because the service did not answer its try at all (tryUntil in async.ts). */
+export function noAnswerWithin(key: string, waitMs: number): UnreachableError {
+  return new UnreachableError(`gave up waiting for ${quoteKey(key)} after ${formatMs(waitMs)}: the lock service did not answer`)
+}
+
 export function describeHolder(holder: HolderInfo | null | undefined): string {
   if (!holder) return 'nobody'
   return `${holder.owner} (fence ${holder.fence}, ${formatMs(holder.leaseLeftMs)} left)`
