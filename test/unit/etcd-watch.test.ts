@@ -1,7 +1,8 @@
 import {EventEmitter} from 'node:events'
 import type {Watcher} from 'etcd3'
-import {describe, expect, it} from 'vitest'
+import {describe, expect, it, vi} from 'vitest'
 import {watchLocks, type WatchSource} from '../../src/client/backends/etcd/watch.js'
+import type {WatchUpdate} from '../../src/client/watch.js'
 import type {LockInfo} from '../../src/protocol/messages.js'
 import {UnreachableError} from '../../src/client/errors.js'
 
@@ -103,6 +104,14 @@ describe('etcd watchLocks when watches move to a new client', () => {
   })
 })
 
+/** a/k (fence 7) is released, as the watch on `watcher` tells it: the next update says so. */
+async function expectReleaseTold(s: ReturnType<typeof movingSource>, updates: AsyncGenerator<WatchUpdate>, watcher: number): Promise<void> {
+  s.locks.delete('a/k')
+  const event = updates.next()
+  s.watchers[watcher].emit('delete', {key: Buffer.from('a/k/1f'), value: Buffer.from('')})
+  expect((await event).value).toMatchObject({type: 'event', event: {type: 'released', key: 'a/k', fence: 7}})
+}
+
 describe('etcd watchLocks when etcd refuses a read after an interruption', () => {
   it('the state after a watch ended is read again until etcd answers: the watch goes on (the refusal ended it)', async () => {
     const s = movingSource()
@@ -117,10 +126,7 @@ describe('etcd watchLocks when etcd refuses a read after an interruption', () =>
     expect(s.refusals.made).toBe(2)
 
     // And it goes on, on the watch made again.
-    s.locks.delete('a/k')
-    const event = updates.next()
-    s.watchers[1].emit('delete', {key: Buffer.from('a/k/1f'), value: Buffer.from('')})
-    expect((await event).value).toMatchObject({type: 'event', event: {type: 'released', key: 'a/k', fence: 7}})
+    await expectReleaseTold(s, updates, 1)
     await updates.return(undefined)
   })
 
@@ -136,10 +142,7 @@ describe('etcd watchLocks when etcd refuses a read after an interruption', () =>
     expect((await updates.next()).value).toMatchObject({type: 'snapshot', resync: true, locks: [{key: 'a/k', holder: {fence: 7}}]})
 
     // The state it resynced from is the one the next event is told against.
-    s.locks.delete('a/k')
-    const event = updates.next()
-    s.watchers[0].emit('delete', {key: Buffer.from('a/k/1f'), value: Buffer.from('')})
-    expect((await event).value).toMatchObject({type: 'event', event: {type: 'released', key: 'a/k', fence: 7}})
+    await expectReleaseTold(s, updates, 0)
     await updates.return(undefined)
   })
 
@@ -152,7 +155,9 @@ describe('etcd watchLocks when etcd refuses a read after an interruption', () =>
     s.watchers[0].emit('error', new Error('Watcher canceled: permission denied'))
     expect((await updates.next()).value).toMatchObject({type: 'disconnected'})
     const ended = updates.next()
-    setTimeout(() => abort.abort(), 50)
+    // Aborted once a read has been refused: the watch is in its loop of reads.
+    await vi.waitFor(() => expect(s.refusals.made).toBeGreaterThan(0))
+    abort.abort()
     expect(await ended).toEqual({done: true, value: undefined})
   })
 })
