@@ -77,3 +77,10 @@ export function newConnection(socket: Socket, session: string, maxFrame: number)
     recentGrants: new Map(),
   }
 }
+
+/** Where a connection comes from, for lockd's log: `ADDRESS:PORT`, or the Unix socket. */
+export function peerOf(socket: Socket): string {
+  const {remoteAddress, remotePort} = socket
+  if (remoteAddress === undefined) return 'the Unix socket'
+  return remoteAddress.includes(':') ? `[${remoteAddress}]:${remotePort}` : `${remoteAddress}:${remotePort}`
+}

@@ -6,7 +6,7 @@ import {DEFAULT_MAX_FRAME, encodeFrame} from '../protocol/framing.js'
 import {PROTOCOL_VERSION, type Request, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
 import {VERSION} from '../version.js'
 import {PasswordCheck} from './auth.js'
-import {newConnection, type Connection} from './connection.js'
+import {newConnection, peerOf, type Connection} from './connection.js'
 import {connectionLimits, descriptorUse, FILES_RESERVE, METRICS_CONNECTIONS, type ConnectionLimits} from './descriptors.js'
 import {DurableLog} from './durable-log.js'
 import {openTo} from '../util/fs.js'
@@ -447,10 +447,13 @@ export class LockServer {
     void this.passwords!.check(user, hello.password).then((ok) => {
       if (conn.socket.destroyed) return
       if (!ok) {
-        const why =
-          typeof user === 'string' && typeof hello.password === 'string'
-            ? `authentication failed for user ${JSON.stringify(user)}`
-            : 'lockd requires a user and a password (--user, and $LOCKCTL_PASSWORD or the prompt)'
+        const guess = typeof user === 'string' && typeof hello.password === 'string'
+        const why = guess ? `authentication failed for user ${JSON.stringify(user)}` : 'lockd requires a user and a password (--user, and $LOCKCTL_PASSWORD or the prompt)'
+        // One line per wrong password, with where it came from: what an SRE (or fail2ban)
+        // watches for guessing. Each cost a scrypt, which bounds how fast they come; a hello
+        // without credentials is refused at once and not logged (a loop of them would flood the
+        // log). The name is JSON-quoted: a peer's control characters stay out of the log.
+        if (guess) this.say(`lockd: refused a login from ${peerOf(conn.socket)}: ${why}`)
         this.fail(conn, ErrorCode.NOT_PERMITTED, why)
         return
       }

@@ -201,6 +201,10 @@ describe('lockd with users', () => {
     const wrong = await runCli(['lock', 'team/k', ...endpoints, '--user', 'bob'], {env: {LOCKCTL_PASSWORD: 'nope'}})
     expect(wrong.code).toBe(6)
     expect(oneLine(wrong)).toMatch(/authentication failed for user "bob"/)
+    // Each refused login is in lockd's log with where it came from (what fail2ban reads).
+    await eventually(() => /lockd: refused a login from 127\.0\.0\.1:\d+: authentication failed for user "bob"/.test(lockd.stderr()))
+    // A hello without credentials guesses nothing: refused at once, and not a line each.
+    expect(lockd.stderr()).not.toMatch(/refused a login .* requires a user/)
     // hold waits forever by default for a service it cannot reach, but not for one that refuses
     // it: the same answer on every try (it said "suspended ... retrying" until killed).
     for (const args of [['--user', 'bob'], []]) {
