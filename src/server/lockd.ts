@@ -19,7 +19,7 @@ import type {ServerMetrics} from './metrics.js'
 import {Outbox} from './outbox.js'
 import {Subscriptions} from './subscriptions.js'
 import {MAX_TIMER_MS} from '../util/timers.js'
-import {readServerTls, type ServerTlsPaths} from './tls-files.js'
+import {certificateDatesProblem, readServerTls, type ServerTlsPaths} from './tls-files.js'
 
 export {AlreadyRunningError, ServerStartError} from './errors.js'
 
@@ -175,6 +175,14 @@ export class LockServer {
     }
   }
 
+  /** A certificate in force that clients refuse, or soon will (at start and on SIGHUP). */
+  private warnOfCertificateDates(context: SecureContextOptions | undefined): void {
+    if (!this.options.tls || !context?.cert) return
+    const cert = Array.isArray(context.cert) ? context.cert[0] : context.cert
+    const problem = certificateDatesProblem(cert, this.options.tls.cert, Date.now())
+    if (problem) this.say(`lockd: warning: ${problem}`)
+  }
+
   async start(): Promise<this> {
     const {dataDir} = this.options
     try {
@@ -195,6 +203,7 @@ export class LockServer {
       if (dataDir) await this.recover(dataDir)
       this.outbox = new Outbox(this.log, (error) => this.logFailed(error))
       const tls = this.options.tls ? {...this.secureContext(), requestCert: Boolean(this.options.tls.clientCa)} : undefined
+      this.warnOfCertificateDates(tls)
       for (const address of this.options.listen ?? []) await this.listeners.listenTcp(address, tls)
       if (this.options.socket) {
         const onRemoved = this.options.exitWhenSocketRemoved
@@ -347,6 +356,7 @@ export class LockServer {
     if (tls) {
       this.listeners.setSecureContext(tls)
       this.say(`lockd: reloaded the TLS certificate and key`)
+      this.warnOfCertificateDates(tls)
     }
     this.warnOfOpenSecrets()
   }

@@ -78,6 +78,8 @@ describe('lockd over TLS', () => {
     const tlsUrl = `lockds://127.0.0.1:${secure.port}`
     const ok = await runCli(['lock', 'tls/k', '--endpoints', tlsUrl, '--cacert', certs.ca])
     expect(ok.code, ok.stderr).toBe(0)
+    // The test's certificates are good for one day: lockd says so when it starts.
+    expect(secure.stderr()).toMatch(/lockd: warning: --tls-cert \S+server\.pem expires on \d{4}-\d\d-\d\d, in [12] day\(s\): renew it, then SIGHUP lockd/)
     // --cacert alone switches lockd:// to TLS too.
     expect((await runCli(['status', 'tls/k', '--endpoints', `lockd://127.0.0.1:${secure.port}`, '--cacert', certs.ca])).code).toBe(0)
     const started = Date.now()
