@@ -1,23 +1,10 @@
 import type {GrantInfo, HolderInfo, LockInfo} from '../protocol/messages.js'
 import {formatMs} from '../client/errors.js'
 import {holdersOf} from '../client/holders.js'
+import {printable} from '../util/printable.js'
 import {shellQuote} from '../util/shell.js'
 
-export {formatMs, holdersOf, shellQuote}
-
-// C0 and C1 control characters and DEL, as protocol/validate.ts refuses them in keys and owners.
-// eslint-disable-next-line no-control-regex
-const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g
-
-/**
- * Text from the lock service, as a terminal may show it: control characters as JSON writes them
- * (`\u001b`). lockd refuses them in keys and owners, but anyone who can write to etcd can name
- * a key `evil\e[2J/...`, and `status` or `watch` would have sent the escape sequence to the
- * terminal.
- */
-export function printable(text: string): string {
-  return text.replace(CONTROL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
-}
+export {formatMs, holdersOf, printable, shellQuote}
 
 /** The JSON shape of a grant, as `lock --json` and `renew --json` print it. */
 /**

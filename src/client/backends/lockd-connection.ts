@@ -4,8 +4,10 @@ import type {Packr} from 'msgpackr/pack'
 import {createCodec, DEFAULT_MAX_FRAME, encodeFrame, FrameDecoder} from '../../protocol/framing.js'
 import {PROTOCOL_VERSION, type HelloReply, type LockInfo, type Op, type Push, type RequestOf, type ServerResponse} from '../../protocol/messages.js'
 import {ErrorCode} from '../../protocol/errors.js'
+import {answerProblem, serverMessageProblem} from '../../protocol/server-messages.js'
 import {AbortedError, LimitError, NotPermittedError, ProtocolError, UnreachableError} from '../errors.js'
 import {describeTlsError} from '../tls-errors.js'
+import {printable} from '../../util/printable.js'
 
 /** A unix socket, or TCP (with `tls`: TLS, verified against `ca`, or the system's CAs). */
 export type SocketTarget = {path: string} | {host: string; port: number; tls?: Pick<TlsOptions, 'ca' | 'cert' | 'key'>}
@@ -25,6 +27,8 @@ export interface ConnectionOptions {
 }
 
 interface Pending {
+  /** The operation asked: its answer is checked against that operation's shape. */
+  op: Op
   resolve(response: ServerResponse): void
   reject(error: Error): void
   timer: NodeJS.Timeout
@@ -105,15 +109,28 @@ export class LockdConnection {
 
   private attach(): void {
     const decoder = new FrameDecoder(this.codec, this.options.maxFrame ?? DEFAULT_MAX_FRAME)
+    // The first bytes the peer sent: what to show when it is not lockd at all (SSH, HTTP...).
+    let firstBytes: Buffer | null = null
     this.socket.on('data', (chunk) => {
+      firstBytes ??= Buffer.from(chunk.subarray(0, FIRST_BYTES_SHOWN))
       let messages: unknown[]
       try {
         messages = decoder.push(chunk)
       } catch (error) {
-        this.shutdown(new ProtocolError(`${this.options.label}: ${(error as Error).message}`))
+        // Before lockd's hello reply, bytes that do not frame are another program's.
+        const why = this.server === null && this.helloWaiter !== null ? notLockd(firstBytes) : (error as Error).message
+        this.shutdown(new ProtocolError(`${this.options.label}: ${why}`))
         return
       }
-      for (const message of messages) this.dispatch(message as Record<string, unknown>)
+      for (const message of messages) {
+        if (this.closedError) return
+        const problem = serverMessageProblem(message)
+        if (problem) {
+          this.shutdown(new ProtocolError(`${this.options.label}: ${unusable(problem)}`))
+          return
+        }
+        this.dispatch(message as Record<string, unknown>)
+      }
     })
     this.socket.on('error', (error: NodeJS.ErrnoException) => this.shutdown(new UnreachableError(`${this.options.label}: ${describeSocketError(error)}`, {cause: error})))
     this.socket.on('close', () =>
@@ -167,7 +184,7 @@ export class LockdConnection {
         return
       }
       case 'error': {
-        const why = `${this.options.label}: server closed the connection: ${String(message.msg)}`
+        const why = `${this.options.label}: server closed the connection: ${printable(message.msg as string)}`
         this.shutdown(message.code === ErrorCode.LIMIT ? new LimitError(why) : message.code === ErrorCode.NOT_PERMITTED ? new NotPermittedError(why) : new ProtocolError(why))
         return
       }
@@ -177,6 +194,12 @@ export class LockdConnection {
   }
 
   private settle(id: number, pending: Pending, response: ServerResponse): void {
+    const problem = answerProblem(pending.op, response as unknown as Record<string, unknown>)
+    // An answer without the fields its operation has: the peer is broken, so is the connection.
+    if (problem) {
+      this.shutdown(new ProtocolError(`${this.options.label}: ${unusable(problem)}`))
+      return
+    }
     this.pending.delete(id)
     clearTimeout(pending.timer)
     pending.resolve(response)
@@ -202,7 +225,7 @@ export class LockdConnection {
         reject(new UnreachableError(`${this.options.label}: no answer to ${body.op} within ${timeoutMs}ms`))
       }, timeoutMs)
       // Answers are matched to requests by id: this one is the answer to `body.op`.
-      this.pending.set(id, {resolve, reject, timer})
+      this.pending.set(id, {op: body.op, resolve, reject, timer})
       try {
         this.write({t: 'req', id, ...body})
       } catch (error) {
@@ -233,6 +256,25 @@ export class LockdConnection {
     this.pending.clear()
     this.onClose(error)
   }
+}
+
+/** How many of a peer's first bytes a "not lockd" error shows. */
+const FIRST_BYTES_SHOWN = 24
+
+/**
+ * A peer whose first bytes are not a lockd frame: what it sent, as text when it is text (an SSH
+ * banner, an HTTP answer), in hex when not.
+ */
+function notLockd(first: Buffer | null): string {
+  const bytes = first ?? Buffer.alloc(0)
+  const text = bytes.toString('latin1')
+  const shown = /^[\x20-\x7e\r\n\t]+$/.test(text) ? JSON.stringify(text) : bytes.toString('hex').replace(/(..)(?!$)/g, '$1 ')
+  return `what answers there is not lockd (it began ${shown}): is the address right?`
+}
+
+/** A message that does not have lockd's shape. */
+function unusable(problem: string): string {
+  return `sent a message lockctl cannot use (${problem}): is lockd what listens there, and of a version this lockctl knows?`
 }
 
 /**

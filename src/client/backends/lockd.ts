@@ -24,6 +24,7 @@ import {LeaseClock} from '../lease-clock.js'
 import {AsyncQueue, backoffDelay, sleep, unlessAborted} from '../async.js'
 import type {WatchOptions, WatchTarget, WatchUpdate} from '../watch.js'
 import type {LockEvent} from '../../protocol/messages.js'
+import {printable} from '../../util/printable.js'
 
 /** Names per page of a long list: ~60 ms of lockd's time each with a million names held. */
 const LIST_PAGE = 20_000
@@ -371,7 +372,8 @@ export class LockdBackend implements LockBackend {
 /** A refusal (or an answer the caller did not expect) as the typed error it means. */
 function responseError(key: string, response: ServerResponse, limit?: number): LockError {
   if (response.code === ErrorCode.LOCK_HELD) return new LockHeldError(key, response.holder, limit)
-  const msg = 'msg' in response ? response.msg : response.code
+  // (The server's words, one line without control characters: a peer may not be lockd.)
+  const msg = printable('msg' in response ? response.msg : response.code)
   switch (response.code) {
     case ErrorCode.NOT_HOLDER:
       return new NotHolderError(key) // the same words as the etcd backend's
