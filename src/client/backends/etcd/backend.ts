@@ -14,6 +14,7 @@ import {forgetLogin, isLeaseGone, isOldAuthRevision, isTransient, mapEtcdError, 
 import {buf, byCreateRevision, describeKey, fitsBehind, holdingKeys, lockNameOf, makeToken, modeOfKey, parseLockValue, parseToken, prefixEnd, type KeyMode, type LockValue} from './keys.js'
 import {describeLimit} from '../../../protocol/limits.js'
 import {memberPause} from './member-pause.js'
+import {callRetry} from './call-retry.js'
 import {SessionPool, type Session} from './sessions.js'
 import {watchLocks} from './watch.js'
 
@@ -53,6 +54,14 @@ const GIVE_UP_LOOKS = 3
 const GIVE_UP_RETRY_MS = 500
 /** The longest close() waits for keys given up to be deleted. */
 const CLOSE_CLEANUP_MS = 3000
+/**
+ * How long the TLS question after a first failure may take: a TLS server answers a handshake in
+ * milliseconds; a silent one added its whole wait (2 s) to a command that had already waited
+ * out its deadline.
+ */
+const TLS_DIAGNOSIS_MS = 1000
+/** Tries of one call in all, as etcd3's default retry makes them (three more after the first). */
+const CALL_ATTEMPTS = 4
 /** list(): lease look-ups in flight at once. */
 const LIST_CONCURRENCY = 16
 
@@ -62,6 +71,14 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
   type HostPolicy = ReturnType<NonNullable<NonNullable<IOptions['faultHandling']>['host']>>
   const pausePolicy = () =>
     memberPause({counts: (error) => etcd3.isRecoverableError(error as Error), refusal: () => new BrokenCircuitError(), failures: 3, pauseMs: MEMBER_PAUSE_MS}) as unknown as HostPolicy
+  type GlobalPolicy = NonNullable<IOptions['faultHandling']>['global']
+  const retryPolicy = (members: number) =>
+    callRetry({
+      retryable: (error) => etcd3.isRecoverableError(error as Error),
+      timedOut: (error) => error instanceof etcd3.GRPCDeadlineExceededError,
+      members,
+      attempts: CALL_ATTEMPTS,
+    }) as unknown as GlobalPolicy
   const files = readTlsFiles(options.tls ?? {})
   const secure = options.secure || anyTlsFile(options.tls ?? {})
   const urlOf = (h: {host: string; port: number}) => `${secure ? 'https' : 'http'}://${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}`
@@ -73,7 +90,7 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
       auth: options.auth,
       dialTimeout: timeoutMs,
       defaultCallOptions: () => ({deadline: Date.now() + timeoutMs}),
-      faultHandling: {host: pausePolicy},
+      faultHandling: {host: pausePolicy, global: retryPolicy(1)},
     })
   const newClient = () =>
     new etcd3.Etcd3({
@@ -92,9 +109,18 @@ export async function createEtcdBackend(options: EtcdBackendOptions): Promise<Et
         // give-up's delete among them: its key would stay, held by nobody, for its lease). And
         // not etcd3's circuit breaker, which could hang the whole client (member-pause.ts).
         host: pausePolicy,
+        // A call that ran into its deadline is tried again only on another member (call-retry.ts).
+        global: retryPolicy(options.hosts.length),
       },
     })
-  return new EtcdBackend(newClient(), options, {etcd3, isBrokenCircuitError}, () => diagnoseTls(options.hosts[0], secure, files, Math.min(options.connectTimeoutMs, 2000)), oneEndpoint, newClient)
+  return new EtcdBackend(
+    newClient(),
+    options,
+    {etcd3, isBrokenCircuitError},
+    () => diagnoseTls(options.hosts[0], secure, files, Math.min(options.connectTimeoutMs, TLS_DIAGNOSIS_MS)),
+    oneEndpoint,
+    newClient,
+  )
 }
 
 export class EtcdBackend implements LockBackend {
@@ -203,10 +229,11 @@ export class EtcdBackend implements LockBackend {
         // The leader: asked when the call ran into its deadline (a cluster without a leader
         // answers nothing; a member that is merely down fails at once, and the others serve),
         // one question at a time, as a cluster loses and regains its leader.
+        // Both questions at once: the call has waited out its deadline already.
         if (!this.answered) this.tlsHint ??= this.diagnoseTls()
-        const tls = this.answered ? undefined : await this.tlsHint
         const ranOut = performance.now() - startedAt >= this.options.requestTimeoutMs * 0.9
-        if (!tls && ranOut) this.leaderHint ??= this.quorumHint().finally(() => (this.leaderHint = null))
+        if (ranOut) this.leaderHint ??= this.quorumHint().finally(() => (this.leaderHint = null))
+        const tls = this.answered ? undefined : await this.tlsHint
         const hint = tls ?? (ranOut ? await this.leaderHint : undefined)
         if (hint) mapped = new UnreachableError(`${this.label}: ${what}: ${hint}`, {cause: error})
       }
