@@ -6,9 +6,10 @@
  * Not etcd3's default (three more tries whatever the failure), under which one request to a
  * member that hangs took four request deadlines: `lockctl lock` against a stopped etcd, or a port
  * where something silent listens, gave up after 20 s with `--timeout 5s`. A try that ran into its
- * deadline is made again only while some member may not have had its own: at most one such try
- * per member. A one-member cluster that hangs fails after one deadline; a paused member among
- * healthy ones still costs one deadline, then another member answers.
+ * deadline is made again at most once per member, plus once: the members may have been electing
+ * a leader (a member answers nothing meanwhile; under load an election outlasted a 3 s
+ * deadline). A one-member cluster that hangs fails after two deadlines; a paused member among
+ * healthy ones costs one, then another member answers.
  */
 export interface CallRetryPolicy {
   /** etcd3 calls only this. */
@@ -20,7 +21,7 @@ export interface CallRetryOptions {
   retryable(error: unknown): boolean
   /** A failure that spent its whole deadline (gRPC's DEADLINE_EXCEEDED). */
   timedOut(error: unknown): boolean
-  /** Members in the pool: how many tries may each spend a deadline. */
+  /** Members in the pool: one more than this many tries may spend a deadline. */
   members: number
   /** Tries in all (etcd3's default: 4). */
   attempts: number
@@ -35,7 +36,7 @@ export function callRetry(options: CallRetryOptions): CallRetryPolicy {
           return await fn()
         } catch (error) {
           if (!options.retryable(error) || attempt >= options.attempts) throw error
-          if (options.timedOut(error) && ++deadlines >= options.members) throw error
+          if (options.timedOut(error) && ++deadlines > options.members) throw error
         }
       }
     },
