@@ -1,4 +1,4 @@
-import {formatMs, ordinal} from './output.js'
+import {formatMs, ordinal, printable} from './output.js'
 
 /** What an event line may say, beyond its event and key. */
 export interface EventFields {
@@ -43,6 +43,7 @@ export class EventPrinter {
     if (fields.message) details.push(fields.message)
     // The endpoint once: an error's reason often names it already.
     if (fields.endpoint && (event === 'suspended' || event === 'connected') && !details.some((d) => d.includes(fields.endpoint!))) details.push(fields.endpoint)
-    this.write(`${time} ${event} ${key}${details.length ? ` (${details.join(', ')})` : ''}\n`)
+    // (Whatever the service said in it — an owner, a reason — stays one line without escape sequences.)
+    this.write(`${printable(`${time} ${event} ${key}${details.length ? ` (${details.join(', ')})` : ''}`)}\n`)
   }
 }

@@ -1,5 +1,6 @@
 import {ErrorCode} from '../protocol/errors.js'
 import type {HolderInfo} from '../protocol/messages.js'
+import {printable} from '../util/printable.js'
 
 export {ErrorCode}
 
@@ -145,7 +146,8 @@ export function noAnswerWithin(key: string, waitMs: number): UnreachableError {
 
 export function describeHolder(holder: HolderInfo | null | undefined): string {
   if (!holder) return 'nobody'
-  return `${holder.owner} (fence ${holder.fence}, ${formatMs(holder.leaseLeftMs)} left)`
+  // (The owner as the service gave it, without control characters: this goes into error lines.)
+  return `${printable(holder.owner)} (fence ${holder.fence}, ${formatMs(holder.leaseLeftMs)} left)`
 }
 
 export function formatMs(ms: number): string {

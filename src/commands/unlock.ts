@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import {checkKeyArg, defaultToken, keyArg, missingInput, tokenFlag} from '../cli/flags.js'
 import {ExitCode} from '../cli/exit-codes.js'
-import {holderJson} from '../cli/output.js'
+import {holderJson, printable} from '../cli/output.js'
 import {confirmInSession, pickSessionKey} from '../cli/session.js'
 import {describeHolder, quoteKey, UnreachableError} from '../client/errors.js'
 
@@ -55,7 +55,7 @@ Exit codes: 0 released, 2 usage, 4 unreachable, 5 the token does not hold the lo
     }
     try {
       const holder = await client.release(key, flags.force ? undefined : token, {force: flags.force})
-      this.log(`released ${key} (fence ${holder.fence}, held by ${holder.owner})`)
+      this.log(`released ${key} (fence ${holder.fence}, held by ${printable(holder.owner)})`)
       return {key, released: true, forced: flags.force, holder: holderJson(holder)}
     } finally {
       if (!flags.force || session?.locks.get(key)) session?.locks.delete(key)
