@@ -15,7 +15,16 @@ export default class Completion extends Command {
   async run(): Promise<void> {
     const {args} = await this.parse(Completion)
     if (args.shell !== 'bash' && args.shell !== 'zsh' && args.shell !== 'fish') throw new UsageError(`SHELL: ${JSON.stringify(args.shell)} is not bash, zsh or fish`)
-    const commands = this.config.commands.filter((c) => !c.hidden).map((c) => ({id: c.id, summary: c.summary ?? '', flags: Object.keys(c.flags).sort()}))
+    const commands = this.config.commands
+      .filter((c) => !c.hidden)
+      .map((c) => ({
+        id: c.id,
+        summary: c.summary ?? '',
+        flags: Object.entries(c.flags)
+          .filter(([, flag]) => !flag.hidden)
+          .map(([name]) => name)
+          .sort(),
+      }))
     process.stdout.write(completionScript(args.shell, commands))
   }
 

@@ -20,6 +20,8 @@ export default class Status extends BaseCommand {
     limit: Flags.integer({description: 'show at most this many locks (default: 1000 in the table, all with --json)', min: 1, helpValue: 'N'}),
     watch: Flags.boolean({char: 'w', description: 'redraw the table as locks change (and every second), until Ctrl-C', exclusive: ['token', 'json']}),
     'no-headers': Flags.boolean({description: 'no header line in the plain (piped) output'}),
+    // For the completion scripts: a key with spaces is one line (the table's columns split it).
+    keys: Flags.boolean({description: 'the key names alone, one per line', hidden: true, exclusive: ['token', 'watch', 'json']}),
   }
 
   async run(): Promise<Record<string, unknown>> {
@@ -44,6 +46,11 @@ export default class Status extends BaseCommand {
       const lock = (await client.inspect(key)) ?? {key, holder: null, waiters: 0}
       await this.render([lock], 1, flags['no-headers'])
       return lockJson(lock)
+    }
+    if (flags.keys) {
+      const {locks} = await client.list(flags.prefix ?? '', limit)
+      for (const lock of locks) this.log(printable(lock.key))
+      return {}
     }
     const [info, {locks, total}] = await Promise.all([client.info(), client.list(flags.prefix ?? '', limit)])
     // The summary line is for people; piped, the output is the columns alone (like ps).

@@ -721,7 +721,16 @@ describe('shell completion', () => {
     expect(complete(['lockctl', 'un'])).toEqual(['unlock'])
     expect(complete(['lockctl', 'lock', 'k', '--le'])).toEqual(['--lease'])
     expect(complete(['lockctl', 'unlock', 'complete/'])).toEqual(['complete/me'])
+    // A key with spaces completes whole, escaped for the command line (the table's first column
+    // gave "release" for "release train"); what was typed may be escaped already.
+    const spaced = await runCli(['lock', "complete me/it's"], {env})
+    expect(complete(['lockctl', 'unlock', 'complete'])).toEqual(["complete\\ me/it\\'s", 'complete/me'])
+    expect(complete(['lockctl', 'status', 'complete\\ m'])).toEqual(["complete\\ me/it\\'s"])
+    // --keys is for the scripts: not offered, nor in help.
+    expect(complete(['lockctl', 'status', '--keys'])).toEqual([''])
+    expect((await runCli(['status', '--help'], {env})).stdout).not.toMatch(/--keys/)
     for (const shell of ['zsh', 'fish']) expect((await runCli(['completion', shell], {env})).stdout).toMatch(/lockctl/)
     await runCli(['unlock', 'complete/me', '--token', held.stdout.trim()], {env})
+    await runCli(['unlock', "complete me/it's", '--token', spaced.stdout.trim()], {env})
   })
 })
