@@ -1,6 +1,7 @@
 import {spawn} from 'node:child_process'
 import {readdirSync, readFileSync} from 'node:fs'
 import {constants} from 'node:os'
+import {startWatchdog, type WatchdogOptions} from './watchdog.js'
 
 /** How a child ended, as a shell would report it. */
 export interface ChildResult {
@@ -50,8 +51,10 @@ export class SupervisedChild {
    * daemon's double fork), which no process-group or parent walk finds once its parent is gone.
    */
   private readonly marker: Buffer | null
+  /** Ends what the command started should hold itself die (watchdog.ts); told when all is reaped. */
+  private watchdog: {done(): void} | null = null
 
-  constructor(command: string[], env: NodeJS.ProcessEnv, options: {interactive: boolean}) {
+  constructor(command: string[], env: NodeJS.ProcessEnv, options: {interactive: boolean; guard?: Pick<WatchdogOptions, 'killSignal' | 'graceMs' | 'leaseMs'>}) {
     this.ownGroup = !options.interactive
     // Only a child that shares our group needs to know who was in it before: reading /proc costs
     // ~1 ms per 70 processes, and a hold from a script or cron (its own group) never needs it.
@@ -61,6 +64,9 @@ export class SupervisedChild {
     this.marker = env.LOCKCTL_TOKEN ? Buffer.from(`LOCKCTL_TOKEN=${env.LOCKCTL_TOKEN}\0`) : null
     const child = spawn(command[0], command.slice(1), {stdio: 'inherit', env, detached: this.ownGroup})
     this.pid = child.pid
+    if (child.pid !== undefined && options.guard && env.LOCKCTL_TOKEN) {
+      this.watchdog = startWatchdog({...options.guard, token: env.LOCKCTL_TOKEN, group: this.ownGroup ? child.pid : null}, env)
+    }
     this.exited = new Promise((resolve) => {
       child.once('error', (error: NodeJS.ErrnoException) => {
         if (child.pid === undefined) resolve({code: null, signal: null, spawnError: error})
@@ -164,6 +170,15 @@ export class SupervisedChild {
    * is left. It must be gone before the lock is released: it would run on without it.
    */
   async reap(signal: NodeJS.Signals, graceMs: number): Promise<void> {
+    try {
+      await this.reapLeftovers(signal, graceMs)
+    } finally {
+      this.watchdog?.done()
+      this.watchdog = null
+    }
+  }
+
+  private async reapLeftovers(signal: NodeJS.Signals, graceMs: number): Promise<void> {
     if (this.leftovers().length === 0) return
     this.terminate(signal, graceMs)
     let killed = false

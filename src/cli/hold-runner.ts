@@ -134,7 +134,14 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
       if (why === 'own') throw new OwnGrantWaitError(key, ownFence!)
       return why === 'output' ? ExitCode.OUTPUT : ExitCode.OK
     }
-    child = new SupervisedChild(command, {...process.env, LOCKCTL_KEY: key, LOCKCTL_TOKEN: lock.token, LOCKCTL_FENCE: String(lock.fence)}, {interactive})
+    child = new SupervisedChild(
+      command,
+      {...process.env, LOCKCTL_KEY: key, LOCKCTL_TOKEN: lock.token, LOCKCTL_FENCE: String(lock.fence)},
+      {
+        interactive,
+        guard: {killSignal: options.killSignal, graceMs: options.graceMs, leaseMs: options.leaseMs},
+      },
+    )
     const result = await child.exited
     if (result.spawnError) {
       const why = result.spawnError.code === 'ENOENT' ? 'command not found' : result.spawnError.code === 'EACCES' ? 'permission denied' : result.spawnError.message

@@ -1,3 +1,4 @@
+import {spawn} from 'node:child_process'
 import {existsSync, readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
@@ -17,6 +18,20 @@ function notExecutable(): string {
   const file = join(tempDir(), 'data.txt')
   writeFileSync(file, 'not a program\n', {mode: 0o644})
   return file
+}
+
+/**
+ * A daemon: a new session (setsid, as Node's `detached` does), its parent gone at once, SIGTERM
+ * ignored. Neither the process group nor a walk up from the command finds it; the grant's
+ * LOCKCTL_TOKEN in its environment does. It outlived the lock before.
+ */
+const daemonScript = (dir: string, pidFile: string, then: string) => {
+  const starter = join(dir, 'daemon.cjs')
+  writeFileSync(
+    starter,
+    `const c = require('node:child_process').spawn('sh', ['-c', 'trap "" TERM; exec sleep 304'], {detached: true, stdio: 'ignore'})\nrequire('node:fs').writeFileSync(${JSON.stringify(pidFile)}, String(c.pid))\nc.unref()\n`,
+  )
+  return `${JSON.stringify(process.execPath)} ${starter}; ${then}`
 }
 
 /** Running, not a zombie (a killed orphan stays a zombie where PID 1 does not reap it, as in some containers). */
@@ -224,20 +239,6 @@ describe('hold: nothing the command started outlives the lock', () => {
     expect(readFileSync(caught, 'utf8').trim()).toBe('usr1')
   })
 
-  /**
-   * A daemon: a new session (setsid, as Node's `detached` does), its parent gone at once, SIGTERM
-   * ignored. Neither the process group nor a walk up from the command finds it; the grant's
-   * LOCKCTL_TOKEN in its environment does. It outlived the lock before.
-   */
-  const daemonScript = (dir: string, pidFile: string, then: string) => {
-    const starter = join(dir, 'daemon.cjs')
-    writeFileSync(
-      starter,
-      `const c = require('node:child_process').spawn('sh', ['-c', 'trap "" TERM; exec sleep 304'], {detached: true, stdio: 'ignore'})\nrequire('node:fs').writeFileSync(${JSON.stringify(pidFile)}, String(c.pid))\nc.unref()\n`,
-    )
-    return `${JSON.stringify(process.execPath)} ${starter}; ${then}`
-  }
-
   it('a daemon the command started in a session of its own (setsid), ignoring SIGTERM, is killed before hold releases and exits', async () => {
     const dir = tempDir()
     const pidFile = join(dir, 'pid')
@@ -256,6 +257,30 @@ describe('hold: nothing the command started outlives the lock', () => {
     const result = await run
     expect(result.code).toBe(3)
     expect(alive(Number(readFileSync(pidFile, 'utf8')))).toBe(false)
+  })
+})
+
+describe('hold killed with SIGKILL while its command runs', () => {
+  it('the command, its job and its daemon (each ignoring SIGTERM) are gone before the lease runs out: nothing runs on without the lock', async () => {
+    const dir = tempDir()
+    const [commandPid, jobPid, daemonPid] = ['command', 'job', 'daemon'].map((name) => join(dir, name))
+    // Before: all three ran on without the lock once its lease ran out, and the next taker got it.
+    const script = `trap "" TERM; echo $$ > ${commandPid}; (trap "" TERM; exec sleep 306) & echo $! > ${jobPid}; ${daemonScript(dir, daemonPid, 'while :; do sleep 0.05; done')}`
+    const hold = spawn(LAUNCHER, ['hold', 'killed', '--lease', '4s', '--grace', '300ms', '--', 'sh', '-c', script], {env: {...process.env, ...env}, stdio: 'ignore'})
+    let pids: number[] = []
+    await eventually(() => {
+      pids = [commandPid, jobPid, daemonPid].map((file) => (existsSync(file) ? Number(readFileSync(file, 'utf8')) : 0))
+      return pids.every((pid) => pid > 0)
+    })
+    expect(pids.every(alive)).toBe(true)
+    const killedAt = Date.now()
+    hold.kill('SIGKILL')
+    // The lease (4 s) is renewed at half: at least 2 s of it were left when hold died.
+    await eventually(() => pids.every((pid) => !alive(pid)), 1900)
+    expect(Date.now() - killedAt).toBeLessThan(2000)
+    // Its lease runs out with nobody renewing it: the next taker gets the lock.
+    const next = await runCli(['lock', 'killed', '--wait', '10s', '--lease', '5s'], {env})
+    expect(next.code, next.stderr).toBe(0)
   })
 })
 
