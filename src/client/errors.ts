@@ -151,7 +151,8 @@ export function describeHolder(holder: HolderInfo | null | undefined): string {
 }
 
 export function formatMs(ms: number): string {
-  if (ms < 1000) return `${Math.round(ms)}ms`
+  // (Rounded first: 999.7 ms is "1s", not "1000ms".)
+  if (Math.round(ms) < 1000) return `${Math.round(ms)}ms`
   // Under 10 s a tenth counts: a --wait of 1.5s is not "2s".
   if (ms < 10_000 && Math.round(ms / 100) % 10 !== 0) return `${(Math.round(ms / 100) / 10).toFixed(1)}s`
   const totalSeconds = Math.round(ms / 1000)

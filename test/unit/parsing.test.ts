@@ -92,6 +92,8 @@ describe('formatMs', () => {
   it('shows a tenth under 10 s (a 1.5s wait is not "2s"), whole units above', async () => {
     const {formatMs} = await import('../../src/client/errors.js')
     expect([500, 1500, 2000, 9949, 15_000, 90_000, 3_600_000].map(formatMs)).toEqual(['500ms', '1.5s', '2s', '9.9s', '15s', '1m30s', '1h'])
+    // Just under a second rounds to one: "1000ms" was what a 1s wait said when it ended 0.3 ms early.
+    expect([999.4, 999.5, 999.7].map(formatMs)).toEqual(['999ms', '1s', '1s'])
   })
 })
 
