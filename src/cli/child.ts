@@ -1,7 +1,7 @@
 import {spawn} from 'node:child_process'
-import {readdirSync, readFileSync} from 'node:fs'
 import {constants} from 'node:os'
-import {startWatchdog, type WatchdogOptions} from './watchdog.js'
+import {carries, descendsFrom, groupExists, listProcesses, type ProcessEntry} from './process-table.js'
+import {startWatchdog, type Watchdog, type WatchdogOptions} from './watchdog.js'
 
 /** How a child ended, as a shell would report it. */
 export interface ChildResult {
@@ -51,8 +51,8 @@ export class SupervisedChild {
    * daemon's double fork), which no process-group or parent walk finds once its parent is gone.
    */
   private readonly marker: Buffer | null
-  /** Ends what the command started should hold itself die (watchdog.ts); told when all is reaped. */
-  private watchdog: {done(): void} | null = null
+  /** Ends what the command started should hold itself die or stop (watchdog.ts); stood down when all is reaped. */
+  private watchdog: Watchdog | null = null
 
   constructor(command: string[], env: NodeJS.ProcessEnv, options: {interactive: boolean; guard?: Pick<WatchdogOptions, 'killSignal' | 'graceMs' | 'leaseMs'>}) {
     this.ownGroup = !options.interactive
@@ -173,9 +173,19 @@ export class SupervisedChild {
     try {
       await this.reapLeftovers(signal, graceMs)
     } finally {
-      this.watchdog?.done()
-      this.watchdog = null
+      this.standDown()
     }
+  }
+
+  /** Tell the watchdog how long the grant lasts (hold does, a few times a second). */
+  beat(leaseRestMs: number): void {
+    this.watchdog?.beat(leaseRestMs)
+  }
+
+  /** The watchdog leaves: all is reaped, or the command runs on without the lock by choice. */
+  standDown(): void {
+    this.watchdog?.standDown()
+    this.watchdog = null
   }
 
   private async reapLeftovers(signal: NodeJS.Signals, graceMs: number): Promise<void> {
@@ -190,70 +200,5 @@ export class SupervisedChild {
       }
       await new Promise((resolve) => setTimeout(resolve, 20))
     }
-  }
-}
-
-interface ProcessEntry {
-  pid: number
-  ppid: number
-  pgrp: number
-  zombie: boolean
-  /** Start time in clock ticks since boot: with the pid, names one process across pid reuse. */
-  start: string
-}
-
-/** The pids of /proc (Linux); none elsewhere. */
-function procPids(): number[] {
-  try {
-    return readdirSync('/proc')
-      .filter((entry) => /^\d+$/.test(entry))
-      .map(Number)
-  } catch {
-    return []
-  }
-}
-
-/** Every process on the machine (Linux /proc); empty elsewhere. */
-function listProcesses(): Map<number, ProcessEntry> {
-  const processes = new Map<number, ProcessEntry>()
-  for (const pid of procPids()) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-      // The command name may contain spaces and parentheses: the fields follow the last ')'.
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-      processes.set(pid, {pid, ppid: Number(fields[1]), pgrp: Number(fields[2]), zombie: fields[0] === 'Z', start: fields[19]})
-    } catch {}
-  }
-  return processes
-}
-
-function descendsFrom(processes: Map<number, ProcessEntry>, pid: number, ancestor: number): boolean {
-  for (let at = processes.get(pid), hops = 0; at && hops < 64; at = processes.get(at.ppid), hops++) {
-    if (at.ppid === ancestor) return true
-  }
-  return false
-}
-
-/**
- * Whether a process's environment holds `marker` as a whole entry (Linux /proc; never for
- * another user's process, whose environment cannot be read, nor a zombie's, which reads empty).
- */
-function carries(pid: number, marker: Buffer): boolean {
-  let environ: Buffer
-  try {
-    environ = readFileSync(`/proc/${pid}/environ`)
-  } catch {
-    return false
-  }
-  for (let at = environ.indexOf(marker); at !== -1; at = environ.indexOf(marker, at + 1)) if (at === 0 || environ[at - 1] === 0) return true
-  return false
-}
-
-function groupExists(pgrp: number): boolean {
-  try {
-    process.kill(-pgrp, 0)
-    return true
-  } catch {
-    return false
   }
 }

@@ -9,6 +9,9 @@ import {formatMs, ordinal} from './output.js'
 import {OwnGrantWaitError, ownGrantFence} from './own-grant.js'
 import {createProgress} from './progress.js'
 
+/** How often hold tells the watchdog how long its grant lasts (watchdog-main.ts takes half a second without one, near the grant's end, for a stopped hold). */
+const WATCHDOG_BEAT_MS = 250
+
 /** `hold` in the foreground: what a background hold takes, and the command and its supervision. */
 export interface HoldOptions extends BackgroundHoldOptions {
   /** The command to run under the lock, or null to hold until a signal (leader election). */
@@ -38,6 +41,7 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
   const events = new EventPrinter((line) => stream.write(line), options.quiet ? 'quiet' : json ? 'json' : 'human')
   const progress = createProgress(!json && !options.quiet)
   let child: SupervisedChild | null = null
+  let beats: NodeJS.Timeout | null = null
   let lost = false
   let suspended = false
   let announcedWait = false
@@ -101,6 +105,8 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
       if (!command) return
       lost = true
       if (child?.started && options.onLost === 'kill') child.terminate(options.killSignal, options.graceMs)
+      // --on-lost ignore: the command runs on without the lock, as asked; nothing to guard.
+      if (options.onLost === 'ignore') child?.standDown()
     },
     onRetry: (error, delayMs) => {
       // Cannot reach the service (or it failed): say so once, instead of waiting in silence.
@@ -142,6 +148,10 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
         guard: {killSignal: options.killSignal, graceMs: options.graceMs, leaseMs: options.leaseMs},
       },
     )
+    // The watchdog's beat: how long the grant lasts, as this process counts it (watchdog.ts).
+    const beat = () => child?.beat(lock.leaseRestMillis())
+    beat()
+    beats = setInterval(beat, WATCHDOG_BEAT_MS)
     const result = await child.exited
     if (result.spawnError) {
       const why = result.spawnError.code === 'ENOENT' ? 'command not found' : result.spawnError.code === 'EACCES' ? 'permission denied' : result.spawnError.message
@@ -154,6 +164,7 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
     // With --on-lost ignore the command ran on without the lock: the run still failed.
     return lost ? ExitCode.LOST : shellExitCode(result)
   } finally {
+    if (beats) clearInterval(beats)
     progress.stop()
     options.interrupt?.removeEventListener('abort', onInterrupt)
     outputGone?.removeEventListener('abort', onOutputGone)

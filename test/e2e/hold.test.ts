@@ -284,6 +284,34 @@ describe('hold killed with SIGKILL while its command runs', () => {
   })
 })
 
+describe('hold stopped (SIGSTOP) past its lease while its command runs', () => {
+  it('the command is stopped before the next taker gets the lock; hold, resumed, says the lock was lost', async () => {
+    const dir = tempDir()
+    const commandPid = join(dir, 'command')
+    const hold = spawn(LAUNCHER, ['hold', 'stopped', '--lease', '2s', '--grace', '300ms', '--', 'sh', '-c', `echo $$ > ${commandPid}; exec sleep 308`], {
+      env: {...process.env, ...env},
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
+    let stderr = ''
+    hold.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+    const exited = new Promise<number | null>((resolve) => hold.on('exit', (code) => resolve(code)))
+    const pid = Number(await eventually(() => existsSync(commandPid) && readFileSync(commandPid, 'utf8').trim()))
+    expect(alive(pid)).toBe(true)
+    hold.kill('SIGSTOP')
+    try {
+      // Before: the command ran on while the lease that hold no longer renewed ran out, and
+      // whoever took the lock next ran beside it.
+      const next = await runCli(['lock', 'stopped', '--wait', '10s', '--lease', '5s'], {env})
+      expect(next.code, next.stderr).toBe(0)
+      expect(alive(pid)).toBe(false)
+    } finally {
+      hold.kill('SIGCONT')
+    }
+    expect(await exited).toBe(3)
+    expect(stderr).toMatch(/lost stopped/)
+  })
+})
+
 describe('hold: lock loss while the child runs', () => {
   it('force-unlocked by another process: lost at once (pushed, not found at a renewal), SIGTERM then SIGKILL after the grace, exit 3, grandchild gone', async () => {
     const dir = tempDir()

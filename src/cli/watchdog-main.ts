@@ -1,0 +1,91 @@
+import {carries, groupExists, listProcesses} from './process-table.js'
+
+/**
+ * The watchdog's program (started by watchdog.ts: `node watchdog-main.js SIGNAL GRACE_MS GROUP`,
+ * the grant's token and hold's beats on stdin). It acts when hold has ended without standing it
+ * down (the pipe closed: SIGKILL, the OOM killer), or has been silent for STALE_MS while the
+ * grant it last reported nears its end (stopped: SIGSTOP, a debugger). A hold that beats is
+ * alive and handles its own losses: the watchdog never acts beside it.
+ */
+
+/** hold beats every 250 ms: this long without one, it is not running (and only near the grant's end does that count: a live hold renews at half the lease). */
+const STALE_MS = 500
+/** The command is stopped this long before the grant's end as hold last reported it. */
+const MARGIN_MS = 100
+/** How often the watchdog looks at the time, and at what is left while it stops things. */
+const TICK_MS = 50
+
+const [killSignal, graceText, groupText] = process.argv.slice(2) as [NodeJS.Signals, string, string]
+const graceMs = Number(graceText)
+const group = Number(groupText)
+/** Only processes younger than hold carry its grant: older ones' environments are never read (one stuck in I/O can hang the read). */
+const holdStart = Number(listProcesses().get(process.ppid)?.start ?? 0)
+let marker: Buffer | null = null
+let lastBeat = performance.now()
+let grantEnd = Number.POSITIVE_INFINITY
+let acting = false
+
+function targets(): number[] {
+  if (!marker) return []
+  const found: number[] = []
+  for (const p of listProcesses().values()) {
+    if (!p.zombie && p.pid !== process.pid && Number(p.start) >= holdStart && carries(p.pid, marker)) found.push(p.pid)
+  }
+  return found
+}
+
+function signalAll(signal: NodeJS.Signals): void {
+  if (group > 0) {
+    try {
+      process.kill(-group, signal)
+    } catch {}
+  }
+  for (const pid of targets()) {
+    try {
+      process.kill(pid, signal)
+    } catch {}
+  }
+}
+
+const anyLeft = () => (group > 0 && groupExists(group)) || targets().length > 0
+
+async function act(): Promise<never> {
+  acting = true
+  signalAll(killSignal)
+  const killAt = performance.now() + graceMs
+  let killed = false
+  // Bounded: a process SIGKILL cannot end (uninterruptible I/O) is not waited for forever.
+  for (let round = 0; round < 1200 && anyLeft(); round++) {
+    if (!killed && performance.now() >= killAt) {
+      signalAll('SIGKILL')
+      killed = true
+    }
+    await new Promise((resolve) => setTimeout(resolve, TICK_MS))
+  }
+  process.exit(0)
+}
+
+let pending = ''
+process.stdin.setEncoding('utf8')
+process.stdin.on('data', (chunk: string) => {
+  pending += chunk
+  for (let end = pending.indexOf('\n'); end !== -1; end = pending.indexOf('\n')) {
+    const [word, value = ''] = pending.slice(0, end).split(' ')
+    pending = pending.slice(end + 1)
+    if (word === 'token') marker = Buffer.from(`LOCKCTL_TOKEN=${value}\0`)
+    else if (word === 'until') {
+      lastBeat = performance.now()
+      grantEnd = lastBeat + Number(value)
+    } else if (word === 'done') process.exit(0)
+  }
+})
+process.stdin.on('end', () => {
+  if (!acting) void act()
+})
+process.stdin.on('error', () => {
+  if (!acting) void act()
+})
+setInterval(() => {
+  const now = performance.now()
+  if (!acting && now - lastBeat > STALE_MS && now >= grantEnd - graceMs - MARGIN_MS) void act()
+}, TICK_MS)
