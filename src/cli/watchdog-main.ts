@@ -10,13 +10,18 @@ import {carries, groupExists, listProcesses} from './process-table.js'
 
 /** hold beats every 250 ms: this long without one, it is not running (and only near the grant's end does that count: a live hold renews at half the lease). */
 const STALE_MS = 500
-/** The command is stopped this long before the grant's end as hold last reported it. */
+/** The kill signal goes out at least this long before SIGKILL is due, before the grant's end. */
 const MARGIN_MS = 100
 /** How often the watchdog looks at the time, and at what is left while it stops things. */
 const TICK_MS = 50
 
-const [killSignal, graceText, groupText] = process.argv.slice(2) as [NodeJS.Signals, string, string]
+const [killSignal, graceText, groupText, leaseText] = process.argv.slice(2) as [NodeJS.Signals, string, string, string]
 const graceMs = Number(graceText)
+/**
+ * How long before the grant's end a silent hold's command is stopped: its grace and a margin,
+ * or a quarter of the lease if that is more (a loaded machine schedules the watchdog late too).
+ */
+const leadMs = Math.max(graceMs + MARGIN_MS, Number(leaseText) / 4)
 const group = Number(groupText)
 /** Only processes younger than hold carry its grant: older ones' environments are never read (one stuck in I/O can hang the read). */
 const holdStart = Number(listProcesses().get(process.ppid)?.start ?? 0)
@@ -87,5 +92,5 @@ process.stdin.on('error', () => {
 })
 setInterval(() => {
   const now = performance.now()
-  if (!acting && now - lastBeat > STALE_MS && now >= grantEnd - graceMs - MARGIN_MS) void act()
+  if (!acting && now - lastBeat > STALE_MS && now >= grantEnd - leadMs) void act()
 }, TICK_MS)

@@ -43,7 +43,7 @@ export function startWatchdog(options: WatchdogOptions, env: NodeJS.ProcessEnv):
   let stdin: Writable | null = null
   try {
     const graceMs = Math.max(100, Math.min(options.graceMs, options.leaseMs / 4))
-    const dog = spawn(process.execPath, [watchdogMain(), options.killSignal, String(Math.round(graceMs)), String(options.group ?? 0)], {
+    const dog = spawn(process.execPath, [watchdogMain(), options.killSignal, String(Math.round(graceMs)), String(options.group ?? 0), String(options.leaseMs)], {
       detached: true,
       stdio: ['pipe', 'ignore', 'ignore'],
       env: rest,

@@ -288,7 +288,7 @@ describe('hold stopped (SIGSTOP) past its lease while its command runs', () => {
   it('the command is stopped before the next taker gets the lock; hold, resumed, says the lock was lost', async () => {
     const dir = tempDir()
     const commandPid = join(dir, 'command')
-    const hold = spawn(LAUNCHER, ['hold', 'stopped', '--lease', '2s', '--grace', '300ms', '--', 'sh', '-c', `echo $$ > ${commandPid}; exec sleep 308`], {
+    const hold = spawn(LAUNCHER, ['hold', 'stopped', '--lease', '3s', '--grace', '300ms', '--', 'sh', '-c', `echo $$ > ${commandPid}; exec sleep 308`], {
       env: {...process.env, ...env},
       stdio: ['ignore', 'ignore', 'pipe'],
     })
