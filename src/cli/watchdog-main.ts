@@ -2,7 +2,7 @@ import {carries, groupExists, listProcesses} from './process-table.js'
 
 /**
  * The watchdog's program (started by watchdog.ts: `node watchdog-main.js SIGNAL GRACE_MS GROUP LEASE_MS`,
- * the grant's token and hold's beats on stdin). It acts when hold has ended without standing it
+ * the grant's token in LOCKCTL_WATCHDOG_TOKEN, hold's beats on stdin). It acts when hold has ended without standing it
  * down (the pipe closed: SIGKILL, the OOM killer), or has been silent for STALE_MS while the
  * grant it last reported nears its end (stopped: SIGSTOP, a debugger). A hold that beats is
  * alive and handles its own losses: the watchdog never acts beside it.
@@ -26,9 +26,12 @@ function watch(args: string[]): void {
   const group = Number(groupText)
   /** Only processes younger than hold carry its grant: older ones' environments are never read (one stuck in I/O can hang the read). */
   const holdStart = Number(listProcesses().get(process.ppid)?.start ?? 0)
-  let marker: Buffer | null = null
+  const token = process.env.LOCKCTL_WATCHDOG_TOKEN
+  const marker = token ? Buffer.from(`LOCKCTL_TOKEN=${token}\0`) : null
   let lastBeat = performance.now()
-  let grantEnd = Number.POSITIVE_INFINITY
+  // Until the first beat arrives: at most half the lease from now (the grant is fresh, and hold
+  // renews at half). A hold stopped at once may never have flushed a beat to the pipe.
+  let grantEnd = lastBeat + Number(leaseText) / 2
   let acting = false
 
   function targets(): number[] {
@@ -78,8 +81,7 @@ function watch(args: string[]): void {
     for (let end = pending.indexOf('\n'); end !== -1; end = pending.indexOf('\n')) {
       const [word, value = ''] = pending.slice(0, end).split(' ')
       pending = pending.slice(end + 1)
-      if (word === 'token') marker = Buffer.from(`LOCKCTL_TOKEN=${value}\0`)
-      else if (word === 'until') {
+      if (word === 'until') {
         lastBeat = performance.now()
         grantEnd = lastBeat + Number(value)
       } else if (word === 'done') process.exit(0)

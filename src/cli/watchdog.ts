@@ -12,7 +12,6 @@ import type {Writable} from 'node:stream'
  * ran out and the lock service gave it to the next taker — two holders at once. The watchdog
  * gives the command's process group and every process carrying the grant's `LOCKCTL_TOKEN`
  * the kill signal, and SIGKILL after the grace, cut to a quarter of the lease (watchdog-main.ts).
- * The token goes over the pipe, never in arguments, which every user of the machine can read.
  */
 
 export interface WatchdogOptions {
@@ -38,7 +37,7 @@ function watchdogMain(): string {
 }
 
 export function startWatchdog(options: WatchdogOptions, env: NodeJS.ProcessEnv): Watchdog {
-  // (Without the token in its own environment: it must not find itself.)
+  // (Without LOCKCTL_TOKEN in its own environment: it must not find itself.)
   const {LOCKCTL_TOKEN: _token, ...rest} = env
   let stdin: Writable | null = null
   try {
@@ -46,13 +45,15 @@ export function startWatchdog(options: WatchdogOptions, env: NodeJS.ProcessEnv):
     const dog = spawn(process.execPath, [watchdogMain(), options.killSignal, String(Math.round(graceMs)), String(options.group ?? 0), String(options.leaseMs)], {
       detached: true,
       stdio: ['pipe', 'ignore', 'ignore'],
-      env: rest,
+      // The token in the environment, which only this user can read (arguments everyone can),
+      // and there from the start (a pipe's first line may still sit in hold's buffer when hold
+      // is stopped). Not as LOCKCTL_TOKEN: the watchdog must not find itself.
+      env: {...rest, LOCKCTL_WATCHDOG_TOKEN: options.token},
     })
     dog.on('error', () => {})
     dog.stdin.on('error', () => {
       stdin = null
     })
-    dog.stdin.write(`token ${options.token}\n`)
     // Neither keeps hold running: its end (however it comes) closes the pipe.
     dog.unref()
     ;(dog.stdin as unknown as {unref?(): void}).unref?.()
