@@ -1,4 +1,5 @@
 import {carries, groupExists, listProcesses} from './process-table.js'
+import {silentHoldDue} from './watchdog.js'
 
 /**
  * The watchdog's program (started by watchdog.ts: `node watchdog-main.js SIGNAL GRACE_MS GROUP LEASE_MS`,
@@ -8,21 +9,13 @@ import {carries, groupExists, listProcesses} from './process-table.js'
  * alive and handles its own losses: the watchdog never acts beside it.
  */
 
-/** hold beats every 250 ms: this long without one, it is not running (and only near the grant's end does that count: a live hold renews at half the lease). */
-const STALE_MS = 500
-/** The kill signal goes out at least this long before SIGKILL is due, before the grant's end. */
-const MARGIN_MS = 100
 /** How often the watchdog looks at the time, and at what is left while it stops things. */
 const TICK_MS = 50
 
 function watch(args: string[]): void {
   const [killSignal, graceText, groupText, leaseText] = args as [NodeJS.Signals, string, string, string]
   const graceMs = Number(graceText)
-  /**
-   * How long before the grant's end a silent hold's command is stopped: its grace and a margin,
-   * or a quarter of the lease if that is more (a loaded machine schedules the watchdog late too).
-   */
-  const leadMs = Math.max(graceMs + MARGIN_MS, Number(leaseText) / 4)
+  const leaseMs = Number(leaseText)
   const group = Number(groupText)
   /** Only processes younger than hold carry its grant: older ones' environments are never read (one stuck in I/O can hang the read). */
   const holdStart = Number(listProcesses().get(process.ppid)?.start ?? 0)
@@ -31,7 +24,7 @@ function watch(args: string[]): void {
   let lastBeat = performance.now()
   // Until the first beat arrives: at most half the lease from now (the grant is fresh, and hold
   // renews at half). A hold stopped at once may never have flushed a beat to the pipe.
-  let grantEnd = lastBeat + Number(leaseText) / 2
+  let grantEnd = lastBeat + leaseMs / 2
   let acting = false
 
   function targets(): number[] {
@@ -95,7 +88,7 @@ function watch(args: string[]): void {
   })
   setInterval(() => {
     const now = performance.now()
-    if (!acting && now - lastBeat > STALE_MS && now >= grantEnd - leadMs) void act()
+    if (!acting && silentHoldDue({now, lastBeat, grantEnd, leaseMs})) void act()
   }, TICK_MS)
 }
 

@@ -31,6 +31,26 @@ export interface Watchdog {
   standDown(): void
 }
 
+/** hold beats every 250 ms: this long without one, it is not running. */
+const STALE_MS = 500
+/** The kill signal goes out at least this long before the grant's end... */
+const MIN_LEAD_MS = 100
+/** ...and at most this long before it. */
+const MAX_LEAD_MS = 1000
+
+/**
+ * Whether a silent hold's command is stopped now: hold has not beaten for STALE_MS, and the
+ * grant it last reported ends within a quarter of the lease, at most a second (a loaded machine
+ * schedules the watchdog late too). Not sooner: a live hold renews at half the lease, so it is
+ * never there, and a hold stopped for a few seconds that resumes in time renews, and its command
+ * goes on. SIGKILL follows after the grace, as when hold itself sees a loss. Times in ms of one
+ * monotonic clock.
+ */
+export function silentHoldDue(at: {now: number; lastBeat: number; grantEnd: number; leaseMs: number}): boolean {
+  const leadMs = Math.max(MIN_LEAD_MS, Math.min(at.leaseMs / 4, MAX_LEAD_MS))
+  return at.now - at.lastBeat > STALE_MS && at.now >= at.grantEnd - leadMs
+}
+
 /** Where the watchdog's program is: beside this module in dist/cli (also from the bundle's directory). */
 function watchdogMain(): string {
   return fileURLToPath(new URL('../cli/watchdog-main.js', import.meta.url))
