@@ -182,8 +182,8 @@ export class SupervisedChild {
     this.watchdog?.beat(leaseRestMs)
   }
 
-  /** The watchdog leaves: all is reaped, or the command runs on without the lock by choice. */
-  standDown(): void {
+  /** The watchdog leaves: all the command started is reaped. */
+  private standDown(): void {
     this.watchdog?.standDown()
     this.watchdog = null
   }

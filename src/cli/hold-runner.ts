@@ -105,8 +105,6 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
       if (!command) return
       lost = true
       if (child?.started && options.onLost === 'kill') child.terminate(options.killSignal, options.graceMs)
-      // --on-lost ignore: the command runs on without the lock, as asked; nothing to guard.
-      if (options.onLost === 'ignore') child?.standDown()
     },
     onRetry: (error, delayMs) => {
       // Cannot reach the service (or it failed): say so once, instead of waiting in silence.
@@ -145,7 +143,8 @@ export async function runHold(client: LockClient, options: HoldOptions): Promise
       {...process.env, LOCKCTL_KEY: key, LOCKCTL_TOKEN: lock.token, LOCKCTL_FENCE: String(lock.fence)},
       {
         interactive,
-        guard: {killSignal: options.killSignal, graceMs: options.graceMs, leaseMs: options.leaseMs},
+        // --on-lost ignore lets the command run on without the lock: nothing for a watchdog to stop.
+        guard: options.onLost === 'kill' ? {killSignal: options.killSignal, graceMs: options.graceMs, leaseMs: options.leaseMs} : undefined,
       },
     )
     // The watchdog's beat: how long the grant lasts, as this process counts it (watchdog.ts).

@@ -27,7 +27,7 @@ export interface WatchdogOptions {
 export interface Watchdog {
   /** The grant lasts `leaseRestMs` more (as hold counts it): the beat that keeps the watchdog still. */
   beat(leaseRestMs: number): void
-  /** All the command started is gone, or runs on by choice (--on-lost ignore): the watchdog leaves. */
+  /** All the command started is gone: the watchdog leaves. */
   standDown(): void
 }
 
