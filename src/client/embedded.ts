@@ -104,7 +104,9 @@ function startDaemon(paths: EmbeddedPaths, daemon: string, onExit: (code: number
     log = openSync(paths.logFile, 'a', 0o600)
   } catch (error) {
     const {code, path} = error as NodeJS.ErrnoException
-    throw new UnreachableError(`cannot start the local lockd: ${path ?? paths.dir}: ${code ?? (error as Error).message} (set XDG_STATE_HOME to a writable directory, or --endpoints)`)
+    // A file where the state directory (or one above it) belongs: said so, not as the log's ENOTDIR.
+    const what = code === 'ENOTDIR' ? `${paths.dir}: a file is where this directory (or one above it) belongs` : `${path ?? paths.dir}: ${code ?? (error as Error).message}`
+    throw new UnreachableError(`cannot start the local lockd: ${what} (set XDG_STATE_HOME to a writable directory, or --endpoints)`)
   }
   try {
     const child = spawn(process.execPath, [daemon, '--socket', paths.socket, '--data-dir', paths.dataDir, '--idle-exit-ms', String(EMBEDDED_IDLE_EXIT_MS)], {

@@ -124,8 +124,13 @@ describe('the embedded default (no endpoint configured)', () => {
     writeFileSync(blocker, '')
     // A file where a directory should be (root ignores permissions, so not EACCES), and a path
     // under /proc, where Node's own recursive mkdir never returns.
+    // And a file where lockctl's own state directory belongs: said so, not as its log's ENOTDIR.
+    const stateFile = tempDir()
+    writeFileSync(join(stateFile, 'lockctl'), '')
+    const aFileInTheWay = 'a file is where this directory \\(or one above it\\) belongs'
     for (const [stateHome, reason] of [
-      [join(blocker, 'state'), 'ENOTDIR'],
+      [join(blocker, 'state'), aFileInTheWay],
+      [stateFile, aFileInTheWay],
       ['/proc/lockctl-nope/state', 'ENOENT'],
     ]) {
       const result = await runCli(['lock', 'k'], {env: {...freshUser(), XDG_STATE_HOME: stateHome}, timeoutMs: 20_000})
