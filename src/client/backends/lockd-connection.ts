@@ -154,6 +154,7 @@ export class LockdConnection {
     })
   }
 
+  /** A message that passed serverMessageProblem. */
   private dispatch(message: Record<string, unknown>): void {
     switch (message.t) {
       case 'hello': {
@@ -188,8 +189,7 @@ export class LockdConnection {
         this.shutdown(message.code === ErrorCode.LIMIT ? new LimitError(why) : message.code === ErrorCode.NOT_PERMITTED ? new NotPermittedError(why) : new ProtocolError(why))
         return
       }
-      default:
-        this.shutdown(new ProtocolError(`${this.options.label}: unexpected message type ${JSON.stringify(message.t)}`))
+      // (No other type gets here: serverMessageProblem refused it.)
     }
   }
 
