@@ -3,7 +3,9 @@
 // most 1M pairs in all), then prints {"pairs": N, "latencies": [...sampled pair times in ms],
 // "cpuUs": CPU time (user + system, µs) this process spent while the lockers ran}.
 //
-//   node bench/lockers.mjs lockd|redis ENDPOINT_OR_PORT LOCKERS DURATION_MS TAG
+//   node bench/lockers.mjs lockd|redis|echo ENDPOINT_OR_PORT LOCKERS DURATION_MS TAG
+//
+// `echo`: the floor (bench/echo-server.mjs), two round trips of 64 bytes per pair.
 import {randomBytes} from 'node:crypto'
 
 const [kind, target, lockersText, durationText, tag] = process.argv.slice(2)
@@ -34,6 +36,46 @@ if (kind === 'lockd') {
     }),
   )
   await Promise.all(clients.map((c) => c.close()))
+} else if (kind === 'echo') {
+  const {connect} = await import('node:net')
+  const sockets = await Promise.all(
+    Array.from({length: lockers}, () => new Promise((resolve, reject) => {
+      const socket = connect(Number(target), '127.0.0.1', () => resolve(socket))
+      socket.setNoDelay(true)
+      socket.once('error', reject)
+    })),
+  )
+  const deadline = performance.now() + durationMs
+  cpuAtStart = process.cpuUsage()
+  const message = Buffer.alloc(64, 1)
+  await Promise.all(
+    sockets.map(async (socket) => {
+      // One message in flight per socket: 64 bytes out, 64 back (in one or more chunks).
+      let waiting = null
+      let received = 0
+      socket.on('data', (chunk) => {
+        received += chunk.length
+        if (received >= 64 && waiting) {
+          received -= 64
+          const done = waiting
+          waiting = null
+          done()
+        }
+      })
+      const roundTrip = () => new Promise((resolve) => {
+        waiting = resolve
+        socket.write(message)
+      })
+      while (performance.now() < deadline && pairs < 1_000_000) {
+        const t0 = performance.now()
+        await roundTrip()
+        await roundTrip()
+        sample(performance.now() - t0)
+        pairs++
+      }
+    }),
+  )
+  for (const socket of sockets) socket.destroy()
 } else {
   // The usual single-instance Redis lock: SET NX PX with a random token, released by a script
   // that deletes the key only if it still holds that token.

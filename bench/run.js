@@ -8,7 +8,7 @@
 //   node bench/run.js --no-redis      without the side-by-side with Redis (run when redis-server is installed)
 //   node bench/run.js --scale [N]     only the scale section: N (1M) held locks, RSS, restart time
 //   node bench/run.js --startup       only the CLI's start-up (process wall times)
-//   node bench/run.js --side-by-side  only lockd next to Redis (multi-process lockers)
+//   node bench/run.js --side-by-side  only lockd next to Redis and to a bare Node echo server (multi-process lockers)
 import {spawn, spawnSync} from 'node:child_process'
 import {mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {availableParallelism, tmpdir} from 'node:os'
@@ -435,6 +435,21 @@ async function startRedis(persist) {
   throw new Error('redis-server did not answer')
 }
 
+/** The floor (bench/echo-server.mjs): a bare Node echo server; resolves with its port once it listens. */
+async function startEcho() {
+  const child = spawn(process.execPath, [join(root, 'bench', 'echo-server.mjs')], {stdio: ['ignore', 'pipe', 'inherit']})
+  children.push(child)
+  const port = await new Promise((resolve, reject) => {
+    let out = ''
+    child.stdout.on('data', (c) => {
+      out += c
+      if (out.includes('\n')) resolve(Number(out.trim()))
+    })
+    child.on('exit', () => reject(new Error('bench/echo-server.mjs exited before it listened')))
+  })
+  return {child, port}
+}
+
 /** CPU time (user + system, µs) a process has used so far, from /proc (null where there is none). */
 function cpuUsOf(pid) {
   try {
@@ -490,6 +505,7 @@ async function sideBySide() {
     ['Redis appendfsync always', async () => startRedis(true), 'redis'],
     ['lockd in memory', async () => startLockd(['--in-memory']), 'lockd'],
     ['Redis no persistence', async () => startRedis(false), 'redis'],
+    ['a bare Node echo server', startEcho, 'echo'],
   ]
   const figures = {}
   const cores = availableParallelism()
@@ -520,6 +536,11 @@ async function sideBySide() {
   }
   pair('lockd durable', 'Redis appendfsync always')
   pair('lockd in memory', 'Redis no persistence')
+  // Where the rest goes: the same load against a server that is nothing but Node's own socket
+  // path (two round trips of 64 bytes per pair). What lockd costs above it is its own work
+  // (protocol, lock table, client library); what it leaves to reach Redis is Node's floor.
+  console.log('  (the floor: a bare Node echo server, two round trips of 64 bytes per pair, no protocol, no lock)')
+  pair('lockd in memory', 'a bare Node echo server')
 }
 
 /**
