@@ -19,11 +19,25 @@ export class Listeners {
   /** Sockets open now by listener, and how many all may hold at once (capSockets). */
   private readonly openBy = new Map<Server, number>()
   private socketCap = Number.POSITIVE_INFINITY
+  /**
+   * TCP sockets of TLS listeners still in their handshake, by peer address, with when each was
+   * accepted (oldest first). lockd sees a TLS connection only once its handshake is done, so its
+   * rule for silent connections (closed at the limit to make room) cannot reach these: a flood
+   * of sockets that never began TLS held every descriptor for Node's 120 s handshake timeout,
+   * and kept every client out (exit 4) all that time.
+   */
+  private readonly handshaking = new Map<string, {socket: Socket; at: number}>()
 
-  /** `onDrop`: a connection was closed as it was accepted, for want of descriptors (capSockets). */
+  /**
+   * `onDrop`: a connection was closed as it was accepted, for want of descriptors (capSockets).
+   * `handshakes`: how long a TLS handshake may take (lockd's time for a hello), and how long a
+   * socket still in its handshake keeps its descriptor when all are taken (lockd's time before
+   * a silent connection makes room).
+   */
   constructor(
     private readonly onSocket: (socket: Socket) => void,
     private readonly onDrop: () => void = () => {},
+    private readonly handshakes: {timeoutMs: number; evictAfterMs: number} = {timeoutMs: 10_000, evictAfterMs: 1000},
   ) {}
 
   /**
@@ -38,7 +52,11 @@ export class Listeners {
 
   private countSockets(server: Server): void {
     this.openBy.set(server, 0)
-    server.on('drop', () => this.onDrop())
+    server.on('drop', () => {
+      // Room for the next one, if a handshake has stalled long enough to give its place up.
+      this.closeOldestHandshake()
+      this.onDrop()
+    })
     // (A TLS listener's 'connection' is the TCP socket, before its handshake; it closes with it.)
     server.on('connection', (socket: Socket) => {
       this.openBy.set(server, this.openBy.get(server)! + 1)
@@ -50,11 +68,15 @@ export class Listeners {
     })
   }
 
-  private updateCaps(): void {
-    if (this.socketCap === Number.POSITIVE_INFINITY) return
+  private openSockets(): number {
     let open = 0
     for (const count of this.openBy.values()) open += count
-    const room = Math.max(0, this.socketCap - open)
+    return open
+  }
+
+  private updateCaps(): void {
+    if (this.socketCap === Number.POSITIVE_INFINITY) return
+    const room = Math.max(0, this.socketCap - this.openSockets())
     // (Node reads 0 as "no limit": -1 takes none.)
     for (const [server, count] of this.openBy) server.maxConnections = count + room || -1
   }
@@ -150,14 +172,45 @@ export class Listeners {
   }
 
   private newSecureServer(tls: SecureContextOptions & {requestCert: boolean}): Server {
-    const server = createTlsServer({...tls, rejectUnauthorized: tls.requestCert, noDelay: true}, (socket) => this.onSocket(socket))
-    // A client that fails the handshake (wrong CA, no certificate, not TLS at all) is dropped.
+    const options = {...tls, rejectUnauthorized: tls.requestCert, noDelay: true, handshakeTimeout: this.handshakes.timeoutMs}
+    const server = createTlsServer(options, (socket) => {
+      this.handshaking.delete(peerOf(socket))
+      this.onSocket(socket)
+    })
+    // A client that fails the handshake (wrong CA, no certificate, not TLS at all, too slow) is dropped.
     server.on('tlsClientError', (_error, socket) => socket.destroy())
     this.servers.push(server)
     this.countSockets(server)
+    // (After countSockets' own listener: the count includes this socket.)
+    server.on('connection', (socket: Socket) => {
+      const peer = peerOf(socket)
+      this.handshaking.set(peer, {socket, at: performance.now()})
+      socket.once('close', () => {
+        if (this.handshaking.get(peer)?.socket === socket) this.handshaking.delete(peer)
+      })
+      // It took the last descriptor: the next one would be closed unanswered, so a handshake
+      // that has stalled makes room now.
+      if (this.openSockets() >= this.socketCap) this.closeOldestHandshake()
+    })
     this.secureServers.push(server)
     return server
   }
+
+  /** Close the socket whose TLS handshake has lasted longest, if it has lasted `evictAfterMs`. */
+  private closeOldestHandshake(): void {
+    // (A Map iterates in insertion order: the first entry is the oldest.)
+    for (const [peer, {socket, at}] of this.handshaking) {
+      if (performance.now() - at < this.handshakes.evictAfterMs) return
+      this.handshaking.delete(peer)
+      socket.destroy()
+      return
+    }
+  }
+}
+
+/** A TCP connection's peer, the same for its socket and the TLS socket made of it. */
+function peerOf(socket: Socket): string {
+  return `${socket.remoteAddress}|${socket.remotePort}`
 }
 
 function listen(server: Server, options: {host?: string; port?: number; path?: string}): Promise<Server> {

@@ -94,6 +94,8 @@ export class LockServer {
   private readonly listeners = new Listeners(
     (socket) => this.accept(socket),
     () => this.dropped(),
+    // A TLS connection is this connection before its hello: the same times apply to its handshake.
+    {timeoutMs: HELLO_TIMEOUT_MS, evictAfterMs: SILENT_EVICTION_MS},
   )
   private readonly connections = new Map<string, Connection>()
   /** Connections that have sent no whole message yet, with when each was accepted (oldest first). */

@@ -1,5 +1,6 @@
 import {execFileSync, spawn, spawnSync} from 'node:child_process'
 import {chmodSync, chownSync, copyFileSync, mkdirSync, readFileSync, statSync, writeFileSync} from 'node:fs'
+import {connect as netConnect, type Socket} from 'node:net'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {beforeAll, describe, expect, it} from 'vitest'
@@ -169,6 +170,37 @@ describe('lockd over TLS', () => {
     const carol = await runCli(['lock', 'tls/carol', ...as('carol')], {env: {LOCKCTL_PASSWORD: 'carol-secret'}})
     expect(carol.code, carol.stderr).toBe(0)
     await lockd.stop()
+  })
+
+  it('a flood of connections that never begin TLS, past the open-file limit, keeps nobody out, and each is closed within the hello time', async () => {
+    // Before: lockd saw a TLS connection only once its handshake was done, so sockets that never
+    // began one held every descriptor for Node's 120 s handshake timeout, and every client was
+    // closed unanswered (exit 4) all that time.
+    const lockd = await startLockd({args: ['--tls-cert', certs.cert, '--tls-key', certs.key], fileLimit: 120})
+    const flood: Socket[] = []
+    try {
+      await Promise.all(
+        Array.from({length: 300}, () => {
+          const socket = netConnect(lockd.port, '127.0.0.1')
+          socket.on('error', () => {})
+          flood.push(socket)
+          return new Promise<void>((resolve) => {
+            socket.once('connect', () => resolve())
+            socket.once('close', () => resolve())
+          })
+        }),
+      )
+      // (Its first tries are closed unanswered: a stalled handshake gives its place up after 1 s.)
+      const newcomer = await runCli(['lock', 'after-the-flood', '--wait', '5s', '--endpoints', `lockds://127.0.0.1:${lockd.port}`, '--cacert', certs.ca])
+      expect(newcomer.code, newcomer.stderr).toBe(0)
+      // Every flood socket is closed by lockd: made room for someone, or out of handshake time (10 s).
+      await eventually(() => flood.every((socket) => socket.readableEnded || socket.destroyed), 20_000)
+      expect(lockd.stderr()).not.toMatch(/EMFILE|stopping|at .*\.js/)
+      expect(lockd.child.exitCode).toBeNull()
+    } finally {
+      for (const socket of flood) socket.destroy()
+      await lockd.stop()
+    }
   })
 
   it('--tls-client-ca: a client without a certificate signed by it is refused; with one it works', async () => {
