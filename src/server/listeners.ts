@@ -5,6 +5,7 @@ import {createServer as createTlsServer, type SecureContextOptions, type Server 
 import {dirname} from 'node:path'
 import {AlreadyRunningError, makeDirectoriesOrStartError, ServerStartError} from './errors.js'
 import {socketPathProblem} from '../util/fs.js'
+import {SilentSockets} from './silent-sockets.js'
 
 /**
  * lockd's listening sockets: TCP addresses and a unix socket (with its permission bits, and a
@@ -26,7 +27,7 @@ export class Listeners {
    * of sockets that never began TLS held every descriptor for Node's 120 s handshake timeout,
    * and kept every client out (exit 4) all that time.
    */
-  private readonly handshaking = new Map<string, {socket: Socket; at: number}>()
+  private readonly handshaking: SilentSockets<string>
 
   /**
    * `onDrop`: a connection was closed as it was accepted, for want of descriptors (capSockets).
@@ -38,7 +39,9 @@ export class Listeners {
     private readonly onSocket: (socket: Socket) => void,
     private readonly onDrop: () => void = () => {},
     private readonly handshakes: {timeoutMs: number; evictAfterMs: number} = {timeoutMs: 10_000, evictAfterMs: 1000},
-  ) {}
+  ) {
+    this.handshaking = new SilentSockets(handshakes.evictAfterMs)
+  }
 
   /**
    * At most `cap` sockets open at once, across every listener (descriptors.ts): one more is
@@ -54,7 +57,7 @@ export class Listeners {
     this.openBy.set(server, 0)
     server.on('drop', () => {
       // Room for the next one, if a handshake has stalled long enough to give its place up.
-      this.closeOldestHandshake()
+      this.handshaking.closeOldest()
       this.onDrop()
     })
     // (A TLS listener's 'connection' is the TCP socket, before its handshake; it closes with it.)
@@ -174,7 +177,7 @@ export class Listeners {
   private newSecureServer(tls: SecureContextOptions & {requestCert: boolean}): Server {
     const options = {...tls, rejectUnauthorized: tls.requestCert, noDelay: true, handshakeTimeout: this.handshakes.timeoutMs}
     const server = createTlsServer(options, (socket) => {
-      this.handshaking.delete(peerOf(socket))
+      this.handshaking.spoke(peerOf(socket))
       this.onSocket(socket)
     })
     // A client that fails the handshake (wrong CA, no certificate, not TLS at all, too slow) is dropped.
@@ -183,28 +186,13 @@ export class Listeners {
     this.countSockets(server)
     // (After countSockets' own listener: the count includes this socket.)
     server.on('connection', (socket: Socket) => {
-      const peer = peerOf(socket)
-      this.handshaking.set(peer, {socket, at: performance.now()})
-      socket.once('close', () => {
-        if (this.handshaking.get(peer)?.socket === socket) this.handshaking.delete(peer)
-      })
+      this.handshaking.add(peerOf(socket), socket)
       // It took the last descriptor: the next one would be closed unanswered, so a handshake
       // that has stalled makes room now.
-      if (this.openSockets() >= this.socketCap) this.closeOldestHandshake()
+      if (this.openSockets() >= this.socketCap) this.handshaking.closeOldest()
     })
     this.secureServers.push(server)
     return server
-  }
-
-  /** Close the socket whose TLS handshake has lasted longest, if it has lasted `evictAfterMs`. */
-  private closeOldestHandshake(): void {
-    // (A Map iterates in insertion order: the first entry is the oldest.)
-    for (const [peer, {socket, at}] of this.handshaking) {
-      if (performance.now() - at < this.handshakes.evictAfterMs) return
-      this.handshaking.delete(peer)
-      socket.destroy()
-      return
-    }
   }
 }
 

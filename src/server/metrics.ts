@@ -1,7 +1,12 @@
 import {createServer, type Server} from 'node:http'
+import type {Socket} from 'node:net'
 import {METRICS_CONNECTIONS} from './descriptors.js'
+import {SilentSockets} from './silent-sockets.js'
 import type {Counter, Histogram, Registry} from 'prom-client'
 import type {TableEvent} from './lock-table.js'
+
+/** How long a metrics connection that has asked nothing keeps its place when all are taken. */
+const SILENT_MS = 1000
 
 /** What the metrics read from the server when scraped. */
 export interface MetricsSource {
@@ -64,7 +69,12 @@ export class ServerMetrics {
       buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1],
       registers: [registry],
     })
-    const http = createServer((request, response) => {
+    // A connection that asks nothing is closed within seconds (Node's default: a minute or more),
+    // and when all METRICS_CONNECTIONS are taken, one silent for a second makes room: a handful
+    // of idle sockets kept every scrape and health check out (a failing /healthz can get lockd
+    // restarted by its supervisor).
+    const http = createServer({connectionsCheckingInterval: 1000, headersTimeout: 5000, requestTimeout: 10_000}, (request, response) => {
+      silent.spoke(request.socket)
       // The path alone: a scraper's `?name[]=...` is not another page. Only reads are served.
       const path = (request.url ?? '').split('?')[0]
       if (request.method !== 'GET' && request.method !== 'HEAD') {
@@ -87,6 +97,18 @@ export class ServerMetrics {
     })
     // Its descriptors come out of lockd's reserve (descriptors.ts): a scraper needs one or two.
     http.maxConnections = METRICS_CONNECTIONS
+    // (headersTimeout counts from a request's first byte: a socket that sends none is ended by this.)
+    http.timeout = 10_000
+    const silent = new SilentSockets<Socket>(SILENT_MS)
+    let open = 0
+    http.on('connection', (socket: Socket) => {
+      open++
+      socket.once('close', () => open--)
+      silent.add(socket, socket)
+      // It took the last place: the next connection would be closed unanswered.
+      if (open >= METRICS_CONNECTIONS) silent.closeOldest()
+    })
+    http.on('drop', () => silent.closeOldest())
     await new Promise<void>((resolve, reject) => {
       http.once('error', reject)
       http.listen(address.port, address.host, () => {
