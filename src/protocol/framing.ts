@@ -39,9 +39,10 @@ export class FrameDecoder {
   private buffer: Buffer = Buffer.alloc(0)
   private failed = false
 
+  /** `maxFrame`: the largest body accepted; it may change between pushes (lockd's is small until the hello). */
   constructor(
     private readonly codec: Packr,
-    private readonly maxFrame = DEFAULT_MAX_FRAME,
+    public maxFrame = DEFAULT_MAX_FRAME,
   ) {}
 
   /** Bytes received that do not yet make a whole frame (a half-sent frame at close). */

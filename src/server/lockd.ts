@@ -79,6 +79,8 @@ export const DEFAULT_MAX_WAITERS_PER_CONNECTION = 10_000
 export const DEFAULT_MAX_LOCKS = 5_000_000
 
 const HELLO_TIMEOUT_MS = 10_000
+/** The largest frame a connection may send before its hello is done: a hello, its password included, is far smaller. */
+export const HELLO_MAX_FRAME = 16 * 1024
 /** How long a connection that has sent nothing keeps its place when lockd is at its connection limit. */
 const SILENT_EVICTION_MS = 1000
 
@@ -408,7 +410,10 @@ export class LockServer {
     }
     socket.setNoDelay(true)
     socket.on('error', () => {})
-    const conn = newConnection(socket, `s${++this.sessionCounter}`, this.options.maxFrame ?? DEFAULT_MAX_FRAME)
+    // Frames no larger than a hello needs until the hello is done (password included): a peer
+    // nobody knows yet cannot make lockd hold a megabyte for it (10,000 such connections had it
+    // buffer ~10 GB of half-sent frames, past what the machine had).
+    const conn = newConnection(socket, `s${++this.sessionCounter}`, Math.min(HELLO_MAX_FRAME, this.maxFrame))
     const {served, boundByFiles} = this.connectionLimits
     // At the limit, a connection that has sent nothing for a while makes room: idle sockets
     // (a scan, a flood, a client that hung before its hello) held every place for 10 s each and
@@ -455,6 +460,10 @@ export class LockServer {
    */
   private authenticate(conn: Connection, hello: Record<string, unknown>, reply: ServerMessage): void {
     conn.held = []
+    // Nothing more is read until the password is checked: what the peer sends meanwhile waits in
+    // the kernel (TCP stops the peer when that is full), not in lockd's memory. `held` keeps only
+    // what came in the same read as the hello.
+    conn.socket.pause()
     const user = hello.user
     void this.passwords!.check(user, hello.password).then((ok) => {
       if (conn.socket.destroyed) return
@@ -470,7 +479,7 @@ export class LockServer {
         return
       }
       conn.user = user as string
-      conn.greeted = true
+      this.greeted(conn)
       this.outbox.send(conn, reply)
       const held = conn.held ?? []
       conn.held = null
@@ -479,7 +488,18 @@ export class LockServer {
         this.handleSafely(conn, message)
       }
       this.endBatch()
+      conn.socket.resume()
     })
+  }
+
+  /** The hello is done (its password checked): the connection's frames may be as large as lockd's limit. */
+  private greeted(conn: Connection): void {
+    conn.greeted = true
+    conn.decoder.maxFrame = this.maxFrame
+  }
+
+  private get maxFrame(): number {
+    return this.options.maxFrame ?? DEFAULT_MAX_FRAME
   }
 
   /**
@@ -523,13 +543,13 @@ export class LockServer {
       return
     }
     if (!conn.greeted) {
-      const greeting = greet(conn, m, {server: 'lockd', version: VERSION, serverId: this.serverId, maxFrame: this.options.maxFrame ?? DEFAULT_MAX_FRAME, features: ['semaphores', 'list-after']})
+      const greeting = greet(conn, m, {server: 'lockd', version: VERSION, serverId: this.serverId, maxFrame: this.maxFrame, features: ['semaphores', 'list-after']})
       if ('refuse' in greeting) {
         this.fail(conn, ErrorCode.PROTOCOL, greeting.refuse)
       } else if (this.passwords) {
         this.authenticate(conn, m, greeting.reply)
       } else {
-        conn.greeted = true
+        this.greeted(conn)
         this.outbox.send(conn, greeting.reply)
       }
       return

@@ -4,6 +4,7 @@ import {connect as netConnect, type Socket} from 'node:net'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {beforeAll, describe, expect, it} from 'vitest'
+import {createCodec, encodeFrame, FrameDecoder} from '../../src/protocol/framing.js'
 import {BIN, eventually, runCli, startLockd, tempDir, type CliResult} from '../helpers/processes.js'
 
 /** A CA, a server certificate for 127.0.0.1, client certificates, and a second (wrong) CA. */
@@ -220,6 +221,48 @@ describe('lockd over TLS', () => {
 })
 
 describe('lockd with users', () => {
+  /** A connection that speaks the protocol by hand: what it writes, and every message lockd sends back. */
+  async function raw(port: number): Promise<{socket: Socket; messages: Record<string, unknown>[]; closed: Promise<void>}> {
+    const socket = netConnect({host: '127.0.0.1', port})
+    socket.on('error', () => {})
+    await new Promise((resolve) => socket.once('connect', resolve))
+    const decoder = new FrameDecoder(createCodec())
+    const messages: Record<string, unknown>[] = []
+    socket.on('data', (chunk) => messages.push(...(decoder.push(chunk) as Record<string, unknown>[])))
+    return {socket, messages, closed: new Promise((resolve) => socket.once('close', () => resolve()))}
+  }
+
+  it('before its hello is done, a connection cannot make lockd hold a large frame for it; what it sends meanwhile waits, in order', async () => {
+    const dir = tempDir()
+    const authFile = join(dir, 'users')
+    writeFileSync(authFile, `carol:${hash('carol-secret')}\n`)
+    const lockd = await startLockd({args: ['--auth-file', authFile]})
+    // Before: a frame up to --max-frame (1 MB) was buffered for anyone, logged in or not; 400
+    // such connections took ~480 MB of lockd's memory, 10,000 would take ~10 GB.
+    const stranger = await raw(lockd.port)
+    const header = Buffer.alloc(4)
+    header.writeUInt32BE(1024 * 1024)
+    stranger.socket.write(Buffer.concat([header, Buffer.alloc(64 * 1024, 0x61)]))
+    await stranger.closed
+    expect(stranger.messages).toContainEqual(expect.objectContaining({t: 'error', code: 'PROTOCOL', msg: expect.stringMatching(/frame of 1048576 bytes is over the limit of 16384/)}))
+
+    // A client that does not wait for the login to be checked: its requests, written with the
+    // hello, are answered once it is, in order — those that came in the hello's read and those
+    // lockd read only after the check.
+    const carol = await raw(lockd.port)
+    const codec = createCodec()
+    const requests = Array.from({length: 3000}, (_, i) => encodeFrame(codec, {t: 'req', id: i + 1, op: 'acquire', key: `carol/${i % 7}`, leaseMs: 60_000, waitMs: 0, owner: 'carol'}))
+    carol.socket.write(Buffer.concat([encodeFrame(codec, {t: 'hello', v: 1, user: 'carol', password: 'carol-secret'}), ...requests]))
+    await eventually(() => carol.messages.length >= 3001, 20_000)
+    expect(carol.messages[0]).toMatchObject({t: 'hello'})
+    const answers = carol.messages.slice(1)
+    expect(answers.map((m) => m.id)).toEqual(Array.from({length: 3000}, (_, i) => i + 1))
+    // The first of each key is granted, every later one finds it held by carol's own grant.
+    expect(answers.filter((m) => m.code === 'OK')).toHaveLength(7)
+    carol.socket.destroy()
+    expect(await lockd.stop()).toBe(0)
+  })
+
   it("no password or a wrong one: exit 6; a non-admin's unlock --force: exit 6 and the lock untouched; an admin's works; SIGHUP reads new users", async () => {
     const dir = tempDir()
     const authFile = join(dir, 'users')
