@@ -22,6 +22,13 @@ export interface HandlerContext {
   mayForce(conn: Connection): boolean
 }
 
+/**
+ * Watches one connection may have at once. Each costs lockd memory and a share of every event
+ * (a prefix watch is checked against each), and its snapshot when it starts: a client that
+ * watched in a loop without unwatching slowed every lock operation for everyone, without end.
+ */
+export const MAX_WATCHES_PER_CONNECTION = 1000
+
 const optional = <T>(value: T | undefined | null, problem: (v: T) => string | null): string | null => (value === undefined || value === null ? null : problem(value))
 
 /**
@@ -143,6 +150,9 @@ function answer(ctx: HandlerContext, conn: Connection, request: Request): Answer
       return {code: 'OK', locks: locks.map((view) => lockInfo(view, now)), total}
     }
     case 'watch': {
+      if (conn.subscriptions.size >= MAX_WATCHES_PER_CONNECTION) {
+        return {code: ErrorCode.LIMIT, msg: `this connection already has ${MAX_WATCHES_PER_CONNECTION} watches, lockd's limit: unwatch one first`}
+      }
       const target = typeof request.key === 'string' ? {key: request.key} : {prefix: request.prefix!}
       ctx.subscriptions.watch(conn, request.id, target)
       return {code: 'OK', sub: request.id, ...ctx.subscriptions.snapshot(target)}

@@ -569,6 +569,32 @@ describe('lockd against a misbehaving peer', () => {
     await lockd.stop()
   })
 
+  it('watches past 1,000 on one connection are refused with LIMIT; its other watches, and everyone else, go on', async () => {
+    // Before: no limit. A client that watched in a loop without unwatching grew lockd's memory
+    // and the work of every lock event (each prefix watch is checked against it) without end.
+    const lockd = await startLockd()
+    const watcher = await raw(lockd.port)
+    const codec = createCodec()
+    const watches = Array.from({length: 1001}, (_, i) => encodeFrame(codec, {t: 'req', id: i + 1, op: 'watch', prefix: ''}))
+    watcher.socket.write(Buffer.concat([hello(), ...watches]))
+    type Message = {t: string; id?: number; code?: string; msg?: string; ev?: string; event?: {type: string; key: string}}
+    const messages = watcher.messages as Message[]
+    await eventually(() => messages.some((m) => m.id === 1001), 20_000)
+    const answers = messages.filter((m) => m.t === 'res')
+    expect(answers.filter((m) => m.code === 'OK')).toHaveLength(1000)
+    expect(answers.find((m) => m.id === 1001)).toMatchObject({code: 'LIMIT', msg: expect.stringMatching(/1000 watches, lockd's limit: unwatch one first/)})
+    // Its 1,000 watches still hear events; after an unwatch, a new watch is taken again.
+    const other = await client(lockd.endpoint, 'other')
+    await other.createLock('watched').acquire()
+    await eventually(() => messages.filter((m) => m.ev === 'lock' && m.event?.key === 'watched').length === 1000)
+    watcher.socket.write(Buffer.concat([encodeFrame(codec, {t: 'req', id: 2001, op: 'unwatch', sub: 1}), encodeFrame(codec, {t: 'req', id: 2002, op: 'watch', key: 'watched'})]))
+    await eventually(() => messages.some((m) => m.t === 'res' && m.id === 2002))
+    expect(messages.find((m) => m.t === 'res' && m.id === 2002)).toMatchObject({code: 'OK'})
+    watcher.socket.destroy()
+    await other.close()
+    await lockd.stop()
+  })
+
   it('at --max-connections, a connection that sent nothing for a second makes room for a new client; greeted ones never do', async () => {
     const lockd = await startLockd({args: ['--max-connections', '3']})
     const greeted = await client(lockd.endpoint, 'greeted')
