@@ -18,6 +18,8 @@ export interface HandlerContext {
   maxWaitersPerConnection: number
   /** Names held at once (--max-locks): a new name past it is refused, held ones still serve. */
   maxLocks: number
+  /** Why a new name is refused for want of heap now (heap-guard.ts), or null. */
+  heapRefusal(): string | null
   /** May this connection force-release a lock it does not hold? */
   mayForce(conn: Connection): boolean
 }
@@ -86,8 +88,10 @@ function answer(ctx: HandlerContext, conn: Connection, request: Request): Answer
       if (request.waitMs !== 0 && table.waitingOf(conn.session) >= ctx.maxWaitersPerConnection && table.holderOf(request.key) !== null) {
         return {code: ErrorCode.LIMIT, msg: `this connection already has ${ctx.maxWaitersPerConnection} waiting acquires, lockd's limit (--max-waiters-per-connection)`}
       }
-      if (table.size >= ctx.maxLocks && table.holderOf(request.key) === null) {
-        return {code: ErrorCode.LIMIT, msg: `lockd holds ${table.size} locks, its limit (--max-locks): release some, or raise the limit`}
+      if (table.holderOf(request.key) === null) {
+        if (table.size >= ctx.maxLocks) return {code: ErrorCode.LIMIT, msg: `lockd holds ${table.size} locks, its limit (--max-locks): release some, or raise the limit`}
+        const heap = ctx.heapRefusal()
+        if (heap !== null) return {code: ErrorCode.LIMIT, msg: heap}
       }
       const result = table.acquire({
         key: request.key,

@@ -3,6 +3,7 @@ import type {Server, Socket} from 'node:net'
 import type {SecureContextOptions, TLSSocket} from 'node:tls'
 import {ErrorCode} from '../protocol/errors.js'
 import {DEFAULT_MAX_FRAME, encodeFrame} from '../protocol/framing.js'
+import {HeapGuard} from './heap-guard.js'
 import {PROTOCOL_VERSION, type Request, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
 import {VERSION} from '../version.js'
 import {PasswordCheck} from './auth.js'
@@ -137,9 +138,18 @@ export class LockServer {
       info: () => this.info(),
       maxWaitersPerConnection: options.maxWaitersPerConnection ?? DEFAULT_MAX_WAITERS_PER_CONNECTION,
       maxLocks: options.maxLocks ?? DEFAULT_MAX_LOCKS,
+      heapRefusal: () => this.heapGuard.refusal(),
       mayForce: (conn) => this.mayForce(conn),
     }
   }
+
+  /** New names refused past half the heap limit: a lockd out of heap dies (heap-guard.ts). */
+  private readonly heapGuard = new HeapGuard((full, {used, limit}) => {
+    const state = `${Math.round(used / 1048576)} MB of its ${Math.round(limit / 1048576)} MB heap`
+    this.say(
+      full ? `lockd: warning: ${state} in use, past half: new names are refused (LIMIT) until locks are released; held ones go on` : `lockd: ${state} in use, under half again: new names are taken`,
+    )
+  })
 
   /**
    * Who may force-release a lock it does not hold: with --admin, only those users (by password
@@ -226,6 +236,7 @@ export class LockServer {
     }
     this.scheduleTick()
     this.checkIdle()
+    this.heapGuard.start()
     return this
   }
 
@@ -387,6 +398,7 @@ export class LockServer {
       if (this.idleTimer) clearTimeout(this.idleTimer)
       if (this.dropReport) clearTimeout(this.dropReport)
       if (this.fileCheck) clearInterval(this.fileCheck)
+      this.heapGuard.stop()
       // net.Server#close waits for open connections, so stop accepting first, let acks that are
       // waiting for the log go out, then drop the connections, then wait for the listeners.
       const listenersClosed = this.listeners.close()

@@ -36,10 +36,13 @@ export interface LockdProcess {
   stop(): Promise<number>
 }
 
-/** Start `lockctl server` as a real process on a loopback port and wait until it listens. */
-/** `fileLimit`: started under `ulimit -n` of this many (its soft and hard open-file limit). */
-export async function startLockd(options: {dataDir?: string; port?: number; args?: string[]; fileLimit?: number} = {}): Promise<LockdProcess> {
-  const args = [BIN, 'server', '--listen', `127.0.0.1:${options.port ?? 0}`, ...(options.args ?? [])]
+/**
+ * Start `lockctl server` as a real process on a loopback port and wait until it listens.
+ * `fileLimit`: started under `ulimit -n` of this many (its soft and hard open-file limit).
+ * `nodeArgs`: flags for Node itself (a small --max-old-space-size).
+ */
+export async function startLockd(options: {dataDir?: string; port?: number; args?: string[]; fileLimit?: number; nodeArgs?: string[]} = {}): Promise<LockdProcess> {
+  const args = [...(options.nodeArgs ?? []), BIN, 'server', '--listen', `127.0.0.1:${options.port ?? 0}`, ...(options.args ?? [])]
   args.push(...(options.dataDir ? ['--data-dir', options.dataDir] : ['--in-memory']))
   const child =
     options.fileLimit === undefined

@@ -2,7 +2,7 @@ import {appendFileSync, readdirSync, readFileSync, unlinkSync, writeFileSync} fr
 import {connect as netConnect, type Socket} from 'node:net'
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
-import {connect} from '../../src/client/index.js'
+import {connect, type LockError} from '../../src/client/index.js'
 import {createCodec, encodeFrame, FrameDecoder} from '../../src/protocol/framing.js'
 import {LockServer} from '../../src/server/lockd.js'
 import {clientFactory} from '../helpers/clients.js'
@@ -567,6 +567,42 @@ describe('lockd against a misbehaving peer', () => {
     expect(cli.stderr.trim().split('\n')).toHaveLength(1)
     expect((await a.inspect('busy'))?.waiters).toBe(2) // the others were untouched
     await lockd.stop()
+  })
+
+  it('a lockd whose heap is half full refuses new names with LIMIT instead of dying of it; held names go on', async () => {
+    // Before: --max-locks counted names, not bytes. Long keys on a small heap (Node's limit
+    // follows the machine's memory) ended in a V8 fatal error: an abort, a native stack trace,
+    // every client cut off.
+    // (A small young generation too: Node's heap limit counts it, and at 48 MB it would be as large as the old one.)
+    const lockd = await startLockd({nodeArgs: ['--max-old-space-size=48', '--max-semi-space-size=1']})
+    const filler = await client(lockd.endpoint, 'filler')
+    const pad = 'k'.repeat(480)
+    const kept = filler.createLock(`${pad}/kept`)
+    await kept.acquire({leaseMs: 600_000})
+    let refusal: LockError | null = null
+    let taken = 0
+    await Promise.all(
+      Array.from({length: 32}, async (_, worker) => {
+        // (Bounded: 48 MB of heap holds far fewer than this many such locks.)
+        for (let i = worker; refusal === null && i < 400_000; i += 32) {
+          try {
+            await filler.createLock(`${pad}/${i}`).acquire({leaseMs: 600_000})
+            taken++
+          } catch (error) {
+            refusal ??= error as LockError
+          }
+        }
+      }),
+    )
+    expect(refusal, lockd.stderr()).toMatchObject({code: 'LIMIT', message: expect.stringMatching(/lockd uses \d+ MB of its \d+ MB heap, past the 50%/)})
+    expect(taken).toBeGreaterThan(1000)
+    expect(lockd.stderr()).toMatch(/lockd: warning: \d+ MB of its \d+ MB heap in use, past half: new names are refused/)
+    // Alive, and what it holds goes on: a renewal, a lock of a held name, a look at it.
+    expect(lockd.child.exitCode).toBeNull()
+    await kept.updateLease(600_000)
+    expect((await filler.inspect(`${pad}/kept`))?.holder?.owner).toBe('filler')
+    await filler.close()
+    expect(await lockd.stop()).toBe(0)
   })
 
   it('watches past 1,000 on one connection are refused with LIMIT; its other watches, and everyone else, go on', async () => {

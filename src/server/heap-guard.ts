@@ -1,0 +1,71 @@
+import {getHeapStatistics} from 'node:v8'
+
+/** What the guard reads of the heap: bytes in use, and the most the heap may grow to. */
+export interface HeapReading {
+  used: number
+  limit: number
+}
+
+export const readHeap = (): HeapReading => {
+  const {used_heap_size: used, heap_size_limit: limit} = getHeapStatistics()
+  return {used, limit}
+}
+
+/**
+ * Keeps lockd from running out of heap (docs/protocol.md, "Limits"). --max-locks counts names,
+ * but what a name costs depends on its key (up to 512 bytes) and on the machine, whose memory
+ * sets Node's heap limit: a lockd filled with long keys on a small heap died of a V8 fatal
+ * error (an abort, a native stack trace in its log, every client cut off). Past `fraction` of
+ * the heap limit, new names are refused with LIMIT — held ones go on — and the room above is
+ * what a growing hash table, a snapshot and garbage collection need. Read every `everyMs`
+ * (not per request: a reading costs microseconds, and the heap cannot fill in that time).
+ */
+export class HeapGuard {
+  private timer: NodeJS.Timeout | null = null
+  private reading: HeapReading | null = null
+
+  constructor(
+    private readonly onChange: (full: boolean, reading: HeapReading) => void,
+    private readonly options: {fraction?: number; everyMs?: number; read?: () => HeapReading} = {},
+  ) {}
+
+  /** Past the threshold at the last reading? */
+  get full(): boolean {
+    return this.reading !== null && this.isFull(this.reading)
+  }
+
+  /** Why a new name is refused now, for the client (null: it is not). */
+  refusal(): string | null {
+    const reading = this.reading
+    if (reading === null || !this.isFull(reading)) return null
+    const mb = (bytes: number) => Math.round(bytes / 1048576)
+    return `lockd uses ${mb(reading.used)} MB of its ${mb(reading.limit)} MB heap, past the ${Math.round(this.fraction * 100)}% it keeps new names within: release some locks, or give lockd more memory (NODE_OPTIONS=--max-old-space-size=MB)`
+  }
+
+  start(): void {
+    this.check()
+    this.timer = setInterval(() => this.check(), this.options.everyMs ?? 250)
+    this.timer.unref()
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer)
+    this.timer = null
+  }
+
+  /** Read the heap now (the timer's work; tests call it directly). */
+  check(): void {
+    const wasFull = this.full
+    this.reading = (this.options.read ?? readHeap)()
+    const full = this.isFull(this.reading)
+    if (full !== wasFull) this.onChange(full, this.reading)
+  }
+
+  private get fraction(): number {
+    return this.options.fraction ?? 0.5
+  }
+
+  private isFull(reading: HeapReading): boolean {
+    return reading.used > this.fraction * reading.limit
+  }
+}
