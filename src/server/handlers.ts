@@ -88,11 +88,14 @@ function answer(ctx: HandlerContext, conn: Connection, request: Request): Answer
       if (request.waitMs !== 0 && table.waitingOf(conn.session) >= ctx.maxWaitersPerConnection && table.holderOf(request.key) !== null) {
         return {code: ErrorCode.LIMIT, msg: `this connection already has ${ctx.maxWaitersPerConnection} waiting acquires, lockd's limit (--max-waiters-per-connection)`}
       }
-      if (table.holderOf(request.key) === null) {
-        if (table.size >= ctx.maxLocks) return {code: ErrorCode.LIMIT, msg: `lockd holds ${table.size} locks, its limit (--max-locks): release some, or raise the limit`}
-        const heap = ctx.heapRefusal()
-        if (heap !== null) return {code: ErrorCode.LIMIT, msg: heap}
+      const newName = table.holderOf(request.key) === null
+      if (newName && table.size >= ctx.maxLocks) {
+        return {code: ErrorCode.LIMIT, msg: `lockd holds ${table.size} locks, its limit (--max-locks): release some, or raise the limit`}
       }
+      // Past half the heap, nothing that makes the table grow without bound is taken: a new
+      // name, or a place in a queue. Renewals, releases and a try of a held name go on.
+      const heap = newName || request.waitMs !== 0 ? ctx.heapRefusal() : null
+      if (heap !== null) return {code: ErrorCode.LIMIT, msg: heap}
       const result = table.acquire({
         key: request.key,
         leaseMs: request.leaseMs,

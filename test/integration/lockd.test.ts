@@ -597,9 +597,12 @@ describe('lockd against a misbehaving peer', () => {
     expect(refusal, lockd.stderr()).toMatchObject({code: 'LIMIT', message: expect.stringMatching(/lockd uses \d+ MB of its \d+ MB heap, past the 50%/)})
     expect(taken).toBeGreaterThan(1000)
     expect(lockd.stderr()).toMatch(/lockd: warning: \d+ MB of its \d+ MB heap in use, past half: new names are refused/)
-    // Alive, and what it holds goes on: a renewal, a lock of a held name, a look at it.
+    // Nor a place in a queue: waiters grow the table as new names do.
+    await expect(filler.createLock(`${pad}/kept`).acquire({waitMs: 10_000})).rejects.toMatchObject({code: 'LIMIT'})
+    // Alive, and what it holds goes on: a renewal, a try of a held name, a look at it.
     expect(lockd.child.exitCode).toBeNull()
     await kept.updateLease(600_000)
+    await expect(filler.createLock(`${pad}/kept`).acquire({waitMs: 0})).rejects.toMatchObject({code: 'LOCK_HELD'})
     expect((await filler.inspect(`${pad}/kept`))?.holder?.owner).toBe('filler')
     await filler.close()
     expect(await lockd.stop()).toBe(0)
