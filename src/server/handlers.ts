@@ -18,7 +18,7 @@ export interface HandlerContext {
   maxWaitersPerConnection: number
   /** Names held at once (--max-locks): a new name past it is refused, held ones still serve. */
   maxLocks: number
-  /** Why a new name is refused for want of heap now (heap-guard.ts), or null. */
+  /** Why a new name or a wait is refused for want of heap now (heap-guard.ts), or null. */
   heapRefusal(): string | null
   /** May this connection force-release a lock it does not hold? */
   mayForce(conn: Connection): boolean

@@ -16,7 +16,8 @@ export const readHeap = (): HeapReading => {
  * but what a name costs depends on its key (up to 512 bytes) and on the machine, whose memory
  * sets Node's heap limit: a lockd filled with long keys on a small heap died of a V8 fatal
  * error (an abort, a native stack trace in its log, every client cut off). Past `fraction` of
- * the heap limit, new names are refused with LIMIT — held ones go on — and the room above is
+ * the heap limit, new names and waits are refused with LIMIT — renewals, releases and tries of
+ * held names go on — and the room above is
  * what a growing hash table, a snapshot and garbage collection need. Read every `everyMs`
  * (not per request: a reading costs microseconds, and the heap cannot fill in that time).
  */
@@ -34,12 +35,12 @@ export class HeapGuard {
     return this.reading !== null && this.isFull(this.reading)
   }
 
-  /** Why a new name is refused now, for the client (null: it is not). */
+  /** Why a new name or a wait is refused now, for the client (null: it is not). */
   refusal(): string | null {
     const reading = this.reading
     if (reading === null || !this.isFull(reading)) return null
     const mb = (bytes: number) => Math.round(bytes / 1048576)
-    return `lockd uses ${mb(reading.used)} MB of its ${mb(reading.limit)} MB heap, past the ${Math.round(this.fraction * 100)}% it keeps new names within: release some locks, or give lockd more memory (NODE_OPTIONS=--max-old-space-size=MB)`
+    return `lockd uses ${mb(reading.used)} MB of its ${mb(reading.limit)} MB heap, past the ${Math.round(this.fraction * 100)}% it keeps new names and waits within: release some locks, or give lockd more memory (NODE_OPTIONS=--max-old-space-size=MB)`
   }
 
   start(): void {

@@ -3,10 +3,10 @@ import type {Server, Socket} from 'node:net'
 import type {SecureContextOptions, TLSSocket} from 'node:tls'
 import {ErrorCode} from '../protocol/errors.js'
 import {DEFAULT_MAX_FRAME, encodeFrame} from '../protocol/framing.js'
-import {HeapGuard} from './heap-guard.js'
 import {PROTOCOL_VERSION, type Request, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
 import {VERSION} from '../version.js'
 import {PasswordCheck} from './auth.js'
+import {HeapGuard} from './heap-guard.js'
 import {newConnection, peerOf, type Connection} from './connection.js'
 import {connectionLimits, descriptorUse, FILES_RESERVE, METRICS_CONNECTIONS, type ConnectionLimits} from './descriptors.js'
 import {DurableLog} from './durable-log.js'
@@ -143,11 +143,13 @@ export class LockServer {
     }
   }
 
-  /** New names refused past half the heap limit: a lockd out of heap dies (heap-guard.ts). */
+  /** New names and waits refused past half the heap limit: a lockd out of heap dies (heap-guard.ts). */
   private readonly heapGuard = new HeapGuard((full, {used, limit}) => {
     const state = `${Math.round(used / 1048576)} MB of its ${Math.round(limit / 1048576)} MB heap`
     this.say(
-      full ? `lockd: warning: ${state} in use, past half: new names are refused (LIMIT) until locks are released; held ones go on` : `lockd: ${state} in use, under half again: new names are taken`,
+      full
+        ? `lockd: warning: ${state} in use, past half: new names and waits are refused (LIMIT) until locks are released; renewals and releases go on`
+        : `lockd: ${state} in use, under half again: new names and waits are taken`,
     )
   })
 

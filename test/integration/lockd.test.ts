@@ -594,9 +594,9 @@ describe('lockd against a misbehaving peer', () => {
         }
       }),
     )
-    expect(refusal, lockd.stderr()).toMatchObject({code: 'LIMIT', message: expect.stringMatching(/lockd uses \d+ MB of its \d+ MB heap, past the 50%/)})
+    expect(refusal, lockd.stderr()).toMatchObject({code: 'LIMIT', message: expect.stringMatching(/lockd uses \d+ MB of its \d+ MB heap, past the 50% it keeps new names and waits within/)})
     expect(taken).toBeGreaterThan(1000)
-    expect(lockd.stderr()).toMatch(/lockd: warning: \d+ MB of its \d+ MB heap in use, past half: new names are refused/)
+    expect(lockd.stderr()).toMatch(/lockd: warning: \d+ MB of its \d+ MB heap in use, past half: new names and waits are refused/)
     // Nor a place in a queue: waiters grow the table as new names do.
     await expect(filler.createLock(`${pad}/kept`).acquire({waitMs: 10_000})).rejects.toMatchObject({code: 'LIMIT'})
     // Alive, and what it holds goes on: a renewal, a try of a held name, a look at it.

@@ -13,7 +13,9 @@ describe('HeapGuard', () => {
     guard.check()
     guard.check()
     expect(guard.full).toBe(true)
-    expect(guard.refusal()).toBe('lockd uses 60 MB of its 100 MB heap, past the 50% it keeps new names within: release some locks, or give lockd more memory (NODE_OPTIONS=--max-old-space-size=MB)')
+    expect(guard.refusal()).toBe(
+      'lockd uses 60 MB of its 100 MB heap, past the 50% it keeps new names and waits within: release some locks, or give lockd more memory (NODE_OPTIONS=--max-old-space-size=MB)',
+    )
     expect(changes).toEqual([true]) // once, not at every reading
 
     reading = {used: 50 * 1048576, limit: 100 * 1048576} // at half exactly: not past it
