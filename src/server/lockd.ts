@@ -7,6 +7,7 @@ import {PROTOCOL_VERSION, type Request, type ServerInfo, type ServerMessage} fro
 import {VERSION} from '../version.js'
 import {PasswordCheck} from './auth.js'
 import {HeapGuard} from './heap-guard.js'
+import {DEFAULT_OUTPUT_BUDGET, OutputBudget} from './output-budget.js'
 import {newConnection, peerOf, type Connection} from './connection.js'
 import {connectionLimits, descriptorUse, FILES_RESERVE, METRICS_CONNECTIONS, type ConnectionLimits} from './descriptors.js'
 import {DurableLog} from './durable-log.js'
@@ -68,6 +69,8 @@ export interface LockServerOptions {
   socketMode?: number
   /** Serve /metrics and /healthz here. */
   metrics?: {host: string; port: number}
+  /** Output unread by their peers that all connections together may leave (default 512 MiB; output-budget.ts). */
+  outputBudget?: number
 }
 
 export const DEFAULT_MAX_CONNECTIONS = 10_000
@@ -124,6 +127,7 @@ export class LockServer {
 
   constructor(private readonly options: LockServerOptions = {}) {
     this.clock = options.clock ?? systemClock
+    this.outputBudget = new OutputBudget(options.outputBudget ?? DEFAULT_OUTPUT_BUDGET, () => this.connections.values())
     // Only a lockd with a log needs to know what changed in each batch.
     this.table = new LockTable(this.clock, {tracksChanges: Boolean(options.dataDir)})
     this.subscriptions = new Subscriptions(
@@ -142,6 +146,9 @@ export class LockServer {
       mayForce: (conn) => this.mayForce(conn),
     }
   }
+
+  private readonly outputBudget: OutputBudget
+  private outputCheck: NodeJS.Timeout | null = null
 
   /** New names and waits refused past half the heap limit: a lockd out of heap dies (heap-guard.ts). */
   private readonly heapGuard = new HeapGuard((full, {used, limit}) => {
@@ -239,7 +246,17 @@ export class LockServer {
     this.scheduleTick()
     this.checkIdle()
     this.heapGuard.start()
+    this.outputCheck = setInterval(() => this.enforceOutputBudget(), 250)
+    this.outputCheck.unref()
     return this
+  }
+
+  /** Peers that stopped reading, closed when together they leave more unread than the budget. */
+  private enforceOutputBudget(): void {
+    const {closed, bytes} = this.outputBudget.enforce()
+    if (closed === 0) return
+    const mb = (n: number) => Math.round(n / 1048576)
+    this.say(`lockd: closed ${closed} connection(s) that left ${mb(bytes)} MB of output unread: all connections together may leave ${mb(this.options.outputBudget ?? DEFAULT_OUTPUT_BUDGET)} MB`)
   }
 
   /**
@@ -400,6 +417,7 @@ export class LockServer {
       if (this.idleTimer) clearTimeout(this.idleTimer)
       if (this.dropReport) clearTimeout(this.dropReport)
       if (this.fileCheck) clearInterval(this.fileCheck)
+      if (this.outputCheck) clearInterval(this.outputCheck)
       this.heapGuard.stop()
       // net.Server#close waits for open connections, so stop accepting first, let acks that are
       // waiting for the log go out, then drop the connections, then wait for the listeners.

@@ -608,6 +608,42 @@ describe('lockd against a misbehaving peer', () => {
     expect(await lockd.stop()).toBe(0)
   })
 
+  it('peers that stop reading are closed once together they leave more output unread than lockd keeps; readers go on', async () => {
+    // Before: only each connection's own 16 MiB limit. Many watchers of a busy prefix that stopped
+    // reading each stayed under it, and together took gigabytes outside the heap.
+    const lines: string[] = []
+    const server = await new LockServer({listen: [{host: '127.0.0.1', port: 0}], outputBudget: 2 * 1024 * 1024, log: (line) => lines.push(line)}).start()
+    const port = server.addresses.tcp[0].port
+    const codec = createCodec()
+    const stalled = await Promise.all(Array.from({length: 3}, () => raw(port)))
+    for (const watcher of stalled) {
+      watcher.socket.write(Buffer.concat([hello(), encodeFrame(codec, {t: 'req', id: 1, op: 'watch', prefix: ''})]))
+      await eventually(() => watcher.messages.length >= 2)
+      watcher.socket.pause() // reads nothing more
+    }
+    const reader = await raw(port)
+    reader.socket.write(Buffer.concat([hello(), encodeFrame(codec, {t: 'req', id: 1, op: 'watch', prefix: ''})]))
+    const busy = await client(`lockd://127.0.0.1:${port}`, 'busy')
+    const pad = 'e'.repeat(480)
+    // Events for everyone until lockd has closed every watcher that does not read (bounded in count).
+    const closedSoFar = () => lines.reduce((sum, line) => sum + Number(/closed (\d+) connection\(s\) that left/.exec(line)?.[1] ?? 0), 0)
+    for (let i = 0; i < 100_000 && closedSoFar() < 3; i++) {
+      const lock = busy.createLock(`${pad}/${i % 50}`)
+      await lock.acquire()
+      await lock.unlock()
+    }
+    expect(closedSoFar(), lines.join('\n')).toBe(3)
+    expect(lines[0]).toMatch(/^lockd: closed [1-3] connection\(s\) that left \d+ MB of output unread: all connections together may leave 2 MB$/)
+    // The reader, and the client making the events, are served as before.
+    const seen = reader.messages.length
+    await busy.createLock('after').acquire()
+    await eventually(() => reader.messages.length > seen)
+    expect(reader.socket.destroyed).toBe(false)
+    reader.socket.destroy()
+    await busy.close()
+    await server.close()
+  })
+
   it('watches past 1,000 on one connection are refused with LIMIT; its other watches, and everyone else, go on', async () => {
     // Before: no limit. A client that watched in a loop without unwatching grew lockd's memory
     // and the work of every lock event (each prefix watch is checked against it) without end.
