@@ -117,6 +117,8 @@ export function readAuthFile(path: string): Map<string, string> {
 export class PasswordCheck {
   private users: Map<string, string>
   private readonly verified = new Map<string, string>()
+  /** Checks under way, by the login's digest: the same login asked again shares the one check. */
+  private readonly checking = new Map<string, Promise<boolean>>()
 
   constructor(
     private readonly path: string,
@@ -143,8 +145,29 @@ export class PasswordCheck {
     return {users: users.size, revoked}
   }
 
-  async check(user: unknown, password: unknown): Promise<boolean> {
+  /**
+   * Would checking this login start a scrypt? Not when it was found right before, nor while the
+   * same login is being checked (twenty cron jobs starting at once share one check).
+   */
+  needsScrypt(user: unknown, password: unknown): boolean {
     if (typeof user !== 'string' || typeof password !== 'string') return false
+    const digest = digestOf(user, password)
+    const stored = this.users.get(user)
+    return !(stored !== undefined && this.verified.get(digest) === stored) && !this.checking.has(digest)
+  }
+
+  check(user: unknown, password: unknown): Promise<boolean> {
+    if (typeof user !== 'string' || typeof password !== 'string') return Promise.resolve(false)
+    const digest = digestOf(user, password)
+    let checking = this.checking.get(digest)
+    if (!checking) {
+      checking = this.checkOnce(user, password, digest).finally(() => this.checking.delete(digest))
+      this.checking.set(digest, checking)
+    }
+    return checking
+  }
+
+  private async checkOnce(user: string, password: string, digest: string): Promise<boolean> {
     const stored = this.users.get(user)
     // A user not in the file costs the same scrypt as a wrong password: answered at once, a
     // refusal told anyone timing it which user names exist (~75 ms apart on a laptop).
@@ -152,7 +175,6 @@ export class PasswordCheck {
       await this.verify(password, UNKNOWN_USER_HASH)
       return false
     }
-    const digest = createHash('sha256').update(user).update('\0').update(password).digest('hex')
     if (this.verified.get(digest) === stored) return true
     const ok = await this.verify(password, stored)
     // A reload while scrypt ran may have taken this password away: the file in force decides.
@@ -160,4 +182,8 @@ export class PasswordCheck {
     if (ok) this.verified.set(digest, stored)
     return ok
   }
+}
+
+function digestOf(user: string, password: string): string {
+  return createHash('sha256').update(user).update('\0').update(password).digest('hex')
 }

@@ -7,6 +7,7 @@ import {PROTOCOL_VERSION, type Request, type ServerInfo, type ServerMessage} fro
 import {VERSION} from '../version.js'
 import {PasswordCheck} from './auth.js'
 import {HeapGuard} from './heap-guard.js'
+import {LoginQuota} from './login-quota.js'
 import {DEFAULT_OUTPUT_BUDGET, OutputBudget} from './output-budget.js'
 import {newConnection, peerOf, type Connection} from './connection.js'
 import {connectionLimits, descriptorUse, FILES_RESERVE, METRICS_CONNECTIONS, type ConnectionLimits} from './descriptors.js'
@@ -119,6 +120,7 @@ export class LockServer {
   private readonly startedAt = Date.now()
   private closing: Promise<void> | null = null
   private passwords: PasswordCheck | null = null
+  private readonly logins = new LoginQuota()
   private metrics: ServerMetrics | null = null
   private connectionLimits: ConnectionLimits = {sockets: Number.POSITIVE_INFINITY, served: DEFAULT_MAX_CONNECTIONS, boundByFiles: null, files: null}
   private closedResolve!: () => void
@@ -491,37 +493,52 @@ export class LockServer {
    * the connection's later messages wait; then run them in order.
    */
   private authenticate(conn: Connection, hello: Record<string, unknown>, reply: ServerMessage): void {
+    // A login checked before, or being checked now, costs nothing more; any other needs a place (login-quota.ts).
+    const place = this.passwords!.needsScrypt(hello.user, hello.password) ? this.logins.admit(conn.socket.remoteAddress ?? 'the Unix socket') : {done: () => {}}
+    if ('refused' in place) {
+      this.fail(conn, ErrorCode.LIMIT, place.refused)
+      return
+    }
     conn.held = []
     // Nothing more is read until the password is checked: what the peer sends meanwhile waits in
     // the kernel (TCP stops the peer when that is full), not in lockd's memory. `held` keeps only
     // what came in the same read as the hello.
     conn.socket.pause()
     const user = hello.user
-    void this.passwords!.check(user, hello.password).then((ok) => {
-      if (conn.socket.destroyed) return
-      if (!ok) {
-        const guess = typeof user === 'string' && typeof hello.password === 'string'
-        const why = guess ? `authentication failed for user ${JSON.stringify(user)}` : 'lockd requires a user and a password (--user, and $LOCKCTL_PASSWORD or the prompt)'
-        // One line per wrong password, with where it came from: what an SRE (or fail2ban)
-        // watches for guessing. Each cost a scrypt, which bounds how fast they come; a hello
-        // without credentials is refused at once and not logged (a loop of them would flood the
-        // log). The name is JSON-quoted: a peer's control characters stay out of the log.
-        if (guess) this.say(`lockd: refused a login from ${peerOf(conn.socket)}: ${why}`)
-        this.fail(conn, ErrorCode.NOT_PERMITTED, why)
-        return
-      }
-      conn.user = user as string
-      this.greeted(conn)
-      this.outbox.send(conn, reply)
-      const held = conn.held ?? []
-      conn.held = null
-      for (const message of held) {
-        if (conn.socket.destroyed) break
-        this.handleSafely(conn, message)
-      }
-      this.endBatch()
-      conn.socket.resume()
-    })
+    void this.passwords!.check(user, hello.password).then(
+      (ok) => {
+        place.done()
+        if (conn.socket.destroyed) return
+        if (!ok) {
+          const guess = typeof user === 'string' && typeof hello.password === 'string'
+          const why = guess ? `authentication failed for user ${JSON.stringify(user)}` : 'lockd requires a user and a password (--user, and $LOCKCTL_PASSWORD or the prompt)'
+          // One line per wrong password, with where it came from: what an SRE (or fail2ban)
+          // watches for guessing. Each cost a scrypt, which bounds how fast they come; a hello
+          // without credentials is refused at once and not logged (a loop of them would flood the
+          // log). The name is JSON-quoted: a peer's control characters stay out of the log.
+          if (guess) this.say(`lockd: refused a login from ${peerOf(conn.socket)}: ${why}`)
+          this.fail(conn, ErrorCode.NOT_PERMITTED, why)
+          return
+        }
+        conn.user = user as string
+        this.greeted(conn)
+        this.outbox.send(conn, reply)
+        const held = conn.held ?? []
+        conn.held = null
+        for (const message of held) {
+          if (conn.socket.destroyed) break
+          this.handleSafely(conn, message)
+        }
+        this.endBatch()
+        conn.socket.resume()
+      },
+      (error: Error) => {
+        // (scrypt failing is a bug or a machine out of memory: that login fails, lockd goes on.)
+        place.done()
+        this.say(`lockd: internal error checking a login (a bug: please report it): ${error.message}`)
+        this.fail(conn, ErrorCode.INTERNAL, 'lockd could not check the password (an internal error: it is in its log); try again')
+      },
+    )
   }
 
   /** The hello is done (its password checked): the connection's frames may be as large as lockd's limit. */

@@ -222,8 +222,8 @@ describe('lockd over TLS', () => {
 
 describe('lockd with users', () => {
   /** A connection that speaks the protocol by hand: what it writes, and every message lockd sends back. */
-  async function raw(port: number): Promise<{socket: Socket; messages: Record<string, unknown>[]; closed: Promise<void>}> {
-    const socket = netConnect({host: '127.0.0.1', port})
+  async function raw(port: number, localAddress?: string): Promise<{socket: Socket; messages: Record<string, unknown>[]; closed: Promise<void>}> {
+    const socket = netConnect({host: '127.0.0.1', port, localAddress})
     socket.on('error', () => {})
     await new Promise((resolve) => socket.once('connect', resolve))
     const decoder = new FrameDecoder(createCodec())
@@ -231,6 +231,50 @@ describe('lockd with users', () => {
     socket.on('data', (chunk) => messages.push(...(decoder.push(chunk) as Record<string, unknown>[])))
     return {socket, messages, closed: new Promise((resolve) => socket.once('close', () => resolve()))}
   }
+
+  it('a flood of guessed passwords from one address is refused past 8 at once; logins from elsewhere, and ones checked before, go on', async () => {
+    // Before: every login not checked before queued a scrypt on the thread pool's four threads,
+    // without a bound: a flood of guesses put every other first login behind it, without end.
+    const dir = tempDir()
+    const authFile = join(dir, 'users')
+    writeFileSync(authFile, `dave:${hash('dave-secret')}\nerin:${hash('erin-secret')}\nfrank:${hash('frank-secret')}\n`)
+    const lockd = await startLockd({args: ['--auth-file', authFile]})
+    const codec = createCodec()
+    const login = async (user: string, password: string, from?: string) => {
+      const connection = await raw(lockd.port, from)
+      connection.socket.write(encodeFrame(codec, {t: 'hello', v: 1, user, password}))
+      return connection
+    }
+    const first = await login('dave', 'dave-secret')
+    await eventually(() => first.messages.length > 0)
+    expect(first.messages[0]).toMatchObject({t: 'hello'}) // checked once: remembered from now on
+    first.socket.destroy()
+
+    const guesses = await Promise.all(Array.from({length: 30}, (_, i) => login('erin', `guess-${i}`)))
+    await Promise.all(guesses.map((guess) => guess.closed))
+    const answers = guesses.map((guess) => guess.messages[0])
+    const refusedAtOnce = answers.filter((m) => m?.code === 'LIMIT')
+    expect(refusedAtOnce.length, JSON.stringify(answers)).toBeGreaterThanOrEqual(22)
+    expect(refusedAtOnce[0]).toMatchObject({msg: expect.stringMatching(/^lockd is checking 8 logins from 127\.0\.0\.1 already; try again in a moment$/)})
+    expect(answers.filter((m) => m?.code === 'NOT_PERMITTED').length).toBeLessThanOrEqual(8)
+
+    // While another flood is being checked: a first login from another address, and dave's
+    // remembered one from the flooding address, are both let in.
+    const flood = await Promise.all(Array.from({length: 30}, (_, i) => login('erin', `another-guess-${i}`)))
+    const elsewhere = await login('erin', 'erin-secret', '127.0.0.2')
+    const remembered = await login('dave', 'dave-secret')
+    await eventually(() => elsewhere.messages.length > 0 && remembered.messages.length > 0, 20_000)
+    expect([elsewhere.messages[0]?.t, remembered.messages[0]?.t]).toEqual(['hello', 'hello'])
+    for (const connection of [...flood, elsewhere, remembered]) connection.socket.destroy()
+
+    // Twenty jobs of one host starting at once with the same login, not checked before: one
+    // check for them all, and every one is let in.
+    const burst = await Promise.all(Array.from({length: 20}, () => login('frank', 'frank-secret')))
+    await eventually(() => burst.every((connection) => connection.messages.length > 0), 20_000)
+    expect(burst.map((connection) => connection.messages[0]?.t)).toEqual(Array.from({length: 20}, () => 'hello'))
+    for (const connection of burst) connection.socket.destroy()
+    expect(await lockd.stop()).toBe(0)
+  })
 
   it('before its hello is done, a connection cannot make lockd hold a large frame for it; what it sends meanwhile waits, in order', async () => {
     const dir = tempDir()
