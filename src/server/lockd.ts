@@ -511,7 +511,9 @@ export class LockServer {
         if (conn.socket.destroyed) return
         if (!ok) {
           const guess = typeof user === 'string' && typeof hello.password === 'string'
-          const why = guess ? `authentication failed for user ${JSON.stringify(user)}` : 'lockd requires a user and a password (--user, and $LOCKCTL_PASSWORD or the prompt)'
+          // (At most 64 characters of the name: a guesser's 16 KB "name" is not 16 KB of log a try.)
+          const name = (user as string).length > 64 ? `${(user as string).slice(0, 64)}…` : (user as string)
+          const why = guess ? `authentication failed for user ${JSON.stringify(name)}` : 'lockd requires a user and a password (--user, and $LOCKCTL_PASSWORD or the prompt)'
           // One line per wrong password, with where it came from: what an SRE (or fail2ban)
           // watches for guessing. Each cost a scrypt, which bounds how fast they come; a hello
           // without credentials is refused at once and not logged (a loop of them would flood the

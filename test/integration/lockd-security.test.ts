@@ -267,6 +267,11 @@ describe('lockd with users', () => {
     expect([elsewhere.messages[0]?.t, remembered.messages[0]?.t]).toEqual(['hello', 'hello'])
     for (const connection of [...flood, elsewhere, remembered]) connection.socket.destroy()
 
+    // A guess with a 10,000-character name is one short line in the log, not 10 KB.
+    const long = await login('x'.repeat(10_000), 'guess', '127.0.0.3')
+    await long.closed
+    await eventually(() => /refused a login from 127\.0\.0\.3:\d+: authentication failed for user "x{64}…"\n/.test(lockd.stderr()))
+
     // Twenty jobs of one host starting at once with the same login, not checked before: one
     // check for them all, and every one is let in.
     const burst = await Promise.all(Array.from({length: 20}, () => login('frank', 'frank-secret')))
