@@ -505,20 +505,19 @@ export class LockServer {
     // what came in the same read as the hello.
     conn.socket.pause()
     const user = hello.user
-    void this.passwords!.check(user, hello.password).then(
-      (ok) => {
+    this.passwords!.check(user, hello.password)
+      .then((ok) => {
         place.done()
         if (conn.socket.destroyed) return
         if (!ok) {
-          const guess = typeof user === 'string' && typeof hello.password === 'string'
           // (At most 64 characters of the name: a guesser's 16 KB "name" is not 16 KB of log a try.)
-          const name = (user as string).length > 64 ? `${(user as string).slice(0, 64)}…` : (user as string)
-          const why = guess ? `authentication failed for user ${JSON.stringify(name)}` : 'lockd requires a user and a password (--user, and $LOCKCTL_PASSWORD or the prompt)'
+          const guess = typeof user === 'string' && typeof hello.password === 'string' ? (user.length > 64 ? `${user.slice(0, 64)}…` : user) : null
+          const why = guess !== null ? `authentication failed for user ${JSON.stringify(guess)}` : 'lockd requires a user and a password (--user, and $LOCKCTL_PASSWORD or the prompt)'
           // One line per wrong password, with where it came from: what an SRE (or fail2ban)
           // watches for guessing. Each cost a scrypt, which bounds how fast they come; a hello
           // without credentials is refused at once and not logged (a loop of them would flood the
           // log). The name is JSON-quoted: a peer's control characters stay out of the log.
-          if (guess) this.say(`lockd: refused a login from ${peerOf(conn.socket)}: ${why}`)
+          if (guess !== null) this.say(`lockd: refused a login from ${peerOf(conn.socket)}: ${why}`)
           this.fail(conn, ErrorCode.NOT_PERMITTED, why)
           return
         }
@@ -533,14 +532,14 @@ export class LockServer {
         }
         this.endBatch()
         conn.socket.resume()
-      },
-      (error: Error) => {
-        // (scrypt failing is a bug or a machine out of memory: that login fails, lockd goes on.)
+      })
+      .catch((error: Error) => {
+        // A bug here (or scrypt failing on a machine out of memory) fails that login in one
+        // line, never lockd: an unhandled rejection would end the process.
         place.done()
         this.say(`lockd: internal error checking a login (a bug: please report it): ${error.message}`)
         this.fail(conn, ErrorCode.INTERNAL, 'lockd could not check the password (an internal error: it is in its log); try again')
-      },
-    )
+      })
   }
 
   /** The hello is done (its password checked): the connection's frames may be as large as lockd's limit. */
