@@ -8,6 +8,7 @@ import {VERSION} from '../version.js'
 import {PasswordCheck} from './auth.js'
 import {HeapGuard} from './heap-guard.js'
 import {LoginQuota} from './login-quota.js'
+import {SilentSockets} from './silent-sockets.js'
 import {DEFAULT_OUTPUT_BUDGET, OutputBudget} from './output-budget.js'
 import {newConnection, peerOf, type Connection} from './connection.js'
 import {connectionLimits, descriptorUse, FILES_RESERVE, METRICS_CONNECTIONS, type ConnectionLimits} from './descriptors.js'
@@ -105,8 +106,8 @@ export class LockServer {
     {timeoutMs: HELLO_TIMEOUT_MS, evictAfterMs: SILENT_EVICTION_MS},
   )
   private readonly connections = new Map<string, Connection>()
-  /** Connections that have sent no whole message yet, with when each was accepted (oldest first). */
-  private readonly silent = new Map<Connection, number>()
+  /** Connections that have sent no whole message yet (forgotten as they close), oldest first. */
+  private readonly silent = new SilentSockets<Connection>(SILENT_EVICTION_MS)
   private readonly subscriptions: Subscriptions
   private readonly handlers: HandlerContext
   private outbox: Outbox = new Outbox(null, () => {})
@@ -466,7 +467,7 @@ export class LockServer {
     if (typeof cn === 'string') conn.user = cn
     conn.helloTimer = setTimeout(() => this.fail(conn, ErrorCode.PROTOCOL, 'no hello within 10s'), HELLO_TIMEOUT_MS)
     conn.helloTimer.unref()
-    this.silent.set(conn, performance.now())
+    this.silent.add(conn, socket)
     this.connections.set(conn.session, conn)
     this.checkIdle()
     socket.on('data', (chunk) => this.onData(conn, chunk))
@@ -572,17 +573,13 @@ export class LockServer {
    * hello at once; one that has not in that time is not about to.
    */
   private closeOldestSilent(): void {
-    // (A Map iterates in insertion order: the first entry is the oldest.)
-    for (const [conn, acceptedAt] of this.silent) {
-      if (performance.now() - acceptedAt < SILENT_EVICTION_MS) return
-      this.fail(conn, ErrorCode.PROTOCOL, `no hello within ${SILENT_EVICTION_MS / 1000}s while lockd is at its connection limit: closed to make room`)
-      return
-    }
+    const oldest = this.silent.takeOldest()
+    if (oldest) this.fail(oldest.key, ErrorCode.PROTOCOL, `no hello within ${SILENT_EVICTION_MS / 1000}s while lockd is at its connection limit: closed to make room`)
   }
 
   /** One message from a peer: the hello, then requests (docs/protocol.md). */
   private handleMessage(conn: Connection, message: unknown): void {
-    this.silent.delete(conn)
+    this.silent.spoke(conn)
     if (typeof message !== 'object' || message === null || Array.isArray(message)) {
       this.fail(conn, ErrorCode.PROTOCOL, 'a message must be a map')
       return
@@ -677,7 +674,6 @@ export class LockServer {
 
   private onClose(conn: Connection): void {
     clearTimeout(conn.helloTimer)
-    this.silent.delete(conn)
     if (!this.connections.delete(conn.session)) return
     this.subscriptions.dropConnection(conn)
     this.table.dropSession(conn.session)

@@ -26,15 +26,21 @@ export class SilentSockets<K> {
     if (socket === undefined || this.since.get(key)?.socket === socket) this.since.delete(key)
   }
 
-  /** Close the socket silent longest, if it has been for `afterMs`. Answers whether one was closed. */
-  closeOldest(): boolean {
+  /** The one silent longest, if it has been for `afterMs`: forgotten here, for the caller to close (lockd says why first). */
+  takeOldest(): {key: K; socket: Socket} | undefined {
     // (A Map iterates in insertion order: the first entry is the oldest.)
     for (const [key, {socket, at}] of this.since) {
-      if (this.now() - at < this.afterMs) return false
+      if (this.now() - at < this.afterMs) return undefined
       this.since.delete(key)
-      socket.destroy()
-      return true
+      return {key, socket}
     }
-    return false
+    return undefined
+  }
+
+  /** Close the socket silent longest, if it has been for `afterMs`. Answers whether one was closed. */
+  closeOldest(): boolean {
+    const oldest = this.takeOldest()
+    oldest?.socket.destroy()
+    return oldest !== undefined
   }
 }
