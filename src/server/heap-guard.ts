@@ -6,7 +6,10 @@ export interface HeapReading {
   limit: number
 }
 
-export const readHeap = (): HeapReading => {
+/** Past this share of the heap limit, new names and waits are refused. */
+const FULL_AT = 0.5
+
+const readHeap = (): HeapReading => {
   const {used_heap_size: used, heap_size_limit: limit} = getHeapStatistics()
   return {used, limit}
 }
@@ -15,7 +18,7 @@ export const readHeap = (): HeapReading => {
  * Keeps lockd from running out of heap (docs/protocol.md, "Limits"). --max-locks counts names,
  * but what a name costs depends on its key (up to 512 bytes) and on the machine, whose memory
  * sets Node's heap limit: a lockd filled with long keys on a small heap died of a V8 fatal
- * error (an abort, a native stack trace in its log, every client cut off). Past `fraction` of
+ * error (an abort, a native stack trace in its log, every client cut off). Past half of
  * the heap limit, new names and waits are refused with LIMIT — renewals, releases and tries of
  * held names go on — and the room above is
  * what a growing hash table, a snapshot and garbage collection need. Read every `everyMs`
@@ -27,7 +30,7 @@ export class HeapGuard {
 
   constructor(
     private readonly onChange: (full: boolean, reading: HeapReading) => void,
-    private readonly options: {fraction?: number; everyMs?: number; read?: () => HeapReading} = {},
+    private readonly options: {everyMs?: number; read?: () => HeapReading} = {},
   ) {}
 
   /** Past the threshold at the last reading? */
@@ -40,7 +43,7 @@ export class HeapGuard {
     const reading = this.reading
     if (reading === null || !this.isFull(reading)) return null
     const mb = (bytes: number) => Math.round(bytes / 1048576)
-    return `lockd uses ${mb(reading.used)} MB of its ${mb(reading.limit)} MB heap, past the ${Math.round(this.fraction * 100)}% it keeps new names and waits within: release some locks, or give lockd more memory (NODE_OPTIONS=--max-old-space-size=MB)`
+    return `lockd uses ${mb(reading.used)} MB of its ${mb(reading.limit)} MB heap, past the ${Math.round(FULL_AT * 100)}% it keeps new names and waits within: release some locks, or give lockd more memory (NODE_OPTIONS=--max-old-space-size=MB)`
   }
 
   start(): void {
@@ -62,11 +65,7 @@ export class HeapGuard {
     if (full !== wasFull) this.onChange(full, this.reading)
   }
 
-  private get fraction(): number {
-    return this.options.fraction ?? 0.5
-  }
-
   private isFull(reading: HeapReading): boolean {
-    return reading.used > this.fraction * reading.limit
+    return reading.used > FULL_AT * reading.limit
   }
 }

@@ -86,7 +86,7 @@ export const DEFAULT_MAX_LOCKS = 5_000_000
 
 const HELLO_TIMEOUT_MS = 10_000
 /** The largest frame a connection may send before its hello is done: a hello, its password included, is far smaller. */
-export const HELLO_MAX_FRAME = 16 * 1024
+const HELLO_MAX_FRAME = 16 * 1024
 /** How long a connection that has sent nothing keeps its place when lockd is at its connection limit. */
 const SILENT_EVICTION_MS = 1000
 
