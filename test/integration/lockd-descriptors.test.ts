@@ -1,9 +1,10 @@
 import {mkdirSync} from 'node:fs'
-import {connect as netConnect, type Socket} from 'node:net'
+import type {Socket} from 'node:net'
 import {join} from 'node:path'
 import {afterEach, describe, expect, it} from 'vitest'
 import {connect} from '../../src/client/index.js'
 import {eventually, runCli, startLockd, tempDir} from '../helpers/processes.js'
+import {idleSockets} from '../helpers/wire.js'
 
 /**
  * Connections and the open-file limit (docs/protocol.md, "Connections and the open-file limit"). Before: with
@@ -17,18 +18,7 @@ describe('lockd under its open-file limit', () => {
   })
 
   /** `count` connections that never say hello, each open until the test ends (or lockd closes it). */
-  async function flood(port: number, count: number): Promise<void> {
-    const opened = Array.from({length: count}, () => {
-      const socket = netConnect(port, '127.0.0.1')
-      socket.on('error', () => {})
-      sockets.push(socket)
-      return new Promise<void>((resolve) => {
-        socket.once('connect', () => resolve())
-        socket.once('close', () => resolve())
-      })
-    })
-    await Promise.all(opened)
-  }
+  const flood = (port: number, count: number) => idleSockets(port, count, sockets)
 
   it('a flood of connections past the limit neither stops it nor costs its log a descriptor, nor keeps a newcomer out', async () => {
     const lockd = await startLockd({dataDir: tempDir(), fileLimit: 120})

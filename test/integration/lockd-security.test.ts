@@ -1,11 +1,12 @@
 import {execFileSync, spawn, spawnSync} from 'node:child_process'
 import {chmodSync, chownSync, copyFileSync, mkdirSync, readFileSync, statSync, writeFileSync} from 'node:fs'
-import {connect as netConnect, type Socket} from 'node:net'
+import type {Socket} from 'node:net'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {beforeAll, describe, expect, it} from 'vitest'
-import {createCodec, encodeFrame, FrameDecoder} from '../../src/protocol/framing.js'
+import {createCodec, encodeFrame} from '../../src/protocol/framing.js'
 import {BIN, eventually, runCli, startLockd, tempDir, type CliResult} from '../helpers/processes.js'
+import {idleSockets, rawConnection} from '../helpers/wire.js'
 
 /** A CA, a server certificate for 127.0.0.1, client certificates, and a second (wrong) CA. */
 function makeCertificates(dir: string) {
@@ -180,22 +181,12 @@ describe('lockd over TLS', () => {
     const lockd = await startLockd({args: ['--tls-cert', certs.cert, '--tls-key', certs.key], fileLimit: 120})
     const flood: Socket[] = []
     try {
-      await Promise.all(
-        Array.from({length: 300}, () => {
-          const socket = netConnect(lockd.port, '127.0.0.1')
-          socket.on('error', () => {})
-          flood.push(socket)
-          return new Promise<void>((resolve) => {
-            socket.once('connect', () => resolve())
-            socket.once('close', () => resolve())
-          })
-        }),
-      )
+      await idleSockets(lockd.port, 300, flood)
       // (Its first tries are closed unanswered: a stalled handshake gives its place up after 1 s.)
       const newcomer = await runCli(['lock', 'after-the-flood', '--wait', '5s', '--endpoints', `lockds://127.0.0.1:${lockd.port}`, '--cacert', certs.ca])
       expect(newcomer.code, newcomer.stderr).toBe(0)
       // Every flood socket is closed by lockd: made room for someone, or out of handshake time (10 s).
-      await eventually(() => flood.every((socket) => socket.readableEnded || socket.destroyed), 20_000)
+      await eventually(() => flood.every((socket) => socket.destroyed), 20_000)
       expect(lockd.stderr()).not.toMatch(/EMFILE|stopping|at .*\.js/)
       expect(lockd.child.exitCode).toBeNull()
     } finally {
@@ -221,17 +212,6 @@ describe('lockd over TLS', () => {
 })
 
 describe('lockd with users', () => {
-  /** A connection that speaks the protocol by hand: what it writes, and every message lockd sends back. */
-  async function raw(port: number, localAddress?: string): Promise<{socket: Socket; messages: Record<string, unknown>[]; closed: Promise<void>}> {
-    const socket = netConnect({host: '127.0.0.1', port, localAddress})
-    socket.on('error', () => {})
-    await new Promise((resolve) => socket.once('connect', resolve))
-    const decoder = new FrameDecoder(createCodec())
-    const messages: Record<string, unknown>[] = []
-    socket.on('data', (chunk) => messages.push(...(decoder.push(chunk) as Record<string, unknown>[])))
-    return {socket, messages, closed: new Promise((resolve) => socket.once('close', () => resolve()))}
-  }
-
   it('a flood of guessed passwords from one address is refused past 8 at once; logins from elsewhere, and ones checked before, go on', async () => {
     // Before: every login not checked before queued a scrypt on the thread pool's four threads,
     // without a bound: a flood of guesses put every other first login behind it, without end.
@@ -241,7 +221,7 @@ describe('lockd with users', () => {
     const lockd = await startLockd({args: ['--auth-file', authFile]})
     const codec = createCodec()
     const login = async (user: string, password: string, from?: string) => {
-      const connection = await raw(lockd.port, from)
+      const connection = await rawConnection(lockd.port, from)
       connection.socket.write(encodeFrame(codec, {t: 'hello', v: 1, user, password}))
       return connection
     }
@@ -251,7 +231,7 @@ describe('lockd with users', () => {
     first.socket.destroy()
 
     const guesses = await Promise.all(Array.from({length: 30}, (_, i) => login('erin', `guess-${i}`)))
-    await Promise.all(guesses.map((guess) => guess.closed))
+    await Promise.all(guesses.map((guess) => guess.received))
     const answers = guesses.map((guess) => guess.messages[0])
     const refusedAtOnce = answers.filter((m) => m?.code === 'LIMIT')
     expect(refusedAtOnce.length, JSON.stringify(answers)).toBeGreaterThanOrEqual(22)
@@ -269,7 +249,7 @@ describe('lockd with users', () => {
 
     // A guess with a 10,000-character name is one short line in the log, not 10 KB.
     const long = await login('x'.repeat(10_000), 'guess', '127.0.0.3')
-    await long.closed
+    await long.received
     await eventually(() => /refused a login from 127\.0\.0\.3:\d+: authentication failed for user "x{64}…"\n/.test(lockd.stderr()))
 
     // Twenty jobs of one host starting at once with the same login, not checked before: one
@@ -288,17 +268,17 @@ describe('lockd with users', () => {
     const lockd = await startLockd({args: ['--auth-file', authFile]})
     // Before: a frame up to --max-frame (1 MB) was buffered for anyone, logged in or not; 400
     // such connections took ~480 MB of lockd's memory, 10,000 would take ~10 GB.
-    const stranger = await raw(lockd.port)
+    const stranger = await rawConnection(lockd.port)
     const header = Buffer.alloc(4)
     header.writeUInt32BE(1024 * 1024)
     stranger.socket.write(Buffer.concat([header, Buffer.alloc(64 * 1024, 0x61)]))
-    await stranger.closed
+    await stranger.received
     expect(stranger.messages).toContainEqual(expect.objectContaining({t: 'error', code: 'PROTOCOL', msg: expect.stringMatching(/frame of 1048576 bytes is over the limit of 16384/)}))
 
     // A client that does not wait for the login to be checked: its requests, written with the
     // hello, are answered once it is, in order — those that came in the hello's read and those
     // lockd read only after the check.
-    const carol = await raw(lockd.port)
+    const carol = await rawConnection(lockd.port)
     const codec = createCodec()
     const requests = Array.from({length: 3000}, (_, i) => encodeFrame(codec, {t: 'req', id: i + 1, op: 'acquire', key: `carol/${i % 7}`, leaseMs: 60_000, waitMs: 0, owner: 'carol'}))
     carol.socket.write(Buffer.concat([encodeFrame(codec, {t: 'hello', v: 1, user: 'carol', password: 'carol-secret'}), ...requests]))
@@ -541,14 +521,9 @@ describe('lockd metrics', () => {
     // health check failed (connection reset, or no answer) all that time.
     const lockd = await startLockd({args: ['--metrics', '127.0.0.1:0']})
     const port = Number(/metrics on http:\/\/127\.0\.0\.1:(\d+)/.exec(lockd.stderr())?.[1])
-    const idle = Array.from({length: 20}, () => {
-      const socket = netConnect(port, '127.0.0.1')
-      socket.on('error', () => {})
-      socket.resume()
-      return socket
-    })
+    const idle: Socket[] = []
     try {
-      await Promise.all(idle.map((socket) => new Promise((resolve) => (socket.once('connect', resolve), socket.once('close', resolve)))))
+      await idleSockets(port, 20, idle)
       // (A try that comes within the first second may be refused: a silent socket gives its place up after 1 s.)
       const status = await eventually(() =>
         fetch(`http://127.0.0.1:${port}/healthz`, {signal: AbortSignal.timeout(1500)}).then(

@@ -1,12 +1,12 @@
 import {appendFileSync, readdirSync, readFileSync, unlinkSync, writeFileSync} from 'node:fs'
-import {connect as netConnect, type Socket} from 'node:net'
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
 import {connect, type LockError} from '../../src/client/index.js'
-import {createCodec, encodeFrame, FrameDecoder} from '../../src/protocol/framing.js'
+import {createCodec, encodeFrame} from '../../src/protocol/framing.js'
 import {LockServer} from '../../src/server/lockd.js'
 import {clientFactory} from '../helpers/clients.js'
 import {eventually, pauseProcess, runCli, startLockd, tempDir, type LockdProcess} from '../helpers/processes.js'
+import {helloFrame, rawConnection} from '../helpers/wire.js'
 
 const client = clientFactory()
 
@@ -416,26 +416,14 @@ describe('lockd idle exit (the embedded default)', () => {
 })
 
 describe('lockd against a misbehaving peer', () => {
-  async function raw(port: number): Promise<{socket: Socket; messages: unknown[]; received: Promise<unknown[]>}> {
-    const socket = netConnect({host: '127.0.0.1', port})
-    await new Promise((r) => socket.once('connect', r))
-    const decoder = new FrameDecoder(createCodec())
-    const messages: unknown[] = []
-    socket.on('data', (chunk) => messages.push(...decoder.push(chunk)))
-    const received = new Promise<unknown[]>((resolve) => socket.on('close', () => resolve(messages)))
-    socket.on('error', () => {})
-    return {socket, messages, received}
-  }
-  const hello = () => encodeFrame(createCodec(), {t: 'hello', v: 1})
-
   it('a grant whose push was lost with its connection is answered again to the same attempt, not left to expire', async () => {
     const lockd = await startLockd()
     const a = await client(lockd.endpoint, 'A')
     const lockA = a.createLock('handoff')
     await lockA.acquire({leaseMs: 30_000})
     const attempt = 'b-attempt-0123456789'
-    const b = await raw(lockd.port)
-    b.socket.write(Buffer.concat([hello(), encodeFrame(createCodec(), {t: 'req', id: 1, op: 'acquire', key: 'handoff', leaseMs: 30_000, waitMs: -1, owner: 'B', attempt})]))
+    const b = await rawConnection(lockd.port)
+    b.socket.write(Buffer.concat([helloFrame(), encodeFrame(createCodec(), {t: 'req', id: 1, op: 'acquire', key: 'handoff', leaseMs: 30_000, waitMs: -1, owner: 'B', attempt})]))
     type Message = {t: string; code?: string; ev?: string; grant?: {fence: number; token: string}}
     const messages = b.messages as Message[]
     await eventually(() => messages.some((m) => m.code === 'QUEUED'))
@@ -460,36 +448,36 @@ describe('lockd against a misbehaving peer', () => {
     const lock = good.createLock('k')
     await lock.acquire()
 
-    const oversized = await raw(lockd.port)
+    const oversized = await rawConnection(lockd.port)
     const header = Buffer.alloc(4)
     header.writeUInt32BE(64 * 1024 * 1024)
-    oversized.socket.write(Buffer.concat([hello(), header]))
+    oversized.socket.write(Buffer.concat([helloFrame(), header]))
     expect(await oversized.received).toContainEqual(expect.objectContaining({t: 'error', code: 'PROTOCOL', msg: expect.stringMatching(/over the limit/)}))
 
-    const garbage = await raw(lockd.port)
-    garbage.socket.write(Buffer.concat([hello(), Buffer.from([0, 0, 0, 3, 0xd9, 5, 0x61])]))
+    const garbage = await rawConnection(lockd.port)
+    garbage.socket.write(Buffer.concat([helloFrame(), Buffer.from([0, 0, 0, 3, 0xd9, 5, 0x61])]))
     expect(await garbage.received).toContainEqual(expect.objectContaining({t: 'error', msg: expect.stringMatching(/malformed/)}))
 
-    const notAMap = await raw(lockd.port)
-    notAMap.socket.write(Buffer.concat([hello(), encodeFrame(createCodec(), [1, 2, 3])]))
+    const notAMap = await rawConnection(lockd.port)
+    notAMap.socket.write(Buffer.concat([helloFrame(), encodeFrame(createCodec(), [1, 2, 3])]))
     expect(await notAMap.received).toContainEqual(expect.objectContaining({t: 'error', msg: expect.stringMatching(/must be a map/)}))
 
-    const noHello = await raw(lockd.port)
+    const noHello = await rawConnection(lockd.port)
     noHello.socket.write(encodeFrame(createCodec(), {t: 'req', id: 1, op: 'info'}))
     expect(await noHello.received).toContainEqual(expect.objectContaining({t: 'error', msg: expect.stringMatching(/first message must be hello/)}))
 
-    const wrongVersion = await raw(lockd.port)
+    const wrongVersion = await rawConnection(lockd.port)
     wrongVersion.socket.write(encodeFrame(createCodec(), {t: 'hello', v: 99}))
     expect(await wrongVersion.received).toContainEqual(expect.objectContaining({t: 'error', msg: expect.stringMatching(/version 99/)}))
 
-    const halfSent = await raw(lockd.port)
+    const halfSent = await rawConnection(lockd.port)
     const frame = encodeFrame(createCodec(), {t: 'req', id: 1, op: 'acquire', key: 'k2', leaseMs: 5000, waitMs: 0, owner: 'x'})
-    halfSent.socket.write(Buffer.concat([hello(), frame.subarray(0, frame.length - 3)]))
+    halfSent.socket.write(Buffer.concat([helloFrame(), frame.subarray(0, frame.length - 3)]))
     await eventually(() => halfSent.messages.length === 1) // the hello answer: lockd has read the bytes
     halfSent.socket.destroy()
 
     // Bad values inside a well-formed request are refused, not fatal to the connection.
-    const badValues = await raw(lockd.port)
+    const badValues = await rawConnection(lockd.port)
     const codec = createCodec()
     badValues.socket.write(
       Buffer.concat([
@@ -529,7 +517,7 @@ describe('lockd against a misbehaving peer', () => {
     const a = await client(lockd.endpoint, 'A')
     await a.createLock('g1').acquire({leaseMs: 60_000})
     await a.createLock('g2').acquire({leaseMs: 60_000})
-    const ghost = await raw(lockd.port)
+    const ghost = await rawConnection(lockd.port)
     const codec = createCodec()
     ghost.socket.write(
       Buffer.concat([
@@ -615,14 +603,14 @@ describe('lockd against a misbehaving peer', () => {
     const server = await new LockServer({listen: [{host: '127.0.0.1', port: 0}], outputBudget: 2 * 1024 * 1024, log: (line) => lines.push(line)}).start()
     const port = server.addresses.tcp[0].port
     const codec = createCodec()
-    const stalled = await Promise.all(Array.from({length: 3}, () => raw(port)))
+    const stalled = await Promise.all(Array.from({length: 3}, () => rawConnection(port)))
     for (const watcher of stalled) {
-      watcher.socket.write(Buffer.concat([hello(), encodeFrame(codec, {t: 'req', id: 1, op: 'watch', prefix: ''})]))
+      watcher.socket.write(Buffer.concat([helloFrame(), encodeFrame(codec, {t: 'req', id: 1, op: 'watch', prefix: ''})]))
       await eventually(() => watcher.messages.length >= 2)
       watcher.socket.pause() // reads nothing more
     }
-    const reader = await raw(port)
-    reader.socket.write(Buffer.concat([hello(), encodeFrame(codec, {t: 'req', id: 1, op: 'watch', prefix: ''})]))
+    const reader = await rawConnection(port)
+    reader.socket.write(Buffer.concat([helloFrame(), encodeFrame(codec, {t: 'req', id: 1, op: 'watch', prefix: ''})]))
     const busy = await client(`lockd://127.0.0.1:${port}`, 'busy')
     const pad = 'e'.repeat(480)
     // Events for everyone until lockd has closed every watcher that does not read (bounded in count).
@@ -648,10 +636,10 @@ describe('lockd against a misbehaving peer', () => {
     // Before: no limit. A client that watched in a loop without unwatching grew lockd's memory
     // and the work of every lock event (each prefix watch is checked against it) without end.
     const lockd = await startLockd()
-    const watcher = await raw(lockd.port)
+    const watcher = await rawConnection(lockd.port)
     const codec = createCodec()
     const watches = Array.from({length: 1001}, (_, i) => encodeFrame(codec, {t: 'req', id: i + 1, op: 'watch', prefix: ''}))
-    watcher.socket.write(Buffer.concat([hello(), ...watches]))
+    watcher.socket.write(Buffer.concat([helloFrame(), ...watches]))
     type Message = {t: string; id?: number; code?: string; msg?: string; ev?: string; event?: {type: string; key: string}}
     const messages = watcher.messages as Message[]
     await eventually(() => messages.some((m) => m.id === 1001), 20_000)
@@ -675,7 +663,7 @@ describe('lockd against a misbehaving peer', () => {
     const greeted = await client(lockd.endpoint, 'greeted')
     await greeted.createLock('kept').acquire({leaseMs: 60_000})
     // Two sockets that connect and say nothing (a port scan, a flood, a client hung before its hello).
-    const silent = await Promise.all([raw(lockd.port), raw(lockd.port)])
+    const silent = await Promise.all([rawConnection(lockd.port), rawConnection(lockd.port)])
     await eventually(async () => ((await greeted.info()) as {connections: number}).connections === 3)
     await new Promise((resolve) => setTimeout(resolve, 1100))
     // Before: refused with LIMIT (exit 4) until the silent ones' 10 s hello timeout.
