@@ -6,6 +6,7 @@ import {type WatchUpdate} from '../../src/client/index.js'
 import {clientFactory} from '../helpers/clients.js'
 import {describeEtcd, startEtcd} from '../helpers/etcd.js'
 import {eventually, startLockd, tempDir} from '../helpers/processes.js'
+import {helloFrame, rawConnection} from '../helpers/wire.js'
 
 const client = clientFactory()
 
@@ -191,14 +192,17 @@ describe('watching locks on lockd', () => {
     await lockd.exited
     await eventually(() => updates.some((u) => u.type === 'disconnected'))
     lockd = await startLockd({dataDir, port: lockd.port, args: ['--max-connections', '1']})
-    const other = createConnection({host: '127.0.0.1', port: lockd.port})
-    await once(other, 'connect')
+    // A greeted connection: lockd never closes it to make room (a silent one it would, after 1 s,
+    // and the watch got in before it had been refused twice on a loaded machine).
+    const other = await rawConnection(lockd.port)
+    other.socket.write(helloFrame())
+    await eventually(() => other.messages.some((m) => m.t === 'hello'))
     const before = gate.closed()
     await gate.open()
     // Refused (lockd is at its limit), and tried again: before, the refusal ended the watch.
     await eventually(() => gate.closed() >= before + 2 || ended !== null, 20_000)
     expect(ended).toBe(null)
-    other.destroy()
+    other.socket.destroy()
     await eventually(() => updates.some((u) => u.type === 'snapshot' && u.resync), 15_000)
     controller.abort()
     await done
