@@ -24,6 +24,8 @@ import {
   type LoggedHolder,
   type LogRecord,
   type RecoveredState,
+  type Restorer,
+  KEEP_DECODED,
   type SnapshotEntry,
   type SnapshotSource,
 } from './log-format.js'
@@ -52,10 +54,13 @@ export interface DurableLogOptions {
   onSnapshotFailed?: (error: Error) => void
   /** Told how long each group commit's write and fdatasync took (metrics). */
   onFlush?: (seconds: number) => void
-  /** Makes each recovered holder into what the caller keeps (RecoveredState.restore). */
-  restore?: RecoveredState['restore']
   /** Told when files found removed are written again from memory (checkFiles), before the snapshot. */
   onFilesRewritten?: (missing: string) => void
+}
+
+/** How open() keeps each recovered holder (default: the decoded object, KEEP_DECODED). */
+export interface RestoreOption<R> {
+  restorer?: Restorer<R>
 }
 
 export class DurableLog {
@@ -111,9 +116,10 @@ export class DurableLog {
   }
 
   /** Read the state on disk, repair a torn tail, reserve fences, and open the log for appending. */
-  static async open(dir: string, snapshotSource: SnapshotSource, options: DurableLogOptions = {}): Promise<{log: DurableLog; state: RecoveredState}> {
+  static async open<R = LoggedHolder>(dir: string, snapshotSource: SnapshotSource, options: DurableLogOptions & RestoreOption<R> = {}): Promise<{log: DurableLog; state: RecoveredState<R>}> {
     makeDirectories(dir)
-    const state: RecoveredState = {fence: 0, holders: new Map(), notes: [], restore: options.restore}
+    const restorer = options.restorer ?? (KEEP_DECODED as unknown as Restorer<R>)
+    const state: RecoveredState<R> = {fence: 0, holders: new Map(), notes: [], restorer}
     let gen = 0
     const snapshotPath = join(dir, 'snapshot')
     const fencePath = join(dir, 'fence')

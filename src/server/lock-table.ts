@@ -1,6 +1,8 @@
 import {WAIT_FOREVER} from '../protocol/messages.js'
 import {DeadlineHeap} from './deadline-heap.js'
-import {holdersOf} from './log-format.js'
+import {FirstKeys} from './first-keys.js'
+import {HolderColumns} from './holder-columns.js'
+import type {Restorer} from './log-format.js'
 import {TokenSource} from './tokens.js'
 
 /**
@@ -27,8 +29,12 @@ export interface WaiterRef {
   wid: number
 }
 
+/**
+ * One grant as the table hands it out: a copy of its slot in HolderColumns at that moment
+ * (changing it changes nothing in the table, and later changes do not show in it).
+ */
 export interface Holder {
-  /** The key it holds (the deadline heap holds holders themselves: one object less per lock). */
+  /** The key it holds. */
   key: string
   token: string
   fence: number
@@ -115,25 +121,27 @@ export interface AcquireMode {
   shared: boolean
 }
 
-/** What the deadline heap holds: a holder (its lease) or a waiter (its wait). */
-type Deadline = Holder | Waiter
-const isHolder = (item: Deadline): item is Holder => (item as Holder).token !== undefined
+/** What the deadline heap holds: a grant's slot (its lease) or a waiter (its wait). */
+type Deadline = number | Waiter
+const isHolderSlot = (item: Deadline): item is number => typeof item === 'number'
 
 /**
- * A name's holders as the table keeps them: the one holder itself (a plain lock, by far the most
- * names: no array around it, ~56 bytes less per held lock), or an array in grant order once a
- * name has had several holders or is between holders (empty only while a change is under way).
+ * A name's grants as the table keeps them: the one grant's slot (a plain lock, by far the most
+ * names: no array around it), or an array of slots in grant order once a name has had several
+ * holders or is between holders (empty only while a change is under way).
  */
-type Held = Holder | Holder[]
+type Held = number | number[]
 
-const countOf = (held: Held): number => (Array.isArray(held) ? held.length : 1)
-const firstOf = (held: Held): Holder | undefined => (Array.isArray(held) ? held[0] : held)
-const findIn = (held: Held | undefined, match: (holder: Holder) => boolean): Holder | undefined => {
-  if (held === undefined) return undefined
-  if (!Array.isArray(held)) return match(held) ? held : undefined
-  return held.find(match)
+const countOf = (held: Held): number => (typeof held === 'number' ? 1 : held.length)
+const firstOf = (held: Held): number | undefined => (typeof held === 'number' ? held : held[0])
+const slotsOf = (held: Held | undefined): readonly number[] => (held === undefined ? [] : typeof held === 'number' ? [held] : held)
+/** The first slot (in grant order) that matches, or -1. */
+const findIn = (held: Held | undefined, match: (slot: number) => boolean): number => {
+  if (held === undefined) return -1
+  if (typeof held === 'number') return match(held) ? held : -1
+  for (const slot of held) if (match(slot)) return slot
+  return -1
 }
-const holds = (held: Held | undefined, holder: Holder): boolean => held !== undefined && (held === holder || (Array.isArray(held) && held.includes(holder)))
 
 /** The waiters of a name nobody waits for: shared (most names), replaced by an array of their own on the first waiter. */
 const NO_WAITERS: Waiter[] = Object.freeze([]) as unknown as Waiter[]
@@ -148,17 +156,17 @@ export interface LockTableOptions {
 }
 
 /**
- * A name's state is its holders in the order they were granted (`holdersByKey`), its FIFO queue
+ * A name's state is its grants in the order they were made (`holdersByKey`), its FIFO queue
  * (`queues`, only while anyone waits) and its limit — 1 for a lock (one exclusive holder, or any
  * number of shared ones), N for a semaphore of N (`limits`, only for N > 1). The limit is fixed
  * while the name has holders or waiters (docs/semantics.md, "Semaphores and shared locks").
- * Most names are plain locks nobody waits for: their whole state is the map's value, their one
- * holder, with neither an object nor an array around it (a million held locks, ~110 MB less
- * than both), and a restart takes the recovered map over as it is.
+ * Most names are plain locks nobody waits for: their whole state is the map's value, the slot of
+ * their one grant in `grants` (a number: no object, no array).
  */
 export class LockTable {
   /** Every name anyone holds or waits for (an empty array only while a change is under way). */
   private holdersByKey = new Map<string, Held>()
+  private readonly grants = new HolderColumns()
   private readonly queues = new Map<string, Waiter[]>()
   private readonly limits = new Map<string, number>()
   private readonly waitersBySession = new Map<string, Map<number, Waiter>>()
@@ -201,6 +209,11 @@ export class LockTable {
     return this.waiterCount
   }
 
+  /** Grants held, over every name (a semaphore's or shared lock's each count). */
+  get grantCount(): number {
+    return this.grants.live
+  }
+
   acquire(args: {
     key: string
     leaseMs: number
@@ -217,13 +230,15 @@ export class LockTable {
     const limit = args.limit ?? 1
     const shared = limit === 1 && args.shared === true
     const holders = this.holdersByKey.get(args.key)
-    const same = findIn(holders, (h) => (args.token !== undefined && h.token === args.token) || (args.attempt !== undefined && h.attempt === args.attempt))
-    if (same) {
-      same.session = args.from.session
-      this.extend(args.key, same, args.leaseMs, now)
-      return {kind: 'granted', grant: same, reentrant: true}
+    if (holders !== undefined && (args.token !== undefined || args.attempt !== undefined)) {
+      const tokenIs = args.token === undefined ? undefined : this.grants.tokenIs(args.token)
+      const same = findIn(holders, (slot) => tokenIs?.(slot) === true || (args.attempt !== undefined && this.grants.attemptOf(slot) === args.attempt))
+      if (same >= 0) {
+        this.grants.setSession(same, args.from.session)
+        return {kind: 'granted', grant: this.extend(args.key, same, args.leaseMs, now), reentrant: true}
+      }
     }
-    const namedLimit = holders ? this.limitOf(args.key) : limit
+    const namedLimit = holders !== undefined ? this.limitOf(args.key) : limit
     if (namedLimit !== limit) return {kind: 'mismatch', limit: namedLimit}
     // The same attempt still queued from a connection that has not been seen to drop: the new
     // request takes over its place (below), so a reconnect keeps the queue order and never
@@ -236,12 +251,12 @@ export class LockTable {
     }
     // FIFO: a request that fits beside the holders still waits behind anyone already queued,
     // so a stream of shared requests never starves an exclusive one.
-    if (!holders || (this.queueOf(args.key).length === 0 && fits(holders, limit, shared))) {
+    if (holders === undefined || (this.queueOf(args.key).length === 0 && this.fits(holders, limit, shared))) {
       const granted = this.grant(args.key, args.owner, args.leaseMs, now, {limit, shared}, undefined, args.attempt, args.from.session)
       return {kind: 'granted', grant: granted, reentrant: false}
     }
     // An entry always has a holder: a name with waiters and no holder grants at once (pump).
-    const blocking = firstOf(holders)!
+    const blocking = this.grants.view(firstOf(holders)!)
     if (args.waitMs === 0) return {kind: 'held', holder: blocking}
     // Waiters are named by (session, wid): a second one under the same name could never be
     // cancelled or dropped with its connection. The server refuses such a request before here.
@@ -284,9 +299,12 @@ export class LockTable {
       this.removeWaiter(waiter, reason)
       return {released: false}
     }
-    const holder = findIn(this.holdersByKey.get(key), (h) => h.origin !== undefined && h.origin.session === ref.session && h.origin.wid === ref.wid)
-    if (holder) {
-      this.releaseHolder(key, holder, false, ref.session)
+    const slot = findIn(this.holdersByKey.get(key), (s) => {
+      const origin = this.grants.originOf(s)
+      return origin !== undefined && origin.session === ref.session && origin.wid === ref.wid
+    })
+    if (slot >= 0) {
+      this.releaseHolder(key, slot, false, ref.session)
       return {released: true}
     }
     return {released: false}
@@ -301,30 +319,29 @@ export class LockTable {
   release(key: string, token: string | undefined, force = false, by?: string): TokenResult {
     const holders = this.holdersByKey.get(key)
     if (!force) {
-      const holder = token === undefined ? undefined : findIn(holders, (h) => h.token === token)
-      if (!holder) return {ok: false}
-      this.releaseHolder(key, holder, false, by)
-      return {ok: true, holder}
+      const slot = token === undefined ? -1 : findIn(holders, this.grants.tokenIs(token))
+      if (slot < 0) return {ok: false}
+      return {ok: true, holder: this.releaseHolder(key, slot, false, by)}
     }
-    if (!holders || countOf(holders) === 0) return {ok: false}
-    // (A copy: each release takes its holder out of the name's array.)
-    const all = [...holdersOf(holders)]
-    for (const each of all) this.releaseHolder(key, each, true, by)
-    return {ok: true, holder: all[0]}
+    if (holders === undefined || countOf(holders) === 0) return {ok: false}
+    // (A copy: each release takes its slot out of the name's array.)
+    const all = [...slotsOf(holders)]
+    const released = all.map((slot) => this.releaseHolder(key, slot, true, by))
+    return {ok: true, holder: released[0]}
   }
 
   /** `by`: the connection renewing becomes the one told if the grant ends. */
   renew(key: string, token: string, leaseMs?: number, by?: string): TokenResult {
-    const holder = this.check(key, token)
-    if (!holder) return {ok: false}
-    if (by !== undefined) holder.session = by
-    this.extend(key, holder, leaseMs ?? holder.leaseMs, this.clock.now())
-    return {ok: true, holder}
+    const slot = this.slotOf(key, token)
+    if (slot < 0) return {ok: false}
+    if (by !== undefined) this.grants.setSession(slot, by)
+    return {ok: true, holder: this.extend(key, slot, leaseMs ?? this.grants.leaseOf(slot), this.clock.now())}
   }
 
   /** The holder if `token` holds `key` now, else null. Changes nothing. */
   check(key: string, token: string): Holder | null {
-    return findIn(this.holdersByKey.get(key), (h) => h.token === token) ?? null
+    const slot = this.slotOf(key, token)
+    return slot < 0 ? null : this.grants.view(slot)
   }
 
   /**
@@ -350,11 +367,13 @@ export class LockTable {
     const now = this.clock.now()
     for (let at = this.deadlines.peekAt(); at !== undefined && at <= now; at = this.deadlines.peekAt()) {
       const due = this.deadlines.pop()!
-      if (isHolder(due)) {
-        // Stale heap entries (renewed or released holders) are skipped here.
-        if (!holds(this.holdersByKey.get(due.key), due) || due.expiresAt !== at) continue
-        this.events.push({type: 'expired', key: due.key, holder: due})
-        this.removeHolder(due.key, due, now)
+      if (isHolderSlot(due)) {
+        // Stale entries (the grant renewed or gone) are skipped here. A slot given to a later
+        // grant whose lease ends at the same millisecond is that grant's own deadline: due too.
+        if (!this.isLive(due, at)) continue
+        const key = this.grants.keyOf(due)
+        this.events.push({type: 'expired', key, holder: this.grants.view(due)})
+        this.removeHolder(key, due, now)
       } else if (this.waitersBySession.get(due.session)?.get(due.wid) === due) {
         this.removeWaiter(due, 'timeout')
         this.events.push({type: 'wait_timeout', key: due.key, waiter: due})
@@ -371,7 +390,7 @@ export class LockTable {
 
   inspect(key: string): LockView | null {
     const holders = this.holdersByKey.get(key)
-    return holders ? this.view(key, holders) : null
+    return holders === undefined ? null : this.view(key, holders)
   }
 
   list(prefix: string, limit = Number.POSITIVE_INFINITY, after?: string): {locks: LockView[]; total: number} {
@@ -402,15 +421,16 @@ export class LockTable {
     if (this.dirty.size === 0) return []
     const changes: {key: string; holders: PersistedHolder[]; changed: string[]}[] = []
     for (const [key, tokens] of this.dirty) {
-      const held = this.holdersByKey.get(key)
-      changes.push({key, holders: holdersOf(held).map(persisted), changed: typeof tokens === 'string' ? [tokens] : [...tokens]})
+      changes.push({key, holders: this.persistedOf(this.holdersByKey.get(key)), changed: typeof tokens === 'string' ? [tokens] : [...tokens]})
     }
     this.dirty.clear()
     return changes
   }
 
-  private markDirty(key: string, token: string): void {
+  /** The grant's token changed the name (granted, re-leased or gone). */
+  private markDirty(key: string, slot: number): void {
     if (!this.tracksChanges) return
+    const token = this.grants.tokenOf(slot)
     const tokens = this.dirty.get(key)
     if (tokens === undefined) this.dirty.set(key, token)
     else if (typeof tokens !== 'string') tokens.add(token)
@@ -422,107 +442,151 @@ export class LockTable {
    * table goes on changing (a Map's iterator visits each entry that is still there when reached).
    */
   *heldLocks(): Generator<{key: string; holders: PersistedHolder[]}> {
-    for (const [key, held] of this.holdersByKey) if (countOf(held) > 0) yield {key, holders: holdersOf(held).map(persisted)}
+    for (const [key, held] of this.holdersByKey) if (countOf(held) > 0) yield {key, holders: this.persistedOf(held)}
   }
 
   /**
-   * Rebuild state after a restart. A recovered holder gets its whole lease again, counted from
-   * now: its owner may have renewed just before the crash and still believes it holds, and the
-   * old monotonic clock is gone, so nothing shorter is safe.
-   * An empty table takes `holders` over (its values become the table's entries): the caller
-   * reads nothing from it afterwards.
+   * What DurableLog.open restores each holder it reads with: straight into this table's columns,
+   * keeping the slot (no object per holder outlives its decoding, and each owner's name is kept
+   * once: decoded, every grant had its own copy). Then recoverRestored() takes the map of slots.
    */
-  recover(fence: number, holders: Map<string, PersistedHolder | PersistedHolder[]>): void {
+  restorer(): Restorer<number> {
+    const owners = new Map<string, string>()
+    return {
+      restore: (key, saved) => {
+        let {owner} = saved
+        const known = owners.get(owner)
+        if (known !== undefined) owner = known
+        // (The first few thousand owners only: a table with an owner per lock would gain nothing.)
+        else if (owners.size < 4096) owners.set(owner, owner)
+        // The lease is set by recoverRestored, counted from then.
+        return this.grants.add({
+          key,
+          token: saved.token,
+          fence: saved.fence,
+          owner,
+          leaseMs: saved.leaseMs,
+          expiresAt: 0,
+          since: saved.since,
+          session: undefined,
+          attempt: saved.attempt,
+          shared: saved.shared,
+          limit: saved.limit,
+        })
+      },
+      tokenOf: (slot) => this.grants.tokenOf(slot),
+      fenceOf: (slot) => this.grants.fenceOf(slot),
+      drop: (slot) => this.grants.free(slot),
+    }
+  }
+
+  /**
+   * Rebuild state after a restart from what restorer() made. A recovered holder gets its whole
+   * lease again, counted from now: its owner may have renewed just before the crash and still
+   * believes it holds, and the old monotonic clock is gone, so nothing shorter is safe.
+   * An empty table takes `recovered` over as its own map (the caller reads nothing from it
+   * afterwards): setting a million names again cost about a second of a restart.
+   */
+  recoverRestored(fence: number, recovered: Map<string, number | number[]>): void {
     const now = this.clock.now()
     this.fenceCounter = Math.max(this.fenceCounter, fence)
-    // A restart of a million locks: the saved holders become the table's (no copy), and their
-    // leases go into the deadline heap in one heapify. An empty table adopts the recovered map
-    // itself, whose values are already what the table keeps (a name's one holder, or an array of
-    // several): setting a million keys again costs more than the rest of the table's part of a
-    // restart.
     const adopt = this.holdersByKey.size === 0
-    const holdersByKey = adopt ? (holders as Map<string, Held>) : this.holdersByKey
     const ats: number[] = []
     const items: Deadline[] = []
-    const restore = (key: string, holder: Holder) => {
-      if (holder.fence > this.fenceCounter) this.fenceCounter = holder.fence
-      // (Already the holder's own when restoredHolders() made it.)
-      if (holder.key !== key) holder.key = key
-      holder.expiresAt = leaseEnd(now, holder.leaseMs)
-      ats.push(holder.expiresAt)
-      items.push(holder)
-    }
-    for (const [key, saved] of holders as Map<string, Held>) {
-      const first = firstOf(saved)
+    // (forEach: no entry array per name, and the map's entries are read in the order they lie.)
+    recovered.forEach((held, key) => {
+      const first = firstOf(held)
+      // (An empty array would be a name nobody holds or waits for.)
       if (first === undefined) {
-        if (adopt) holdersByKey.delete(key)
-        continue
+        if (adopt) recovered.delete(key)
+        return
       }
-      const limit = first.limit ?? 1
+      if (!adopt) for (const slot of slotsOf(this.holdersByKey.get(key))) this.grants.free(slot)
+      const limit = this.grants.limitOf(first)
       if (limit > 1) this.limits.set(key, limit)
-      else this.limits.delete(key)
-      if (Array.isArray(saved)) for (const holder of saved) restore(key, holder)
-      else restore(key, saved)
-      if (!adopt) holdersByKey.set(key, saved)
-    }
-    this.holdersByKey = holdersByKey
+      else if (!adopt) this.limits.delete(key)
+      for (const slot of slotsOf(held)) {
+        const slotFence = this.grants.fenceOf(slot)
+        if (slotFence > this.fenceCounter) this.fenceCounter = slotFence
+        const expiresAt = leaseEnd(now, this.grants.leaseOf(slot))
+        this.grants.setLease(slot, this.grants.leaseOf(slot), expiresAt)
+        ats.push(expiresAt)
+        items.push(slot)
+      }
+      if (!adopt) this.holdersByKey.set(key, held)
+    })
+    if (adopt) this.holdersByKey = recovered
     this.deadlines.pushAll(ats, items)
   }
 
+  /** recoverRestored() from holders as objects (as the log keeps them decoded). */
+  recover(fence: number, holders: Map<string, PersistedHolder | PersistedHolder[]>): void {
+    const restorer = this.restorer()
+    const slots = new Map<string, number | number[]>()
+    for (const [key, saved] of holders) slots.set(key, Array.isArray(saved) ? saved.map((holder) => restorer.restore(key, holder)) : restorer.restore(key, saved))
+    this.recoverRestored(fence, slots)
+  }
+
   private grant(key: string, owner: string, leaseMs: number, now: number, mode: AcquireMode, to?: WaiterRef, attempt?: string, session = to?.session): Holder {
-    const holder: Holder = {
+    const slot = this.grants.add({
       key,
-      session,
       token: this.newToken(),
       fence: ++this.fenceCounter,
       owner,
       leaseMs,
       expiresAt: leaseEnd(now, leaseMs),
       since: this.clock.wall(),
-    }
-    // Only when there is one (most grants have neither): a million held locks, 16 MB.
-    if (to) holder.origin = {session: to.session, wid: to.wid}
-    if (attempt !== undefined) holder.attempt = attempt
-    if (mode.shared) holder.shared = true
-    if (mode.limit > 1) holder.limit = mode.limit
+      session,
+      origin: to,
+      attempt,
+      shared: mode.shared,
+      limit: mode.limit > 1 ? mode.limit : undefined,
+    })
     const holders = this.holdersByKey.get(key)
-    // A new name's one holder is the map's value itself; a second makes the array (an empty
-    // one grown by push() would reserve room for 16).
-    if (!holders) {
-      this.holdersByKey.set(key, holder)
+    // A new name's one grant is the map's value itself; a second makes the array.
+    if (holders === undefined) {
+      this.holdersByKey.set(key, slot)
       if (mode.limit > 1) this.limits.set(key, mode.limit)
-    } else if (Array.isArray(holders)) {
-      holders.push(holder)
+    } else if (typeof holders === 'number') {
+      this.holdersByKey.set(key, [holders, slot])
     } else {
-      this.holdersByKey.set(key, [holders, holder])
+      holders.push(slot)
     }
-    this.deadlines.push(holder.expiresAt, holder)
-    this.markDirty(key, holder.token)
+    const holder = this.grants.view(slot)
+    this.deadlines.push(holder.expiresAt, slot)
+    this.markDirty(key, slot)
     this.events.push({type: 'granted', key, holder, to})
     return holder
   }
 
-  private extend(key: string, holder: Holder, leaseMs: number, now: number): void {
-    if (leaseMs !== holder.leaseMs) this.markDirty(key, holder.token)
-    holder.leaseMs = leaseMs
-    holder.expiresAt = leaseEnd(now, leaseMs)
-    this.deadlines.push(holder.expiresAt, holder)
+  private extend(key: string, slot: number, leaseMs: number, now: number): Holder {
+    if (leaseMs !== this.grants.leaseOf(slot)) this.markDirty(key, slot)
+    const expiresAt = leaseEnd(now, leaseMs)
+    this.grants.setLease(slot, leaseMs, expiresAt)
+    this.deadlines.push(expiresAt, slot)
+    const holder = this.grants.view(slot)
     this.events.push({type: 'renewed', key, holder})
+    return holder
   }
 
-  private releaseHolder(key: string, holder: Holder, force: boolean, by?: string): void {
+  /** Answers the grant as it was when released. */
+  private releaseHolder(key: string, slot: number, force: boolean, by?: string): Holder {
+    const holder = this.grants.view(slot)
     this.events.push({type: 'released', key, holder, force, by})
-    this.removeHolder(key, holder, this.clock.now())
+    this.removeHolder(key, slot, this.clock.now())
+    return holder
   }
 
-  /** The holder is gone: waiters at the head of the queue that now fit get the lock. */
-  private removeHolder(key: string, holder: Holder, now: number): void {
+  /** The grant is gone: waiters at the head of the queue that now fit get the lock. */
+  private removeHolder(key: string, slot: number, now: number): void {
     const holders = this.holdersByKey.get(key)!
-    if (Array.isArray(holders)) holders.splice(holders.indexOf(holder), 1)
+    if (typeof holders !== 'number') holders.splice(holders.indexOf(slot), 1)
     // A single holder leaves an empty array (waiters may be granted into it), or no name at all.
     else if (this.queueOf(key).length > 0) this.holdersByKey.set(key, [])
     else this.holdersByKey.delete(key)
-    this.markDirty(key, holder.token)
+    this.markDirty(key, slot)
+    // Freed before anyone is granted: the next grant may take this very slot.
+    this.grants.free(slot)
     this.pump(key, now)
   }
 
@@ -540,7 +604,7 @@ export class LockTable {
     // `queues` once it is empty). The holders are read again each time: a grant may replace a
     // single holder by an array.
     const queue = this.queueOf(key)
-    for (let next = queue[0]; next && fits(this.holdersByKey.get(key)!, limit, next.shared); next = queue[0]) {
+    for (let next = queue[0]; next && this.fits(this.holdersByKey.get(key)!, limit, next.shared); next = queue[0]) {
       this.removeWaiter(next, 'granted', false)
       this.grant(key, next.owner, next.leaseMs, now, {limit, shared: next.shared}, next, next.attempt)
     }
@@ -548,6 +612,26 @@ export class LockTable {
       this.holdersByKey.delete(key)
       this.limits.delete(key)
     }
+  }
+
+  /**
+   * Does a request fit beside the holders now? A semaphore: fewer holders than its limit. A
+   * lock: nobody holds it, or (shared) only shared grants hold it.
+   */
+  private fits(held: Held, limit: number, shared: boolean): boolean {
+    if (limit > 1) return countOf(held) < limit
+    if (typeof held === 'number') return shared && this.grants.isShared(held)
+    return held.length === 0 || (shared && held.every((slot) => this.grants.isShared(slot)))
+  }
+
+  /** The slot of the grant `token` of `key`, or -1. */
+  private slotOf(key: string, token: string): number {
+    const held = this.holdersByKey.get(key)
+    return held === undefined ? -1 : findIn(held, this.grants.tokenIs(token))
+  }
+
+  private persistedOf(held: Held | undefined): PersistedHolder[] {
+    return slotsOf(held).map((slot) => this.grants.persisted(slot))
   }
 
   /** The name's limit: N for a semaphore of N, else 1. */
@@ -561,7 +645,7 @@ export class LockTable {
   }
 
   private view(key: string, held: Held): LockView {
-    const holders = holdersOf(held)
+    const holders = slotsOf(held).map((slot) => this.grants.view(slot))
     return {key, holder: holders[0] ?? null, holders, waiters: this.queueOf(key).length, limit: this.limitOf(key)}
   }
 
@@ -582,8 +666,9 @@ export class LockTable {
     if (pump) this.pump(waiter.key, this.clock.now())
   }
 
+  /** Is the heap's entry still a deadline: a live grant whose lease ends then, or a waiter still queued? */
   private isLive(item: Deadline, at: number): boolean {
-    if (isHolder(item)) return holds(this.holdersByKey.get(item.key), item) && item.expiresAt === at
+    if (isHolderSlot(item)) return this.grants.isLive(item) && this.grants.endOf(item) === at
     return this.waitersBySession.get(item.session)?.get(item.wid) === item
   }
 
@@ -610,7 +695,8 @@ export class LockTable {
   /** The oldest holder of a key, or null when nobody holds it. */
   holderOf(key: string): Holder | null {
     const held = this.holdersByKey.get(key)
-    return held === undefined ? null : (firstOf(held) ?? null)
+    const slot = held === undefined ? undefined : firstOf(held)
+    return slot === undefined ? null : this.grants.view(slot)
   }
 }
 
@@ -621,89 +707,4 @@ export class LockTable {
  */
 function leaseEnd(now: number, leaseMs: number): number {
   return Math.ceil(now + leaseMs)
-}
-
-/**
- * Does a request fit beside the holders now? A semaphore: fewer holders than its limit. A
- * lock: nobody holds it, or (shared) only shared grants hold it.
- */
-function fits(held: Held, limit: number, shared: boolean): boolean {
-  if (limit > 1) return countOf(held) < limit
-  if (!Array.isArray(held)) return shared && held.shared === true
-  return held.length === 0 || (shared && held.every((h) => h.shared === true))
-}
-
-/**
- * Makes holders as recovery reads them (DurableLog's `restore`): the same fields in the same
- * order as a grant made here, so every holder has one object shape with its fields in the object
- * (a decoded holder given the table's fields afterwards grew a second store for them), and one
- * string per owner, as while serving (decoded, every holder had its own copy). A million locks of
- * a few owners: ~40 MB less after a restart. `recover` sets the lease.
- */
-export function restoredHolders(): (key: string, saved: PersistedHolder) => Holder {
-  const owners = new Map<string, string>()
-  return (key, saved) => {
-    let {owner} = saved
-    const known = owners.get(owner)
-    if (known !== undefined) owner = known
-    // (The first few thousand owners only: a table with an owner per lock would gain nothing.)
-    else if (owners.size < 4096) owners.set(owner, owner)
-    const holder: Holder = {key, session: undefined, token: saved.token, fence: saved.fence, owner, leaseMs: saved.leaseMs, expiresAt: 0, since: saved.since}
-    if (saved.attempt !== undefined) holder.attempt = saved.attempt
-    if (saved.shared) holder.shared = true
-    if (saved.limit !== undefined) holder.limit = saved.limit
-    return holder
-  }
-}
-
-function persisted(holder: Holder): PersistedHolder {
-  const saved: PersistedHolder = {token: holder.token, fence: holder.fence, owner: holder.owner, leaseMs: holder.leaseMs, since: holder.since}
-  if (holder.attempt !== undefined) saved.attempt = holder.attempt
-  if (holder.shared) saved.shared = true
-  if (holder.limit !== undefined) saved.limit = holder.limit
-  return saved
-}
-
-/** The `limit` smallest keys offered (in code-unit order, as `status` sorts), without sorting them all. */
-class FirstKeys {
-  /** A max-heap: the largest kept key on top, the first to go when a smaller one comes. */
-  private readonly heap: string[] = []
-
-  constructor(private readonly limit: number) {}
-
-  offer(key: string): void {
-    const {heap} = this
-    // No limit: every key is kept, and sorted() orders them all (no heap to keep up).
-    if (this.limit === Number.POSITIVE_INFINITY) {
-      heap.push(key)
-    } else if (heap.length < this.limit) {
-      heap.push(key)
-      let i = heap.length - 1
-      while (i > 0) {
-        const parent = (i - 1) >> 1
-        if (heap[parent] >= heap[i]) break
-        ;[heap[parent], heap[i]] = [heap[i], heap[parent]]
-        i = parent
-      }
-    } else if (heap.length > 0 && key < heap[0]) {
-      heap[0] = key
-      let i = 0
-      for (;;) {
-        const left = 2 * i + 1
-        const right = left + 1
-        let largest = i
-        if (left < heap.length && heap[left] > heap[largest]) largest = left
-        if (right < heap.length && heap[right] > heap[largest]) largest = right
-        if (largest === i) break
-        ;[heap[largest], heap[i]] = [heap[i], heap[largest]]
-        i = largest
-      }
-    }
-  }
-
-  sorted(): string[] {
-    // The default sort orders strings by UTF-16 code units, as `<` does, without a call per
-    // comparison: a million names in ~0.36 s instead of ~0.52 (a watch snapshot of them all).
-    return this.heap.sort()
-  }
 }

@@ -18,7 +18,7 @@ import {makeDirectoriesOrStartError, ServerStartError, unreadableAsStartError} f
 import {handleRequest, isOp, type HandlerContext} from './handlers.js'
 import {greet} from './handshake.js'
 import {claimDataDir, Listeners, listenError} from './listeners.js'
-import {LockTable, restoredHolders, systemClock, type Clock, type TableEvent} from './lock-table.js'
+import {LockTable, systemClock, type Clock, type TableEvent} from './lock-table.js'
 import type {ServerMetrics} from './metrics.js'
 import {Outbox} from './outbox.js'
 import {Subscriptions} from './subscriptions.js'
@@ -334,7 +334,7 @@ export class LockServer {
           snapshotSlice: this.options.snapshotSlice,
           onSnapshotFailed: (error) => this.say(`lockd: a snapshot of ${dataDir} could not be written (${error.message}); the log keeps everything, the next one is tried as it grows`),
           onFlush: this.metrics ? (seconds) => this.metrics?.observeFsync(seconds) : undefined,
-          restore: restoredHolders(),
+          restorer: this.table.restorer(),
           onFilesRewritten: (missing) =>
             this.say(`lockd: ${missing} was removed while lockd ran; writing ${dataDir} again from memory: a fence mark, a new log, and a snapshot of the ${this.table.size} held lock(s)`),
         },
@@ -344,11 +344,10 @@ export class LockServer {
     this.fileCheck = setInterval(() => this.checkDataDir(), 1000)
     this.fileCheck.unref()
     for (const note of state.notes) this.say(`lockd: ${note}`)
-    // Counted first: the table takes the recovered map over.
     const names = state.holders.size
     let grants = 0
     for (const holders of state.holders.values()) grants += Array.isArray(holders) ? holders.length : 1
-    this.table.recover(state.fence, state.holders)
+    this.table.recoverRestored(state.fence, state.holders)
     log.recovered()
     if (names > 0) {
       // A semaphore's or shared lock's several grants are each a holder that keeps its lease.

@@ -60,29 +60,46 @@ export interface LogRecord {
 }
 
 /** A name's recovered holders: its one holder itself (most names: no array around it), or several in grant order. */
-export type RecoveredHolders = LoggedHolder | LoggedHolder[]
+export type RecoveredHolders<R = LoggedHolder> = R | R[]
 
 /**
  * A name's holders as an array, from what recovery (and the lock table) keep for it: its one
  * holder itself, or the array of several (empty: none). For reading: a single holder gets a new
  * array, an array is returned as it is.
  */
-export function holdersOf<H extends LoggedHolder>(value: H | H[] | undefined): H[] {
+export function holdersOf<H>(value: H | H[] | undefined): H[] {
   if (value === undefined) return []
   return Array.isArray(value) ? value : [value]
 }
 
-export interface RecoveredState {
+/**
+ * Turns each holder read from the files into what the recovered state keeps (R). The default
+ * keeps the decoded object. lockd's lock table gives one that writes each holder into its own
+ * columns and keeps the slot number (LockTable.restorer), so that a million decoded objects die
+ * young and no second map of a million names is built after the first.
+ */
+export interface Restorer<R> {
+  restore(key: string, logged: LoggedHolder): R
+  /** What replaying a record of a name with several holders needs of each. */
+  tokenOf(restored: R): string
+  fenceOf(restored: R): number
+  /** A restored holder that a later record released or replaced. */
+  drop(restored: R): void
+}
+
+export const KEEP_DECODED: Restorer<LoggedHolder> = Object.freeze({
+  restore: (_key: string, logged: LoggedHolder) => logged,
+  tokenOf: (holder: LoggedHolder) => holder.token,
+  fenceOf: (holder: LoggedHolder) => holder.fence,
+  drop: () => {},
+})
+
+export interface RecoveredState<R = LoggedHolder> {
   fence: number
-  holders: Map<string, RecoveredHolders>
+  holders: Map<string, RecoveredHolders<R>>
   /** What recovery had to do that an operator should know about. */
   notes: string[]
-  /**
-   * Makes each holder read into what the state keeps (default: the decoded object itself). The
-   * lock table gives one that builds its own holders as they are read, so a million decoded
-   * objects die young instead of being kept and changed after (restoredHolders() in lock-table.ts).
-   */
-  restore?: (key: string, logged: LoggedHolder) => LoggedHolder
+  restorer: Restorer<R>
 }
 
 /** The state on disk cannot be trusted; lockd refuses to start rather than forget a grant. */
@@ -138,7 +155,7 @@ export function frame(body: Buffer): Buffer {
  * Load a snapshot into `state` and return the generation of the log that follows it. A snapshot
  * was complete and synced before it was named: any damage in it is refused.
  */
-export function readSnapshot(path: string, state: RecoveredState): number {
+export function readSnapshot<R>(path: string, state: RecoveredState<R>): number {
   const data = readWhole(path)
   const refuse = (why: string) => new LogCorruptError(`${path} is corrupt (${why}); refusing to start rather than forget locks. ${MOVE_ASIDE}`)
   const load = (locks: unknown) => {
@@ -146,8 +163,7 @@ export function readSnapshot(path: string, state: RecoveredState): number {
     for (const entry of locks as SnapshotEntry[]) {
       const h = entry?.holders ?? entry?.holder
       if (typeof entry?.key !== 'string' || !isHolderField(h)) throw refuse('not a snapshot')
-      const value = keptHolders(state, entry.key, h)
-      if (value !== undefined) state.holders.set(entry.key, value)
+      replace(state, entry.key, keptHolders(state, entry.key, h))
     }
   }
   if (!data.subarray(0, SNAPSHOT_MAGIC.length).equals(SNAPSHOT_MAGIC)) {
@@ -211,7 +227,7 @@ interface Replayed {
  * past the end of the file, a checksummed record whose body does, or zeros from a record's start
  * to the end of the file (blocks allocated, never written). Anything else is corruption.
  */
-export function replay(data: Buffer, path: string, state: RecoveredState): Replayed {
+export function replay<R>(data: Buffer, path: string, state: RecoveredState<R>): Replayed {
   const torn = 'a final write cut short by a crash (it was never acknowledged)'
   // A write cut short can leave zeros (allocated, never written) from somewhere inside the
   // last record to the end of the file; damage elsewhere is refused.
@@ -257,7 +273,7 @@ const CRC_TABLE = Uint32Array.from({length: 256}, (_, n) => {
  * record that runs past the end of the file is taken for a torn write only as before. Read once,
  * then rewritten as a snapshot in the current format.
  */
-export function replayLegacy(data: Buffer, path: string, state: RecoveredState): Replayed {
+export function replayLegacy<R>(data: Buffer, path: string, state: RecoveredState<R>): Replayed {
   const torn = 'a final write cut short by a crash (it was never acknowledged)'
   let offset = 0
   while (offset < data.length) {
@@ -337,42 +353,46 @@ function decode(body: Buffer, path: string, offset: number): DecodedRecord {
   return record
 }
 
-function apply(record: DecodedRecord, state: RecoveredState): void {
-  let value: RecoveredHolders | undefined
+function apply<R>(record: DecodedRecord, state: RecoveredState<R>): void {
+  const {restorer} = state
   if (record.h === undefined) {
     const gone = new Set([...record.x!, ...record.s!.map((h) => h.token)])
-    const holders = [...holdersOf(state.holders.get(record.k)).filter((h) => !gone.has(h.token)), ...restoreAll(state, record.k, record.s!)]
+    const holders: R[] = []
+    for (const restored of holdersOf(state.holders.get(record.k))) {
+      if (gone.has(restorer.tokenOf(restored))) restorer.drop(restored)
+      else holders.push(restored)
+    }
+    for (const logged of record.s!) holders.push(restorer.restore(record.k, logged))
     // Grant order is fence order: recovery keeps the oldest holder first.
-    holders.sort((a, b) => a.fence - b.fence)
-    value = holders.length === 0 ? undefined : kept(holders)
+    holders.sort((a, b) => restorer.fenceOf(a) - restorer.fenceOf(b))
+    if (holders.length === 0) state.holders.delete(record.k)
+    else state.holders.set(record.k, kept(holders))
   } else {
-    value = keptHolders(state, record.k, record.h)
+    replace(state, record.k, keptHolders(state, record.k, record.h))
   }
-  if (value !== undefined) state.holders.set(record.k, value)
-  else state.holders.delete(record.k)
   state.fence = Math.max(state.fence, record.f)
+}
+
+/** The name's holders are now `value` (undefined: it is free); those it had before are dropped. */
+function replace<R>(state: RecoveredState<R>, key: string, value: RecoveredHolders<R> | undefined): void {
+  for (const before of holdersOf(state.holders.get(key))) state.restorer.drop(before)
+  if (value !== undefined) state.holders.set(key, value)
+  else state.holders.delete(key)
 }
 
 /**
  * A name's holder field as the state keeps it, each holder restored: the one holder itself (a
  * plain lock, most names: no array around it), the array of several, or undefined (free).
  */
-function keptHolders(state: RecoveredState, key: string, h: LoggedHolder | LoggedHolder[] | null): RecoveredHolders | undefined {
+function keptHolders<R>(state: RecoveredState<R>, key: string, h: LoggedHolder | LoggedHolder[] | null): RecoveredHolders<R> | undefined {
   if (h === null) return undefined
-  if (!Array.isArray(h)) return state.restore ? state.restore(key, h) : h
-  return h.length === 0 ? undefined : kept(restoreAll(state, key, h))
+  if (!Array.isArray(h)) return state.restorer.restore(key, h)
+  return h.length === 0 ? undefined : kept(h.map((logged) => state.restorer.restore(key, logged)))
 }
 
 /** What the state keeps for a name with these holders (at least one): the one holder itself, or the array. */
-function kept(holders: LoggedHolder[]): RecoveredHolders {
+function kept<R>(holders: R[]): RecoveredHolders<R> {
   return holders.length === 1 ? holders[0] : holders
-}
-
-/** The holders as the state keeps them (in place: `holders` is a fresh array of decoded holders). */
-function restoreAll(state: RecoveredState, key: string, holders: LoggedHolder[]): LoggedHolder[] {
-  const {restore} = state
-  if (restore) for (let i = 0; i < holders.length; i++) holders[i] = restore(key, holders[i])
-  return holders
 }
 
 export function corrupt(path: string, offset: number, why: string): LogCorruptError {

@@ -5,7 +5,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {DurableLog} from '../../src/server/durable-log.js'
 import {crc32} from 'node:zlib'
 import {FENCE_BLOCK, frame, headerCrc, holdersOf, LogCorruptError, packr, WAL_MAGIC, type LoggedHolder, type RecoveredState, type SnapshotSource} from '../../src/server/log-format.js'
-import {LockTable, restoredHolders} from '../../src/server/lock-table.js'
+import {LockTable} from '../../src/server/lock-table.js'
 import {FakeClock} from '../helpers/fake-clock.js'
 import {rng} from '../helpers/random.js'
 
@@ -397,20 +397,28 @@ describe('durable log: snapshots written while the table changes', () => {
         if (log.snapshotting) midSnapshot++
         const copy = mkdtempSync(join(tmpdir(), 'lockctl-log-copy-'))
         cpSync(dir, copy, {recursive: true})
-        // Every other copy is read as lockd reads it: into holders the table makes as they are
-        // read (restoredHolders), then recovered into a table, which must hold every grant whole.
+        // Every other copy is also read as lockd reads it: each holder restored straight into a
+        // table's columns as it is read, then the table takes the map of slots over.
         const asLockd = random() < 0.5
-        const {log: reopened, state} = await DurableLog.open(copy, NOTHING, asLockd ? {restore: restoredHolders()} : {})
+        const lockdCopy = asLockd ? mkdtempSync(join(tmpdir(), 'lockctl-log-copy-')) : null
+        if (lockdCopy) cpSync(dir, lockdCopy, {recursive: true})
+        const {log: reopened, state} = await DurableLog.open(copy, NOTHING)
         await reopened.close()
         rmSync(copy, {recursive: true, force: true})
         expect(recoveredOf(state), `seed ${seed}, step ${step}`).toEqual(held())
         expect(state.fence, `seed ${seed}, step ${step}`).toBeGreaterThanOrEqual(table.lastFence)
-        if (asLockd) {
+        if (lockdCopy) {
           const restartedClock = new FakeClock()
           const restarted = new LockTable(restartedClock)
-          restarted.recover(state.fence, state.holders)
+          const {log: lockdLog, state: slots} = await DurableLog.open(lockdCopy, NOTHING, {restorer: restarted.restorer()})
+          await lockdLog.close()
+          rmSync(lockdCopy, {recursive: true, force: true})
+          restarted.recoverRestored(slots.fence, slots.holders)
+          expect(restarted.lastFence, `seed ${seed}, step ${step}`).toBeGreaterThanOrEqual(table.lastFence)
           const whole = (t: LockTable) => new Map([...t.heldLocks()].map(({key, holders}) => [key, holders]))
           expect(whole(restarted), `seed ${seed}, step ${step}`).toEqual(whole(table))
+          // Every holder a later record released or replaced gave its slot back.
+          expect(restarted.grantCount, `seed ${seed}, step ${step}`).toBe([...whole(table).values()].flat().length)
           // One object shape for every holder, recovered or granted (the order of their fields).
           const granted = Object.keys(restarted.acquire({key: 'shape', leaseMs: 1000, waitMs: 0, owner: 'o', from: {session: 's', wid: 0}}).kind === 'granted' ? restarted.holderOf('shape')! : {})
           for (const {key} of restarted.heldLocks()) {
