@@ -584,7 +584,10 @@ async function scale() {
     const label = durable ? 'lockd durable' : 'lockd in memory'
     row(`${label}: acquisitions/s`, Math.round(rate).toLocaleString('en'), `by tenths: ${tenths.map((t) => t.toLocaleString('en')).join(' ')}`)
     row(`${label}: longest single acquisition`, msf(longest), '(a stall shows here: lockd answering nothing)')
-    row(`${label}: RSS`, `${rssOf(lockd.child.pid).toFixed(0)} MB`)
+    row(`${label}: RSS`, `${rssOf(lockd.child.pid).toFixed(0)} MB`, 'as the last acquisition is answered')
+    // lockd collects the burst's garbage once no request has come for 1-2 s (idle-collector.ts).
+    await new Promise((r) => setTimeout(r, 5000))
+    row(`${label}: RSS, quiet 5 s later`, `${rssOf(lockd.child.pid).toFixed(0)} MB`)
     await Promise.all(clients.map((c) => c.close()))
     if (durable) {
       lockd.child.kill('SIGKILL')
@@ -596,6 +599,8 @@ async function scale() {
       const ms = performance.now() - start
       row(`${label}: kill -9, restart until it answers`, msf(ms), `${Number(info.locks).toLocaleString('en')} locks recovered`)
       row(`${label}: RSS after the restart`, `${rssOf(again.child.pid).toFixed(0)} MB`)
+      await new Promise((r) => setTimeout(r, 5000))
+      row(`${label}: RSS after the restart, quiet 5 s later`, `${rssOf(again.child.pid).toFixed(0)} MB`)
       await probe.close()
       again.child.kill('SIGKILL')
     } else {

@@ -8,6 +8,8 @@ export interface HeapReading {
 
 /** Past this share of the heap limit, new names and waits are refused. */
 const FULL_AT = 0.5
+/** The most often the guard collects garbage before it refuses. */
+const COLLECT_EVERY_MS = 10_000
 
 const readHeap = (): HeapReading => {
   const {used_heap_size: used, heap_size_limit: limit} = getHeapStatistics()
@@ -27,10 +29,22 @@ const readHeap = (): HeapReading => {
 export class HeapGuard {
   private timer: NodeJS.Timeout | null = null
   private reading: HeapReading | null = null
+  private lastCollection = Number.NEGATIVE_INFINITY
+  /** The heap in use that the last collection left. */
+  private afterCollection = 0
 
   constructor(
     private readonly onChange: (full: boolean, reading: HeapReading) => void,
-    private readonly options: {everyMs?: number; read?: () => HeapReading} = {},
+    private readonly options: {
+      everyMs?: number
+      read?: () => HeapReading
+      /**
+       * A full garbage collection (full-collection.ts): before the guard refuses, garbage is
+       * collected, so that only what is in use counts (at most once every COLLECT_EVERY_MS).
+       */
+      collect?: () => void
+      now?: () => number
+    } = {},
   ) {}
 
   /** Past the threshold at the last reading? */
@@ -60,7 +74,18 @@ export class HeapGuard {
   /** Read the heap now (the timer's work; tests call it directly). */
   check(): void {
     const wasFull = this.full
-    this.reading = (this.options.read ?? readHeap)()
+    const read = this.options.read ?? readHeap
+    this.reading = read()
+    const now = (this.options.now ?? performance.now.bind(performance))()
+    // Not again and again while the heap really is full: only once it has grown by a tenth of
+    // the limit since the last collection (each stops lockd for a moment, longer on a big heap).
+    const grown = this.reading.used > this.afterCollection + 0.1 * this.reading.limit
+    if (this.isFull(this.reading) && this.options.collect && grown && now - this.lastCollection >= COLLECT_EVERY_MS) {
+      this.lastCollection = now
+      this.options.collect()
+      this.reading = read()
+      this.afterCollection = this.reading.used
+    }
     const full = this.isFull(this.reading)
     if (full !== wasFull) this.onChange(full, this.reading)
   }

@@ -46,8 +46,8 @@ interface RareFields {
  * The lock table's grants, one slot each, a field per column: numbers in typed arrays (outside
  * the garbage-collected heap, unboxed), the token as its 18 bytes, strings the grant shares with
  * others (its key, owner and connection) by reference. A grant is an index, not an object: a
- * million held locks are ~110 bytes each here and in the table's map, where an object per grant,
- * its token string and boxed time came to ~240 (issue 16, docs/semantics.md "Memory").
+ * million held locks take ~160 bytes each, key and map entry included, where an object per
+ * grant, its token string and boxed time came to ~240 (docs/memory.md).
  *
  * A slot is live from add() until free(); a freed slot is given to a later grant. Whoever keeps a
  * slot number past free() (the deadline heap does) checks that what it finds is still what it

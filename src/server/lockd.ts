@@ -6,7 +6,9 @@ import {DEFAULT_MAX_FRAME, encodeFrame} from '../protocol/framing.js'
 import {PROTOCOL_VERSION, type Request, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
 import {VERSION} from '../version.js'
 import {PasswordCheck} from './auth.js'
+import {fullCollection} from './full-collection.js'
 import {HeapGuard} from './heap-guard.js'
+import {IdleCollector} from './idle-collector.js'
 import {LoginQuota} from './login-quota.js'
 import {SilentSockets} from './silent-sockets.js'
 import {DEFAULT_OUTPUT_BUDGET, OutputBudget} from './output-budget.js'
@@ -152,16 +154,25 @@ export class LockServer {
 
   private readonly outputBudget: OutputBudget
   private outputCheck: NodeJS.Timeout | null = null
+  /** Messages taken from clients: the idle collector's sign that lockd is busy. */
+  private messagesTaken = 0
+  /** V8's full collection, where it can be had (full-collection.ts). */
+  private readonly collect = fullCollection()
+  private readonly idleCollector = this.collect && new IdleCollector({collect: this.collect, heapUsed: () => process.memoryUsage().heapUsed, activity: () => this.messagesTaken})
+  private idleCheck: NodeJS.Timeout | null = null
 
   /** New names and waits refused past half the heap limit: a lockd out of heap dies (heap-guard.ts). */
-  private readonly heapGuard = new HeapGuard((full, {used, limit}) => {
-    const state = `${Math.round(used / 1048576)} MB of its ${Math.round(limit / 1048576)} MB heap`
-    this.say(
-      full
-        ? `lockd: warning: ${state} in use, past half: new names and waits are refused (LIMIT) until locks are released; renewals and releases go on`
-        : `lockd: ${state} in use, under half again: new names and waits are taken`,
-    )
-  })
+  private readonly heapGuard = new HeapGuard(
+    (full, {used, limit}) => {
+      const state = `${Math.round(used / 1048576)} MB of its ${Math.round(limit / 1048576)} MB heap`
+      this.say(
+        full
+          ? `lockd: warning: ${state} in use, past half: new names and waits are refused (LIMIT) until locks are released; renewals and releases go on`
+          : `lockd: ${state} in use, under half again: new names and waits are taken`,
+      )
+    },
+    {collect: this.collect ?? undefined},
+  )
 
   /**
    * Who may force-release a lock it does not hold: with --admin, only those users (by password
@@ -251,6 +262,17 @@ export class LockServer {
     this.heapGuard.start()
     this.outputCheck = setInterval(() => this.enforceOutputBudget(), 250)
     this.outputCheck.unref()
+    if (this.idleCollector) {
+      const collector = this.idleCollector
+      this.idleCheck = setInterval(() => {
+        const began = performance.now()
+        const collected = collector.check()
+        if (!collected) return
+        const mb = (bytes: number) => Math.round(bytes / 1048576)
+        this.say(`lockd: quiet after a burst: collected garbage, heap in use ${mb(collected.before)} -> ${mb(collected.after)} MB (${Math.round(performance.now() - began)} ms)`)
+      }, 1000)
+      this.idleCheck.unref()
+    }
     return this
   }
 
@@ -420,6 +442,7 @@ export class LockServer {
       if (this.dropReport) clearTimeout(this.dropReport)
       if (this.fileCheck) clearInterval(this.fileCheck)
       if (this.outputCheck) clearInterval(this.outputCheck)
+      if (this.idleCheck) clearInterval(this.idleCheck)
       this.heapGuard.stop()
       // net.Server#close waits for open connections, so stop accepting first, let acks that are
       // waiting for the log go out, then drop the connections, then wait for the listeners.
@@ -578,6 +601,7 @@ export class LockServer {
 
   /** One message from a peer: the hello, then requests (docs/protocol.md). */
   private handleMessage(conn: Connection, message: unknown): void {
+    this.messagesTaken++
     this.silent.spoke(conn)
     if (typeof message !== 'object' || message === null || Array.isArray(message)) {
       this.fail(conn, ErrorCode.PROTOCOL, 'a message must be a map')
