@@ -65,8 +65,11 @@ export class HolderColumns {
   private readonly owners = new Chunked<string>()
   private readonly sessions = new Chunked<string>()
   private fences = new Float64Array(0)
-  /** At most MAX_LEASE_MS (24 h): a 32-bit column. */
-  private leases = new Uint32Array(0)
+  /**
+   * A double, though lockd grants at most 24 h: a recovered log may say anything, and a lease
+   * cut to 32 bits would end before its holder's.
+   */
+  private leases = new Float64Array(0)
   private ends = new Float64Array(0)
   private sinces = new Float64Array(0)
   private tokens = Buffer.alloc(0)
@@ -234,7 +237,7 @@ export class HolderColumns {
   private grow(): void {
     const capacity = Math.max(1024, this.capacity * 2)
     this.fences = grown(this.fences, new Float64Array(capacity))
-    this.leases = grown(this.leases, new Uint32Array(capacity))
+    this.leases = grown(this.leases, new Float64Array(capacity))
     this.ends = grown(this.ends, new Float64Array(capacity))
     this.sinces = grown(this.sinces, new Float64Array(capacity))
     this.tokens = grown(this.tokens, Buffer.alloc(capacity * TOKEN_BYTES))
@@ -243,7 +246,7 @@ export class HolderColumns {
 }
 
 /** `larger`, with what `column` held at its start. */
-function grown<T extends Float64Array | Uint32Array | Uint8Array>(column: T, larger: T): T {
+function grown<T extends Float64Array | Uint8Array>(column: T, larger: T): T {
   larger.set(column)
   return larger
 }

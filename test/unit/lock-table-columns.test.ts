@@ -178,3 +178,15 @@ describe('LockTable in columns: many grants', () => {
     expect([table.size, table.grantCount]).toEqual([0, 0])
   })
 })
+
+describe('LockTable in columns: recovered values', () => {
+  it('a recovered lease longer than lockd grants (a log written elsewhere) is kept whole, never cut to 32 bits', () => {
+    const clock = new FakeClock()
+    const table = new LockTable(clock)
+    const leaseMs = 2 ** 32 + 1000
+    table.recover(7, new Map([['k', {token: 'AAAAAAAAAAAAAAAAAAAAAAAA', fence: 7, owner: 'o', leaseMs, since: 1}]]))
+    clock.advance(5000)
+    table.tick()
+    expect(table.holderOf('k')).toMatchObject({leaseMs, expiresAt: clock.now() - 5000 + leaseMs})
+  })
+})
