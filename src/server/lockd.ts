@@ -1,6 +1,7 @@
 import {randomBytes} from 'node:crypto'
 import type {Server, Socket} from 'node:net'
 import type {SecureContextOptions, TLSSocket} from 'node:tls'
+import {getHeapStatistics} from 'node:v8'
 import {ErrorCode} from '../protocol/errors.js'
 import {DEFAULT_MAX_FRAME, encodeFrame} from '../protocol/framing.js'
 import {PROTOCOL_VERSION, type Request, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
@@ -158,7 +159,7 @@ export class LockServer {
   private messagesTaken = 0
   /** V8's full collection, where it can be had (full-collection.ts). */
   private readonly collect = fullCollection()
-  private readonly idleCollector = this.collect && new IdleCollector({collect: this.collect, heapUsed: () => process.memoryUsage().heapUsed, activity: () => this.messagesTaken})
+  private readonly idleCollector = this.collect && new IdleCollector({collect: this.collect, heapUsed: () => getHeapStatistics().used_heap_size, activity: () => this.messagesTaken})
   private idleCheck: NodeJS.Timeout | null = null
 
   /** New names and waits refused past half the heap limit: a lockd out of heap dies (heap-guard.ts). */
