@@ -1,4 +1,4 @@
-import type {Holder, PersistedHolder, WaiterRef} from './lock-table.js'
+import type {Holder, ListedHolder, PersistedHolder, WaiterRef} from './lock-table.js'
 
 /** A token as TokenSource makes it: 18 bytes, written as 24 characters of base64url. */
 const TOKEN_BYTES = 18
@@ -218,6 +218,13 @@ export class HolderColumns {
       if (fields.shared === true) holder.shared = true
       if (fields.limit !== undefined) holder.limit = fields.limit
     }
+    return holder
+  }
+
+  /** The grant as `status` and `watch` show it (ListedHolder: no token, nothing they do not show). */
+  listed(slot: number): ListedHolder {
+    const holder: ListedHolder = {owner: this.owners.get(slot)!, fence: this.fences[slot], leaseMs: this.leases[slot], expiresAt: this.ends[slot], since: this.sinces[slot]}
+    if (this.isShared(slot)) holder.shared = true
     return holder
   }
 

@@ -86,12 +86,21 @@ export type AcquireResult =
   /** The name is held or awaited with another limit: the request is refused, not mixed in. */
   | {kind: 'mismatch'; limit: number}
 
-/** One key as `inspect` and `list` show it (the server turns it into the wire's LockInfo). */
-export interface LockView {
+/**
+ * A holder as `list` shows it: what status and watch show of it, no more. Not its token, which
+ * only the holder is told; a watch snapshot of a million names makes one for each.
+ */
+export type ListedHolder = Pick<Holder, 'owner' | 'fence' | 'leaseMs' | 'expiresAt' | 'since' | 'shared'>
+
+/**
+ * One key as `inspect` (holders with their tokens) and `list` (without: ListedHolder) show it;
+ * the server turns it into the wire's LockInfo, which has no token either.
+ */
+export interface LockView<H extends ListedHolder = Holder> {
   key: string
   /** The oldest holder (what a client that knows of one holder only shows). */
-  holder: Holder | null
-  holders: Holder[]
+  holder: H | null
+  holders: H[]
   waiters: number
   limit: number
 }
@@ -393,7 +402,7 @@ export class LockTable {
     return holders === undefined ? null : this.view(key, holders)
   }
 
-  list(prefix: string, limit = Number.POSITIVE_INFINITY, after?: string): {locks: LockView[]; total: number} {
+  list(prefix: string, limit = Number.POSITIVE_INFINITY, after?: string): {locks: LockView<ListedHolder>[]; total: number} {
     // The first `limit` names in key order, kept in a max-heap as the names go by instead of
     // sorting every match: `status` (1,000 of a million names) held lockd up for ~0.3 s.
     // `after`: a later page of the same list (the client reads a long one a page at a time).
@@ -404,7 +413,14 @@ export class LockTable {
       total++
       if (after === undefined || key > after) first.offer(key)
     }
-    return {locks: first.sorted().map((key) => this.view(key, this.holdersByKey.get(key)!)), total}
+    return {
+      locks: first.sorted().map((key) => {
+        const held = this.holdersByKey.get(key)!
+        const holders = typeof held === 'number' ? [this.grants.listed(held)] : held.map((slot) => this.grants.listed(slot))
+        return {key, holder: holders[0] ?? null, holders, waiters: this.queueOf(key).length, limit: this.limitOf(key)}
+      }),
+      total,
+    }
   }
 
   /** Events since the last call, in the order they happened. */
@@ -690,6 +706,12 @@ export class LockTable {
   /** Position (1-based) of a waiter in its queue, or 0 if it is not queued. */
   positionOf(ref: WaiterRef, key: string): number {
     return this.queueOf(key).findIndex((w) => w.session === ref.session && w.wid === ref.wid) + 1
+  }
+
+  /** Does anyone hold the key now? (holderOf without making the holder's view.) */
+  isHeld(key: string): boolean {
+    const held = this.holdersByKey.get(key)
+    return held !== undefined && countOf(held) > 0
   }
 
   /** The oldest holder of a key, or null when nobody holds it. */
