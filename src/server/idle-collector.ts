@@ -3,9 +3,9 @@
  * collects its old generation when that grows past a limit set at its last collection, never
  * because the process went idle: a lockd that took a million locks and then only waited kept the
  * burst's garbage (~150 MB of heap; its live heap was ~110 MB) in its RSS for as long as it ran.
- * Collected, most of it is given back (RSS ~390 -> ~285 MB).
+ * Collected and compacted, most of it is given back (RSS ~390 -> ~250 MB).
  *
- * A full collection stops everything for a moment (0.1-0.15 s with a million locks), so only when no
+ * A full collection stops everything for a moment (~0.1-0.2 s with a million locks), so only when no
  * request has come for two checks in a row (1-2 s), and only when the heap in use has grown well
  * past the least seen in use since the last collection (not at every quiet moment of a lockd at
  * rest).
