@@ -6,7 +6,7 @@
 //   node bench/run.js --lockd-only --baseline ../other-checkout
 //        lockd's figures next to those of another built checkout's lockd, in the same run
 //   node bench/run.js --no-redis      without the side-by-side with Redis (run when redis-server is installed)
-//   node bench/run.js --scale [N]     only the scale section: N (1M) held locks, RSS, restart time
+//   node bench/run.js --scale [N]     only the scale section: N (1M) held locks, RSS, a watch of them all, restart time
 //   node bench/run.js --startup       only the CLI's start-up (process wall times)
 //   node bench/run.js --side-by-side  only lockd next to Redis and to a bare Node echo server (multi-process lockers)
 import {spawn, spawnSync} from 'node:child_process'
@@ -588,6 +588,26 @@ async function scale() {
     // lockd collects the burst's garbage once no request has come for 1-2 s (idle-collector.ts).
     await new Promise((r) => setTimeout(r, 5000))
     row(`${label}: RSS, quiet 5 s later`, `${rssOf(lockd.child.pid).toFixed(0)} MB`)
+    if (!durable) {
+      // A watch of every name gets its snapshot in one piece (it must match the events after it):
+      // how long lockd answers nobody else meanwhile, seen by a client asking all along.
+      const watcher = await connect({endpoints: lockd.endpoint, owner: 'watcher', requestTimeoutMs: 120_000})
+      const stop = new AbortController()
+      const began = performance.now()
+      const first = watcher.watch({prefix: ''}, {signal: stop.signal})[Symbol.asyncIterator]().next()
+      let longest = 0
+      let done = false
+      void first.finally(() => (done = true))
+      while (!done) {
+        const asked = performance.now()
+        await clients[0].info()
+        longest = Math.max(longest, performance.now() - asked)
+      }
+      const snapshot = (await first).value
+      row(`${label}: watch of every name, snapshot`, msf(performance.now() - began), `${snapshot.locks.length.toLocaleString('en')} locks; another client waited up to ${msf(longest)}`)
+      stop.abort()
+      await watcher.close()
+    }
     await Promise.all(clients.map((c) => c.close()))
     if (durable) {
       lockd.child.kill('SIGKILL')
