@@ -114,8 +114,12 @@ export class HolderColumns {
     return slot
   }
 
-  /** The grant is gone: its slot (and the strings it referred to) can go to another. */
+  /**
+   * The grant is gone: its slot (and the strings it referred to) can go to another. Freed twice,
+   * a slot would be given to two grants at once, each overwriting the other's token: refused.
+   */
   free(slot: number): void {
+    if (!this.isLive(slot)) throw new Error(`slot ${slot} is not in use: freed twice`)
     this.keys.set(slot, undefined)
     this.owners.set(slot, undefined)
     this.sessions.set(slot, undefined)

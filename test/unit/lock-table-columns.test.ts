@@ -1,5 +1,6 @@
 import {describe, expect, it} from 'vitest'
 import {WAIT_FOREVER} from '../../src/protocol/messages.js'
+import {HolderColumns} from '../../src/server/holder-columns.js'
 import {LockTable, type Holder, type PersistedHolder} from '../../src/server/lock-table.js'
 import {FakeClock} from '../helpers/fake-clock.js'
 import {ObjectLockTable} from '../helpers/object-lock-table.js'
@@ -194,5 +195,19 @@ describe('LockTable in columns: recovered values', () => {
     clock.advance(5000)
     table.tick()
     expect(table.holderOf('k')).toMatchObject({leaseMs, expiresAt: clock.now() - 5000 + leaseMs})
+  })
+})
+
+describe('HolderColumns', () => {
+  it('refuses to free a slot twice (it would be given to two grants at once)', () => {
+    const columns = new HolderColumns()
+    const slot = columns.add({key: 'k', token: 'AAAAAAAAAAAAAAAAAAAAAAAA', fence: 1, owner: 'o', leaseMs: 1000, expiresAt: 1000, since: 1})
+    columns.free(slot)
+    expect(() => columns.free(slot)).toThrow('slot 0 is not in use: freed twice')
+    // Given once to the next grant, not twice.
+    const a = columns.add({key: 'a', token: 'BBBBBBBBBBBBBBBBBBBBBBBB', fence: 2, owner: 'o', leaseMs: 1000, expiresAt: 1000, since: 1})
+    const b = columns.add({key: 'b', token: 'CCCCCCCCCCCCCCCCCCCCCCCC', fence: 3, owner: 'o', leaseMs: 1000, expiresAt: 1000, since: 1})
+    expect(a).not.toBe(b)
+    expect([columns.tokenOf(a), columns.tokenOf(b)]).toEqual(['BBBBBBBBBBBBBBBBBBBBBBBB', 'CCCCCCCCCCCCCCCCCCCCCCCC'])
   })
 })
