@@ -85,10 +85,10 @@ function answer(ctx: HandlerContext, conn: Connection, request: Request): Answer
   const {table} = ctx
   switch (request.op) {
     case 'acquire': {
-      if (request.waitMs !== 0 && table.waitingOf(conn.session) >= ctx.maxWaitersPerConnection && table.isHeld(request.key)) {
+      const newName = !table.isHeld(request.key)
+      if (request.waitMs !== 0 && table.waitingOf(conn.session) >= ctx.maxWaitersPerConnection && !newName) {
         return {code: ErrorCode.LIMIT, msg: `this connection already has ${ctx.maxWaitersPerConnection} waiting acquires, lockd's limit (--max-waiters-per-connection)`}
       }
-      const newName = !table.isHeld(request.key)
       if (newName && table.size >= ctx.maxLocks) {
         return {code: ErrorCode.LIMIT, msg: `lockd holds ${table.size} locks, its limit (--max-locks): release some, or raise the limit`}
       }

@@ -1,4 +1,5 @@
 import {getHeapStatistics} from 'node:v8'
+import {megabytes} from '../util/bytes.js'
 
 /** What the guard reads of the heap: bytes in use, and the most the heap may grow to. */
 export interface HeapReading {
@@ -11,7 +12,8 @@ const FULL_AT = 0.5
 /** The most often the guard collects garbage before it refuses. */
 const COLLECT_EVERY_MS = 10_000
 
-const readHeap = (): HeapReading => {
+/** The heap now, as V8 counts it. */
+export const readHeap = (): HeapReading => {
   const {used_heap_size: used, heap_size_limit: limit} = getHeapStatistics()
   return {used, limit}
 }
@@ -56,8 +58,7 @@ export class HeapGuard {
   refusal(): string | null {
     const reading = this.reading
     if (reading === null || !this.isFull(reading)) return null
-    const mb = (bytes: number) => Math.round(bytes / 1048576)
-    return `lockd uses ${mb(reading.used)} MB of its ${mb(reading.limit)} MB heap, past the ${Math.round(FULL_AT * 100)}% it keeps new names and waits within: release some locks, or give lockd more memory (NODE_OPTIONS=--max-old-space-size=MB)`
+    return `lockd uses ${megabytes(reading.used)} MB of its ${megabytes(reading.limit)} MB heap, past the ${Math.round(FULL_AT * 100)}% it keeps new names and waits within: release some locks, or give lockd more memory (NODE_OPTIONS=--max-old-space-size=MB)`
   }
 
   start(): void {

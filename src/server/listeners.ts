@@ -5,6 +5,7 @@ import {createServer as createTlsServer, type SecureContextOptions, type Server 
 import {dirname} from 'node:path'
 import {AlreadyRunningError, makeDirectoriesOrStartError, ServerStartError} from './errors.js'
 import {socketPathProblem} from '../util/fs.js'
+import {peerOf} from './connection.js'
 import {SilentSockets} from './silent-sockets.js'
 
 /**
@@ -177,6 +178,7 @@ export class Listeners {
   private newSecureServer(tls: SecureContextOptions & {requestCert: boolean}): Server {
     const options = {...tls, rejectUnauthorized: tls.requestCert, noDelay: true, handshakeTimeout: this.handshakes.timeoutMs}
     const server = createTlsServer(options, (socket) => {
+      // (Its peer names it: the same for the TCP socket and the TLS socket made of it.)
       this.handshaking.spoke(peerOf(socket))
       this.onSocket(socket)
     })
@@ -194,11 +196,6 @@ export class Listeners {
     this.secureServers.push(server)
     return server
   }
-}
-
-/** A TCP connection's peer, the same for its socket and the TLS socket made of it. */
-function peerOf(socket: Socket): string {
-  return `${socket.remoteAddress}|${socket.remotePort}`
 }
 
 function listen(server: Server, options: {host?: string; port?: number; path?: string}): Promise<Server> {

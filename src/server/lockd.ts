@@ -1,14 +1,14 @@
 import {randomBytes} from 'node:crypto'
 import type {Server, Socket} from 'node:net'
 import type {SecureContextOptions, TLSSocket} from 'node:tls'
-import {getHeapStatistics} from 'node:v8'
 import {ErrorCode} from '../protocol/errors.js'
 import {DEFAULT_MAX_FRAME, encodeFrame} from '../protocol/framing.js'
 import {PROTOCOL_VERSION, type Request, type ServerInfo, type ServerMessage} from '../protocol/messages.js'
+import {megabytes} from '../util/bytes.js'
 import {VERSION} from '../version.js'
 import {PasswordCheck} from './auth.js'
 import {fullCollection} from './full-collection.js'
-import {HeapGuard} from './heap-guard.js'
+import {HeapGuard, readHeap} from './heap-guard.js'
 import {IdleCollector} from './idle-collector.js'
 import {LoginQuota} from './login-quota.js'
 import {SilentSockets} from './silent-sockets.js'
@@ -159,13 +159,13 @@ export class LockServer {
   private messagesTaken = 0
   /** V8's full collection, where it can be had (full-collection.ts). */
   private readonly collect = fullCollection()
-  private readonly idleCollector = this.collect && new IdleCollector({collect: this.collect, heapUsed: () => getHeapStatistics().used_heap_size, activity: () => this.messagesTaken})
+  private readonly idleCollector = this.collect && new IdleCollector({collect: this.collect, heapUsed: () => readHeap().used, activity: () => this.messagesTaken})
   private idleCheck: NodeJS.Timeout | null = null
 
   /** New names and waits refused past half the heap limit: a lockd out of heap dies (heap-guard.ts). */
   private readonly heapGuard = new HeapGuard(
     (full, {used, limit}) => {
-      const state = `${Math.round(used / 1048576)} MB of its ${Math.round(limit / 1048576)} MB heap`
+      const state = `${megabytes(used)} MB of its ${megabytes(limit)} MB heap`
       this.say(
         full
           ? `lockd: warning: ${state} in use, past half: new names and waits are refused (LIMIT) until locks are released; renewals and releases go on`
@@ -263,26 +263,29 @@ export class LockServer {
     this.heapGuard.start()
     this.outputCheck = setInterval(() => this.enforceOutputBudget(), 250)
     this.outputCheck.unref()
-    if (this.idleCollector) {
-      const collector = this.idleCollector
-      this.idleCheck = setInterval(() => {
-        const began = performance.now()
-        const collected = collector.check()
-        if (!collected) return
-        const mb = (bytes: number) => Math.round(bytes / 1048576)
-        this.say(`lockd: quiet after a burst: collected garbage, heap in use ${mb(collected.before)} -> ${mb(collected.after)} MB (${Math.round(performance.now() - began)} ms)`)
-      }, 1000)
+    const collector = this.idleCollector
+    if (collector) {
+      this.idleCheck = setInterval(() => this.collectIfQuiet(collector), 1000)
       this.idleCheck.unref()
     }
     return this
+  }
+
+  /** A burst's garbage, collected once lockd is quiet (idle-collector.ts), and said in the log. */
+  private collectIfQuiet(collector: IdleCollector): void {
+    const began = performance.now()
+    const collected = collector.check()
+    if (!collected) return
+    this.say(`lockd: quiet after a burst: collected garbage, heap in use ${megabytes(collected.before)} -> ${megabytes(collected.after)} MB (${Math.round(performance.now() - began)} ms)`)
   }
 
   /** Peers that stopped reading, closed when together they leave more unread than the budget. */
   private enforceOutputBudget(): void {
     const {closed, bytes} = this.outputBudget.enforce()
     if (closed === 0) return
-    const mb = (n: number) => Math.round(n / 1048576)
-    this.say(`lockd: closed ${closed} connection(s) that left ${mb(bytes)} MB of output unread: all connections together may leave ${mb(this.options.outputBudget ?? DEFAULT_OUTPUT_BUDGET)} MB`)
+    this.say(
+      `lockd: closed ${closed} connection(s) that left ${megabytes(bytes)} MB of output unread: all connections together may leave ${megabytes(this.options.outputBudget ?? DEFAULT_OUTPUT_BUDGET)} MB`,
+    )
   }
 
   /**
